@@ -1,0 +1,114 @@
+"""``mpiscore score ...``: options -> JobConfig -> api.run -> exit code. No logic of its own.
+
+As the entry point, this is the one place that decides to abort the MPI job:
+an error every rank saw (bad input found during set-up) exits cleanly with
+one line from rank 0; an error only one rank saw aborts the whole job at
+once, so no other rank waits forever.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from .api import run
+from .config import (
+    GRAPH_OPTIMIZATION_LEVELS,
+    JobConfig,
+    SessionConfig,
+    parse_batch_size,
+    parse_input_spec,
+    parse_pairs,
+    split_names,
+)
+from .errors import MpiscoreError
+from .transport import world
+
+
+def _threads(value: str) -> int | None:
+    return None if value == "auto" else int(value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mpiscore")
+def main() -> None:
+    """Score an ONNX model over HDF5 or Parquet data with MPI."""
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="The .onnx model file.")
+@click.option("--input", "inputs", required=True, multiple=True, metavar="PATH[:/DATASET]",
+              help="Input file, glob or Parquet directory; HDF5 dataset after a colon. Repeatable.")
+@click.option("--output", required=True, type=click.Path(path_type=Path),
+              help="Output .h5 file or Parquet dataset directory.")
+@click.option("--input-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto")
+@click.option("--output-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto")
+@click.option("--map", "mapping", multiple=True, metavar="INPUT=SOURCE",
+              help="Model input fed by an HDF5 dataset or comma-separated Parquet columns.")
+@click.option("--columns", help="Parquet feature columns, comma-separated (default: all numeric).")
+@click.option("--keep-columns", help="Parquet columns carried to the output, e.g. id.")
+@click.option("--rename", multiple=True, metavar="OUTPUT=NAME", help="Rename a model output.")
+@click.option("--mini-batch-size", default="16MiB", show_default=True,
+              help="Rows per batch (4096) or input bytes per batch (64MB, 1GiB).")
+@click.option("--run-dir", type=click.Path(path_type=Path),
+              help="Plan, summary and logs [default: OUTPUT.run].")
+@click.option("--overwrite", is_flag=True, help="Replace existing output.")
+@click.option("--intra-op-threads", default="auto", show_default=True,
+              help="ONNX Runtime threads per scorer; auto = cores / ranks on the node.")
+@click.option("--inter-op-threads", default=1, show_default=True)
+@click.option("--graph-optimization", type=click.Choice(GRAPH_OPTIMIZATION_LEVELS),
+              default="all", show_default=True)
+@click.option("--providers", default="CPUExecutionProvider", show_default=True,
+              help="Execution providers in order of preference, comma-separated.")
+@click.option("--spin/--no-spin", default=False, show_default=True,
+              help="Let ONNX Runtime threads spin while idle (faster on dedicated cores).")
+@click.option("--cast", type=click.Choice(["safe", "same_kind", "unsafe"]), default="safe",
+              show_default=True, help="Which dtype conversions of input data are allowed.")
+@click.option("--window", default=2, show_default=True,
+              help="Batches each rank keeps assigned, so it never waits on rank 0.")
+@click.option("--progress-seconds", default=10.0, show_default=True)
+def score(model: Path, inputs: tuple[str, ...], output: Path, input_format: str,
+          output_format: str, mapping: tuple[str, ...], columns: str | None,
+          keep_columns: str | None, rename: tuple[str, ...], mini_batch_size: str,
+          run_dir: Path | None, overwrite: bool, intra_op_threads: str, inter_op_threads: int,
+          graph_optimization: str, providers: str, spin: bool, cast: str, window: int,
+          progress_seconds: float) -> None:
+    """Score MODEL over INPUT, writing one output row per input row to OUTPUT."""
+    comm = world()
+    try:
+        config = JobConfig(
+            model=model, inputs=tuple(parse_input_spec(i) for i in inputs), output=output,
+            input_format=input_format, output_format=output_format,  # type: ignore[arg-type]
+            mapping=parse_pairs(mapping, "--map"), columns=split_names(columns),
+            keep_columns=split_names(keep_columns), rename=parse_pairs(rename, "--rename"),
+            batch_size=parse_batch_size(mini_batch_size), run_dir=run_dir, overwrite=overwrite,
+            session=SessionConfig(_threads(intra_op_threads), inter_op_threads,
+                                  graph_optimization, split_names(providers), spin,
+                                  cast),  # type: ignore[arg-type]
+            window=window, progress_seconds=progress_seconds)
+    except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
+        _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
+    try:
+        run(config, comm)
+    except MpiscoreError as exc:
+        _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=exc.collective)
+    except Exception:
+        _fail(comm, traceback.format_exc().rstrip(), 1, collective=False)
+
+
+def _fail(comm: Any, message: str, code: int, collective: bool) -> NoReturn:
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if not collective or rank == 0:
+        prefix = "" if collective or size == 1 else f"[rank {rank} of {size}] "
+        click.echo(f"mpiscore: {prefix}{message}", err=True)
+    sys.stderr.flush()
+    if not collective and size > 1:
+        comm.Abort(code)
+    sys.exit(code)
+

@@ -1,0 +1,188 @@
+"""Frozen configuration of a scoring job, and all validation of user options.
+
+CLI flags become one :class:`JobConfig`, built on every rank from the same
+arguments and passed down explicitly; nothing else in mpiscore keeps settings.
+Environment variables are read here only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError
+
+Format = Literal["auto", "hdf5", "parquet"]
+CastPolicy = Literal["safe", "same_kind", "unsafe"]
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+@dataclass(frozen=True)
+class BatchSize:
+    """Mini-batch size, either in rows or in input bytes (rows are derived later)."""
+
+    rows: int | None = None
+    nbytes: int | None = None
+
+    def rows_for(self, row_nbytes: int) -> int:
+        """Rows per mini-batch for inputs whose rows take ``row_nbytes`` bytes."""
+        if self.rows is not None:
+            return self.rows
+        assert self.nbytes is not None
+        return max(1, self.nbytes // max(1, row_nbytes))
+
+
+def parse_batch_size(text: str) -> BatchSize:
+    """Parse ``4096`` (rows) or ``64MB`` / ``1GiB`` (bytes of input per batch)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ConfigError(
+            f"--mini-batch-size {text!r}: expected rows (e.g. 4096) or bytes (e.g. 64MB, 1GiB)")
+    value = int(match.group(1))
+    if value <= 0:
+        raise ConfigError(f"--mini-batch-size {text!r}: must be positive")
+    if match.group(2):
+        return BatchSize(nbytes=value * _SIZE_UNITS[unit])
+    return BatchSize(rows=value)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One ``--input`` argument: a path, glob or directory, and an optional HDF5 dataset."""
+
+    pattern: str
+    dataset: str | None = None
+
+
+def parse_input_spec(text: str) -> InputSpec:
+    """Split ``data/*.h5:/group/features`` into the glob and the dataset path."""
+    head, sep, tail = text.rpartition(":/")
+    if sep and head:
+        return InputSpec(pattern=head, dataset="/" + tail)
+    return InputSpec(pattern=text)
+
+
+def parse_pairs(values: tuple[str, ...], option: str) -> tuple[tuple[str, str], ...]:
+    """Parse repeated ``name=value`` options such as ``--map`` and ``--rename``."""
+    pairs = []
+    for value in values:
+        name, sep, target = value.partition("=")
+        if not sep or not name or not target:
+            raise ConfigError(f"{option} {value!r}: expected NAME=VALUE")
+        pairs.append((name.strip(), target.strip()))
+    names = [name for name, _ in pairs]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ConfigError(f"{option}: {', '.join(duplicated)} given more than once")
+    return tuple(pairs)
+
+
+def split_names(text: str | None) -> tuple[str, ...]:
+    """Split a comma-separated list of column names, dropping blanks."""
+    if not text:
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def detect_format(path: str, declared: Format, what: str) -> Literal["hdf5", "parquet"]:
+    """Pick HDF5 or Parquet from ``declared`` or from the file suffix."""
+    if declared != "auto":
+        return declared
+    suffix = Path(path).suffix.lower()
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    if suffix in PARQUET_SUFFIXES or Path(path).is_dir() or not suffix:
+        return "parquet"
+    raise ConfigError(
+        f"{what} {path}: cannot tell the format from the suffix {suffix!r}; "
+        f"use {HDF5_SUFFIXES[0]} or .parquet, or pass the format option")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (what Slurm or the MPI launcher bound it to)."""
+    return len(os.sched_getaffinity(0))
+
+
+def gpus_per_node() -> int:
+    """GPUs visible to this process, from CUDA_VISIBLE_DEVICES or MPISCORE_GPUS_PER_NODE."""
+    explicit = os.environ.get("MPISCORE_GPUS_PER_NODE")
+    if explicit:
+        return max(1, int(explicit))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return max(1, len([d for d in visible.split(",") if d.strip()]))
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """ONNX Runtime settings of each scoring session.
+
+    ``intra_op_threads=None`` means "the cores of this node divided by the
+    ranks on it"; output is bitwise reproducible only for equal thread settings.
+    """
+
+    intra_op_threads: int | None = None
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    allow_spinning: bool = False
+    cast: CastPolicy = "safe"
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ConfigError(
+                f"--graph-optimization {self.graph_optimization!r}: "
+                f"choose one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ConfigError("--intra-op-threads must be at least 1")
+        if self.inter_op_threads < 1:
+            raise ConfigError("--inter-op-threads must be at least 1")
+        if not self.providers:
+            raise ConfigError("--providers: give at least one execution provider")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything that defines a scoring job; identical on every rank."""
+
+    model: Path
+    inputs: tuple[InputSpec, ...]
+    output: Path
+    input_format: Format = "auto"
+    output_format: Format = "auto"
+    mapping: tuple[tuple[str, str], ...] = ()
+    columns: tuple[str, ...] = ()
+    keep_columns: tuple[str, ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
+    batch_size: BatchSize = field(default_factory=lambda: BatchSize(nbytes=16 * 2**20))
+    run_dir: Path | None = None
+    overwrite: bool = False
+    session: SessionConfig = field(default_factory=SessionConfig)
+    window: int = 2
+    progress_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("no --input given")
+        if self.window < 1:
+            raise ConfigError("--window must be at least 1")
+        if self.columns and self.mapping:
+            raise ConfigError("--columns and --map exclude each other: use --map NAME=col1,col2")
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        """The run directory: ``--run-dir``, or ``<output>.run`` beside the output."""
+        return self.run_dir or self.output.with_name(self.output.name + ".run")
+
+    @property
+    def resolved_output_format(self) -> Literal["hdf5", "parquet"]:
+        return detect_format(str(self.output), self.output_format, "--output")

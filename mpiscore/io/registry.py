@@ -1,0 +1,140 @@
+"""Pick the reader and writer for a job's formats; the only place that knows both."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import JobConfig, detect_format, split_names
+from ..errors import ConfigError, InputError, ModelError, OutputError
+from ..plan import Plan, SourceFile
+from . import hdf5, parquet
+from .fields import Field, Reader, Writer
+from .sources import expand
+
+
+@dataclass(frozen=True)
+class Hdf5Input:
+    sources: tuple[hdf5.Hdf5Source, ...]
+
+
+@dataclass(frozen=True)
+class ParquetInput:
+    paths: tuple[str, ...]
+    selection: parquet.ParquetSelection
+
+
+InputSource = Hdf5Input | ParquetInput
+
+
+def resolve_input(config: JobConfig, input_names: list[str]) -> InputSource:
+    """Expand the ``--input`` globs and decide which data feeds each model input."""
+    specs = [(spec, path) for spec in config.inputs for path in expand(spec)]
+    formats = {detect_format(path, config.input_format, "--input") for _, path in specs}
+    if len(formats) > 1:
+        raise ConfigError("--input mixes HDF5 and Parquet files; score them in separate jobs")
+    if len(input_names) > 1 and not config.mapping:
+        raise ModelError(f"{config.model}: the model has inputs {', '.join(input_names)}; "
+                         "say where each comes from with --map NAME=SOURCE")
+    if formats == {"hdf5"}:
+        if config.columns or config.keep_columns:
+            raise ConfigError("--columns and --keep-columns apply to Parquet input only")
+        return Hdf5Input(tuple(hdf5.Hdf5Source(path, _datasets(config, spec.dataset, path,
+                                                               input_names))
+                               for spec, path in specs))
+    paths = tuple(path for _, path in specs)
+    return ParquetInput(paths, _selection(config, paths[0], input_names))
+
+
+def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str]
+              ) -> tuple[tuple[str, str], ...]:
+    if config.mapping:
+        return tuple((name, "/" + target.lstrip("/")) for name, target in config.mapping)
+    return ((names[0], dataset or hdf5.default_dataset(path, names[0])),)
+
+
+def _selection(config: JobConfig, first: str, names: list[str]) -> parquet.ParquetSelection:
+    if config.mapping:
+        features = tuple((name, split_names(cols)) for name, cols in config.mapping)
+    else:
+        columns = config.columns or parquet.numeric_columns(parquet.read_schema(first),
+                                                            config.keep_columns)
+        if not columns:
+            raise InputError(f"{first}: no numeric columns to use as features; name them "
+                             "with --columns")
+        features = ((names[0], columns),)
+    return parquet.ParquetSelection(features, config.keep_columns)
+
+
+def describe(source: InputSource) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
+    """Files, model-input fields and carried fields of the input (rank 0)."""
+    if isinstance(source, Hdf5Input):
+        files, fields = hdf5.describe(source.sources)
+        return files, fields, []
+    files, fields, kept = parquet.describe(source.paths, source.selection)
+    return files, fields, list(kept.values())
+
+
+def open_reader(source: InputSource) -> Reader:
+    if isinstance(source, Hdf5Input):
+        return hdf5.Hdf5Reader(source.sources)
+    return parquet.ParquetReader(source.paths, source.selection)
+
+
+def input_names(source: InputSource) -> list[str]:
+    """The input files and datasets or columns, for provenance."""
+    if isinstance(source, Hdf5Input):
+        return [f"{s.path}:{ds}" for s in source.sources for _, ds in s.datasets]
+    return list(source.paths)
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where output goes: format, the final path, and the path used until complete."""
+
+    format: str
+    final: Path
+    overwrite: bool
+
+    @property
+    def partial(self) -> Path:
+        return self.final.with_name(self.final.name + ".partial")
+
+    def check(self, kept: list[Field]) -> None:
+        """Refuse existing output (without --overwrite) and unwritable places, up front."""
+        if self.final.exists() and not self.overwrite:
+            raise OutputError(f"{self.final}: output exists; pass --overwrite to replace it")
+        parent = self.final.parent if str(self.final.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"{self.final}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{self.final}: directory {parent} is not writable")
+        if self.format == "hdf5":
+            bad = [f.name for f in kept if np.dtype(f.dtype).kind not in "biuf"]
+            if bad:
+                raise ConfigError(f"--keep-columns {','.join(bad)}: not numeric, so they "
+                                  "cannot go to HDF5 output; write Parquet output instead")
+
+    def create(self, fields: list[Field], kept: list[Field], plan: Plan,
+               attrs: dict[str, Any]) -> dict[str, int]:
+        """Create the (partial) output on rank 0; HDF5 returns dataset byte offsets."""
+        for stale in (self.final, self.partial):
+            if stale.exists() or stale.is_symlink():
+                parquet.remove(stale)
+        if self.format == "hdf5":
+            plan_rows = np.array([[b.batch_id, b.file_index, b.start, b.stop]
+                                  for b in plan.batches], dtype=np.int64)
+            return hdf5.create(self.partial, fields + kept, plan.total_rows, attrs, plan_rows)
+        parquet.create(self.partial)
+        return {}
+
+    def open_writer(self, fields: list[Field], kept: list[Field], plan: Plan,
+                    offsets: dict[str, int], attrs: dict[str, Any], comm: Any | None) -> Writer:
+        """Open the output on every rank (collective for HDF5 over MPI)."""
+        if self.format == "hdf5":
+            return hdf5.Hdf5Writer(self.partial, self.final, fields + kept, offsets, comm)
+        return parquet.ParquetWriter(self.partial, self.final, fields, kept, plan.batches, attrs)

@@ -1,0 +1,124 @@
+"""Cut the global row space of the input files into mini-batches.
+
+Pure: no MPI, no ONNX, no file access. Rank 0 builds the plan from the file
+descriptions a reader gives it; only the small :class:`Batch` descriptors
+travel over MPI, and each rank reads its rows itself.
+
+Batches never span files, and are aligned to alignment units (HDF5 chunks,
+Parquet row groups) where that keeps sizes sensible: small units are packed
+together up to the target size, and a unit larger than the target is split
+into near-equal pieces. The plan depends only on the inputs and the batch
+size, never on the rank count, which makes output reproducible across runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file in the global row space.
+
+    ``unit_rows`` is either one int (regular HDF5 chunks; 1 for contiguous
+    data) or the sizes of consecutive units (Parquet row groups).
+    """
+
+    path: str
+    rows: int
+    unit_rows: int | tuple[int, ...] = 1
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A mini-batch: rows ``start:stop`` of one file, at ``global_start`` overall."""
+
+    batch_id: int
+    file_index: int
+    start: int
+    stop: int
+    global_start: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def global_stop(self) -> int:
+        return self.global_start + self.rows
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The files and the batches of a job, in global row order."""
+
+    files: tuple[SourceFile, ...]
+    batches: tuple[Batch, ...]
+    batch_rows: int
+
+    @property
+    def total_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def to_json(self) -> dict:
+        """A JSON-able description, kept in the run directory."""
+        return {
+            "batch_rows": self.batch_rows,
+            "total_rows": self.total_rows,
+            "files": [{"path": f.path, "rows": f.rows} for f in self.files],
+            "batches": [[b.batch_id, b.file_index, b.start, b.stop] for b in self.batches],
+        }
+
+
+def make_plan(files: Sequence[SourceFile], batch_rows: int) -> Plan:
+    """Cut every file into batches of about ``batch_rows`` rows, numbered in row order."""
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be positive")
+    batches: list[Batch] = []
+    file_offset = 0
+    for file_index, source in enumerate(files):
+        for start, stop in cut_rows(source.rows, batch_rows, source.unit_rows):
+            batches.append(Batch(len(batches), file_index, start, stop, file_offset + start))
+        file_offset += source.rows
+    return Plan(tuple(files), tuple(batches), batch_rows)
+
+
+def cut_rows(rows: int, target: int, unit_rows: int | tuple[int, ...]) -> list[tuple[int, int]]:
+    """Row ranges covering ``0:rows``, aligned to units where sensible."""
+    if isinstance(unit_rows, int):
+        if unit_rows <= target:
+            step = target - target % max(1, unit_rows)
+            return [(s, min(s + step, rows)) for s in range(0, rows, step)]
+        units: Sequence[int] = _regular_units(rows, unit_rows)
+    else:
+        units = unit_rows
+    return list(_pack_units(units, target))
+
+
+def _regular_units(rows: int, unit: int) -> list[int]:
+    full, rest = divmod(rows, unit)
+    return [unit] * full + ([rest] if rest else [])
+
+
+def _pack_units(unit_sizes: Sequence[int], target: int) -> Iterator[tuple[int, int]]:
+    """Pack small units up to ``target`` rows; split large ones into equal pieces."""
+    start = position = 0
+    for size in unit_sizes:
+        if size >= target or position + size - start > target:
+            if position > start:
+                yield start, position
+            start = position
+        if size >= target:
+            yield from _split(position, size, math.ceil(size / target))
+            start = position + size
+        position += size
+    if position > start:
+        yield start, position
+
+
+def _split(offset: int, size: int, pieces: int) -> Iterator[tuple[int, int]]:
+    bounds = [offset + size * i // pieces for i in range(pieces + 1)]
+    yield from itertools.pairwise(bounds)

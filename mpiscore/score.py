@@ -1,0 +1,125 @@
+"""The scorer: one ONNX Runtime session, created once, applied batch after batch.
+
+Thread counts are always set explicitly (ONNX Runtime otherwise sizes its
+pools from the whole machine and spins idle threads), and models with a
+fixed batch dimension are fed in sub-batches of that size, the last one
+padded with zeros and its padding dropped from the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .config import SessionConfig
+from .errors import ConfigError, ModelError, ScoringError
+from .model import InputBinding, TensorSpec, tensor_spec
+
+OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """What a scorer needs besides the model bytes; resolved per rank."""
+
+    session: SessionConfig
+    intra_op_threads: int
+    device_id: int = 0
+
+
+def open_session(model_bytes: bytes, model: str, settings: ScorerSettings
+                 ) -> ort.InferenceSession:
+    """An inference session with explicit threads, spinning policy and providers."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.session.inter_op_threads
+    options.graph_optimization_level = OPTIMIZATION[settings.session.graph_optimization]
+    spin = "1" if settings.session.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    providers = _providers(settings)
+    try:
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises pybind types without a common base
+        raise ModelError(f"{model}: cannot load as an ONNX model: {_first_line(exc)}") from exc
+
+
+def _providers(settings: ScorerSettings) -> list[str | tuple[str, dict[str, str]]]:
+    available = ort.get_available_providers()
+    missing = [p for p in settings.session.providers if p not in available]
+    if missing:
+        raise ConfigError(f"--providers: {', '.join(missing)} not in this onnxruntime "
+                          f"(available: {', '.join(available)})")
+    return [(p, {"device_id": str(settings.device_id)}) if p in _DEVICE_PROVIDERS else p
+            for p in settings.session.providers]
+
+
+_DEVICE_PROVIDERS = {"CUDAExecutionProvider", "ROCMExecutionProvider",
+                     "TensorrtExecutionProvider", "MIGraphXExecutionProvider"}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class Scorer:
+    """Scores batches of model inputs with one session."""
+
+    def __init__(self, session: ort.InferenceSession, bindings: tuple[InputBinding, ...],
+                 model: str) -> None:
+        self.session, self.bindings, self.model = session, bindings, model
+        self.inputs = [tensor_spec(node, model) for node in session.get_inputs()]
+        self.output_names = [node.name for node in session.get_outputs()]
+        self.fixed_batch = _fixed_batch(self.inputs, model)
+
+    def score(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Model outputs for a batch, one output row per input row."""
+        feeds = {b.name: _adapt(arrays[b.name], b) for b in self.bindings}
+        rows = len(next(iter(feeds.values())))
+        if self.fixed_batch is None or self.fixed_batch == rows:
+            results = self._run(feeds)
+        else:
+            results = self._run_in_pieces(feeds, rows, self.fixed_batch)
+        return dict(zip(self.output_names, results, strict=True))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(self.output_names, feeds)
+        except Exception as exc:  # onnxruntime raises its own pybind types
+            raise ScoringError(f"{self.model}: onnxruntime failed: {_first_line(exc)}") from exc
+
+    def _run_in_pieces(self, feeds: dict[str, np.ndarray], rows: int, size: int
+                       ) -> list[np.ndarray]:
+        pieces = []
+        for start in range(0, rows, size):
+            chunk = {name: _pad(array[start:start + size], size) for name, array in feeds.items()}
+            taken = min(size, rows - start)
+            pieces.append([out[:taken] for out in self._run(chunk)])
+        return [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
+
+
+def _fixed_batch(inputs: list[TensorSpec], model: str) -> int | None:
+    sizes = {spec.fixed_batch for spec in inputs}
+    if len(sizes) > 1:
+        shown = sorted(map(str, sizes))
+        raise ModelError(f"{model}: inputs disagree on the batch dimension: {shown}")
+    return sizes.pop() if sizes else None
+
+
+def _adapt(array: np.ndarray, binding: InputBinding) -> np.ndarray:
+    array = array.reshape((len(array), *binding.row_shape))
+    return np.ascontiguousarray(array, dtype=binding.dtype)
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    if len(array) == size:
+        return array
+    padding = np.zeros((size - len(array), *array.shape[1:]), dtype=array.dtype)
+    return np.concatenate([array, padding])

@@ -1,0 +1,113 @@
+"""Small real ONNX models and data files for the tests, built on the spot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=OPSET, ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(array.astype(np.float32), name)
+
+
+def mlp(path: Path, features: int = 8, hidden: int = 16, classes: int = 3,
+        batch: int | str = "N", seed: int = 0) -> Path:
+    """features -> hidden -> classes MLP with ``logits`` and ``label`` outputs."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["features", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["h3"]),
+        helper.make_node("Add", ["h3", "b2"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, [batch])],
+        [_const("w1", rng.normal(size=(features, hidden))), _const("b1", rng.normal(size=hidden)),
+         _const("w2", rng.normal(size=(hidden, classes))), _const("b2", rng.normal(size=classes))])
+    return _save(graph, path)
+
+
+def two_inputs(path: Path) -> Path:
+    """Inputs ``a`` [N,4] and ``b`` [N,3], concatenated and projected to ``y`` [N,2]."""
+    rng = np.random.default_rng(1)
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+         helper.make_node("MatMul", ["ab", "w"], ["y"])],
+        "two_inputs",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [_const("w", rng.normal(size=(7, 2)))])
+    return _save(graph, path)
+
+
+def image_net(path: Path, batch: int | str = "N") -> Path:
+    """A tiny CNN: ``image`` [N,3,8,8] -> conv -> relu -> pool -> ``embedding`` [N,4]."""
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "k"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["embedding"])],
+        "image_net",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, 4])],
+        [_const("k", rng.normal(size=(4, 3, 3, 3)))])
+    return _save(graph, path)
+
+
+def features(rows: int, width: int = 8, seed: int = 0, dtype: str = "float32") -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, width)).astype(dtype)
+
+
+def write_h5(path: Path, chunks: int | None = None, **datasets: np.ndarray) -> Path:
+    with h5py.File(path, "w") as handle:
+        for name, data in datasets.items():
+            handle.create_dataset(name, data=data,
+                                  chunks=(chunks, *data.shape[1:]) if chunks else None)
+    return path
+
+
+def write_parquet(path: Path, data: np.ndarray, ids: np.ndarray | None = None,
+                  row_group_size: int = 1000) -> Path:
+    columns = {f"f{i}": data[:, i] for i in range(data.shape[1])}
+    if ids is not None:
+        columns = {"id": ids, **columns}
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+def reference(model: Path, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Plain single-process onnxruntime, the whole data in one run (or row by row if fixed)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    fixed = session.get_inputs()[0].shape[0]
+    if isinstance(fixed, int):
+        rows = len(next(iter(inputs.values())))
+        pieces = [session.run(names, {k: v[i:i + 1] for k, v in inputs.items()})
+                  for i in range(rows)]
+        return {n: np.concatenate([p[j] for p in pieces]) for j, n in enumerate(names)}
+    return dict(zip(names, session.run(names, inputs), strict=True))
