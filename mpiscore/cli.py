@@ -9,6 +9,7 @@ once, so no other rank waits forever.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, NoReturn
@@ -28,6 +29,8 @@ from .config import (
 )
 from .errors import MpiscoreError
 from .transport import world
+
+ABORT_GRACE_SECONDS = 0.5
 
 
 def _threads(value: str) -> int | None:
@@ -109,6 +112,7 @@ def _fail(comm: Any, message: str, code: int, collective: bool) -> NoReturn:
         click.echo(f"mpiscore: {prefix}{message}", err=True)
     sys.stderr.flush()
     if not collective and size > 1:
+        time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward the line before the kill
         comm.Abort(code)
     sys.exit(code)
 

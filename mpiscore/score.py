@@ -38,6 +38,7 @@ def open_session(model_bytes: bytes, model: str, settings: ScorerSettings
                  ) -> ort.InferenceSession:
     """An inference session with explicit threads, spinning policy and providers."""
     options = ort.SessionOptions()
+    options.log_severity_level = 4  # failures reach the user as one mpiscore error line
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.session.inter_op_threads
     options.graph_optimization_level = OPTIMIZATION[settings.session.graph_optimization]

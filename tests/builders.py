@@ -85,7 +85,7 @@ def write_h5(path: Path, chunks: int | None = None, **datasets: np.ndarray) -> P
     with h5py.File(path, "w") as handle:
         for name, data in datasets.items():
             handle.create_dataset(name, data=data,
-                                  chunks=(chunks, *data.shape[1:]) if chunks else None)
+                                  chunks=(min(chunks, len(data)), *data.shape[1:]) if chunks else None)
     return path
 
 
@@ -105,9 +105,11 @@ def reference(model: Path, **inputs: np.ndarray) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     fixed = session.get_inputs()[0].shape[0]
-    if isinstance(fixed, int):
+    if isinstance(fixed, int):  # pad to whole fixed-size batches, run each, drop the padding
         rows = len(next(iter(inputs.values())))
-        pieces = [session.run(names, {k: v[i:i + 1] for k, v in inputs.items()})
-                  for i in range(rows)]
-        return {n: np.concatenate([p[j] for p in pieces]) for j, n in enumerate(names)}
+        padded = {k: np.concatenate([v, np.zeros((-rows % fixed, *v.shape[1:]), v.dtype)])
+                  for k, v in inputs.items()}
+        pieces = [session.run(names, {k: v[i:i + fixed] for k, v in padded.items()})
+                  for i in range(0, rows, fixed)]
+        return {n: np.concatenate([p[j] for p in pieces])[:rows] for j, n in enumerate(names)}
     return dict(zip(names, session.run(names, inputs), strict=True))
