@@ -84,8 +84,8 @@ def features(rows: int, width: int = 8, seed: int = 0, dtype: str = "float32") -
 def write_h5(path: Path, chunks: int | None = None, **datasets: np.ndarray) -> Path:
     with h5py.File(path, "w") as handle:
         for name, data in datasets.items():
-            handle.create_dataset(name, data=data,
-                                  chunks=(min(chunks, len(data)), *data.shape[1:]) if chunks else None)
+            shape = (min(chunks, len(data)), *data.shape[1:]) if chunks else None
+            handle.create_dataset(name, data=data, chunks=shape)
     return path
 
 

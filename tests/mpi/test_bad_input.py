@@ -1,4 +1,4 @@
-"""Every bad input: one line naming the culprit, non-zero exit, no hang, no finished-looking output."""
+"""Bad input: one line naming the culprit, non-zero exit, no hang, no complete-looking output."""
 
 from __future__ import annotations
 
