@@ -54,10 +54,11 @@ def main() -> None:
 @click.option("--output-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto")
 @click.option("--map", "mapping", multiple=True, metavar="INPUT=SOURCE",
               help="Model input fed by an HDF5 dataset or comma-separated Parquet columns.")
-@click.option("--columns", help="Parquet feature columns, comma-separated (default: all numeric).")
+@click.option("--columns",
+              help="Parquet feature columns, comma-separated, globs allowed (default: numeric).")
 @click.option("--keep-columns", help="Parquet columns carried to the output, e.g. id.")
 @click.option("--rename", multiple=True, metavar="OUTPUT=NAME", help="Rename a model output.")
-@click.option("--mini-batch-size", default="16MiB", show_default=True,
+@click.option("--mini-batch-size", default="4MiB", show_default=True,
               help="Rows per batch (4096) or input bytes per batch (64MB, 1GiB).")
 @click.option("--run-dir", type=click.Path(path_type=Path),
               help="Plan, summary and logs [default: OUTPUT.run].")

@@ -163,7 +163,7 @@ class JobConfig:
     columns: tuple[str, ...] = ()
     keep_columns: tuple[str, ...] = ()
     rename: tuple[tuple[str, str], ...] = ()
-    batch_size: BatchSize = field(default_factory=lambda: BatchSize(nbytes=16 * 2**20))
+    batch_size: BatchSize = field(default_factory=lambda: BatchSize(nbytes=4 * 2**20))
     run_dir: Path | None = None
     overwrite: bool = False
     session: SessionConfig = field(default_factory=SessionConfig)

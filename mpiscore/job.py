@@ -79,7 +79,7 @@ def prepare(config: JobConfig) -> Job:
     outputs = output_fields(probe, dict(config.rename), _probe_rows(scorer, plan),
                             str(config.model))
     target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
-    target.check(kept)
+    target.check(outputs, kept)
     sha256 = hashlib.sha256(model_bytes).hexdigest()
     attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,

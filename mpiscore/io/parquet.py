@@ -12,6 +12,8 @@ the files in name order, which is input row order.
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
 import math
 import os
@@ -50,6 +52,18 @@ class ParquetSelection:
 
 def read_schema(path: str) -> pa.Schema:
     return _open_input(path).schema_arrow
+
+
+def match_columns(path: str, schema: pa.Schema, patterns: Sequence[str]) -> tuple[str, ...]:
+    """Column names for ``--columns``: exact names, or globs (``f*``) in schema order."""
+    names: list[str] = []
+    for pattern in patterns:
+        found = [n for n in schema.names if fnmatch.fnmatchcase(n, pattern)] \
+            if glob.has_magic(pattern) else [pattern]
+        if not found:
+            raise InputError(f"{path}: no column matches {pattern!r}")
+        names.extend(n for n in found if n not in names)
+    return tuple(names)
 
 
 def numeric_columns(schema: pa.Schema, exclude: Sequence[str]) -> tuple[str, ...]:

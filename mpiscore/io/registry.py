@@ -61,8 +61,9 @@ def _selection(config: JobConfig, first: str, names: list[str]) -> parquet.Parqu
     if config.mapping:
         features = tuple((name, split_names(cols)) for name, cols in config.mapping)
     else:
-        columns = config.columns or parquet.numeric_columns(parquet.read_schema(first),
-                                                            config.keep_columns)
+        schema = parquet.read_schema(first)
+        columns = parquet.match_columns(first, schema, config.columns) if config.columns \
+            else parquet.numeric_columns(schema, config.keep_columns)
         if not columns:
             raise InputError(f"{first}: no numeric columns to use as features; name them "
                              "with --columns")
@@ -104,8 +105,12 @@ class OutputTarget:
     def partial(self) -> Path:
         return self.final.with_name(self.final.name + ".partial")
 
-    def check(self, kept: list[Field]) -> None:
-        """Refuse existing output (without --overwrite) and unwritable places, up front."""
+    def check(self, outputs: list[Field], kept: list[Field]) -> None:
+        """Refuse clashing names, existing output (without --overwrite), unwritable places."""
+        clashes = sorted({f.name for f in outputs} & {f.name for f in kept})
+        if clashes:
+            raise ConfigError(f"--keep-columns {','.join(clashes)}: also a model output name; "
+                              "rename the output with --rename OUTPUT=NEW_NAME")
         if self.final.exists() and not self.overwrite:
             raise OutputError(f"{self.final}: output exists; pass --overwrite to replace it")
         parent = self.final.parent if str(self.final.parent) else Path(".")
