@@ -39,21 +39,29 @@ def run(config: JobConfig, comm: Any | None = None) -> RunReport:
     """Score the job on every rank of ``comm`` (or in this process alone); rank 0's report."""
     started = time.perf_counter()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-    job = _broadcast_job(config, comm, rank)
+    local_rank, local_size = node_local(comm)
+    threads = config.session.intra_op_threads or max(1, usable_cores() // local_size)
+    settings = ScorerSettings(config.session, threads, local_rank % gpus_per_node())
+    job, scorer = _broadcast_job(config, settings, comm, rank)
     host = hostname()
     handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
     try:
-        return _execute(job, comm, rank, size, host, started)
+        if scorer is None:
+            session = open_session(job.model_bytes, job.model_name, settings)
+            scorer = Scorer(session, job.bindings, job.model_name)
+        return _execute(job, scorer, comm, rank, size, host, started)
     finally:
         stop_logging(handlers)
 
 
-def _broadcast_job(config: JobConfig, comm: Any | None, rank: int) -> Job:
+def _broadcast_job(config: JobConfig, settings: ScorerSettings, comm: Any | None, rank: int
+                   ) -> tuple[Job, Scorer | None]:
     """Rank 0 prepares the job; every rank gets it, or raises rank 0's error."""
     outcome: Job | BaseException | None = None
+    scorer = None
     if rank == 0:
         try:
-            outcome = prepare(config)
+            outcome, scorer = prepare(config, settings)
             _create_run_dir(outcome)
         except Exception as exc:
             outcome = exc
@@ -64,7 +72,7 @@ def _broadcast_job(config: JobConfig, comm: Any | None, rank: int) -> Job:
         raise MpiscoreError(f"setting up the job failed on rank 0: {outcome!r}",
                             collective=True) from outcome
     assert outcome is not None
-    return outcome
+    return outcome, scorer
 
 
 def _create_run_dir(job: Job) -> None:
@@ -76,19 +84,15 @@ def _create_run_dir(job: Job) -> None:
         raise OutputError(f"--run-dir {run_dir}: cannot write: {exc.strerror or exc}") from exc
 
 
-def _execute(job: Job, comm: Any | None, rank: int, size: int, host: str,
+def _execute(job: Job, scorer: Scorer, comm: Any | None, rank: int, size: int, host: str,
              started: float) -> RunReport:
-    local_rank, local_size = node_local(comm)
-    threads = job.config.session.intra_op_threads or max(1, usable_cores() // local_size)
-    settings = ScorerSettings(job.config.session, threads, local_rank % gpus_per_node())
     writer = job.target.open_writer(list(job.outputs), list(job.kept), job.plan, job.offsets,
                                     job.attrs, comm)
-    scorer = Scorer(open_session(job.model_bytes, job.model_name, settings), job.bindings,
-                    job.model_name)
     reader = open_reader(job.source)
     processor = BatchProcessor(reader, scorer, writer, job.outputs, job.output_sources,
                                f"rank {rank} of {size} ({host})")
     setup_done = time.perf_counter()
+    threads = scorer.session.get_session_options().intra_op_num_threads
     LOG.info("scoring with %d intra-op threads, %d rank(s), %d batches of <= %d rows",
              threads, size, len(job.plan.batches), job.plan.batch_rows)
     if rank == 0:

@@ -61,11 +61,14 @@ def read_model(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from exc
 
 
-def prepare(config: JobConfig) -> Job:
-    """Check everything, plan the batches and create the output (rank 0 only)."""
+def prepare(config: JobConfig, settings: ScorerSettings) -> tuple[Job, Scorer]:
+    """Check everything, plan the batches and create the output (rank 0 only).
+
+    Also returns rank 0's scorer: its session, used for the probe, is kept for
+    scoring, so a large model is loaded once per rank, not twice on rank 0.
+    """
     model_bytes = read_model(config.model)
-    probe_settings = ScorerSettings(replace(config.session, allow_spinning=False), 1)
-    session = open_session(model_bytes, str(config.model), probe_settings)
+    session = open_session(model_bytes, str(config.model), settings)
     inputs = [tensor_spec(node, str(config.model)) for node in session.get_inputs()]
     source = resolve_input(config, [spec.name for spec in inputs])
     files, fields, kept = describe(source)
@@ -85,8 +88,9 @@ def prepare(config: JobConfig) -> Job:
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
              "batches": len(plan.batches), "rows": plan.total_rows}
     offsets = target.create(outputs, kept, plan, attrs)
-    return Job(config, model_bytes, sha256, source, plan, bindings, tuple(outputs),
-               tuple(probe), tuple(kept), target, offsets, attrs)
+    job = Job(config, model_bytes, sha256, source, plan, bindings, tuple(outputs),
+              tuple(probe), tuple(kept), target, offsets, attrs)
+    return job, scorer
 
 
 def _probe_rows(scorer: Scorer, plan: Plan) -> int:
