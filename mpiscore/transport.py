@@ -167,8 +167,16 @@ def hostname() -> str:
 
 
 def broadcast(comm: Any | None, value: Any) -> Any:
-    """Send rank 0's ``value`` to every rank (a no-op without MPI)."""
-    return value if comm is None else comm.bcast(value, root=0)
+    """Send rank 0's ``value`` to every rank (a no-op without MPI).
+
+    The ranks first meet in a sleeping barrier: rank 0 may take a while to
+    produce ``value`` (opening thousands of input files), and MPICH's blocking
+    broadcast would have the other ranks spin on their cores meanwhile.
+    """
+    if comm is None:
+        return value
+    barrier(comm)
+    return comm.bcast(value, root=0)
 
 
 def gather(comm: Any | None, value: Any) -> list[Any] | None:
