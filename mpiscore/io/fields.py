@@ -31,6 +31,19 @@ class Field:
         return np.dtype(self.dtype).itemsize * math.prod(self.shape)
 
 
+@dataclass(frozen=True)
+class ParquetSelection:
+    """Which columns feed each model input, and which are carried to the output."""
+
+    features: tuple[tuple[str, tuple[str, ...]], ...]  # (model input, columns)
+    keep: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        names = [c for _, cols in self.features for c in cols] + list(self.keep)
+        return list(dict.fromkeys(names))
+
+
 Columns = dict[str, object]
 """Per-batch data by field name: NumPy arrays, or Arrow arrays for carried columns."""
 

@@ -17,9 +17,7 @@ import glob
 import json
 import math
 import os
-import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +28,11 @@ import pyarrow.parquet as pq
 from ..errors import InputError, OutputError
 from ..plan import Batch, SourceFile
 from ..transport import barrier
-from .fields import Columns, Field
+from .fields import Columns, Field, ParquetSelection
 
 STAGING = "_staging"
 METADATA = "_mpiscore.json"
 PART_TARGET_BYTES = 256 * 2**20
-
-
-@dataclass(frozen=True)
-class ParquetSelection:
-    """Which columns feed each model input, and which are carried to the output."""
-
-    features: tuple[tuple[str, tuple[str, ...]], ...]  # (model input, columns)
-    keep: tuple[str, ...] = ()
-
-    @property
-    def columns(self) -> list[str]:
-        names = [c for _, cols in self.features for c in cols] + list(self.keep)
-        return list(dict.fromkeys(names))
 
 
 def read_schema(path: str) -> pa.Schema:
@@ -272,11 +257,3 @@ def group_batches(batches: Iterable[Batch], row_nbytes: int, target_bytes: int
         groups[-1].append(batch.batch_id)
         size += batch.rows * row_nbytes
     return groups
-
-
-def remove(path: Path) -> None:
-    """Delete an output file or directory (for --overwrite and stale partial output)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -12,9 +14,16 @@ import numpy as np
 from ..config import JobConfig, detect_format, split_names
 from ..errors import ConfigError, InputError, ModelError, OutputError
 from ..plan import Plan, SourceFile
-from . import hdf5, parquet
-from .fields import Field, Reader, Writer
+from . import hdf5
+from .fields import Field, ParquetSelection, Reader, Writer
 from .sources import expand
+
+
+def _parquet() -> ModuleType:
+    """The Parquet module, imported only by jobs that use Parquet (pyarrow takes ~0.1 s)."""
+    from . import parquet
+
+    return parquet
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,7 @@ class Hdf5Input:
 @dataclass(frozen=True)
 class ParquetInput:
     paths: tuple[str, ...]
-    selection: parquet.ParquetSelection
+    selection: ParquetSelection
 
 
 InputSource = Hdf5Input | ParquetInput
@@ -57,7 +66,8 @@ def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str
     return ((names[0], dataset or hdf5.default_dataset(path, names[0])),)
 
 
-def _selection(config: JobConfig, first: str, names: list[str]) -> parquet.ParquetSelection:
+def _selection(config: JobConfig, first: str, names: list[str]) -> ParquetSelection:
+    parquet = _parquet()
     if config.mapping:
         features = tuple((name, split_names(cols)) for name, cols in config.mapping)
     else:
@@ -68,7 +78,7 @@ def _selection(config: JobConfig, first: str, names: list[str]) -> parquet.Parqu
             raise InputError(f"{first}: no numeric columns to use as features; name them "
                              "with --columns")
         features = ((names[0], columns),)
-    return parquet.ParquetSelection(features, config.keep_columns)
+    return ParquetSelection(features, config.keep_columns)
 
 
 def describe(source: InputSource) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
@@ -76,14 +86,14 @@ def describe(source: InputSource) -> tuple[list[SourceFile], dict[str, Field], l
     if isinstance(source, Hdf5Input):
         files, fields = hdf5.describe(source.sources)
         return files, fields, []
-    files, fields, kept = parquet.describe(source.paths, source.selection)
+    files, fields, kept = _parquet().describe(source.paths, source.selection)
     return files, fields, list(kept.values())
 
 
 def open_reader(source: InputSource) -> Reader:
     if isinstance(source, Hdf5Input):
         return hdf5.Hdf5Reader(source.sources)
-    return parquet.ParquetReader(source.paths, source.selection)
+    return _parquet().ParquetReader(source.paths, source.selection)
 
 
 def input_names(source: InputSource) -> list[str]:
@@ -129,12 +139,12 @@ class OutputTarget:
         """Create the (partial) output on rank 0; HDF5 returns dataset byte offsets."""
         for stale in (self.final, self.partial):
             if stale.exists() or stale.is_symlink():
-                parquet.remove(stale)
+                remove(stale)
         if self.format == "hdf5":
             plan_rows = np.array([[b.batch_id, b.file_index, b.start, b.stop]
                                   for b in plan.batches], dtype=np.int64)
             return hdf5.create(self.partial, fields + kept, plan.total_rows, attrs, plan_rows)
-        parquet.create(self.partial)
+        _parquet().create(self.partial)
         return {}
 
     def open_writer(self, fields: list[Field], kept: list[Field], plan: Plan,
@@ -142,4 +152,12 @@ class OutputTarget:
         """Open the output on every rank (collective for HDF5 over MPI)."""
         if self.format == "hdf5":
             return hdf5.Hdf5Writer(self.partial, self.final, fields + kept, offsets, comm)
-        return parquet.ParquetWriter(self.partial, self.final, fields, kept, plan.batches, attrs)
+        return _parquet().ParquetWriter(self.partial, self.final, fields, kept, plan.batches, attrs)
+
+
+def remove(path: Path) -> None:
+    """Delete an output file or directory (for --overwrite and stale partial output)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
