@@ -80,6 +80,9 @@ def _create_run_dir(job: Job) -> None:
     try:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "plan.json", {**job.attrs, **job.plan.to_json()})
+        # replaced when the job completes; until then no earlier "complete" summary remains
+        write_json(run_dir / "summary.json",
+                   {"status": "running", "output": str(job.config.output)})
     except OSError as exc:
         raise OutputError(f"--run-dir {run_dir}: cannot write: {exc.strerror or exc}") from exc
 

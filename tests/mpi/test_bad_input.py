@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -165,3 +166,5 @@ def test_batch_failing_mid_run_ends_the_whole_job(job, ranks) -> None:
     assert f"of {ranks}" in line
     assert not job["out"].exists()
     assert Path(f"{job['out']}.partial").exists()
+    summary = json.loads(Path(f"{job['out']}.run/summary.json").read_text())
+    assert summary["status"] == "running"
