@@ -14,4 +14,4 @@ from .report import RankStats, RunReport
 
 __all__ = ["run", "JobConfig", "InputSpec", "BatchSize", "SessionConfig", "RunReport",
            "RankStats", "MpiscoreError", "ConfigError", "InputError", "ModelError",
-           "ScoringError", "OutputError", "__version__"]
+           "ScoringError", "OutputError", "Interrupted", "__version__"]

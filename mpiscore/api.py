@@ -1,68 +1,69 @@
 """``run(config, comm=None)``: the one place that wires plan, schedule, read, score, write, report.
 
 Rank 0 prepares the job (every check happens there, before scoring) and
-broadcasts it or the error; then rank 0 coordinates on its main thread while
-its own worker scores on a second thread, and the other ranks work. Errors
-raise on the rank that saw them; deciding to abort the MPI job is left to the
-entry point (cli.py), as mpi4py.run does.
+broadcasts it or the error. Every rank starts its scoring processes; rank 0
+runs the coordinator and its own rank worker in one loop, the other ranks
+run theirs. At the end all ranks finish the output together: complete (and
+renamed), or left partial with its journal for ``--resume``. Errors raise on
+the rank that saw them; deciding to abort the MPI job is left to the entry
+point (cli.py), as mpi4py.run does.
 """
 
 from __future__ import annotations
 
 import resource
-import threading
 import time
+from collections import deque
 from typing import Any
 
 from .config import JobConfig, gpus_per_node, usable_cores
-from .errors import MpiscoreError, OutputError
+from .errors import Interrupted, MpiscoreError, OutputError, ScoringError
+from .faults import FaultPlan
+from .io.fields import fill_columns
 from .io.registry import open_reader
 from .job import Job, prepare
-from .pipeline import BatchProcessor
-from .protocol import WorkerTimes, coordinate, work
+from .journal import FINGERPRINT, Journal
+from .plan import Batch
+from .pool import ScorerPool, ScorerSpec
+from .protocol import Coordinator, Message, RankWorker, serve, work
 from .report import LOG, Progress, RankStats, RunReport, start_logging, stop_logging, write_json
-from .schedule import Scheduler
-from .score import Scorer, ScorerSettings, open_session
-from .transport import (
-    CoordinatorTransport,
-    LocalHub,
-    MpiWorkerLink,
-    broadcast,
-    gather,
-    hostname,
-    node_local,
-    threads_supported,
-)
+from .schedule import FailurePolicy, Scheduler
+from .score import ScorerSettings
+from .signals import StopSignals
+from .transport import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname, node_local
 
 
 def run(config: JobConfig, comm: Any | None = None) -> RunReport:
-    """Score the job on every rank of ``comm`` (or in this process alone); rank 0's report."""
+    """Score the job on every rank of ``comm`` (or in this process alone); the job's report.
+
+    Raises ``Interrupted`` after a graceful stop on SIGTERM/SIGINT and
+    ``ScoringError`` when the error budget ran out; in both cases the output
+    stays partial and ``--resume`` finishes it.
+    """
     started = time.perf_counter()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
     local_rank, local_size = node_local(comm)
-    threads = config.session.intra_op_threads or max(1, usable_cores() // local_size)
-    settings = ScorerSettings(config.session, threads, local_rank % gpus_per_node())
-    job, scorer = _broadcast_job(config, settings, comm, rank)
+    job, done = _broadcast_job(config, comm, rank)
     host = hostname()
+    where = f"rank {rank} of {size} ({host})"
     handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
     try:
-        if scorer is None:
-            session = open_session(job.model_bytes, job.model_name, settings)
-            scorer = Scorer(session, job.bindings, job.model_name)
-        return _execute(job, scorer, comm, rank, size, host, started)
+        threads = config.session.intra_op_threads or \
+            max(1, usable_cores() // (local_size * config.procs_per_rank))
+        settings = ScorerSettings(config.session, threads, local_rank % gpus_per_node())
+        spec = ScorerSpec(job, settings, where, FaultPlan.parse(config.faults))
+        return _score(job, spec, done, comm, rank, size, started)
     finally:
         stop_logging(handlers)
 
 
-def _broadcast_job(config: JobConfig, settings: ScorerSettings, comm: Any | None, rank: int
-                   ) -> tuple[Job, Scorer | None]:
+def _broadcast_job(config: JobConfig, comm: Any | None, rank: int) -> tuple[Job, set[int]]:
     """Rank 0 prepares the job; every rank gets it, or raises rank 0's error."""
-    outcome: Job | BaseException | None = None
-    scorer = None
+    outcome: tuple[Job, set[int]] | BaseException | None = None
     if rank == 0:
         try:
-            outcome, scorer = prepare(config, settings)
-            _create_run_dir(outcome)
+            outcome = prepare(config)
+            _create_run_dir(outcome[0])
         except Exception as exc:
             outcome = exc
     outcome = broadcast(comm, outcome)
@@ -72,7 +73,7 @@ def _broadcast_job(config: JobConfig, settings: ScorerSettings, comm: Any | None
         raise MpiscoreError(f"setting up the job failed on rank 0: {outcome!r}",
                             collective=True) from outcome
     assert outcome is not None
-    return outcome, scorer
+    return outcome
 
 
 def _create_run_dir(job: Job) -> None:
@@ -80,87 +81,155 @@ def _create_run_dir(job: Job) -> None:
     try:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "plan.json", {**job.attrs, **job.plan.to_json()})
-        # replaced when the job completes; until then no earlier "complete" summary remains
+        write_json(run_dir / FINGERPRINT, job.fingerprint)
+        # replaced when the job ends; until then no earlier summary remains
         write_json(run_dir / "summary.json",
                    {"status": "running", "output": str(job.config.output)})
     except OSError as exc:
         raise OutputError(f"--run-dir {run_dir}: cannot write: {exc.strerror or exc}") from exc
 
 
-def _execute(job: Job, scorer: Scorer, comm: Any | None, rank: int, size: int, host: str,
-             started: float) -> RunReport:
-    writer = job.target.open_writer(list(job.outputs), list(job.kept), job.plan, job.offsets,
-                                    job.attrs, comm)
-    reader = open_reader(job.source)
-    processor = BatchProcessor(reader, scorer, writer, job.outputs, job.output_sources,
-                               f"rank {rank} of {size} ({host})")
-    setup_done = time.perf_counter()
-    threads = scorer.session.get_session_options().intra_op_num_threads
-    LOG.info("scoring with %d intra-op threads, %d rank(s), %d batches of <= %d rows",
-             threads, size, len(job.plan.batches), job.plan.batch_rows)
-    if rank == 0:
-        times, coordinator_cpu = _coordinate(job, comm, size, processor)
-    else:
-        times, coordinator_cpu = work(MpiWorkerLink(comm), processor, job.config.window), 0.0
-    reader.close()
-    writer.finish(comm)
-    first = processor.times.first_batch_done
-    stats = RankStats(rank, host, times.batches, times.rows, times.busy_seconds,
-                      times.idle_seconds, times.idle_cpu_seconds, processor.times.read,
-                      processor.times.score, processor.times.write, _process_cpu(),
-                      None if first is None else first - started, threads)
+def _score(job: Job, spec: ScorerSpec, done: set[int], comm: Any | None, rank: int, size: int,
+           started: float) -> RunReport:
+    config = job.config
+    pool = ScorerPool(spec, config.procs_per_rank, config.batch_timeout)
+    ready = time.perf_counter()
+    LOG.info("%d scoring processes with %d intra-op threads each; %d batches of <= %d rows",
+             config.procs_per_rank, spec.settings.intra_op_threads, len(job.plan.batches),
+             job.plan.batch_rows)
+    worker = RankWorker(pool, lambda message: None, config.resolved_window, rank,
+                        spec.faults, config.stop_grace)
+    scheduler = None
+    try:
+        with StopSignals(spec.where) as signals:
+            if rank == 0:
+                scheduler = _coordinate(job, done, worker, comm, size, signals.requested)
+            else:
+                worker.send_up = MpiWorkerLink(comm).send
+                work(worker, MpiWorkerLink(comm), signals.requested)
+    finally:
+        pool.close()
+    status = broadcast(comm, _status(scheduler) if rank == 0 else None)
+    _finish_output(job, scheduler, comm, status)
+    stats = _rank_stats(worker, rank, spec, started, ready)
     every_rank = gather(comm, stats)  # a collective: called on every rank, outside any branch
     report = None
     if rank == 0:
-        report = _report(job, every_rank, size, started, setup_done, coordinator_cpu)
-    return broadcast(comm, report)
-
-
-def _coordinate(job: Job, comm: Any | None, size: int, processor: BatchProcessor
-                ) -> tuple[WorkerTimes, float]:
-    """Run the coordinator here and, when MPI allows threads, a worker beside it."""
-    hub = LocalHub()
-    ranks = list(range(1, size))
-    result: dict[str, WorkerTimes] = {}
-    worker = None
-    if size == 1 or threads_supported():
-        ranks.insert(0, 0)
-        link = hub.link(0)
-
-        def score_here() -> None:
-            try:
-                result["times"] = work(link, processor, job.config.window)
-            except BaseException as exc:
-                hub.report_failure(0, exc)
-
-        worker = threading.Thread(target=score_here, name="mpiscore-worker", daemon=True)
-        worker.start()
-    else:
-        LOG.warning("MPI lacks MPI_THREAD_MULTIPLE: rank 0 coordinates without scoring")
-    batches = job.plan.batches
-    progress = Progress(job.plan.total_rows, len(batches), {b.batch_id: b.rows for b in batches},
-                        job.config.progress_seconds)
-    cpu = time.thread_time()
-    coordinate(CoordinatorTransport(hub, comm), Scheduler.for_batches(batches), ranks, progress)
-    coordinator_cpu = time.thread_time() - cpu
-    if worker is not None:
-        worker.join()
-    return result.get("times", WorkerTimes()), coordinator_cpu
-
-
-def _process_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _report(job: Job, stats: list[RankStats] | None, size: int, started: float,
-            setup_done: float, coordinator_cpu: float) -> RunReport:
-    wall = time.perf_counter() - started
-    rows = job.plan.total_rows
-    report = RunReport("complete", str(job.config.output), str(job.config.resolved_run_dir),
-                       rows, len(job.plan.batches), size, wall, setup_done - started,
-                       rows / wall, coordinator_cpu, list(stats or []))
-    write_json(job.config.resolved_run_dir / "summary.json", report.to_json())
-    LOG.info("done: %d rows in %d batches on %d rank(s), %.2fs, %.0f rows/s -> %s",
-             rows, len(job.plan.batches), size, wall, rows / wall, job.config.output)
+        assert scheduler is not None
+        report = _report(job, scheduler, status, every_rank, size, started, ready)
+    report = broadcast(comm, report)
+    _raise_unless_complete(report)
     return report
+
+
+def _coordinate(job: Job, done: set[int], worker: RankWorker, comm: Any | None, size: int,
+                stop_requested: Any) -> Scheduler:
+    """Rank 0: coordinate every rank, and score with its own processes in the same loop."""
+    config = job.config
+    todo = [b for b in job.plan.batches if b.batch_id not in done]
+    policy = FailurePolicy(config.max_retries, config.error_threshold,
+                           config.allowed_failed_percent)
+    scheduler = Scheduler.for_batches(todo, job.plan.total_rows, policy)
+    scheduler.completed.update(done)
+    if done:
+        LOG.info("resuming: %d of %d batches already written", len(done), len(job.plan.batches))
+    remote = MpiCoordinatorLink(comm) if size > 1 else None
+    inbox: deque[Message] = deque()
+    outbox: deque[Message] = deque()
+    worker.send_up = outbox.append
+    journal = Journal(config.resolved_run_dir, fresh=not config.resume)
+    progress = Progress(sum(b.rows for b in todo), len(todo), config.progress_seconds)
+
+    def send(rank: int, message: Message) -> None:
+        if rank == 0:
+            inbox.append(message)
+        else:
+            assert remote is not None
+            remote.send(rank, message)
+
+    def on_complete(batch: Batch) -> None:
+        journal.record(batch.batch_id)
+        progress(batch.rows)
+
+    coordinator = Coordinator(scheduler, list(range(size)), send, on_complete)
+    try:
+        serve(coordinator, worker, inbox, outbox, remote, stop_requested)
+    finally:
+        journal.close()
+    return scheduler
+
+
+def _status(scheduler: Scheduler | None) -> str:
+    assert scheduler is not None
+    if scheduler.stop_reason is None:
+        return "complete"
+    return "failed" if scheduler.stop_reason.startswith("error budget") else "stopped"
+
+
+def _finish_output(job: Job, scheduler: Scheduler | None, comm: Any | None, status: str) -> None:
+    """Fill the rows of failed batches (rank 0), then finish the output on every rank."""
+    writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
+                                    job.attrs)
+    if scheduler is not None and status == "complete" and scheduler.failed:
+        _write_fills(job, list(scheduler.failed.values()), writer)
+    writer.close()
+    writer.finish(comm, complete=status == "complete")
+
+
+def _write_fills(job: Job, batches: list[Batch], writer: Any) -> None:
+    """Failed rows get fill values and row_status 1; carried columns are kept where readable."""
+    reader = open_reader(job.source)
+    try:
+        for batch in batches:
+            columns: dict[str, Any] = fill_columns(list(job.outputs), batch.rows)
+            try:
+                columns.update(reader.read(batch)[1])
+            except MpiscoreError:
+                columns.update(fill_columns(list(job.kept), batch.rows))
+            writer.write(batch, columns)
+    finally:
+        reader.close()
+
+
+def _rank_stats(worker: RankWorker, rank: int, spec: ScorerSpec, started: float,
+                ready: float) -> RankStats:
+    s = worker.stats
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    scorers = resource.getrusage(resource.RUSAGE_CHILDREN)
+    first = None if s.first_batch_done is None else s.first_batch_done - started
+    return RankStats(rank, hostname(), s.batches, s.rows, s.failures, s.read, s.score, s.write,
+                     own.ru_utime + own.ru_stime, scorers.ru_utime + scorers.ru_stime,
+                     ready - started, first, worker.pool.restarts,  # type: ignore[attr-defined]
+                     spec.settings.intra_op_threads)
+
+
+def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats] | None,
+            size: int, started: float, ready: float) -> RunReport:
+    wall = time.perf_counter() - started
+    rows = sum(s.rows for s in stats or [])
+    run_dir = job.config.resolved_run_dir
+    failed = [{"batch_id": b.batch_id, "file": job.plan.files[b.file_index].path,
+               "file_rows": [b.start, b.stop], "rows": [b.global_start, b.global_stop],
+               "attempts": [vars(a) for a in scheduler.attempts[b.batch_id]]}
+              for b in scheduler.failed.values()]
+    write_json(run_dir / "failed_batches.json", {"failed": failed})
+    first = failed[0]["attempts"][-1]["error"] if failed else None
+    report = RunReport(status, scheduler.stop_reason, first, str(job.config.output), str(run_dir),
+                       job.plan.total_rows, rows, len(job.plan.batches), len(scheduler.completed),
+                       len(failed), sum(b.rows for b in scheduler.failed.values()), size,
+                       wall, ready - started, rows / wall, list(stats or []))
+    write_json(run_dir / "summary.json", report.to_json())
+    LOG.info("%s: %d rows scored in %.2fs on %d rank(s), %.0f rows/s, %d batches failed -> %s",
+             status, rows, wall, size, rows / wall, len(failed), job.config.output)
+    return report
+
+
+def _raise_unless_complete(report: RunReport) -> None:
+    if report.status == "stopped":
+        raise Interrupted(f"stopped ({report.stop_reason}); {report.batches_done} of "
+                          f"{report.batches} batches written; rerun with --resume to finish",
+                          collective=True)
+    if report.status == "failed":
+        raise ScoringError(f"{report.stop_reason}; first failure: {report.first_failure}; "
+                           f"output left partial, details in {report.run_dir}/failed_batches.json",
+                           collective=True)

@@ -28,7 +28,7 @@ from .config import (
     split_names,
 )
 from .errors import MpiscoreError
-from .transport import world
+from .transport import finalize, world
 
 ABORT_GRACE_SECONDS = 0.5
 
@@ -74,15 +74,33 @@ def main() -> None:
               help="Let ONNX Runtime threads spin while idle (faster on dedicated cores).")
 @click.option("--cast", type=click.Choice(["safe", "same_kind", "unsafe"]), default="safe",
               show_default=True, help="Which dtype conversions of input data are allowed.")
-@click.option("--window", default=2, show_default=True,
-              help="Batches each rank keeps assigned, so it never waits on rank 0.")
+@click.option("--procs-per-rank", default=1, show_default=True,
+              help="Scoring processes per rank, each with its own session.")
+@click.option("--window", type=int, help="Batches each rank keeps assigned [default: procs + 1].")
+@click.option("--max-retries", default=3, show_default=True,
+              help="Tries after the first for a failing batch (on another rank if possible).")
+@click.option("--batch-timeout", type=float, help="Seconds before a batch is abandoned and "
+              "retried, its scoring process replaced [default: none].")
+@click.option("--error-threshold", default=0, show_default=True,
+              help="Batches that may fail for good before the job stops; -1 = any number.")
+@click.option("--allowed-failed-percent", type=float,
+              help="Share of rows that may fail for good before the job stops.")
+@click.option("--on-nan", type=click.Choice(["error", "pass"]), default="error",
+              show_default=True, help="NaN/inf in float input: fail the batch, or score it.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted job (same --output, "
+              "--run-dir), skipping the batches its journal lists.")
+@click.option("--stop-grace", default=30.0, show_default=True,
+              help="Seconds after SIGTERM for running batches to finish before they are left "
+              "for --resume.")
 @click.option("--progress-seconds", default=10.0, show_default=True)
 def score(model: Path, inputs: tuple[str, ...], output: Path, input_format: str,
           output_format: str, mapping: tuple[str, ...], columns: str | None,
           keep_columns: str | None, rename: tuple[str, ...], mini_batch_size: str,
           run_dir: Path | None, overwrite: bool, intra_op_threads: str, inter_op_threads: int,
-          graph_optimization: str, providers: str, spin: bool, cast: str, window: int,
-          progress_seconds: float) -> None:
+          graph_optimization: str, providers: str, spin: bool, cast: str, procs_per_rank: int,
+          window: int | None, max_retries: int, batch_timeout: float | None,
+          error_threshold: int, allowed_failed_percent: float | None, on_nan: str, resume: bool,
+          stop_grace: float, progress_seconds: float) -> None:
     """Score MODEL over INPUT, writing one output row per input row to OUTPUT."""
     comm = world()
     try:
@@ -95,11 +113,15 @@ def score(model: Path, inputs: tuple[str, ...], output: Path, input_format: str,
             session=SessionConfig(_threads(intra_op_threads), inter_op_threads,
                                   graph_optimization, split_names(providers), spin,
                                   cast),  # type: ignore[arg-type]
-            window=window, progress_seconds=progress_seconds)
+            procs_per_rank=procs_per_rank, window=window, max_retries=max_retries,
+            batch_timeout=batch_timeout, error_threshold=error_threshold,
+            allowed_failed_percent=allowed_failed_percent, on_nan=on_nan,  # type: ignore[arg-type]
+            resume=resume, stop_grace=stop_grace, progress_seconds=progress_seconds)
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
     try:
         run(config, comm)
+        finalize(comm)
     except MpiscoreError as exc:
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=exc.collective)
     except Exception:
@@ -112,7 +134,9 @@ def _fail(comm: Any, message: str, code: int, collective: bool) -> NoReturn:
         prefix = "" if collective or size == 1 else f"[rank {rank} of {size}] "
         click.echo(f"mpiscore: {prefix}{message}", err=True)
     sys.stderr.flush()
-    if not collective and size > 1:
+    if collective:
+        finalize(comm)
+    elif size > 1:
         time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward the line before the kill
         comm.Abort(code)
     sys.exit(code)

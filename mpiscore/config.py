@@ -167,16 +167,38 @@ class JobConfig:
     run_dir: Path | None = None
     overwrite: bool = False
     session: SessionConfig = field(default_factory=SessionConfig)
-    window: int = 2
+    procs_per_rank: int = 1
+    window: int | None = None
     progress_seconds: float = 10.0
+    max_retries: int = 3
+    error_threshold: int = 0
+    allowed_failed_percent: float | None = None
+    batch_timeout: float | None = None
+    stop_grace: float = 30.0
+    on_nan: Literal["error", "pass"] = "error"
+    resume: bool = False
+    faults: str = field(default_factory=lambda: os.environ.get("MPISCORE_FAULTS", ""))
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ConfigError("no --input given")
-        if self.window < 1:
+        if self.procs_per_rank < 1:
+            raise ConfigError("--procs-per-rank must be at least 1")
+        if self.window is not None and self.window < 1:
             raise ConfigError("--window must be at least 1")
+        if self.max_retries < 0 or self.error_threshold < -1:
+            raise ConfigError("--max-retries must be >= 0 and --error-threshold >= -1")
+        if self.batch_timeout is not None and self.batch_timeout <= 0:
+            raise ConfigError("--batch-timeout must be positive")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
         if self.columns and self.mapping:
             raise ConfigError("--columns and --map exclude each other: use --map NAME=col1,col2")
+
+    @property
+    def resolved_window(self) -> int:
+        """Batches a rank keeps assigned: one per scoring process, plus one queued."""
+        return self.window or self.procs_per_rank + 1
 
     @property
     def resolved_run_dir(self) -> Path:

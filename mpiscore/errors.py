@@ -6,6 +6,7 @@
      +-- ModelError          unreadable model, or a model that does not fit the data (exit 4)
      +-- ScoringError        ONNX Runtime failed on a batch (exit 5)
      +-- OutputError         output exists, is not writable or could not be written (exit 6)
+     +-- Interrupted         stopped by a signal; resumable with --resume (exit 75)
 
 Messages name the object and where: ``data/x.h5:/features rows 0-4095: ...``.
 """
@@ -61,3 +62,12 @@ class OutputError(MpiscoreError):
     """The output cannot be created or written."""
 
     exit_code = 6
+
+
+class Interrupted(MpiscoreError):
+    """The job stopped early on SIGTERM/SIGINT; ``--resume`` finishes it.
+
+    Exit code 75 (EX_TEMPFAIL) tells a batch script the job can be resumed.
+    """
+
+    exit_code = 75

@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__
 from .config import JobConfig
 from .errors import InputError, ModelError
-from .io.fields import Field
+from .io.fields import ROW_STATUS, Field
 from .io.registry import (
     InputSource,
     OutputTarget,
@@ -26,6 +26,7 @@ from .io.registry import (
     open_reader,
     resolve_input,
 )
+from .journal import check_resumable, completed, fingerprint
 from .model import InputBinding, bind_inputs, output_fields, tensor_spec
 from .plan import Plan, make_plan
 from .score import Scorer, ScorerSettings, open_session
@@ -47,6 +48,12 @@ class Job:
     target: OutputTarget
     offsets: dict[str, int]
     attrs: dict[str, Any]
+    fingerprint: dict[str, Any]
+
+    @property
+    def written_fields(self) -> list[Field]:
+        """What every batch writes: the model outputs, then the per-row status."""
+        return [*self.outputs, ROW_STATUS]
 
     @property
     def model_name(self) -> str:
@@ -61,14 +68,15 @@ def read_model(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from exc
 
 
-def prepare(config: JobConfig, settings: ScorerSettings) -> tuple[Job, Scorer]:
-    """Check everything, plan the batches and create the output (rank 0 only).
+def prepare(config: JobConfig) -> tuple[Job, set[int]]:
+    """Check everything, plan the batches and create (or, to resume, reopen) the output.
 
-    Also returns rank 0's scorer: its session, used for the probe, is kept for
-    scoring, so a large model is loaded once per rank, not twice on rank 0.
+    Rank 0 only. Returns the job and the batches already written by an
+    interrupted run (empty unless ``--resume``).
     """
     model_bytes = read_model(config.model)
-    session = open_session(model_bytes, str(config.model), settings)
+    probe_settings = ScorerSettings(replace(config.session, allow_spinning=False), 1)
+    session = open_session(model_bytes, str(config.model), probe_settings)
     inputs = [tensor_spec(node, str(config.model)) for node in session.get_inputs()]
     source = resolve_input(config, [spec.name for spec in inputs])
     files, fields, kept = describe(source)
@@ -79,18 +87,27 @@ def prepare(config: JobConfig, settings: ScorerSettings) -> tuple[Job, Scorer]:
     plan = make_plan(files, config.batch_size.rows_for(row_nbytes))
     scorer = Scorer(session, bindings, str(config.model))
     probe = _probe(scorer, source, plan)
-    outputs = output_fields(probe, dict(config.rename), _probe_rows(scorer, plan),
-                            str(config.model))
+    model_outputs = output_fields(probe, dict(config.rename), _probe_rows(scorer, plan),
+                                  str(config.model))
+    outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
-    target.check(outputs, kept)
+    target.check(outputs, kept, config.resume)
     sha256 = hashlib.sha256(model_bytes).hexdigest()
     attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
              "batches": len(plan.batches), "rows": plan.total_rows}
-    offsets = target.create(outputs, kept, plan, attrs)
-    job = Job(config, model_bytes, sha256, source, plan, bindings, tuple(outputs),
-              tuple(probe), tuple(kept), target, offsets, attrs)
-    return job, scorer
+    stamp = fingerprint(sha256, [f.path for f in files], plan.to_json()["batches"],
+                        plan.batch_rows, str(config.output), target.format,
+                        [(f.name, f.dtype, f.shape) for f in outputs + kept])
+    if config.resume:
+        check_resumable(config.resolved_run_dir, stamp)
+        offsets = target.reopen(outputs, kept)
+        done = target.written(completed(config.resolved_run_dir))
+    else:
+        offsets, done = target.create(outputs, kept, plan, attrs), set()
+    job = Job(config, model_bytes, sha256, source, plan, bindings, tuple(outputs[:-1]),
+              tuple(probe), tuple(kept), target, offsets, attrs, stamp)
+    return job, done
 
 
 def _probe_rows(scorer: Scorer, plan: Plan) -> int:

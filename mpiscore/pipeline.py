@@ -1,54 +1,80 @@
-"""One batch through the stages on a worker: read -> score -> write, timed."""
+"""One batch through the stages in a scoring process: read -> score -> write, timed."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-from .errors import MpiscoreError
-from .io.fields import Field, Reader, Writer
+import numpy as np
+
+from .errors import InputError, MpiscoreError
+from .io.fields import ROW_STATUS, Field, Reader, Writer
 from .plan import Batch
 from .score import Scorer
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageTimes:
-    """Seconds a worker spent in each stage, and when it finished its first batch."""
+    """Seconds one batch spent in each stage."""
 
-    read: float = 0.0
-    score: float = 0.0
-    write: float = 0.0
-    first_batch_done: float | None = None
+    read: float
+    score: float
+    write: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a batch ended in a scoring process."""
+
+    batch: Batch
+    ok: bool
+    error: str = ""
+    traceback: str = ""
+    times: StageTimes | None = None
 
 
 class BatchProcessor:
     """Reads, scores and writes one batch; names the batch and rank when that fails."""
 
     def __init__(self, reader: Reader, scorer: Scorer, writer: Writer,
-                 outputs: tuple[Field, ...], output_sources: tuple[str, ...], where: str) -> None:
+                 outputs: tuple[Field, ...], output_sources: tuple[str, ...], where: str,
+                 on_nan: str = "error") -> None:
         self.reader, self.scorer, self.writer = reader, scorer, writer
         self.renames = [(f.name, source) for f, source in zip(outputs, output_sources,
                                                                strict=True)]
-        self.where = where
-        self.times = StageTimes()
+        self.where, self.on_nan = where, on_nan
 
-    def __call__(self, batch: Batch) -> int:
+    def __call__(self, batch: Batch) -> StageTimes:
         try:
-            self._process(batch)
+            return self._process(batch)
         except MpiscoreError as exc:
             raise type(exc)(f"batch {batch.batch_id} (rows {batch.global_start}-"
                             f"{batch.global_stop - 1}) on {self.where}: {exc}") from exc
-        if self.times.first_batch_done is None:
-            self.times.first_batch_done = time.perf_counter()
-        return batch.rows
 
-    def _process(self, batch: Batch) -> None:
+    def _process(self, batch: Batch) -> StageTimes:
         started = time.perf_counter()
         arrays, kept = self.reader.read(batch)
+        if self.on_nan == "error":
+            _refuse_non_finite(arrays)
         read = time.perf_counter()
         outputs = self.scorer.score(arrays)
         scored = time.perf_counter()
-        self.writer.write(batch, {**kept, **{name: outputs[src] for name, src in self.renames}})
-        self.times.read += read - started
-        self.times.score += scored - read
-        self.times.write += time.perf_counter() - scored
+        status = {ROW_STATUS.name: np.zeros(batch.rows, dtype=np.uint8)}
+        self.writer.write(batch, {**kept, **{n: outputs[s] for n, s in self.renames}, **status})
+        return StageTimes(read - started, scored - read, time.perf_counter() - scored)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
+def _refuse_non_finite(arrays: dict[str, np.ndarray]) -> None:
+    """``--on-nan error``: NaN or inf in float input fails the batch, naming the rows."""
+    for name, array in arrays.items():
+        if array.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise InputError(f"input {name!r}: {len(rows)} rows with NaN or inf (first at "
+                             f"batch row {rows[0]}); pass --on-nan pass to score them anyway")

@@ -13,20 +13,25 @@ LOG = logging.getLogger("mpiscore")
 
 @dataclass(frozen=True)
 class RankStats:
-    """One rank's share of the work and how it spent its time."""
+    """One rank's share of the work and how it spent its time.
+
+    ``driver_cpu_seconds`` is the CPU time of the rank's own MPI process, which
+    only coordinates and waits (it does not score): what waiting costs.
+    """
 
     rank: int
     host: str
     batches: int
     rows: int
-    busy_seconds: float
-    idle_seconds: float
-    idle_cpu_seconds: float
+    failures: int
     read_seconds: float
     score_seconds: float
     write_seconds: float
-    process_cpu_seconds: float
+    driver_cpu_seconds: float
+    scorer_cpu_seconds: float
+    startup_seconds: float
     first_batch_seconds: float | None
+    scorer_restarts: int
     intra_op_threads: int
 
 
@@ -34,16 +39,21 @@ class RankStats:
 class RunReport:
     """The job's summary, as written to ``summary.json``."""
 
-    status: str
+    status: str  # complete | stopped | failed
+    stop_reason: str | None
+    first_failure: str | None
     output: str
     run_dir: str
     rows: int
+    rows_scored: int  # by this run (less than rows when resuming)
     batches: int
+    batches_done: int
+    batches_failed: int
+    rows_failed: int
     ranks: int
     wall_seconds: float
     setup_seconds: float
     rows_per_second: float
-    coordinator_cpu_seconds: float
     per_rank: list[RankStats]
 
     def to_json(self) -> dict:
@@ -60,15 +70,13 @@ def write_json(path: Path, data: dict) -> None:
 class Progress:
     """Counts completed rows on the coordinator and logs a line every few seconds."""
 
-    def __init__(self, total_rows: int, total_batches: int, rows_by_batch: dict[int, int],
-                 every_seconds: float) -> None:
-        self.total_rows, self.total_batches = total_rows, total_batches
-        self.rows_by_batch, self.every = rows_by_batch, every_seconds
+    def __init__(self, total_rows: int, total_batches: int, every_seconds: float) -> None:
+        self.total_rows, self.total_batches, self.every = total_rows, total_batches, every_seconds
         self.rows = self.batches = 0
         self.started = self.last = time.perf_counter()
 
-    def __call__(self, batch_id: int) -> None:
-        self.rows += self.rows_by_batch[batch_id]
+    def __call__(self, rows: int) -> None:
+        self.rows += rows
         self.batches += 1
         now = time.perf_counter()
         if now - self.last >= self.every:
@@ -77,14 +85,15 @@ class Progress:
             eta = (self.total_rows - self.rows) / max(rate, 1e-9)
             LOG.info("progress: %d/%d batches, %d/%d rows (%.1f%%), %.0f rows/s, eta %.0fs",
                      self.batches, self.total_batches, self.rows, self.total_rows,
-                     100 * self.rows / self.total_rows, rate, eta)
+                     100 * self.rows / max(1, self.total_rows), rate, eta)
 
 
 def start_logging(run_dir: Path, rank: int, size: int, host: str, to_stderr: bool
                   ) -> list[logging.Handler]:
     """Per-rank log file in ``run_dir/logs``; rank 0 also logs to stderr."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter(f"%(asctime)s rank {rank}/{size} {host} %(levelname)s %(message)s")
+    fmt = logging.Formatter(f"%(asctime)s rank {rank}/{size} {host}:%(process)d "
+                            "%(levelname)s %(message)s")
     handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "logs" /
                                                            f"rank-{rank:05d}.log")]
     if to_stderr:

@@ -1,9 +1,11 @@
-"""Which batch goes to which worker: a pure state machine, no MPI.
+"""Which batch goes to which worker, retries and the error budget: a pure state machine.
 
-The coordinator drives it with :meth:`Scheduler.assign` and
-:meth:`Scheduler.complete`; it knows nothing about messages, so unit tests can
-step it directly. Batches are handed out in row order (pull-based, first come
-first served), which keeps each rank's reads roughly sequential per file.
+The coordinator drives it with :meth:`Scheduler.assign`, :meth:`complete`
+and :meth:`fail`; it knows nothing about messages or MPI, so unit tests can
+step it directly. Batches are handed out in row order (pull-based). A failed
+batch is retried up to ``max_retries`` times, preferably on a rank where it
+has not failed yet; after that it is given up, and the :class:`FailurePolicy`
+decides whether the job may go on.
 """
 
 from __future__ import annotations
@@ -15,37 +17,128 @@ from dataclasses import dataclass, field
 from .plan import Batch
 
 
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How much failure a job tolerates (Azure's run_max_try / mini_batch_error_threshold).
+
+    ``error_threshold``: batches that may fail for good (-1: any number).
+    ``allowed_failed_percent``: the same as a share of all rows (None: no limit).
+    """
+
+    max_retries: int = 3
+    error_threshold: int = 0
+    allowed_failed_percent: float | None = None
+
+    def exceeded(self, failed_batches: int, failed_rows: int, total_rows: int) -> str | None:
+        """Why the failures so far are too many, or None while within budget."""
+        if 0 <= self.error_threshold < failed_batches:
+            return (f"{failed_batches} batches failed for good, more than "
+                    f"--error-threshold {self.error_threshold}")
+        if self.allowed_failed_percent is not None and \
+                100 * failed_rows > self.allowed_failed_percent * total_rows:
+            return (f"{failed_rows} of {total_rows} rows failed, more than "
+                    f"--allowed-failed-percent {self.allowed_failed_percent:g}")
+        return None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One failed try of a batch: where, and what went wrong."""
+
+    rank: int
+    error: str
+    traceback: str = ""
+
+
 @dataclass
 class Scheduler:
-    """Tracks pending, in-flight and completed batches."""
+    """Tracks pending, in-flight, completed and failed batches."""
 
     pending: deque[Batch]
-    in_flight: dict[int, int] = field(default_factory=dict)  # batch_id -> rank
+    total_rows: int
+    policy: FailurePolicy = field(default_factory=FailurePolicy)
+    retries: deque[Batch] = field(default_factory=deque)
+    in_flight: dict[int, tuple[Batch, int]] = field(default_factory=dict)  # id -> batch, rank
     completed: set[int] = field(default_factory=set)
-    total: int = 0
+    attempts: dict[int, list[Attempt]] = field(default_factory=dict)
+    failed: dict[int, Batch] = field(default_factory=dict)
+    stop_reason: str | None = None
 
     @classmethod
-    def for_batches(cls, batches: Iterable[Batch]) -> Scheduler:
-        queue = deque(batches)
-        return cls(pending=queue, total=len(queue))
+    def for_batches(cls, batches: Iterable[Batch], total_rows: int,
+                    policy: FailurePolicy | None = None) -> Scheduler:
+        return cls(pending=deque(batches), total_rows=total_rows,
+                   policy=policy or FailurePolicy())
 
     def assign(self, rank: int) -> Batch | None:
-        """The next batch for ``rank``, or None when nothing is left to hand out."""
-        if not self.pending:
+        """The next batch for ``rank``: a retry that did not fail there, else a new one."""
+        if self.stop_reason is not None:
             return None
-        batch = self.pending.popleft()
-        self.in_flight[batch.batch_id] = rank
+        batch = self._retry_for(rank) or (self.pending.popleft() if self.pending else None)
+        if batch is None and self.retries and not self.in_flight:
+            batch = self.retries.popleft()  # no other rank is busy: retry where it failed
+        if batch is not None:
+            self.in_flight[batch.batch_id] = (batch, rank)
         return batch
 
-    def complete(self, batch_id: int, rank: int) -> None:
-        """Record that ``rank`` finished ``batch_id`` and wrote its output."""
-        owner = self.in_flight.pop(batch_id, None)
-        if owner != rank:
-            raise RuntimeError(
-                f"batch {batch_id} reported done by rank {rank}, but was assigned to {owner}")
+    def _retry_for(self, rank: int) -> Batch | None:
+        for batch in self.retries:
+            if all(a.rank != rank for a in self.attempts[batch.batch_id]):
+                self.retries.remove(batch)
+                return batch
+        return None
+
+    def attempt(self, batch_id: int) -> int:
+        """How many times the batch has failed so far (0 on its first try)."""
+        return len(self.attempts.get(batch_id, ()))
+
+    def complete(self, batch_id: int, rank: int) -> Batch:
+        """Record that ``rank`` finished ``batch_id`` and its output is written."""
+        batch = self._take(batch_id, rank)
         self.completed.add(batch_id)
+        return batch
+
+    def fail(self, batch_id: int, attempt: Attempt) -> bool:
+        """Record a failed try; True if the batch is given up for good."""
+        batch = self._take(batch_id, attempt.rank)
+        tries = self.attempts.setdefault(batch_id, [])
+        tries.append(attempt)
+        if len(tries) <= self.policy.max_retries:
+            self.retries.append(batch)
+            return False
+        self.failed[batch_id] = batch
+        reason = self.policy.exceeded(len(self.failed), self.failed_rows, self.total_rows)
+        if reason and self.stop_reason is None:
+            self.stop_reason = f"error budget exceeded: {reason}"
+        return True
+
+    def give_back(self, batch_id: int, rank: int) -> None:
+        """A batch returned unfinished at a stop: hand it out again later, no try counted."""
+        batch = self._take(batch_id, rank)
+        if self.attempts.get(batch_id):
+            self.retries.appendleft(batch)
+        else:
+            self.pending.appendleft(batch)
+
+    def stop(self, reason: str) -> None:
+        """Hand out nothing more (graceful stop); in-flight batches may still report."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def _take(self, batch_id: int, rank: int) -> Batch:
+        batch, owner = self.in_flight.pop(batch_id, (None, None))
+        if batch is None or owner != rank:
+            raise RuntimeError(
+                f"batch {batch_id} reported by rank {rank}, but was assigned to {owner}")
+        return batch
 
     @property
-    def done(self) -> bool:
-        """True once every batch has been completed."""
-        return len(self.completed) == self.total
+    def failed_rows(self) -> int:
+        return sum(batch.rows for batch in self.failed.values())
+
+    @property
+    def finished(self) -> bool:
+        """Nothing in flight and nothing more to hand out."""
+        if self.in_flight:
+            return False
+        return self.stop_reason is not None or not (self.pending or self.retries)

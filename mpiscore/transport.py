@@ -1,27 +1,23 @@
-"""Moving protocol messages: MPI point-to-point between ranks, queues within one.
+"""Moving protocol messages between ranks with MPI point-to-point, and the few collectives.
 
-The only module besides the parallel writers that talks MPI. Waiting never
-spins a core: MPI is polled with a matched probe and an exponential sleep
-(10 us up to 1 ms), so an idle coordinator or worker costs almost no CPU
-while ranks on the same node are scoring. The in-process :class:`LocalHub`
-links rank 0's own worker thread to the coordinator, and lets unit tests run
-the real loops with several worker threads and no MPI at all.
+With the collectives below, the only place mpiscore talks MPI. Waiting never spins a
+core: MPI is polled with a matched probe, and between polls the caller sleeps
+(or waits on its scoring processes) for a delay that grows from 10 us to 1 ms
+while nothing arrives, so an idle coordinator or worker costs almost no CPU
+while the scoring processes on its node work.
 """
 
 from __future__ import annotations
 
-import queue
 import socket
 import time
 from typing import Any
-
-from .protocol import Message
 
 MAX_SLEEP_SECONDS = 1e-3
 
 
 class Backoff:
-    """Sleep a little longer each time nothing arrived; start over when something did."""
+    """Wait a little longer each time nothing arrived; start over when something did."""
 
     def __init__(self, first: float = 1e-5, most: float = MAX_SLEEP_SECONDS) -> None:
         self.first, self.most, self.delay = first, most, 0.0
@@ -29,85 +25,32 @@ class Backoff:
     def reset(self) -> None:
         self.delay = 0.0
 
-    def wait(self) -> None:
+    def next_delay(self) -> float:
         self.delay = min(self.most, self.delay * 2 or self.first)
-        time.sleep(self.delay)
+        return self.delay
+
+    def wait(self) -> None:
+        time.sleep(self.next_delay())
 
 
-class WorkerFailed(Exception):
-    """Carries an exception raised on a worker thread of this process to the coordinator."""
+class MpiCoordinatorLink:
+    """Rank 0's end: messages from any worker rank, and to each of them."""
 
-    def __init__(self, rank: int, error: BaseException) -> None:
-        super().__init__(f"rank {rank} worker thread failed: {error}")
-        self.rank, self.error = rank, error
-
-
-class LocalHub:
-    """Queues between the coordinator and worker threads of the same process."""
-
-    def __init__(self) -> None:
-        self.inbox: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        self.outboxes: dict[int, queue.SimpleQueue[Message]] = {}
-
-    def link(self, rank: int) -> LocalWorkerLink:
-        self.outboxes[rank] = queue.SimpleQueue()
-        return LocalWorkerLink(self, rank)
-
-    def report_failure(self, rank: int, error: BaseException) -> None:
-        """Wake the coordinator with a worker thread's exception."""
-        self.inbox.put((rank, WorkerFailed(rank, error)))
-
-
-class LocalWorkerLink:
-    """A worker thread's end of a :class:`LocalHub`."""
-
-    def __init__(self, hub: LocalHub, rank: int) -> None:
-        self.hub, self.rank = hub, rank
-
-    def send(self, message: Message) -> None:
-        self.hub.inbox.put((self.rank, message))
-
-    def receive(self) -> Message:
-        return self.hub.outboxes[self.rank].get()
-
-
-class CoordinatorTransport:
-    """The coordinator's end: local worker threads via a hub, other ranks via MPI."""
-
-    def __init__(self, hub: LocalHub, comm: Any | None = None) -> None:
-        self.hub = hub
-        self.comm = comm if comm is not None and comm.Get_size() > 1 else None
-        self.backoff = Backoff()
-
-    def send(self, rank: int, message: Message) -> None:
-        if rank in self.hub.outboxes:
-            self.hub.outboxes[rank].put(message)
-        else:
-            self.comm.send(message, dest=rank, tag=message.tag)
-
-    def receive(self) -> tuple[int, Message]:
-        if self.comm is None:
-            return _unwrap(self.hub.inbox.get())
+    def __init__(self, comm: Any) -> None:
         from mpi4py import MPI
 
-        status = MPI.Status()
-        while True:
-            try:
-                return _unwrap(self.hub.inbox.get_nowait())
-            except queue.Empty:
-                pass
-            pending = self.comm.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
-            if pending is not None:
-                self.backoff.reset()
-                return status.Get_source(), pending.recv()
-            self.backoff.wait()
+        self.comm, self.status = comm, MPI.Status()
+        self.any_source, self.any_tag = MPI.ANY_SOURCE, MPI.ANY_TAG
 
+    def poll(self) -> tuple[int, Any] | None:
+        pending = self.comm.improbe(self.any_source, self.any_tag, self.status)
+        if pending is None:
+            return None
+        source = self.status.Get_source()
+        return source, pending.recv()
 
-def _unwrap(item: tuple[int, Any]) -> tuple[int, Message]:
-    rank, message = item
-    if isinstance(message, WorkerFailed):
-        raise message.error
-    return rank, message
+    def send(self, rank: int, message: Any) -> None:
+        self.comm.send(message, dest=rank, tag=message.tag)
 
 
 class MpiWorkerLink:
@@ -117,36 +60,30 @@ class MpiWorkerLink:
         from mpi4py import MPI
 
         self.comm, self.coordinator, self.any_tag = comm, coordinator, MPI.ANY_TAG
-        self.backoff = Backoff()
 
-    def send(self, message: Message) -> None:
+    def poll(self) -> Any | None:
+        pending = self.comm.improbe(self.coordinator, self.any_tag)
+        return None if pending is None else pending.recv()
+
+    def send(self, message: Any) -> None:
         self.comm.send(message, dest=self.coordinator, tag=message.tag)
-
-    def receive(self) -> Message:
-        while True:
-            pending = self.comm.improbe(self.coordinator, self.any_tag)
-            if pending is not None:
-                self.backoff.reset()
-                return pending.recv()
-            self.backoff.wait()
 
 
 def world() -> Any:
-    """MPI_COMM_WORLD, initialising MPI with thread support for rank 0's worker thread."""
-    import mpi4py
-
-    mpi4py.rc.threads = True
-    mpi4py.rc.thread_level = "multiple"
+    """MPI_COMM_WORLD (initialising MPI on first use)."""
     from mpi4py import MPI
 
     return MPI.COMM_WORLD
 
 
-def threads_supported() -> bool:
-    """Whether this MPI lets two threads of a process call MPI at the same time."""
+def finalize(comm: Any) -> None:
+    """Finalize MPI now in a multi-rank job, so a failure to finalize (such as a message
+    left unreceived) is reported here instead of being lost at interpreter exit, where
+    MPICH's launcher would then kill the other ranks. A single rank finalizes at exit."""
     from mpi4py import MPI
 
-    return MPI.Query_thread() >= MPI.THREAD_MULTIPLE
+    if comm.Get_size() > 1 and not MPI.Is_finalized():
+        MPI.Finalize()
 
 
 def node_local(comm: Any) -> tuple[int, int]:

@@ -44,8 +44,32 @@ class ParquetSelection:
         return list(dict.fromkeys(names))
 
 
+ROW_STATUS = Field("row_status", "|u1", (), "per-row status: 0 scored, 1 failed")
+"""Written beside the model outputs: which rows hold scores and which hold fill values."""
+
 Columns = dict[str, object]
 """Per-batch data by field name: NumPy arrays, or Arrow arrays for carried columns."""
+
+
+def fill_columns(fields: list[Field], rows: int) -> dict[str, np.ndarray]:
+    """Output rows of a batch that failed for good: documented fill values, status 1.
+
+    Floats are NaN, signed integers -1, unsigned integers their maximum, booleans False.
+    """
+    columns = {}
+    for field in fields:
+        dtype = np.dtype(field.dtype)
+        if dtype.kind == "f":
+            value: object = np.nan
+        elif dtype.kind == "i":
+            value = -1
+        elif dtype.kind == "u":
+            value = np.iinfo(dtype).max
+        else:
+            value = 0
+        columns[field.name] = np.full((rows, *field.shape), value, dtype=dtype)
+    columns[ROW_STATUS.name] = np.ones(rows, dtype=np.uint8)
+    return columns
 
 
 class Reader(Protocol):
@@ -57,8 +81,10 @@ class Reader(Protocol):
 
 
 class Writer(Protocol):
-    """Writes one batch's output rows at their place in the output."""
+    """Writes batches' output rows at their place; every rank finishes it together."""
 
     def write(self, batch: Batch, columns: Columns) -> None: ...
 
-    def finish(self, comm: object | None) -> None: ...
+    def close(self) -> None: ...
+
+    def finish(self, comm: object | None, complete: bool) -> None: ...

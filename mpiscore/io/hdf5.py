@@ -2,9 +2,9 @@
 
 Reading: each rank opens the input files itself and slices its rows.
 Writing: rank 0 creates the file with one contiguous, early-allocated dataset
-per output and records their byte offsets; then every rank writes its row
-ranges straight into those bytes, with MPI-IO when given a communicator (so
-PyPI's serial h5py suffices) or with ``pwrite`` in a single process. The file
+per output and records their byte offsets; then the scoring processes of
+every rank write their row ranges straight into those bytes with ``pwrite``
+(so PyPI's serial h5py suffices, and no data passes through rank 0). The file
 is named ``<output>.partial`` and marked ``mpiscore_status=incomplete`` until
 every rank has finished; only then is it marked complete and renamed.
 """
@@ -162,63 +162,60 @@ def _allocate(handle: h5py.File, field: Field, rows: int) -> int:
     return dataset.get_offset()
 
 
+def offsets(partial: Path, fields: list[Field]) -> dict[str, int]:
+    """Byte offsets of the datasets of an existing partial output (for --resume)."""
+    try:
+        with h5py.File(partial, "r") as handle:
+            return {f.name: handle[f.name].id.get_offset() for f in fields}
+    except (OSError, KeyError) as exc:
+        raise OutputError(f"{partial}: cannot reopen partial output to resume: {exc}") from exc
+
+
 class Hdf5Writer:
-    """Writes row ranges of every output dataset at their byte offsets."""
+    """Writes row ranges of every output dataset at their byte offsets with pwrite.
+
+    Every scoring process opens the file itself; writes of different batches
+    never overlap, and each is flushed to storage (fdatasync) before the
+    batch is reported done, so the journal never claims rows that could be lost.
+    """
 
     def __init__(self, partial: Path, final: Path, fields: list[Field],
-                 offsets: dict[str, int], comm: Any | None) -> None:
-        self.partial, self.final, self.comm = partial, final, comm
+                 offsets: dict[str, int]) -> None:
+        self.partial, self.final = partial, final
         self.fields = {field.name: field for field in fields}
         self.offsets = offsets
-        self.file = _RowFile(partial, comm)
+        self.fd = -1
 
     def write(self, batch: Batch, columns: Columns) -> None:
+        if self.fd < 0:
+            self.fd = os.open(self.partial, os.O_WRONLY)
         for name, field in self.fields.items():
             data = np.ascontiguousarray(columns[name], dtype=field.dtype)
             if data.shape != (batch.rows, *field.shape):
                 raise OutputError(f"{self.final}:/{name} batch {batch.batch_id}: got shape "
                                   f"{data.shape}, expected {(batch.rows, *field.shape)}")
-            self.file.write_at(self.offsets[name] + batch.global_start * field.row_nbytes, data)
+            _pwrite_all(self.fd, data, self.offsets[name] + batch.global_start * field.row_nbytes)
+        os.fdatasync(self.fd)
 
-    def finish(self, comm: Any | None) -> None:
-        """Close on every rank; then rank 0 marks the file complete and renames it."""
-        self.file.close()
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def finish(self, comm: Any | None, complete: bool) -> None:
+        """After every rank is done: rank 0 marks the file complete and renames it."""
         barrier(comm)
-        if comm is None or comm.Get_rank() == 0:
+        if complete and (comm is None or comm.Get_rank() == 0):
             with h5py.File(self.partial, "r+") as handle:
                 handle.attrs[STATUS_ATTR] = "complete"
             os.replace(self.partial, self.final)
 
 
-class _RowFile:
-    """A file opened for independent writes at byte offsets: MPI-IO, or pwrite alone."""
-
-    def __init__(self, path: Path, comm: Any | None) -> None:
-        self.path = path
-        if comm is not None and comm.Get_size() > 1:
-            from mpi4py import MPI
-
-            self.mpi_file = MPI.File.Open(comm, str(path), MPI.MODE_WRONLY)
-            self.fd = -1
-        else:
-            self.mpi_file = None
-            self.fd = os.open(path, os.O_WRONLY)
-
-    def write_at(self, offset: int, data: np.ndarray) -> None:
-        raw = data.reshape(-1).view(np.uint8)
-        if self.mpi_file is not None:
-            self.mpi_file.Write_at(offset, raw)
-            return
-        written = 0
-        while written < raw.nbytes:
-            written += os.pwrite(self.fd, raw[written:], offset + written)
-
-    def close(self) -> None:
-        if self.mpi_file is not None:
-            self.mpi_file.Close()
-        else:
-            os.fsync(self.fd)
-            os.close(self.fd)
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    raw = memoryview(data.reshape(-1).view(np.uint8))
+    written = 0
+    while written < len(raw):
+        written += os.pwrite(fd, raw[written:], offset + written)
 
 
 def provenance(model: str, sha256: str, inputs: list[str], version: str,

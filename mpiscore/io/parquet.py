@@ -187,29 +187,41 @@ class ParquetWriter:
                  batches: Sequence[Batch], metadata: dict[str, Any]) -> None:
         self.partial, self.final = partial, final
         self.names = [f.name for f in kept] + [f.name for f in fields]
+        self.kept = {f.name for f in kept}
         self.shapes = {f.name: list(f.shape) for f in fields}
         self.batches, self.metadata = batches, metadata
         row_nbytes = sum(f.row_nbytes for f in fields) + 8 * len(kept)
         self.groups = group_batches(batches, row_nbytes, PART_TARGET_BYTES)
 
     def write(self, batch: Batch, columns: Columns) -> None:
-        arrays = [c if isinstance(c, pa.ChunkedArray | pa.Array) else to_arrow(c)
+        arrays = [c if isinstance(c, pa.ChunkedArray | pa.Array) else to_arrow(np.asarray(c))
                   for c in (columns[name] for name in self.names)]
         table = pa.table(arrays, names=self.names)
         target = self._staged(batch.batch_id)
         try:
-            pq.write_table(table, f"{target}.tmp")
+            with open(f"{target}.tmp", "wb") as handle:
+                pq.write_table(table, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(f"{target}.tmp", target)
         except OSError as exc:
             raise OutputError(f"{target}: cannot write batch {batch.batch_id}: {exc}") from exc
 
+    def close(self) -> None:
+        """Nothing stays open between batches."""
+
     def _staged(self, batch_id: int) -> Path:
         return self.partial / STAGING / f"batch-{batch_id:09d}.parquet"
 
-    def finish(self, comm: Any | None) -> None:
-        """Merge staged batches into part files (ranks share the groups), then commit."""
-        rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
+    def finish(self, comm: Any | None, complete: bool) -> None:
+        """Merge staged batches into part files (ranks share the groups), then commit.
+
+        An incomplete job leaves the staged batches as they are, for --resume.
+        """
         barrier(comm)
+        if not complete:
+            return
+        rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
         for part in range(rank, len(self.groups), size):
             self._merge(part, self.groups[part])
         barrier(comm)
@@ -257,3 +269,8 @@ def group_batches(batches: Iterable[Batch], row_nbytes: int, target_bytes: int
         groups[-1].append(batch.batch_id)
         size += batch.rows * row_nbytes
     return groups
+
+
+def staged_batches(partial: Path) -> set[int]:
+    """Batches whose staged output is on disk (what --resume may skip)."""
+    return {int(p.stem.split("-")[1]) for p in (partial / STAGING).glob("batch-*.parquet")}

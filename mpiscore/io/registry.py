@@ -115,12 +115,18 @@ class OutputTarget:
     def partial(self) -> Path:
         return self.final.with_name(self.final.name + ".partial")
 
-    def check(self, outputs: list[Field], kept: list[Field]) -> None:
+    def check(self, outputs: list[Field], kept: list[Field], resume: bool) -> None:
         """Refuse clashing names, existing output (without --overwrite), unwritable places."""
         clashes = sorted({f.name for f in outputs} & {f.name for f in kept})
         if clashes:
-            raise ConfigError(f"--keep-columns {','.join(clashes)}: also a model output name; "
-                              "rename the output with --rename OUTPUT=NEW_NAME")
+            raise ConfigError(f"--keep-columns {','.join(clashes)}: also an output name; "
+                              "rename the model output with --rename OUTPUT=NEW_NAME")
+        if resume:
+            if self.final.exists():
+                raise ConfigError(f"--resume: {self.final} is complete; nothing to resume")
+            if not self.partial.exists():
+                raise ConfigError(f"--resume: {self.partial} not found; nothing to resume")
+            return
         if self.final.exists() and not self.overwrite:
             raise OutputError(f"{self.final}: output exists; pass --overwrite to replace it")
         parent = self.final.parent if str(self.final.parent) else Path(".")
@@ -147,12 +153,25 @@ class OutputTarget:
         _parquet().create(self.partial)
         return {}
 
-    def open_writer(self, fields: list[Field], kept: list[Field], plan: Plan,
-                    offsets: dict[str, int], attrs: dict[str, Any], comm: Any | None) -> Writer:
-        """Open the output on every rank (collective for HDF5 over MPI)."""
+    def reopen(self, fields: list[Field], kept: list[Field]) -> dict[str, int]:
+        """Offsets into the partial output of an interrupted run (for --resume)."""
+        return hdf5.offsets(self.partial, fields + kept) if self.format == "hdf5" else {}
+
+    def written(self, journal: set[int]) -> set[int]:
+        """Of the batches the journal lists, those whose output is still there to keep."""
         if self.format == "hdf5":
-            return hdf5.Hdf5Writer(self.partial, self.final, fields + kept, offsets, comm)
-        return _parquet().ParquetWriter(self.partial, self.final, fields, kept, plan.batches, attrs)
+            return journal
+        for merged in self.partial.glob("part-*.parquet"):  # a merge that was cut short
+            merged.unlink()
+        return journal & _parquet().staged_batches(self.partial)
+
+    def open_writer(self, fields: list[Field], kept: list[Field], plan: Plan,
+                    offsets: dict[str, int], attrs: dict[str, Any]) -> Writer:
+        """A writer for a scoring process (write, close) or a rank (finish)."""
+        if self.format == "hdf5":
+            return hdf5.Hdf5Writer(self.partial, self.final, fields + kept, offsets)
+        return _parquet().ParquetWriter(self.partial, self.final, fields, kept, plan.batches,
+                                        attrs)
 
 
 def remove(path: Path) -> None:

@@ -151,8 +151,8 @@ def even_rows_model(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_batch_failing_mid_run_ends_the_whole_job(job, ranks) -> None:
-    """A batch that fails on some rank aborts every rank quickly; the output stays partial."""
+def test_batch_failing_for_good_stops_the_job(job, ranks) -> None:
+    """A batch failing on every try stops the job cleanly (default budget 0); output partial."""
     job["model"] = even_rows_model(job["dir"] / "even.onnx")
     data = builders.features(2001)
     path = builders.write_h5(job["dir"] / "odd.h5", features=data)
@@ -162,9 +162,11 @@ def test_batch_failing_mid_run_ends_the_whole_job(job, ranks) -> None:
     assert time.monotonic() - started < 30
     assert result.returncode == 5, result.stderr
     line = error_lines(result)[0]
-    assert "ScoringError: batch 10 (rows 2000-2000) on rank" in line, line
+    assert "ScoringError: error budget exceeded" in line, line
+    assert "batch 10 (rows 2000-2000) on rank" in line, line
     assert f"of {ranks}" in line
     assert not job["out"].exists()
     assert Path(f"{job['out']}.partial").exists()
     summary = json.loads(Path(f"{job['out']}.run/summary.json").read_text())
-    assert summary["status"] == "running"
+    assert summary["status"] == "failed"
+    assert summary["stop_reason"].startswith("error budget exceeded")

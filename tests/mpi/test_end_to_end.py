@@ -19,9 +19,12 @@ ROWS = 1003  # deliberately not a multiple of any batch size used below
 
 
 def read_h5(path: Path) -> dict[str, np.ndarray]:
+    """Output datasets of a complete file, after checking every row is marked scored."""
     with h5py.File(path, "r") as handle:
         assert handle.attrs["mpiscore_status"] == "complete"
-        return {name: handle[name][()] for name in handle if not name.startswith("_")}
+        got = {name: handle[name][()] for name in handle if not name.startswith("_")}
+    assert not got.pop("row_status").any()
+    return got
 
 
 def assert_matches(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
@@ -106,7 +109,8 @@ def test_parquet_directory_with_carried_ids(tmp_path, ranks) -> None:
                       "--output", out, "--mini-batch-size", 128)
     assert result.returncode == 0, result.stderr
     table = ds.dataset(out).to_table()
-    assert table.column_names == ["id", "logits", "label"]
+    assert table.column_names == ["id", "logits", "label", "row_status"]
+    assert not table["row_status"].to_numpy().any()
     np.testing.assert_array_equal(table["id"].to_numpy(), ids)
     want = builders.reference(model, features=data)
     logits = np.stack(table["logits"].to_numpy(zero_copy_only=False))
