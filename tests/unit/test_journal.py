@@ -1,0 +1,58 @@
+"""Journal and resume checks, and the fault-injection plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mpiscore.errors import ConfigError
+from mpiscore.faults import FaultPlan, InjectedFault
+from mpiscore.journal import FINGERPRINT, Journal, check_resumable, completed, fingerprint
+from mpiscore.report import write_json
+
+
+def stamp(path: Path, model: str = "abc", batch_rows: int = 10) -> dict:
+    return fingerprint(model, [str(path)], [[0, 0, 0, 10]], batch_rows, "o.h5", "hdf5",
+                       [("y", "<f4", (2,))])
+
+
+def test_journal_survives_a_torn_last_line(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, fresh=True)
+    for batch_id in (3, 1, 2):
+        journal.record(batch_id)
+    journal.close()
+    with open(tmp_path / "journal.txt", "a") as handle:
+        handle.write("7")  # a line cut short by a kill
+    assert completed(tmp_path) == {1, 2, 3}
+    Journal(tmp_path, fresh=False).close()
+    assert completed(tmp_path) == {1, 2, 3}
+
+
+def test_resume_checks_say_what_changed(tmp_path: Path) -> None:
+    data = tmp_path / "x.h5"
+    data.write_text("v1")
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        check_resumable(tmp_path, stamp(data))
+    write_json(tmp_path / FINGERPRINT, stamp(data))
+    check_resumable(tmp_path, stamp(data))
+    with pytest.raises(ConfigError, match="the model changed"):
+        check_resumable(tmp_path, stamp(data, model="def"))
+    with pytest.raises(ConfigError, match="plan changed"):
+        check_resumable(tmp_path, stamp(data, batch_rows=20))
+    data.write_text("version two")
+    with pytest.raises(ConfigError, match="the input files changed"):
+        check_resumable(tmp_path, stamp(data))
+
+
+def test_fault_plan() -> None:
+    plan = FaultPlan.parse("raise:3, raise-always:5")
+    plan.before_batch(4, 0)
+    with pytest.raises(InjectedFault):
+        plan.before_batch(3, 0)
+    plan.before_batch(3, 1)  # retried: succeeds
+    with pytest.raises(InjectedFault):
+        plan.before_batch(5, 2)
+    assert FaultPlan.parse("") == FaultPlan()
+    with pytest.raises(ConfigError, match="MPISCORE_FAULTS"):
+        FaultPlan.parse("explode:1")
