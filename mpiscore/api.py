@@ -33,8 +33,12 @@ from .signals import StopSignals
 from .transport import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname, node_local
 
 
-def run(config: JobConfig, comm: Any | None = None) -> RunReport:
+def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = None
+        ) -> RunReport:
     """Score the job on every rank of ``comm`` (or in this process alone); the job's report.
+
+    ``pool``: scoring processes this rank started earlier (see ``start_pool``),
+    so that their start-up overlapped with the rank's; by default started here.
 
     Raises ``Interrupted`` after a graceful stop on SIGTERM/SIGINT and
     ``ScoringError`` when the error budget ran out; in both cases the output
@@ -42,19 +46,23 @@ def run(config: JobConfig, comm: Any | None = None) -> RunReport:
     """
     started = time.perf_counter()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-    local_rank, local_size = node_local(comm)
-    job, done = _broadcast_job(config, comm, rank)
-    host = hostname()
-    where = f"rank {rank} of {size} ({host})"
-    handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
+    pool = pool or ScorerPool(config.procs_per_rank, config.batch_timeout)
     try:
-        threads = config.session.intra_op_threads or \
-            max(1, usable_cores() // (local_size * config.procs_per_rank))
-        settings = ScorerSettings(config.session, threads, local_rank % gpus_per_node())
-        spec = ScorerSpec(job, settings, where, FaultPlan.parse(config.faults))
-        return _score(job, spec, done, comm, rank, size, started)
+        local_rank, local_size = node_local(comm)
+        job, done = _broadcast_job(config, comm, rank)
+        host = hostname()
+        where = f"rank {rank} of {size} ({host})"
+        handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
+        try:
+            threads = config.session.intra_op_threads or \
+                max(1, usable_cores() // (local_size * config.procs_per_rank))
+            settings = ScorerSettings(config.session, threads, local_rank % gpus_per_node())
+            pool.start(ScorerSpec(job, settings, where, FaultPlan.parse(config.faults)))
+            return _score(job, pool, done, comm, rank, size, started)
+        finally:
+            stop_logging(handlers)
     finally:
-        stop_logging(handlers)
+        pool.close()
 
 
 def _broadcast_job(config: JobConfig, comm: Any | None, rank: int) -> tuple[Job, set[int]]:
@@ -89,10 +97,11 @@ def _create_run_dir(job: Job) -> None:
         raise OutputError(f"--run-dir {run_dir}: cannot write: {exc.strerror or exc}") from exc
 
 
-def _score(job: Job, spec: ScorerSpec, done: set[int], comm: Any | None, rank: int, size: int,
+def _score(job: Job, pool: ScorerPool, done: set[int], comm: Any | None, rank: int, size: int,
            started: float) -> RunReport:
     config = job.config
-    pool = ScorerPool(spec, config.procs_per_rank, config.batch_timeout)
+    spec = pool.spec
+    assert spec is not None
     ready = time.perf_counter()
     LOG.info("%d scoring processes with %d intra-op threads each; %d batches of <= %d rows",
              config.procs_per_rank, spec.settings.intra_op_threads, len(job.plan.batches),
@@ -100,15 +109,13 @@ def _score(job: Job, spec: ScorerSpec, done: set[int], comm: Any | None, rank: i
     worker = RankWorker(pool, lambda message: None, config.resolved_window, rank,
                         spec.faults, config.stop_grace)
     scheduler = None
-    try:
-        with StopSignals(spec.where) as signals:
-            if rank == 0:
-                scheduler = _coordinate(job, done, worker, comm, size, signals.requested)
-            else:
-                worker.send_up = MpiWorkerLink(comm).send
-                work(worker, MpiWorkerLink(comm), signals.requested)
-    finally:
-        pool.close()
+    with StopSignals(spec.where) as signals:
+        if rank == 0:
+            scheduler = _coordinate(job, done, worker, comm, size, signals.requested)
+        else:
+            worker.send_up = MpiWorkerLink(comm).send
+            work(worker, MpiWorkerLink(comm), signals.requested)
+    pool.close()
     status = broadcast(comm, _status(scheduler) if rank == 0 else None)
     _finish_output(job, scheduler, comm, status)
     stats = _rank_stats(worker, rank, spec, started, ready)

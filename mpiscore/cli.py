@@ -17,7 +17,6 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .api import run
 from .config import (
     GRAPH_OPTIMIZATION_LEVELS,
     JobConfig,
@@ -28,6 +27,7 @@ from .config import (
     split_names,
 )
 from .errors import MpiscoreError
+from .pool import ScorerPool
 from .transport import finalize, world
 
 ABORT_GRACE_SECONDS = 0.5
@@ -119,8 +119,11 @@ def score(model: Path, inputs: tuple[str, ...], output: Path, input_format: str,
             resume=resume, stop_grace=stop_grace, progress_seconds=progress_seconds)
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
+    pool = ScorerPool(config.procs_per_rank, config.batch_timeout)  # start-up overlaps imports
     try:
-        run(config, comm)
+        from .api import run  # heavy (onnxruntime, h5py): imported while the scorers start
+
+        run(config, comm, pool)
         finalize(comm)
     except MpiscoreError as exc:
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=exc.collective)

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError, MpiscoreError
 from .io.fields import ROW_STATUS, Field, Reader, Writer
 from .plan import Batch
+from .pool import StageTimes
 from .score import Scorer
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    """Seconds one batch spent in each stage."""
-
-    read: float
-    score: float
-    write: float
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a batch ended in a scoring process."""
-
-    batch: Batch
-    ok: bool
-    error: str = ""
-    traceback: str = ""
-    times: StageTimes | None = None
 
 
 class BatchProcessor:

@@ -1,7 +1,9 @@
 """The scoring processes of a rank: start, feed, watch, replace.
 
 Each rank drives ``procs`` scoring processes, started with ``spawn`` (never
-``fork`` after MPI is initialised). A scoring process opens its own reader,
+``fork`` after MPI is initialised) as the very first thing the rank does, so
+their interpreter start and imports overlap with the rank's own; the child
+side lives in scorer.py. A scoring process opens its own reader,
 ONNX Runtime session and writer once, then reads, scores and writes whole
 batches itself; only batch descriptors and small results cross the pipe, never
 arrays. A process that dies (segfault, OOM kill) or runs past the batch timeout
@@ -13,24 +15,42 @@ stop) and die with their rank (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import signal
 import time
-import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import MpiscoreError, ScoringError
-from .faults import FaultPlan
-from .io.registry import open_reader
-from .job import Job
-from .pipeline import BatchProcessor, Outcome
+from .errors import ScoringError
 from .plan import Batch
-from .score import Scorer, ScorerSettings, open_session
+
+if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
+    from .faults import FaultPlan
+    from .job import Job
+    from .score import ScorerSettings
 
 START_TIMEOUT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Seconds one batch spent in each stage."""
+
+    read: float
+    score: float
+    write: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a batch ended in a scoring process."""
+
+    batch: Batch
+    ok: bool
+    error: str = ""
+    traceback: str = ""
+    times: StageTimes | None = None
 
 
 @dataclass(frozen=True)
@@ -43,60 +63,19 @@ class ScorerSpec:
     faults: FaultPlan
 
 
-def scorer_main(conn: Connection, spec: ScorerSpec) -> None:
-    """Body of a scoring process: set up once, then process batches until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
-    try:
-        processor = _processor(spec)
-    except BaseException as exc:
-        conn.send(("init-failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-        return
-    conn.send(("ready",))
-    while (item := _next_item(conn)) is not None:
-        batch, attempt = item
-        try:
-            spec.faults.before_batch(batch.batch_id, attempt)
-            times = processor(batch)
-            conn.send(("done", times))
-        except Exception as exc:
-            conn.send(("failed", _describe(exc), traceback.format_exc()))
-    processor.close()
+def _child_main(conn: Connection) -> None:
+    """Entry of a scoring process: imports the heavy parts only there, in the child."""
+    from .scorer import scorer_main
 
-
-def _processor(spec: ScorerSpec) -> BatchProcessor:
-    job = spec.job
-    session = open_session(job.model_bytes, job.model_name, spec.settings)
-    writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
-                                    job.attrs)
-    return BatchProcessor(open_reader(job.source), Scorer(session, job.bindings, job.model_name),
-                          writer, job.outputs, job.output_sources, spec.where, job.config.on_nan)
-
-
-def _next_item(conn: Connection) -> Any:
-    try:
-        return conn.recv()
-    except EOFError:  # the rank is gone
-        return None
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, MpiscoreError) else f"{type(exc).__name__}: {exc}"
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its rank dies (no orphaned scorers)."""
-    with contextlib.suppress(OSError):  # not Linux: orphans end at their pipe's EOF
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    scorer_main(conn)
 
 
 class ScorerProcess:
     """One scoring process and the batch it is working on."""
 
-    def __init__(self, context: Any, spec: ScorerSpec, index: int) -> None:
+    def __init__(self, context: Any, index: int) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=scorer_main, args=(child, spec), daemon=True,
+        self.process = context.Process(target=_child_main, args=(child,), daemon=True,
                                        name=f"mpiscore-scorer-{index}")
         self.process.start()
         child.close()
@@ -117,11 +96,19 @@ class ScorerProcess:
 class ScorerPool:
     """``size`` scoring processes of one rank, replaced when they crash or hang."""
 
-    def __init__(self, spec: ScorerSpec, size: int, batch_timeout: float | None) -> None:
-        self.spec, self.batch_timeout = spec, batch_timeout
+    def __init__(self, size: int, batch_timeout: float | None) -> None:
+        """Start the processes now; they get their job from :meth:`start`."""
+        self.batch_timeout = batch_timeout
         self.context = multiprocessing.get_context("spawn")
-        self.procs = [ScorerProcess(self.context, spec, i) for i in range(size)]
+        self.procs = [ScorerProcess(self.context, i) for i in range(size)]
+        self.spec: ScorerSpec | None = None
         self.restarts = 0
+
+    def start(self, spec: ScorerSpec) -> None:
+        """Hand every process the job and wait until each has its session ready."""
+        self.spec = spec
+        for proc in self.procs:
+            proc.conn.send(spec)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not all(p.ready for p in self.procs):
             if time.monotonic() > deadline:
@@ -131,6 +118,10 @@ class ScorerPool:
 
     def submit_to(self, proc: ScorerProcess, batch: Batch, attempt: int) -> None:
         proc.submit(batch, attempt)
+
+    @property
+    def where(self) -> str:
+        return self.spec.where if self.spec else "this rank"
 
     @property
     def idle(self) -> list[ScorerProcess]:
@@ -174,7 +165,7 @@ class ScorerPool:
 
     def _check_starting(self, proc: ScorerProcess) -> None:
         if not proc.process.is_alive():
-            raise ScoringError(f"{self.spec.where}: a scoring process died while idle or "
+            raise ScoringError(f"{self.where}: a scoring process died while idle or "
                                f"starting ({_exit_text(proc.process.exitcode)})")
 
     def _lost(self, proc: ScorerProcess) -> Outcome | None:
@@ -182,12 +173,12 @@ class ScorerPool:
         assert proc.batch is not None
         if not proc.process.is_alive() or proc.conn.closed:
             proc.process.join(1)
-            return Outcome(proc.batch, False, f"scoring process on {self.spec.where} died "
+            return Outcome(proc.batch, False, f"scoring process on {self.where} died "
                            f"({_exit_text(proc.process.exitcode)}) in this batch")
         elapsed = time.monotonic() - proc.started
         if self.batch_timeout is not None and elapsed > self.batch_timeout:
             return Outcome(proc.batch, False, f"batch timed out after {elapsed:.1f}s "
-                           f"(--batch-timeout {self.batch_timeout:g}) on {self.spec.where}")
+                           f"(--batch-timeout {self.batch_timeout:g}) on {self.where}")
         return None
 
     def _message(self, proc: ScorerProcess, message: tuple) -> Outcome | None:
@@ -196,7 +187,7 @@ class ScorerPool:
             proc.ready = True
             return None
         if kind == "init-failed":
-            raise ScoringError(f"{self.spec.where}: scoring process failed to start: "
+            raise ScoringError(f"{self.where}: scoring process failed to start: "
                                f"{message[1]}")
         assert proc.batch is not None
         if kind == "done":
@@ -205,7 +196,8 @@ class ScorerPool:
 
     def _replace(self, index: int) -> None:
         self.procs[index].kill()
-        self.procs[index] = ScorerProcess(self.context, self.spec, index)
+        self.procs[index] = ScorerProcess(self.context, index)
+        self.procs[index].conn.send(self.spec)
         self.restarts += 1
 
     def abandon(self) -> list[Batch]:
@@ -217,11 +209,12 @@ class ScorerPool:
         return batches
 
     def close(self) -> None:
-        """Ask every process to finish, and kill those that do not."""
-        for proc in self.procs:
+        """Ask every process to finish, and kill those that do not (once; idempotent)."""
+        procs, self.procs = self.procs, []
+        for proc in procs:
             with contextlib.suppress(OSError):
                 proc.conn.send(None)
-        for proc in self.procs:
+        for proc in procs:
             proc.process.join(10)
             if proc.process.is_alive():
                 proc.kill()

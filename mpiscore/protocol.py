@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from .faults import FaultPlan
-from .pipeline import Outcome, StageTimes
 from .plan import Batch
+from .pool import Outcome, StageTimes
 from .report import LOG
 from .schedule import Attempt, Scheduler
 from .transport import Backoff

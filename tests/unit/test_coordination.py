@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from mpiscore.pipeline import Outcome, StageTimes
 from mpiscore.plan import Batch, SourceFile, make_plan
+from mpiscore.pool import Outcome, StageTimes
 from mpiscore.protocol import (
     Assign,
     Completed,
