@@ -11,7 +11,6 @@ every rank has finished; only then is it marked complete and renamed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -216,10 +215,3 @@ def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
     written = 0
     while written < len(raw):
         written += os.pwrite(fd, raw[written:], offset + written)
-
-
-def provenance(model: str, sha256: str, inputs: list[str], version: str,
-               batch_rows: int) -> dict[str, Any]:
-    """Root attributes recording what produced the output."""
-    return {"model": model, "model_sha256": sha256, "inputs": json.dumps(inputs),
-            "mpiscore_version": version, "batch_rows": batch_rows}
