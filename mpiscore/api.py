@@ -109,16 +109,19 @@ def _score(job: Job, pool: ScorerPool, done: set[int], comm: Any | None, rank: i
     worker = RankWorker(pool, lambda message: None, config.resolved_window, rank,
                         spec.faults, config.stop_grace)
     scheduler = None
+    loop_started, loop_cpu = time.perf_counter(), time.process_time()
     with StopSignals(spec.where) as signals:
         if rank == 0:
             scheduler = _coordinate(job, done, worker, comm, size, signals.requested)
         else:
-            worker.send_up = MpiWorkerLink(comm).send
-            work(worker, MpiWorkerLink(comm), signals.requested)
+            link = MpiWorkerLink(comm)
+            worker.send_up = link.send
+            work(worker, link, signals.requested)
+    loop = (time.perf_counter() - loop_started, time.process_time() - loop_cpu)
     pool.close()
     status = broadcast(comm, _status(scheduler) if rank == 0 else None)
     _finish_output(job, scheduler, comm, status)
-    stats = _rank_stats(worker, rank, spec, started, ready)
+    stats = _rank_stats(worker, rank, spec, started, ready, loop)
     every_rank = gather(comm, stats)  # a collective: called on every rank, outside any branch
     report = None
     if rank == 0:
@@ -199,14 +202,14 @@ def _write_fills(job: Job, batches: list[Batch], writer: Any) -> None:
 
 
 def _rank_stats(worker: RankWorker, rank: int, spec: ScorerSpec, started: float,
-                ready: float) -> RankStats:
+                ready: float, loop: tuple[float, float]) -> RankStats:
     s = worker.stats
     own = resource.getrusage(resource.RUSAGE_SELF)
     scorers = resource.getrusage(resource.RUSAGE_CHILDREN)
     first = None if s.first_batch_done is None else s.first_batch_done - started
     return RankStats(rank, hostname(), s.batches, s.rows, s.failures, s.read, s.score, s.write,
                      own.ru_utime + own.ru_stime, scorers.ru_utime + scorers.ru_stime,
-                     ready - started, first, worker.pool.restarts,  # type: ignore[attr-defined]
+                     *loop, ready - started, first, worker.pool.restarts,  # type: ignore[attr-defined]
                      spec.settings.intra_op_threads)
 
 

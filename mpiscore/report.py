@@ -15,8 +15,9 @@ LOG = logging.getLogger("mpiscore")
 class RankStats:
     """One rank's share of the work and how it spent its time.
 
-    ``driver_cpu_seconds`` is the CPU time of the rank's own MPI process, which
-    only coordinates and waits (it does not score): what waiting costs.
+    ``driver_cpu_seconds`` is the CPU time of the rank's own MPI process (which
+    never scores); ``loop_cpu_seconds`` the part of it spent in the scoring loop
+    over ``loop_seconds`` of wall time, coordinating and waiting: what waiting costs.
     """
 
     rank: int
@@ -29,6 +30,8 @@ class RankStats:
     write_seconds: float
     driver_cpu_seconds: float
     scorer_cpu_seconds: float
+    loop_seconds: float
+    loop_cpu_seconds: float
     startup_seconds: float
     first_batch_seconds: float | None
     scorer_restarts: int
