@@ -16,7 +16,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .config import JobConfig, gpus_per_node, usable_cores
+from .config import JobConfig, gpus_per_node
 from .errors import Interrupted, MpiscoreError, OutputError, ScoringError
 from .faults import FaultPlan
 from .io.fields import fill_columns
@@ -46,16 +46,15 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
     """
     started = time.perf_counter()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-    pool = pool or ScorerPool(config.procs_per_rank, config.batch_timeout)
+    local_rank, local_size = node_local(comm)
+    procs, threads = config.layout(local_size)
+    pool = pool or ScorerPool(procs, config.batch_timeout)
     try:
-        local_rank, local_size = node_local(comm)
         job, done = _broadcast_job(config, comm, rank)
         host = hostname()
         where = f"rank {rank} of {size} ({host})"
         handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
         try:
-            threads = config.session.intra_op_threads or \
-                max(1, usable_cores() // (local_size * config.procs_per_rank))
             settings = ScorerSettings(config.session, threads, local_rank % gpus_per_node())
             pool.start(ScorerSpec(job, settings, where, FaultPlan.parse(config.faults)))
             return _score(job, pool, done, comm, rank, size, started)
@@ -104,9 +103,9 @@ def _score(job: Job, pool: ScorerPool, done: set[int], comm: Any | None, rank: i
     assert spec is not None
     ready = time.perf_counter()
     LOG.info("%d scoring processes with %d intra-op threads each; %d batches of <= %d rows",
-             config.procs_per_rank, spec.settings.intra_op_threads, len(job.plan.batches),
+             pool.size, spec.settings.intra_op_threads, len(job.plan.batches),
              job.plan.batch_rows)
-    worker = RankWorker(pool, lambda message: None, config.resolved_window, rank,
+    worker = RankWorker(pool, lambda message: None, config.window_for(pool.size), rank,
                         spec.faults, config.stop_grace)
     scheduler = None
     loop_started, loop_cpu = time.perf_counter(), time.process_time()

@@ -26,15 +26,21 @@ from .config import (
     parse_pairs,
     split_names,
 )
-from .errors import MpiscoreError
+from .errors import ConfigError, MpiscoreError
 from .pool import ScorerPool
-from .transport import finalize, world
+from .transport import finalize, node_local, world
 
 ABORT_GRACE_SECONDS = 0.5
 
 
-def _threads(value: str) -> int | None:
-    return None if value == "auto" else int(value)
+def _auto(value: str, option: str) -> int | None:
+    """``auto`` -> None (decided per node), else the number."""
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{option} {value!r}: expected a number or auto") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,8 +80,9 @@ def main() -> None:
               help="Let ONNX Runtime threads spin while idle (faster on dedicated cores).")
 @click.option("--cast", type=click.Choice(["safe", "same_kind", "unsafe"]), default="safe",
               show_default=True, help="Which dtype conversions of input data are allowed.")
-@click.option("--procs-per-rank", default=1, show_default=True,
-              help="Scoring processes per rank, each with its own session.")
+@click.option("--procs-per-rank", default="1", show_default=True,
+              help="Scoring processes per rank, each with its own session; auto = one per "
+              "core (or per --intra-op-threads cores).")
 @click.option("--window", type=int, help="Batches each rank keeps assigned [default: procs + 1].")
 @click.option("--max-retries", default=3, show_default=True,
               help="Tries after the first for a failing batch (on another rank if possible).")
@@ -97,7 +104,7 @@ def score(model: Path, inputs: tuple[str, ...], output: Path, input_format: str,
           output_format: str, mapping: tuple[str, ...], columns: str | None,
           keep_columns: str | None, rename: tuple[str, ...], mini_batch_size: str,
           run_dir: Path | None, overwrite: bool, intra_op_threads: str, inter_op_threads: int,
-          graph_optimization: str, providers: str, spin: bool, cast: str, procs_per_rank: int,
+          graph_optimization: str, providers: str, spin: bool, cast: str, procs_per_rank: str,
           window: int | None, max_retries: int, batch_timeout: float | None,
           error_threshold: int, allowed_failed_percent: float | None, on_nan: str, resume: bool,
           stop_grace: float, progress_seconds: float) -> None:
@@ -110,16 +117,18 @@ def score(model: Path, inputs: tuple[str, ...], output: Path, input_format: str,
             mapping=parse_pairs(mapping, "--map"), columns=split_names(columns),
             keep_columns=split_names(keep_columns), rename=parse_pairs(rename, "--rename"),
             batch_size=parse_batch_size(mini_batch_size), run_dir=run_dir, overwrite=overwrite,
-            session=SessionConfig(_threads(intra_op_threads), inter_op_threads,
+            session=SessionConfig(_auto(intra_op_threads, "--intra-op-threads"), inter_op_threads,
                                   graph_optimization, split_names(providers), spin,
                                   cast),  # type: ignore[arg-type]
-            procs_per_rank=procs_per_rank, window=window, max_retries=max_retries,
+            procs_per_rank=_auto(procs_per_rank, "--procs-per-rank"), window=window,
+            max_retries=max_retries,
             batch_timeout=batch_timeout, error_threshold=error_threshold,
             allowed_failed_percent=allowed_failed_percent, on_nan=on_nan,  # type: ignore[arg-type]
             resume=resume, stop_grace=stop_grace, progress_seconds=progress_seconds)
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
-    pool = ScorerPool(config.procs_per_rank, config.batch_timeout)  # start-up overlaps imports
+    procs, _ = config.layout(node_local(comm)[1])
+    pool = ScorerPool(procs, config.batch_timeout)  # its start-up overlaps the imports below
     try:
         from .api import run  # heavy (onnxruntime, h5py): imported while the scorers start
 

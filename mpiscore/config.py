@@ -108,9 +108,13 @@ def detect_format(path: str, declared: Format, what: str) -> Literal["hdf5", "pa
         f"use {HDF5_SUFFIXES[0]} or .parquet, or pass the format option")
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (what Slurm or the MPI launcher bound it to)."""
-    return len(os.sched_getaffinity(0))
+def cores_per_rank(ranks_on_node: int) -> int:
+    """Cores one rank may use: its binding if the launcher bound it (srun --cpu-bind),
+    else an equal share of the node's cores among the ranks on it (mpiexec unbound)."""
+    usable = len(os.sched_getaffinity(0))
+    if usable < (os.cpu_count() or usable):
+        return usable
+    return max(1, usable // ranks_on_node)
 
 
 def gpus_per_node() -> int:
@@ -167,7 +171,7 @@ class JobConfig:
     run_dir: Path | None = None
     overwrite: bool = False
     session: SessionConfig = field(default_factory=SessionConfig)
-    procs_per_rank: int = 1
+    procs_per_rank: int | None = 1  # None: auto
     window: int | None = None
     progress_seconds: float = 10.0
     max_retries: int = 3
@@ -182,7 +186,7 @@ class JobConfig:
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ConfigError("no --input given")
-        if self.procs_per_rank < 1:
+        if self.procs_per_rank is not None and self.procs_per_rank < 1:
             raise ConfigError("--procs-per-rank must be at least 1")
         if self.window is not None and self.window < 1:
             raise ConfigError("--window must be at least 1")
@@ -195,10 +199,21 @@ class JobConfig:
         if self.columns and self.mapping:
             raise ConfigError("--columns and --map exclude each other: use --map NAME=col1,col2")
 
-    @property
-    def resolved_window(self) -> int:
+    def layout(self, ranks_on_node: int) -> tuple[int, int]:
+        """Scoring processes per rank and ONNX Runtime threads per process.
+
+        The rank's cores are shared out without oversubscription: ``auto``
+        processes means one per core (or per ``--intra-op-threads`` cores), and
+        unset threads means the rank's cores divided by its processes.
+        """
+        cores = cores_per_rank(ranks_on_node)
+        threads = self.session.intra_op_threads
+        procs = self.procs_per_rank or max(1, cores // (threads or 1))
+        return procs, threads or max(1, cores // procs)
+
+    def window_for(self, procs: int) -> int:
         """Batches a rank keeps assigned: one per scoring process, plus one queued."""
-        return self.window or self.procs_per_rank + 1
+        return self.window or procs + 1
 
     @property
     def resolved_run_dir(self) -> Path:

@@ -101,6 +101,7 @@ class ScorerPool:
         self.batch_timeout = batch_timeout
         self.context = multiprocessing.get_context("spawn")
         self.procs = [ScorerProcess(self.context, i) for i in range(size)]
+        self.size = size
         self.spec: ScorerSpec | None = None
         self.restarts = 0
 

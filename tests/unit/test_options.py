@@ -69,7 +69,7 @@ def job(**changes) -> JobConfig:
 def test_defaults() -> None:
     config = job()
     assert config.resolved_run_dir == Path("o/y.h5.run")
-    assert config.resolved_window == 2 and job(procs_per_rank=3).resolved_window == 4
+    assert config.window_for(1) == 2 and job(window=5).window_for(3) == 5
     assert config.resolved_output_format == "hdf5"
 
 
@@ -88,3 +88,15 @@ def test_session_validation() -> None:
         SessionConfig(graph_optimization="max")
     with pytest.raises(ConfigError, match="--intra-op-threads"):
         SessionConfig(intra_op_threads=0)
+
+
+def test_layout_shares_the_rank_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert job().layout(ranks_on_node=4) == (1, 4)  # unbound: 16 cores / 4 ranks
+    assert job(procs_per_rank=None).layout(4) == (4, 1)
+    assert job(procs_per_rank=None, session=SessionConfig(intra_op_threads=2)).layout(2) == (4, 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert job(procs_per_rank=2).layout(ranks_on_node=8) == (2, 3)  # bound by srun: 6 cores
