@@ -76,10 +76,10 @@ def parse_pairs(values: tuple[str, ...], option: str) -> tuple[tuple[str, str], 
     """Parse repeated ``name=value`` options such as ``--map`` and ``--rename``."""
     pairs = []
     for value in values:
-        name, sep, target = value.partition("=")
+        name, sep, target = (part.strip() for part in value.partition("="))
         if not sep or not name or not target:
             raise ConfigError(f"{option} {value!r}: expected NAME=VALUE")
-        pairs.append((name.strip(), target.strip()))
+        pairs.append((name, target))
     names = [name for name, _ in pairs]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .io.fields import Field
+
+RESERVED = "row_status"  # io.fields.ROW_STATUS, written beside every output
 
 ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -108,4 +110,9 @@ def output_fields(outputs: dict[str, np.ndarray], rename: dict[str, str],
     if unknown:
         raise ModelError(f"{model}: --rename names unknown outputs {unknown}; "
                          f"outputs are {list(outputs)}")
+    names = [f.name for f in fields]
+    clashes = sorted({n for n in names if names.count(n) > 1} | ({RESERVED} & set(names)))
+    if clashes:
+        raise ConfigError(f"output name {', '.join(clashes)} is taken (by another output, or "
+                          f"reserved for mpiscore's {RESERVED}); choose another with --rename")
     return fields

@@ -121,12 +121,14 @@ class Hdf5Reader:
         return arrays, {}
 
     def _handle(self, file_index: int) -> h5py.File:
-        if file_index not in self.handles:
+        handle = self.handles.pop(file_index, None)  # re-inserted last: most recently used
+        if handle is None:
             if len(self.handles) >= self.max_open:
-                oldest = next(iter(self.handles))
-                self.handles.pop(oldest).close()
-            self.handles[file_index] = _open_input(self.sources[file_index].path)
-        return self.handles[file_index]
+                least_recent = next(iter(self.handles))
+                self.handles.pop(least_recent).close()
+            handle = _open_input(self.sources[file_index].path)
+        self.handles[file_index] = handle
+        return handle
 
     def close(self) -> None:
         for handle in self.handles.values():
@@ -189,6 +191,9 @@ class Hdf5Writer:
         if self.fd < 0:
             self.fd = os.open(self.partial, os.O_WRONLY)
         for name, field in self.fields.items():
+            if getattr(columns[name], "null_count", 0):  # a carried Arrow column with gaps
+                raise OutputError(f"{self.final}:/{name} batch {batch.batch_id}: column has "
+                                  "null values, which HDF5 cannot hold; write Parquet output")
             data = np.ascontiguousarray(columns[name], dtype=field.dtype)
             if data.shape != (batch.rows, *field.shape):
                 raise OutputError(f"{self.final}:/{name} batch {batch.batch_id}: got shape "

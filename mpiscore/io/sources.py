@@ -33,7 +33,7 @@ def _dataset_files(directory: str) -> list[str]:
     for root, dirs, names in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
         found.extend(os.path.join(root, n) for n in sorted(names)
-                     if not n.startswith(("_", ".")) and Path(n).suffix in PARQUET_SUFFIXES)
+                     if not n.startswith(("_", ".")) and Path(n).suffix.lower() in PARQUET_SUFFIXES)
     if not found:
         raise InputError(f"--input {directory}: directory holds no .parquet files")
     return found

@@ -170,3 +170,18 @@ def test_batch_failing_for_good_stops_the_job(job, ranks) -> None:
     summary = json.loads(Path(f"{job['out']}.run/summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["stop_reason"].startswith("error budget exceeded")
+
+
+def test_null_ids_cannot_go_to_hdf5(job) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = builders.features(6)
+    ids = pa.array([1, None, 3, 4, 5, 6], pa.int64())
+    path = job["dir"] / "nulls.parquet"
+    pq.write_table(pa.table({"id": ids, **{f"f{i}": data[:, i] for i in range(8)}}), path)
+    result = mpiscore(2, "--model", job["model"], "--input", path, "--keep-columns", "id",
+                      "--output", job["out"], timeout=60)
+    assert result.returncode == 5, result.stderr
+    assert "null values, which HDF5 cannot hold" in error_lines(result)[0]
+    assert not job["out"].exists()

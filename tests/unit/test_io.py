@@ -1,0 +1,498 @@
+"""io/: HDF5 and Parquet readers and writers (without MPI: comm=None), and input expansion."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from mpiscore.config import InputSpec
+from mpiscore.errors import InputError, OutputError
+from mpiscore.io import hdf5, parquet
+from mpiscore.io.fields import ROW_STATUS, Field, ParquetSelection, fill_columns
+from mpiscore.io.sources import expand
+from mpiscore.plan import Batch, SourceFile, make_plan
+from tests import builders
+
+
+def source(path: Path, dataset: str = "/features", name: str = "features") -> hdf5.Hdf5Source:
+    return hdf5.Hdf5Source(str(path), ((name, dataset),))
+
+
+def shuffled(batches: tuple[Batch, ...], seed: int = 3) -> list[Batch]:
+    order = list(batches)
+    random.Random(seed).shuffle(order)
+    assert order != list(batches)
+    return order
+
+
+# ---- HDF5 input ----------------------------------------------------------------------------
+
+
+def test_hdf5_describe_files_and_fields(tmp_path: Path) -> None:
+    a = builders.write_h5(tmp_path / "a.h5", chunks=4, features=builders.features(10))
+    b = builders.write_h5(tmp_path / "b.h5", features=builders.features(7, seed=1))
+    files, fields = hdf5.describe([source(a), source(b)])
+    assert files == [SourceFile(str(a), 10, 4), SourceFile(str(b), 7, 1)]
+    assert fields == {"features": Field("features", "<f4", (8,), f"{a}:/features")}
+
+
+def test_hdf5_reader_reads_the_right_rows_across_files(tmp_path: Path) -> None:
+    first, second = builders.features(23, seed=1), builders.features(17, seed=2)
+    a = builders.write_h5(tmp_path / "a.h5", chunks=5, features=first)
+    b = builders.write_h5(tmp_path / "b.h5", chunks=3, features=second)
+    sources = (source(a), source(b))
+    files, _ = hdf5.describe(sources)
+    plan = make_plan(files, 7)
+    everything = np.concatenate([first, second])
+    reader = hdf5.Hdf5Reader(sources)
+    try:
+        pieces = []
+        for batch in shuffled(plan.batches):
+            arrays, kept = reader.read(batch)
+            assert kept == {}
+            np.testing.assert_array_equal(arrays["features"],
+                                          everything[batch.global_start:batch.global_stop])
+            pieces.append((batch.global_start, arrays["features"]))
+    finally:
+        reader.close()
+    pieces.sort(key=lambda piece: piece[0])
+    np.testing.assert_array_equal(np.concatenate([array for _, array in pieces]), everything)
+
+
+def test_hdf5_reader_keeps_at_most_max_open_files(tmp_path: Path) -> None:
+    paths = [builders.write_h5(tmp_path / f"{i}.h5", features=np.full((2, 1), i, np.float32))
+             for i in range(4)]
+    reader = hdf5.Hdf5Reader(tuple(source(p) for p in paths), max_open=2)
+    for i in [0, 1, 2, 3, 0]:
+        arrays, _ = reader.read(Batch(i, i, 0, 2, 2 * i))
+        assert (arrays["features"] == i).all()
+        assert len(reader.handles) <= 2
+    assert list(reader.handles) == [3, 0]  # least recently used first
+    reader.read(Batch(4, 3, 0, 2, 6))  # using 3 again makes 0 the least recent
+    reader.read(Batch(5, 1, 0, 2, 2))
+    assert list(reader.handles) == [3, 1]
+    reader.close()
+    assert reader.handles == {}
+
+
+def test_hdf5_several_datasets_per_file(tmp_path: Path) -> None:
+    a_data, b_data = builders.features(6, width=4), builders.features(6, width=3, seed=5)
+    path = builders.write_h5(tmp_path / "x.h5", a=a_data, b=b_data)
+    sources = (hdf5.Hdf5Source(str(path), (("a", "/a"), ("b", "/b"))),)
+    files, fields = hdf5.describe(sources)
+    assert files[0].rows == 6 and set(fields) == {"a", "b"} and fields["b"].shape == (3,)
+    arrays, _ = hdf5.Hdf5Reader(sources).read(Batch(0, 0, 2, 5, 2))
+    np.testing.assert_array_equal(arrays["a"], a_data[2:5])
+    np.testing.assert_array_equal(arrays["b"], b_data[2:5])
+
+
+def test_hdf5_missing_dataset_names_file_and_dataset(tmp_path: Path) -> None:
+    path = builders.write_h5(tmp_path / "x.h5", features=builders.features(3))
+    with pytest.raises(InputError, match=re.escape(f"{path}:/nope: no such dataset")):
+        hdf5.describe([source(path, "/nope")])
+
+
+def test_hdf5_files_with_different_row_shapes_refused(tmp_path: Path) -> None:
+    a = builders.write_h5(tmp_path / "a.h5", features=builders.features(3, width=8))
+    b = builders.write_h5(tmp_path / "b.h5", features=builders.features(3, width=5))
+    with pytest.raises(InputError, match=re.escape(f"{b}:/features: rows of shape (5,)")):
+        hdf5.describe([source(a), source(b)])
+
+
+def test_hdf5_files_with_different_dtypes_refused(tmp_path: Path) -> None:
+    a = builders.write_h5(tmp_path / "a.h5", features=builders.features(3))
+    b = builders.write_h5(tmp_path / "b.h5", features=builders.features(3, dtype="float64"))
+    with pytest.raises(InputError, match="differ from"):
+        hdf5.describe([source(a), source(b)])
+
+
+def test_hdf5_datasets_with_different_row_counts_refused(tmp_path: Path) -> None:
+    path = builders.write_h5(tmp_path / "x.h5", a=builders.features(4), b=builders.features(5))
+    with pytest.raises(InputError, match="differ in row count"):
+        hdf5.describe([hdf5.Hdf5Source(str(path), (("a", "/a"), ("b", "/b")))])
+
+
+def test_hdf5_non_numeric_or_scalar_dataset_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as handle:
+        handle["names"] = np.array([b"a", b"b"])
+        handle["scalar"] = 3.0
+    for name in ("/names", "/scalar"):
+        with pytest.raises(InputError, match="expected a numeric array with rows"):
+            hdf5.describe([source(path, name)])
+
+
+def test_hdf5_unreadable_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.h5"
+    path.write_text("not hdf5")
+    with pytest.raises(InputError, match=re.escape(f"{path}: cannot open as HDF5")):
+        hdf5.describe([source(path)])
+
+
+def test_default_dataset(tmp_path: Path) -> None:
+    named = builders.write_h5(tmp_path / "a.h5", features=builders.features(2),
+                              other=builders.features(2))
+    assert hdf5.default_dataset(str(named), "features") == "/features"
+    only = tmp_path / "b.h5"
+    with h5py.File(only, "w") as handle:
+        handle.create_group("g")["x"] = builders.features(2)
+    assert hdf5.default_dataset(str(only), "features") == "/g/x"
+    with pytest.raises(InputError, match=r"holds 2 datasets \(/other, /x\)"):
+        hdf5.default_dataset(str(builders.write_h5(tmp_path / "c.h5", x=builders.features(2),
+                                                   other=builders.features(2))), "features")
+
+
+# ---- HDF5 output ---------------------------------------------------------------------------
+
+OUTPUTS = [Field("score", "<f4", (3,)), Field("label", "<i8", ()), ROW_STATUS]
+
+
+def expected_outputs(rows: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return {"score": rng.normal(size=(rows, 3)).astype(np.float32),
+            "label": rng.integers(-5, 1000, size=rows).astype(np.int64),
+            "row_status": (np.arange(rows) % 2).astype(np.uint8)}
+
+
+def hdf5_output(tmp_path: Path, files: list[SourceFile], batch_rows: int
+                ) -> tuple[hdf5.Hdf5Writer, Path, Path, tuple[Batch, ...]]:
+    plan = make_plan(files, batch_rows)
+    partial, final = tmp_path / "out.h5.partial", tmp_path / "out.h5"
+    plan_rows = np.array([[b.batch_id, b.file_index, b.start, b.stop] for b in plan.batches])
+    offsets = hdf5.create(partial, OUTPUTS, plan.total_rows, {"model": "m.onnx"}, plan_rows)
+    assert set(offsets) == {"score", "label", "row_status"}
+    return hdf5.Hdf5Writer(partial, final, OUTPUTS, offsets), partial, final, plan.batches
+
+
+def test_hdf5_writer_batches_in_any_order_give_the_right_file(tmp_path: Path) -> None:
+    files = [SourceFile("a.h5", 20, 3), SourceFile("b.h5", 13)]
+    writer, partial, final, batches = hdf5_output(tmp_path, files, 6)
+    expected = expected_outputs(33)
+    for batch in shuffled(batches):
+        writer.write(batch, {name: array[batch.global_start:batch.global_stop]
+                             for name, array in expected.items()})
+    writer.close()
+    with h5py.File(partial, "r") as handle:
+        assert handle.attrs[hdf5.STATUS_ATTR] == "incomplete"
+    assert not final.exists()
+    writer.finish(None, complete=True)
+    assert final.exists() and not partial.exists()
+    with h5py.File(final, "r") as handle:
+        assert handle.attrs[hdf5.STATUS_ATTR] == "complete"
+        assert handle.attrs["model"] == "m.onnx"
+        for name, array in expected.items():
+            assert handle[name].dtype == array.dtype
+            np.testing.assert_array_equal(handle[name][()], array)
+        recorded = handle["_mpiscore/plan"][()]
+    assert recorded.tolist() == [[b.batch_id, b.file_index, b.start, b.stop] for b in batches]
+
+
+def test_hdf5_incomplete_finish_leaves_the_partial_file(tmp_path: Path) -> None:
+    writer, partial, final, batches = hdf5_output(tmp_path, [SourceFile("a.h5", 10)], 4)
+    expected = expected_outputs(10)
+    writer.write(batches[1], {n: a[batches[1].global_start:batches[1].global_stop]
+                              for n, a in expected.items()})
+    writer.close()
+    writer.finish(None, complete=False)
+    assert partial.exists() and not final.exists()
+    with h5py.File(partial, "r") as handle:
+        assert handle.attrs[hdf5.STATUS_ATTR] == "incomplete"
+        np.testing.assert_array_equal(handle["score"][4:8], expected["score"][4:8])
+    assert hdf5.offsets(partial, OUTPUTS) == writer.offsets
+
+
+def test_hdf5_writer_refuses_a_batch_of_the_wrong_shape(tmp_path: Path) -> None:
+    writer, _, _, batches = hdf5_output(tmp_path, [SourceFile("a.h5", 10)], 5)
+    columns = {n: a[:5] for n, a in expected_outputs(10).items()}
+    columns["score"] = columns["score"][:, :2]
+    with pytest.raises(OutputError, match=r"out\.h5:/score batch 0: got shape \(5, 2\)"):
+        writer.write(batches[0], columns)
+    writer.close()
+
+
+def test_hdf5_create_in_a_missing_directory_raises(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="cannot create HDF5 output"):
+        hdf5.create(tmp_path / "no" / "out.h5.partial", OUTPUTS, 4, {}, np.zeros((0, 4)))
+
+
+# ---- Parquet input -------------------------------------------------------------------------
+
+GROUPS = 7  # rows per row group
+
+
+def parquet_input(path: Path, rows: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    table = pa.table({
+        "id": pa.array([f"row-{seed}-{i}" for i in range(rows)]),
+        "f0": rng.normal(size=rows).astype(np.float32),
+        "f1": rng.normal(size=rows).astype(np.float32),
+        "f2": rng.integers(0, 9, size=rows).astype(np.int16),
+        "vec": pa.FixedSizeListArray.from_arrays(
+            pa.array(rng.normal(size=rows * 4).astype(np.float32)), 4),
+    })
+    pq.write_table(table, path, row_group_size=GROUPS)
+    return table
+
+
+def stacked(table: pa.Table, columns: list[str]) -> np.ndarray:
+    return np.stack([table.column(c).to_numpy().astype(np.float32) for c in columns], axis=1)
+
+
+def test_parquet_describe_files_fields_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "a.parquet"
+    parquet_input(path, 30, 0)
+    selection = ParquetSelection((("x", ("f0", "f1", "f2")), ("v", ("vec",))), ("id",))
+    files, fields, kept = parquet.describe([str(path)], selection)
+    assert files == [SourceFile(str(path), 30, (7, 7, 7, 7, 2))]
+    assert (fields["x"].dtype, fields["x"].shape, fields["x"].flat) == ("<f4", (3,), True)
+    assert (fields["v"].dtype, fields["v"].shape, fields["v"].flat) == ("<f4", (4,), True)
+    assert list(kept) == ["id"] and kept["id"].dtype == "|O"
+
+
+def test_parquet_reader_batches_crossing_row_groups(tmp_path: Path) -> None:
+    paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    tables = [parquet_input(paths[0], 30, 0), parquet_input(paths[1], 11, 1)]
+    selection = ParquetSelection((("x", ("f0", "f1", "f2")), ("v", ("vec",))), ("id",))
+    reader = parquet.ParquetReader(tuple(map(str, paths)), selection)
+    ranges = [(0, 0, 30), (0, 5, 16), (0, 6, 7), (0, 7, 14), (0, 13, 29), (1, 0, 11),
+              (0, 29, 30), (1, 3, 10), (0, 0, 1)]
+    for batch_id, (file_index, start, stop) in enumerate(ranges):
+        table = tables[file_index].slice(start, stop - start)
+        arrays, kept = reader.read(Batch(batch_id, file_index, start, stop, 0))
+        assert set(arrays) == {"x", "v"}
+        np.testing.assert_array_equal(arrays["x"], stacked(table, ["f0", "f1", "f2"]))
+        vectors = np.array(table.column("vec").to_pylist(), dtype=np.float32)
+        np.testing.assert_array_equal(arrays["v"], vectors)
+        assert arrays["v"].shape == (stop - start, 4)
+        assert kept["id"].to_pylist() == table.column("id").to_pylist()
+    reader.close()
+
+
+def test_parquet_reader_follows_the_plan(tmp_path: Path) -> None:
+    paths = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    tables = [parquet_input(Path(paths[0]), 30, 0), parquet_input(Path(paths[1]), 11, 1)]
+    selection = ParquetSelection((("x", ("f0", "f1")),), ("id",))
+    files, _, _ = parquet.describe(paths, selection)
+    reader = parquet.ParquetReader(tuple(paths), selection)
+    ids = []
+    for batch in make_plan(files, 10).batches:
+        ids.extend(reader.read(batch)[1]["id"].to_pylist())
+    assert ids == [f"row-{seed}-{i}" for seed, rows in ((0, 30), (1, 11)) for i in range(rows)]
+    assert len(tables[0]) + len(tables[1]) == len(ids)
+
+
+def test_parquet_reader_refuses_nulls(tmp_path: Path) -> None:
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"f0": pa.array([1.0, None, 3.0])}), path)
+    reader = parquet.ParquetReader((str(path),), ParquetSelection((("x", ("f0",)),)))
+    with pytest.raises(InputError, match=r"rows 0-2: column 'f0' has 1 null values"):
+        reader.read(Batch(0, 0, 0, 3, 0))
+
+
+def test_parquet_missing_column_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.parquet"
+    parquet_input(path, 5, 0)
+    with pytest.raises(InputError, match=re.escape(f"{path}: no column 'f9'")):
+        parquet.describe([str(path)], ParquetSelection((("x", ("f0", "f9")),)))
+    with pytest.raises(InputError, match="no column 'key'"):
+        parquet.describe([str(path)], ParquetSelection((("x", ("f0",)),), ("key",)))
+
+
+def test_parquet_non_numeric_feature_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.parquet"
+    parquet_input(path, 5, 0)
+    with pytest.raises(InputError, match=r"must be numeric.*not id \(string\)"):
+        parquet.describe([str(path)], ParquetSelection((("x", ("f0", "id")),)))
+
+
+def test_parquet_list_of_strings_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"tags": pa.FixedSizeListArray.from_arrays(
+        pa.array(["a", "b", "c", "d"]), 2)}), path)
+    with pytest.raises(InputError, match="list items are string"):
+        parquet.describe([str(path)], ParquetSelection((("x", ("tags",)),)))
+
+
+def test_parquet_files_disagreeing_on_types_refused(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.table({"f0": np.zeros(2, np.float32)}), a)
+    pq.write_table(pa.table({"f0": np.zeros(2, np.float64)}), b)
+    with pytest.raises(InputError, match="all files must agree"):
+        parquet.describe([str(a), str(b)], ParquetSelection((("x", ("f0",)),)))
+
+
+def test_parquet_unreadable_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.parquet"
+    path.write_text("not parquet")
+    with pytest.raises(InputError, match="cannot open as Parquet"):
+        parquet.describe([str(path)], ParquetSelection((("x", ("f0",)),)))
+
+
+def test_column_selection_helpers(tmp_path: Path) -> None:
+    path = tmp_path / "a.parquet"
+    parquet_input(path, 3, 0)
+    schema = parquet.read_schema(str(path))
+    assert parquet.match_columns(str(path), schema, ["f*", "id", "f1"]) == ("f0", "f1", "f2",
+                                                                              "id")
+    assert parquet.numeric_columns(schema, ["f2"]) == ("f0", "f1")
+    with pytest.raises(InputError, match=r"no column matches 'g\*'"):
+        parquet.match_columns(str(path), schema, ["g*"])
+
+
+# ---- Parquet output ------------------------------------------------------------------------
+
+
+def parquet_output(tmp_path: Path, batches: tuple[Batch, ...]) -> tuple[parquet.ParquetWriter,
+                                                                         Path, Path]:
+    partial, final = tmp_path / "out.parquet.partial", tmp_path / "out.parquet"
+    parquet.create(partial)
+    writer = parquet.ParquetWriter(partial, final, OUTPUTS, [Field("id", "|O", ())], batches,
+                                   {"model": "m.onnx"})
+    return writer, partial, final
+
+
+def write_all(writer: parquet.ParquetWriter, batches: list[Batch], rows: int
+              ) -> dict[str, np.ndarray]:
+    expected = expected_outputs(rows)
+    ids = np.array([f"id-{i}" for i in range(rows)], dtype=object)
+    for batch in batches:
+        part = slice(batch.global_start, batch.global_stop)
+        writer.write(batch, {"id": pa.array(ids[part].tolist()),
+                             **{n: a[part] for n, a in expected.items()}})
+    writer.close()
+    return {"id": ids, **expected}
+
+
+def check_table(table: pa.Table, expected: dict[str, np.ndarray]) -> None:
+    assert table.column_names == ["id", "score", "label", "row_status"]
+    assert table.column("id").to_pylist() == list(expected["id"])
+    scores = np.array(table.column("score").to_pylist(), dtype=np.float32)
+    np.testing.assert_array_equal(scores, expected["score"])
+    np.testing.assert_array_equal(table.column("label").to_numpy(), expected["label"])
+    np.testing.assert_array_equal(table.column("row_status").to_numpy(), expected["row_status"])
+
+
+def test_parquet_writer_out_of_order_batches_read_back_in_row_order(tmp_path: Path) -> None:
+    plan = make_plan([SourceFile("a.parquet", 25, (7, 7, 11)), SourceFile("b.parquet", 9)], 8)
+    writer, partial, final = parquet_output(tmp_path, plan.batches)
+    expected = write_all(writer, shuffled(plan.batches), plan.total_rows)
+    assert not final.exists()
+    writer.finish(None, complete=True)
+    assert final.is_dir() and not partial.exists()
+    assert not (final / parquet.STAGING).exists()
+    check_table(ds.dataset(final).to_table(), expected)
+    info = json.loads((final / parquet.METADATA).read_text())
+    assert info["status"] == "complete" and info["model"] == "m.onnx"
+    assert info["output_shapes"] == {"score": [3], "label": [], "row_status": []}
+
+
+def test_parquet_writer_several_parts_in_name_order(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parquet, "PART_TARGET_BYTES", 100)  # a few batches per part file
+    plan = make_plan([SourceFile("a.parquet", 60)], 4)
+    writer, _, final = parquet_output(tmp_path, plan.batches)
+    assert len(writer.groups) > 2
+    expected = write_all(writer, shuffled(plan.batches), 60)
+    writer.finish(None, complete=True)
+    parts = sorted(p.name for p in final.glob("part-*.parquet"))
+    assert parts == [f"part-{i:06d}.parquet" for i in range(len(writer.groups))]
+    check_table(ds.dataset(final).to_table(), expected)
+
+
+def test_parquet_incomplete_finish_keeps_staged_batches(tmp_path: Path) -> None:
+    plan = make_plan([SourceFile("a.parquet", 20)], 5)
+    writer, partial, final = parquet_output(tmp_path, plan.batches)
+    write_all(writer, [plan.batches[3], plan.batches[1]], 20)
+    writer.finish(None, complete=False)
+    assert not final.exists()
+    assert parquet.staged_batches(partial) == {1, 3}
+
+
+def test_group_batches_runs_up_to_target() -> None:
+    batches = make_plan([SourceFile("a", 40)], 10).batches  # 4 batches of 10 rows
+    assert parquet.group_batches(batches, 1, 20) == [[0, 1], [2, 3]]
+    assert parquet.group_batches(batches, 1, 25) == [[0, 1, 2], [3]]
+    assert parquet.group_batches(batches, 1, 1000) == [[0, 1, 2, 3]]
+    assert parquet.group_batches(batches, 100, 10) == [[0], [1], [2], [3]]
+    assert parquet.group_batches((), 1, 10) == []
+
+
+def test_group_batches_cover_every_batch_once_in_order() -> None:
+    batches = make_plan([SourceFile("a", 97, (13, 40, 44)), SourceFile("b", 31)], 9).batches
+    groups = parquet.group_batches(batches, 3, 50)
+    assert [i for group in groups for i in group] == [b.batch_id for b in batches]
+    assert all(group for group in groups)
+
+
+def test_to_arrow_shapes() -> None:
+    assert parquet.to_arrow(np.arange(3)).to_pylist() == [0, 1, 2]
+    nested = parquet.to_arrow(np.arange(12).reshape(2, 3, 2))
+    assert nested.type.list_size == 6 and nested.to_pylist()[1] == list(range(6, 12))
+
+
+# ---- input expansion -----------------------------------------------------------------------
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_glob_is_sorted(tmp_path: Path) -> None:
+    for name in ("c.h5", "a.h5", "b.h5", "skip.txt"):
+        touch(tmp_path / name)
+    assert expand(InputSpec(str(tmp_path / "*.h5"))) == [str(tmp_path / n)
+                                                         for n in ("a.h5", "b.h5", "c.h5")]
+
+
+def test_directory_skips_hidden_and_underscore_files(tmp_path: Path) -> None:
+    table = tmp_path / "table"
+    for name in ("b.parquet", "a.parquet", "_SUCCESS", "_meta.parquet", ".hidden.parquet",
+                 "notes.txt", "_staging/c.parquet", ".tmp/d.parquet", "year=1/e.pq"):
+        touch(table / name)
+    assert expand(InputSpec(str(table))) == [str(table / n) for n in ("a.parquet", "b.parquet",
+                                                                     "year=1/e.pq")]
+
+
+def test_directory_suffixes_in_any_case(tmp_path: Path) -> None:
+    touch(tmp_path / "t" / "A.PARQUET")
+    assert expand(InputSpec(str(tmp_path / "t"))) == [str(tmp_path / "t" / "A.PARQUET")]
+
+
+def test_single_file(tmp_path: Path) -> None:
+    path = touch(tmp_path / "x.h5")
+    assert expand(InputSpec(str(path), "/features")) == [str(path)]
+
+
+def test_missing_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file or directory"):
+        expand(InputSpec(str(tmp_path / "nope.h5")))
+
+
+def test_glob_matching_nothing_raises(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="matches no files"):
+        expand(InputSpec(str(tmp_path / "*.h5")))
+
+
+def test_directory_without_parquet_raises(tmp_path: Path) -> None:
+    touch(tmp_path / "table" / "_SUCCESS")
+    with pytest.raises(InputError, match=r"holds no \.parquet files"):
+        expand(InputSpec(str(tmp_path / "table")))
+
+
+def test_fill_values() -> None:
+    fields = [Field("p", "<f4", (2,)), Field("label", "<i8", ()), Field("u", "|u1", ())]
+    filled = fill_columns(fields, 3)
+    assert np.isnan(filled["p"]).all() and filled["p"].shape == (3, 2)
+    assert (filled["label"] == -1).all() and (filled["u"] == 255).all()
+    assert (filled["row_status"] == 1).all()

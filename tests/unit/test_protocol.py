@@ -1,0 +1,328 @@
+"""protocol.py: the real ``serve`` (rank 0) and ``work`` (other ranks) loops, in threads.
+
+Messages travel through in-process queues instead of MPI; each rank's scoring
+processes are a fake pool that "scores" a batch by recording it. Every thread
+is joined with a timeout, so a protocol bug fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from mpiscore.plan import Batch, SourceFile, make_plan
+from mpiscore.protocol import (
+    Assign,
+    Completed,
+    Coordinator,
+    Failed,
+    Finished,
+    Message,
+    Outcome,
+    RankWorker,
+    StageTimes,
+    Stop,
+    serve,
+    work,
+)
+from mpiscore.schedule import FailurePolicy, Scheduler
+
+TIMEOUT = 10.0
+TIMES = StageTimes(0.0, 0.0, 0.0)
+
+
+@dataclass
+class Record:
+    """What happened, shared by every thread (list.append is atomic)."""
+
+    scored: list[tuple[int, int, int]] = field(default_factory=list)  # rank, batch, attempt
+    failed: list[tuple[int, int, int]] = field(default_factory=list)
+    received: dict[int, list[Message]] = field(default_factory=dict)
+    outstanding: Counter = field(default_factory=Counter)
+    most_outstanding: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def assigned(self, rank: int) -> None:
+        with self.lock:
+            self.outstanding[rank] += 1
+            self.most_outstanding[rank] = max(self.most_outstanding[rank],
+                                              self.outstanding[rank])
+
+    def reported(self, rank: int, message: Message) -> None:
+        if isinstance(message, Completed | Failed):
+            with self.lock:
+                self.outstanding[rank] -= 1
+
+
+class FakePool:
+    """``procs`` pretend scoring processes; ``fails(rank, batch_id, attempt)`` says which fail."""
+
+    def __init__(self, rank: int, procs: int, record: Record,
+                 fails: Callable[[int, int, int], bool], seconds: float) -> None:
+        self.rank, self.record, self.fails, self.seconds = rank, record, fails, seconds
+        self.slots: list[tuple[Batch, int] | None] = [None] * procs
+
+    @property
+    def idle(self) -> list[int]:
+        return [i for i, slot in enumerate(self.slots) if slot is None]
+
+    @property
+    def busy(self) -> list[int]:
+        return [i for i, slot in enumerate(self.slots) if slot is not None]
+
+    def submit_to(self, proc: int, batch: Batch, attempt: int) -> None:
+        assert self.slots[proc] is None
+        self.slots[proc] = (batch, attempt)
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        if not self.busy:
+            time.sleep(min(timeout, 1e-3))
+            return []
+        time.sleep(self.seconds)
+        outcomes = []
+        for proc in self.busy:
+            batch, attempt = self.slots[proc]  # type: ignore[misc]
+            self.slots[proc] = None
+            if self.fails(self.rank, batch.batch_id, attempt):
+                self.record.failed.append((self.rank, batch.batch_id, attempt))
+                outcomes.append(Outcome(batch, False, f"boom on rank {self.rank}"))
+            else:
+                self.record.scored.append((self.rank, batch.batch_id, attempt))
+                outcomes.append(Outcome(batch, True, times=TIMES))
+        return outcomes
+
+    def abandon(self) -> list[Batch]:
+        taken = [slot[0] for slot in self.slots if slot is not None]
+        self.slots = [None] * len(self.slots)
+        return taken
+
+
+class Hub:
+    """Queues standing in for MPI point-to-point messages between rank 0 and the others."""
+
+    def __init__(self, ranks: list[int], record: Record) -> None:
+        self.up: queue.Queue[tuple[int, Message]] = queue.Queue()
+        self.down: dict[int, queue.Queue[Message]] = {r: queue.Queue() for r in ranks}
+        self.record = record
+
+    def coordinator_link(self) -> CoordinatorEnd:
+        return CoordinatorEnd(self)
+
+    def worker_link(self, rank: int) -> WorkerEnd:
+        return WorkerEnd(self, rank)
+
+
+class CoordinatorEnd:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def poll(self) -> tuple[int, Message] | None:
+        try:
+            return self.hub.up.get_nowait()
+        except queue.Empty:
+            return None
+
+    def send(self, rank: int, message: Message) -> None:
+        self.hub.down[rank].put(message)
+
+
+class WorkerEnd:
+    def __init__(self, hub: Hub, rank: int) -> None:
+        self.hub, self.rank = hub, rank
+        hub.record.received[rank] = []
+
+    def poll(self) -> Message | None:
+        try:
+            message = self.hub.down[self.rank].get_nowait()
+        except queue.Empty:
+            return None
+        self.hub.record.received[self.rank].append(message)
+        return message
+
+    def send(self, message: Message) -> None:
+        self.hub.record.reported(self.rank, message)
+        self.hub.up.put((self.rank, message))
+
+
+@dataclass
+class Outcomes:
+    scheduler: Scheduler
+    record: Record
+    errors: dict[int, BaseException]
+    batches: tuple[Batch, ...]
+
+
+def start_thread(target: Callable[[], None], rank: int, errors: dict[int, BaseException]
+                 ) -> threading.Thread:
+    def body() -> None:
+        try:
+            target()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors[rank] = exc
+
+    thread = threading.Thread(target=body, name=f"rank-{rank}", daemon=True)
+    thread.start()
+    return thread
+
+
+def run_job(ranks: int = 4, batches: int = 40, window: int = 2, procs: int = 1,
+            fails: Callable[[int, int, int], bool] = lambda r, b, a: False,
+            policy: FailurePolicy | None = None, seconds: float = 2e-4,
+            stop_on: Callable[[int, Record], str | None] = lambda rank, record: None
+            ) -> Outcomes:
+    """Rank 0 serves in one thread, ranks 1.. work in theirs, as api._coordinate wires them."""
+    record = Record()
+    plan = make_plan([SourceFile("a.h5", 5 * batches)], 5)
+    scheduler = Scheduler.for_batches(plan.batches, plan.total_rows, policy)
+    hub = Hub(list(range(1, ranks)), record)
+    remote = hub.coordinator_link() if ranks > 1 else None
+    errors: dict[int, BaseException] = {}
+
+    threads = []
+    for rank in range(1, ranks):
+        link = hub.worker_link(rank)
+        worker = RankWorker(FakePool(rank, procs, record, fails, seconds), link.send, window,
+                            rank)
+        threads.append(start_thread(
+            lambda worker=worker, link=link, rank=rank: work(
+                worker, link, lambda: stop_on(rank, record)), rank, errors))
+
+    inbox: deque[Message] = deque()
+    outbox: deque[Message] = deque()
+
+    def send_up(message: Message) -> None:
+        record.reported(0, message)
+        outbox.append(message)
+
+    def send(rank: int, message: Message) -> None:
+        if isinstance(message, Assign):
+            record.assigned(rank)
+        if rank == 0:
+            inbox.append(message)
+        else:
+            assert remote is not None
+            remote.send(rank, message)
+
+    local = RankWorker(FakePool(0, procs, record, fails, seconds), send_up, window, 0)
+    coordinator = Coordinator(scheduler, list(range(ranks)), send)
+    threads.append(start_thread(
+        lambda: serve(coordinator, local, inbox, outbox, remote, lambda: stop_on(0, record)),
+        0, errors))
+    deadline = time.monotonic() + TIMEOUT
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    hung = [thread.name for thread in threads if thread.is_alive()]
+    assert not hung, f"still running after {TIMEOUT}s: {hung}"
+    return Outcomes(scheduler, record, errors, plan.batches)
+
+
+def check_clean_end(out: Outcomes, ranks: int) -> None:
+    """No errors, nothing in flight, every worker rank told Stop as its last message."""
+    assert not out.errors, out.errors
+    assert not out.scheduler.in_flight
+    for rank in range(1, ranks):
+        assert out.record.received[rank], f"rank {rank} received nothing"
+        assert isinstance(out.record.received[rank][-1], Stop)
+        assert sum(isinstance(m, Stop) for m in out.record.received[rank]) == 1
+
+
+@pytest.mark.parametrize(("window", "procs"), [(1, 1), (3, 1), (3, 2)])
+def test_every_batch_scored_exactly_once(window: int, procs: int) -> None:
+    out = run_job(ranks=4, batches=40, window=window, procs=procs)
+    check_clean_end(out, 4)
+    scored = sorted(batch for _, batch, _ in out.record.scored)
+    assert scored == list(range(40))
+    assert out.scheduler.completed == set(range(40))
+    assert out.scheduler.stop_reason is None and not out.scheduler.failed
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_no_rank_holds_more_than_its_window(window: int) -> None:
+    out = run_job(ranks=4, batches=40, window=window)
+    check_clean_end(out, 4)
+    assert max(out.record.most_outstanding.values()) <= window
+    assert all(count == 0 for count in out.record.outstanding.values())
+
+
+def test_every_rank_gets_work() -> None:
+    out = run_job(ranks=4, batches=60, window=1, seconds=2e-3)
+    check_clean_end(out, 4)
+    assert {rank for rank, _, _ in out.record.scored} == {0, 1, 2, 3}
+
+
+def test_rank_zero_alone() -> None:
+    out = run_job(ranks=1, batches=12, window=2)
+    assert not out.errors
+    assert sorted(batch for _, batch, _ in out.record.scored) == list(range(12))
+
+
+def test_transient_failures_are_retried_and_every_batch_ends_once() -> None:
+    out = run_job(fails=lambda rank, batch, attempt: batch in (2, 9) and attempt == 0,
+                  policy=FailurePolicy(max_retries=1))
+    check_clean_end(out, 4)
+    assert sorted(batch for _, batch, _ in out.record.failed) == [2, 9]
+    assert sorted(batch for _, batch, _ in out.record.scored) == list(range(40))
+    retried = {batch: attempt for _, batch, attempt in out.record.scored if batch in (2, 9)}
+    assert retried == {2: 1, 9: 1}
+    assert out.scheduler.completed == set(range(40)) and not out.scheduler.failed
+
+
+def test_a_batch_failing_everywhere_exhausts_the_budget_and_stops_every_rank() -> None:
+    out = run_job(fails=lambda rank, batch, attempt: batch == 5,
+                  policy=FailurePolicy(max_retries=2, error_threshold=0), seconds=1e-3)
+    check_clean_end(out, 4)
+    s = out.scheduler
+    assert s.stop_reason is not None and s.stop_reason.startswith("error budget")
+    assert set(s.failed) == {5} and len(s.attempts[5]) == 3
+    assert [attempt for _, batch, attempt in out.record.failed] == [0, 1, 2]
+    done = sorted(batch for _, batch, _ in out.record.scored)
+    assert done == sorted(s.completed) and len(set(done)) == len(done)
+    left = {b.batch_id for b in s.pending} | {b.batch_id for b in s.retries}
+    assert left | s.completed | {5} == set(range(40))
+    assert not left & s.completed
+
+
+def test_failures_within_threshold_let_the_job_finish() -> None:
+    out = run_job(fails=lambda rank, batch, attempt: batch == 5,
+                  policy=FailurePolicy(max_retries=1, error_threshold=1))
+    check_clean_end(out, 4)
+    assert out.scheduler.stop_reason is None
+    assert set(out.scheduler.failed) == {5}
+    assert out.scheduler.completed == set(range(40)) - {5}
+
+
+def test_stop_requested_on_a_worker_rank_drains_every_rank() -> None:
+    def stop_on(rank: int, record: Record) -> str | None:
+        return "SIGTERM on rank 2" if rank == 2 and len(record.scored) >= 6 else None
+
+    out = run_job(batches=200, window=3, seconds=1e-3, stop_on=stop_on)
+    check_clean_end(out, 4)
+    s = out.scheduler
+    assert s.stop_reason == "SIGTERM on rank 2"
+    done = sorted(batch for _, batch, _ in out.record.scored)
+    assert done == sorted(s.completed) and len(set(done)) == len(done)
+    left = {b.batch_id for b in s.pending}
+    assert left and not left & s.completed
+    assert left | s.completed == set(range(200))
+
+
+def test_finished_is_the_last_message_of_every_worker() -> None:
+    record = Record()
+    hub = Hub([1], record)
+    link = hub.worker_link(1)
+    worker = RankWorker(FakePool(1, 1, record, lambda r, b, a: False, 0.0), link.send, 2, 1)
+    hub.down[1].put(Stop())
+    errors: dict[int, BaseException] = {}
+    thread = start_thread(lambda: work(worker, link, lambda: None), 1, errors)
+    thread.join(TIMEOUT)
+    assert not thread.is_alive() and not errors
+    sent = []
+    while not hub.up.empty():
+        sent.append(hub.up.get_nowait())
+    assert sent[-1] == (1, Finished())

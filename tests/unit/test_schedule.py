@@ -1,0 +1,132 @@
+"""schedule.py: the Scheduler stepped by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpiscore.plan import SourceFile, make_plan
+from mpiscore.schedule import Attempt, FailurePolicy, Scheduler
+
+
+def scheduler(batches: int = 3, rows: int = 10, **policy: object) -> Scheduler:
+    plan = make_plan([SourceFile("x.h5", batches * rows)], rows)
+    assert len(plan.batches) == batches
+    return Scheduler.for_batches(plan.batches, plan.total_rows, FailurePolicy(**policy))
+
+
+def test_assign_complete_step_by_step() -> None:
+    s = scheduler(3)
+    assert not s.finished
+    first = s.assign(1)
+    assert first is not None and first.batch_id == 0 and s.in_flight == {0: (first, 1)}
+    second = s.assign(2)
+    assert second is not None and second.batch_id == 1
+    assert s.complete(0, 1) == first
+    assert s.completed == {0} and set(s.in_flight) == {1} and not s.finished
+    third = s.assign(1)
+    assert third is not None and third.batch_id == 2
+    s.complete(2, 1)
+    assert not s.finished  # batch 1 still in flight
+    s.complete(1, 2)
+    assert s.finished and s.completed == {0, 1, 2} and not s.in_flight
+
+
+def test_assign_returns_none_when_nothing_is_left() -> None:
+    s = scheduler(1)
+    assert s.assign(0) is not None
+    assert s.assign(0) is None
+    assert s.assign(5) is None
+
+
+def test_empty_scheduler_is_finished_at_once() -> None:
+    s = Scheduler.for_batches([], 0)
+    assert s.assign(0) is None and s.finished
+
+
+def test_completing_a_batch_of_another_rank_raises() -> None:
+    s = scheduler()
+    s.assign(1)
+    with pytest.raises(RuntimeError, match="assigned to 1"):
+        s.complete(0, 2)
+
+
+def test_completing_an_unassigned_batch_raises() -> None:
+    s = scheduler()
+    with pytest.raises(RuntimeError, match="batch 0 reported by rank 1"):
+        s.complete(0, 1)
+    s.assign(1)
+    s.complete(0, 1)
+    with pytest.raises(RuntimeError):
+        s.complete(0, 1)  # twice
+
+
+def test_failed_batch_is_retried_on_another_rank_first() -> None:
+    s = scheduler(3, max_retries=2)
+    s.assign(1)
+    assert s.fail(0, Attempt(1, "boom")) is False
+    assert s.attempt(0) == 1
+    again = s.assign(1)  # rank 1 gets new work, not the batch that failed there
+    assert again is not None and again.batch_id == 1
+    retried = s.assign(2)
+    assert retried is not None and retried.batch_id == 0
+
+
+def test_retry_goes_back_to_the_same_rank_when_no_other_is_busy() -> None:
+    s = scheduler(1, max_retries=1)
+    s.assign(1)
+    s.fail(0, Attempt(1, "boom"))
+    retried = s.assign(1)
+    assert retried is not None and retried.batch_id == 0
+    s.complete(0, 1)
+    assert s.finished and not s.failed
+
+
+def test_batch_given_up_after_max_retries_and_budget_stops_the_job() -> None:
+    s = scheduler(3, max_retries=1, error_threshold=0)
+    s.assign(1)
+    assert s.fail(0, Attempt(1, "first")) is False
+    assert s.assign(2).batch_id == 0
+    assert s.fail(0, Attempt(2, "second")) is True
+    assert 0 in s.failed and s.failed_rows == 10
+    assert s.stop_reason is not None and s.stop_reason.startswith("error budget")
+    assert s.assign(1) is None and s.finished
+    assert [a.error for a in s.attempts[0]] == ["first", "second"]
+
+
+def test_failures_within_threshold_let_the_job_go_on() -> None:
+    s = scheduler(3, max_retries=0, error_threshold=1)
+    s.assign(1)
+    assert s.fail(0, Attempt(1, "boom")) is True
+    assert s.stop_reason is None
+    assert s.assign(1).batch_id == 1
+    s.complete(1, 1)
+    s.assign(1)
+    s.complete(2, 1)
+    assert s.finished and s.completed == {1, 2} and set(s.failed) == {0}
+
+
+def test_allowed_failed_percent_counts_rows() -> None:
+    policy = FailurePolicy(max_retries=0, error_threshold=-1, allowed_failed_percent=20)
+    assert policy.exceeded(5, 20, 100) is None
+    assert policy.exceeded(5, 21, 100) is not None
+    assert FailurePolicy(error_threshold=-1).exceeded(1000, 1000, 1000) is None
+    assert FailurePolicy(error_threshold=2).exceeded(3, 1, 100) is not None
+
+
+def test_give_back_requeues_in_front_without_counting_a_try() -> None:
+    s = scheduler(3)
+    s.assign(1)
+    s.assign(1)
+    s.give_back(1, 1)
+    assert s.attempt(1) == 0
+    assert s.assign(2).batch_id == 1
+
+
+def test_stop_hands_out_nothing_but_lets_in_flight_batches_report() -> None:
+    s = scheduler(3)
+    s.assign(1)
+    s.stop("signal")
+    assert s.assign(2) is None and not s.finished
+    s.complete(0, 1)
+    assert s.finished and s.stop_reason == "signal"
+    assert [b.batch_id for b in s.pending] == [1, 2]

@@ -1,0 +1,126 @@
+"""score.py: the Scorer against plain onnxruntime (tests.builders.reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpiscore.config import SessionConfig
+from mpiscore.errors import ConfigError, ModelError, ScoringError
+from mpiscore.io.fields import Field
+from mpiscore.model import InputBinding, bind_inputs, tensor_spec
+from mpiscore.score import Scorer, ScorerSettings, open_session
+from tests import builders
+
+SETTINGS = ScorerSettings(SessionConfig(), 1)
+
+
+def scorer(model: Path, fields: dict[str, Field], cast: str = "safe",
+           settings: ScorerSettings = SETTINGS) -> Scorer:
+    session = open_session(model.read_bytes(), model.name, settings)
+    inputs = [tensor_spec(node, model.name) for node in session.get_inputs()]
+    return Scorer(session, bind_inputs(model.name, inputs, fields, cast), model.name)
+
+
+def features_field(width: int = 8, dtype: str = "<f4", flat: bool = False) -> dict[str, Field]:
+    return {"features": Field("features", dtype, (width,), "x.h5:/features", flat)}
+
+
+def assert_matches(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert list(got) == list(expected)
+    for name, array in expected.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
+        np.testing.assert_allclose(got[name], array, rtol=1e-6, atol=1e-6)
+
+
+def test_symbolic_batch_mlp_matches_reference(tmp_path: Path) -> None:
+    model = builders.mlp(tmp_path / "mlp.onnx")
+    data = builders.features(37, seed=4)
+    s = scorer(model, features_field())
+    assert s.fixed_batch is None and s.output_names == ["logits", "label"]
+    assert_matches(s.score({"features": data}), builders.reference(model, features=data))
+
+
+def test_batches_scored_separately_match_the_whole(tmp_path: Path) -> None:
+    model = builders.mlp(tmp_path / "mlp.onnx")
+    data = builders.features(30, seed=6)
+    s = scorer(model, features_field())
+    pieces = [s.score({"features": data[a:b]}) for a, b in [(0, 1), (1, 17), (17, 30)]]
+    joined = {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
+    assert_matches(joined, builders.reference(model, features=data))
+
+
+@pytest.mark.parametrize(("batch", "rows"), [(1, 5), (4, 10), (4, 8), (4, 3)])
+def test_fixed_batch_model_matches_reference(tmp_path: Path, batch: int, rows: int) -> None:
+    model = builders.mlp(tmp_path / "fixed.onnx", batch=batch)
+    data = builders.features(rows, seed=batch + rows)
+    s = scorer(model, features_field())
+    assert s.fixed_batch == batch
+    got = s.score({"features": data})
+    assert len(got["logits"]) == rows == len(got["label"])
+    assert_matches(got, builders.reference(model, features=data))
+
+
+def test_padding_does_not_change_the_real_rows(tmp_path: Path) -> None:
+    """Rows scored in a padded last piece equal the same rows scored one by one."""
+    model = builders.mlp(tmp_path / "fixed.onnx", batch=4)
+    one = builders.mlp(tmp_path / "one.onnx", batch=1)
+    data = builders.features(6, seed=9)
+    padded = scorer(model, features_field()).score({"features": data})
+    single = scorer(one, features_field()).score({"features": data})
+    assert_matches(padded, single)
+
+
+def test_float64_data_cast_under_same_kind(tmp_path: Path) -> None:
+    model = builders.mlp(tmp_path / "mlp.onnx")
+    data = builders.features(9, dtype="float64", seed=2)
+    s = scorer(model, features_field(dtype="<f8"), cast="same_kind")
+    expected = builders.reference(model, features=data.astype(np.float32))
+    assert_matches(s.score({"features": data}), expected)
+
+
+def test_flat_rows_reshaped_for_an_image_model(tmp_path: Path) -> None:
+    model = builders.image_net(tmp_path / "cnn.onnx")
+    images = np.random.default_rng(3).normal(size=(7, 3, 8, 8)).astype(np.float32)
+    fields = {"image": Field("image", "<f4", (192,), "x.parquet:pixels", flat=True)}
+    s = scorer(model, fields)
+    got = s.score({"image": images.reshape(7, 192)})
+    assert_matches(got, builders.reference(model, image=images))
+
+
+def test_two_input_model(tmp_path: Path) -> None:
+    model = builders.two_inputs(tmp_path / "two.onnx")
+    a, b = builders.features(5, width=4, seed=1), builders.features(5, width=3, seed=2)
+    fields = {"a": Field("a", "<f4", (4,)), "b": Field("b", "<f4", (3,))}
+    got = scorer(model, fields).score({"b": b, "a": a})
+    assert_matches(got, builders.reference(model, a=a, b=b))
+
+
+def test_non_onnx_bytes_raise_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"junk\.onnx: cannot load as an ONNX model"):
+        open_session(b"this is not a model", "junk.onnx", SETTINGS)
+
+
+def test_unknown_provider_raises_config_error() -> None:
+    settings = ScorerSettings(SessionConfig(providers=("NoSuchExecutionProvider",)), 1)
+    with pytest.raises(ConfigError, match="--providers: NoSuchExecutionProvider not in"):
+        open_session(b"", "m.onnx", settings)
+
+
+def test_onnxruntime_failure_becomes_scoring_error(tmp_path: Path) -> None:
+    model = builders.mlp(tmp_path / "mlp.onnx")
+    session = open_session(model.read_bytes(), "mlp.onnx", SETTINGS)
+    wrong = (InputBinding("features", "float32", (5,)),)  # the model wants 8 per row
+    with pytest.raises(ScoringError, match=r"mlp\.onnx: onnxruntime failed"):
+        Scorer(session, wrong, "mlp.onnx").score({"features": np.zeros((3, 5), np.float32)})
+
+
+@pytest.mark.parametrize("level", ["disable", "basic", "extended", "all"])
+def test_every_optimisation_level_gives_the_same_scores(tmp_path: Path, level: str) -> None:
+    model = builders.mlp(tmp_path / "mlp.onnx")
+    data = builders.features(11, seed=8)
+    settings = ScorerSettings(SessionConfig(graph_optimization=level, allow_spinning=True), 2)
+    got = scorer(model, features_field(), settings=settings).score({"features": data})
+    assert_matches(got, builders.reference(model, features=data))
