@@ -37,8 +37,8 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
         ) -> RunReport:
     """Score the job on every rank of ``comm`` (or in this process alone); the job's report.
 
-    ``pool``: scoring processes this rank started earlier (see ``start_pool``),
-    so that their start-up overlapped with the rank's; by default started here.
+    ``pool``: scoring processes this rank started earlier (the CLI starts them
+    before its heavy imports, so their start-up overlaps); by default started here.
 
     Raises ``Interrupted`` after a graceful stop on SIGTERM/SIGINT and
     ``ScoringError`` when the error budget ran out; in both cases the output
