@@ -254,3 +254,27 @@ def test_corrupted_chunk_fails_its_batch_only(data, tmp_path) -> None:
     assert got["row_status"].sum() == BATCH and got["row_status"][10 * BATCH] == 1
     ok = got["row_status"] == 0
     assert got["logits"][ok].tobytes() == want["logits"][ok].tobytes()
+
+
+def test_second_signal_stops_at_once(data, tmp_path) -> None:
+    """A batch hangs; the first SIGTERM waits for it (grace 60 s), the second does not."""
+    out = tmp_path / "y.h5"
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpiscore", "score",
+               *map(str, job_args(data, out, "--stop-grace", 60))]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=with_faults("sleep:0.05,hang:6"))
+    journal = Path(f"{out}.run/journal.txt")
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and len(journal.read_text().split()) >= 8):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert process.poll() is None  # still waiting for the hanging batch
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert process.returncode not in (0, 75), stderr
+    assert "second SIGTERM" in stderr
+    assert not out.exists()
