@@ -53,7 +53,7 @@ def dataset(path: Path, rows: int, width: int) -> Path:
     rng = np.random.default_rng(1)
     with h5py.File(path, "w") as handle:
         features = handle.create_dataset("features", (rows, width), np.float32,
-                                         chunks=(BATCH_ROWS, width))
+                                         chunks=(min(BATCH_ROWS, rows), width))
         for start in range(0, rows, 1 << 20):
             stop = min(rows, start + (1 << 20))
             features[start:stop] = rng.normal(size=(stop - start, width)).astype(np.float32)

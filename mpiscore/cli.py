@@ -80,7 +80,7 @@ def main() -> None:
               help="Let ONNX Runtime threads spin while idle (faster on dedicated cores).")
 @click.option("--cast", type=click.Choice(["safe", "same_kind", "unsafe"]), default="safe",
               show_default=True, help="Which dtype conversions of input data are allowed.")
-@click.option("--procs-per-rank", default="auto", show_default=True,
+@click.option("--procs-per-rank", default="1", show_default=True,
               help="Scoring processes per rank, each with its own session; auto = one per "
               "core (or per --intra-op-threads cores).")
 @click.option("--window", type=int, help="Batches each rank keeps assigned [default: procs + 1].")

@@ -171,7 +171,7 @@ class JobConfig:
     run_dir: Path | None = None
     overwrite: bool = False
     session: SessionConfig = field(default_factory=SessionConfig)
-    procs_per_rank: int | None = None  # None: auto, one per core the rank may use
+    procs_per_rank: int | None = 1  # None: auto, one per core the rank may use
     window: int | None = None
     progress_seconds: float = 10.0
     max_retries: int = 3

@@ -106,9 +106,10 @@ def test_batch_always_raising_is_recorded_and_masked(data, tmp_path, ranks) -> N
     assert len({a["rank"] for a in failed[0]["attempts"]}) > 1
 
 
-def test_error_budget_exceeded_stops_cleanly(data, tmp_path) -> None:
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_error_budget_exceeded_stops_cleanly(data, tmp_path, ranks) -> None:
     out = tmp_path / "y.h5"
-    result = faulty(3, "raise-always:2,raise-always:9", *job_args(data, out,
+    result = faulty(ranks, "raise-always:2,raise-always:9", *job_args(data, out,
                                                                   "--error-threshold", 1))
     assert result.returncode == 5, result.stderr
     assert "error budget exceeded: 2 batches failed" in error_lines(result)[0]
@@ -136,10 +137,11 @@ def test_scoring_process_killed_mid_batch(data, tmp_path, ranks) -> None:
     assert sum(r["scorer_restarts"] for r in summary(out)["per_rank"]) == 2
 
 
-def test_hanging_batch_times_out_and_is_retried(data, tmp_path) -> None:
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_hanging_batch_times_out_and_is_retried(data, tmp_path, ranks) -> None:
     out = tmp_path / "y.h5"
     started = time.monotonic()
-    result = faulty(2, "hang:7", *job_args(data, out, "--batch-timeout", 3))
+    result = faulty(ranks, "hang:7", *job_args(data, out, "--batch-timeout", 3))
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 40
     assert_identical(out, data["clean"])
@@ -162,13 +164,15 @@ def test_killed_rank_ends_job_then_resume_completes(data, tmp_path, ranks) -> No
     assert summary(out)["rows_scored"] == ROWS - BATCH * len(journal)
 
 
-def test_raising_rank_aborts_within_seconds(data, tmp_path) -> None:
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_raising_rank_aborts_within_seconds(data, tmp_path, ranks) -> None:
     out = tmp_path / "y.h5"
     started = time.monotonic()
-    result = faulty(3, "sleep:0.05,raise-rank:2", *job_args(data, out))
+    result = faulty(ranks, "sleep:0.05,raise-rank:1", *job_args(data, out))
     assert time.monotonic() - started < 30
     assert result.returncode == 1
-    assert "[rank 2 of 3]" in result.stderr and "injected fault on rank 2" in result.stderr
+    assert f"[rank 1 of {ranks}]" in result.stderr
+    assert "injected fault on rank 1" in result.stderr
     assert not out.exists()
 
 

@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end on tiny sizes and print their JSON (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_script(name: str, *args: object) -> list[dict]:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *map(str, args)],
+                            capture_output=True, text=True, timeout=300, cwd=BENCHMARKS)
+    assert result.returncode == 0, result.stderr
+    decoder, text, found = json.JSONDecoder(), result.stdout, []
+    index = text.find("{")
+    while index >= 0:
+        document, end = decoder.raw_decode(text, index)
+        found.append(document)
+        index = text.find("{", end)
+    return found
+
+
+def test_example_throughput() -> None:
+    (report,) = run_script("example_throughput.py", "--rows", 20000, "--repeat", 1)
+    assert set(report["results"]) == {"plain_onnxruntime_loop", "mpiscore_n1", "mpiscore_n2"}
+    assert all(r["rows_per_second"] > 0 for r in report["results"].values())
+
+
+def test_overhead() -> None:
+    reports = run_script("overhead.py", "--light-rows", 5000, "--heavy-rows", 500,
+                         "--repeat", 1)
+    assert [r["benchmark"] for r in reports] == ["overhead_light", "overhead_heavy"]
+    assert all(len(r["results"]) == 4 for r in reports)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_dispatch(ranks: int) -> None:
+    (report,) = run_script("dispatch.py", "--ranks", ranks, "--batches", 500)
+    assert report["batches_per_second"] > 0
+    assert sum(report["batches_per_rank"]) == 500 and report["batches_per_rank"][0] == 0
