@@ -43,3 +43,9 @@ def test_dispatch(ranks: int) -> None:
     (report,) = run_script("dispatch.py", "--ranks", ranks, "--batches", 500)
     assert report["batches_per_second"] > 0
     assert sum(report["batches_per_rank"]) == 500 and report["batches_per_rank"][0] == 0
+
+
+def test_peers() -> None:
+    (report,) = run_script("peers.py", "--rows", 40000, "--repeat", 1)
+    assert set(report["results"]) == {"mpiscore", "multiprocessing_pool", "mpi4py_futures"}
+    assert report["outputs_match"]
