@@ -130,8 +130,9 @@ def gpus_per_node() -> int:
 class SessionConfig:
     """ONNX Runtime settings of each scoring session.
 
-    ``intra_op_threads=None`` means "the cores of this node divided by the
-    ranks on it"; output is bitwise reproducible only for equal thread settings.
+    ``intra_op_threads=None`` means "the rank's cores divided by its scoring
+    processes" (see JobConfig.layout); output is bitwise reproducible only for
+    equal thread settings.
     """
 
     intra_op_threads: int | None = None
