@@ -83,7 +83,8 @@ def main() -> None:
 @click.option("--procs-per-rank", default="1", show_default=True,
               help="Scoring processes per rank, each with its own session; auto = one per "
               "core (or per --intra-op-threads cores).")
-@click.option("--window", type=int, help="Batches each rank keeps assigned [default: procs + 1].")
+@click.option("--window", type=int,
+              help="Batches each rank keeps assigned [default: 2 x procs + 1].")
 @click.option("--max-retries", default=3, show_default=True,
               help="Tries after the first for a failing batch (on another rank if possible).")
 @click.option("--batch-timeout", type=float, help="Seconds before a batch is abandoned and "

@@ -213,8 +213,9 @@ class JobConfig:
         return procs, threads or max(1, cores // procs)
 
     def window_for(self, procs: int) -> int:
-        """Batches a rank keeps assigned: one per scoring process, plus one queued."""
-        return self.window or procs + 1
+        """Batches a rank keeps assigned: per scoring process one being scored and one
+        being written, plus one queued."""
+        return self.window or 2 * procs + 1
 
     @property
     def resolved_run_dir(self) -> Path:

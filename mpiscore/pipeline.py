@@ -1,8 +1,11 @@
-"""One batch through the stages in a scoring process: read -> score -> write, timed."""
+"""One batch through the stages in a scoring process: read -> score, then write; timed."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -13,8 +16,18 @@ from .pool import StageTimes
 from .score import Scorer
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A scored batch waiting to be written, and how long reading and scoring took."""
+
+    columns: dict[str, object]
+    read: float
+    score: float
+
+
 class BatchProcessor:
-    """Reads, scores and writes one batch; names the batch and rank when that fails."""
+    """Reads and scores a batch, then writes it (two steps, so writing can overlap the
+    next batch); names the batch and rank when either fails."""
 
     def __init__(self, reader: Reader, scorer: Scorer, writer: Writer,
                  outputs: tuple[Field, ...], output_sources: tuple[str, ...], where: str,
@@ -24,24 +37,33 @@ class BatchProcessor:
                                                                strict=True)]
         self.where, self.on_nan = where, on_nan
 
-    def __call__(self, batch: Batch) -> StageTimes:
+    def prepare(self, batch: Batch) -> Prepared:
+        """Read and score a batch: the output columns, ready to write."""
+        with self._naming(batch):
+            started = time.perf_counter()
+            arrays, kept = self.reader.read(batch)
+            if self.on_nan == "error":
+                _refuse_non_finite(arrays)
+            read = time.perf_counter()
+            outputs = self.scorer.score(arrays)
+            status = {ROW_STATUS.name: np.zeros(batch.rows, dtype=np.uint8)}
+            columns = {**kept, **{n: outputs[s] for n, s in self.renames}, **status}
+            return Prepared(columns, read - started, time.perf_counter() - read)
+
+    def write(self, batch: Batch, prepared: Prepared) -> StageTimes:
+        """Write a prepared batch in place; its times in each stage."""
+        with self._naming(batch):
+            started = time.perf_counter()
+            self.writer.write(batch, prepared.columns)
+            return StageTimes(prepared.read, prepared.score, time.perf_counter() - started)
+
+    @contextmanager
+    def _naming(self, batch: Batch) -> Iterator[None]:
         try:
-            return self._process(batch)
+            yield
         except MpiscoreError as exc:
             raise type(exc)(f"batch {batch.batch_id} (rows {batch.global_start}-"
                             f"{batch.global_stop - 1}) on {self.where}: {exc}") from exc
-
-    def _process(self, batch: Batch) -> StageTimes:
-        started = time.perf_counter()
-        arrays, kept = self.reader.read(batch)
-        if self.on_nan == "error":
-            _refuse_non_finite(arrays)
-        read = time.perf_counter()
-        outputs = self.scorer.score(arrays)
-        scored = time.perf_counter()
-        status = {ROW_STATUS.name: np.zeros(batch.rows, dtype=np.uint8)}
-        self.writer.write(batch, {**kept, **{n: outputs[s] for n, s in self.renames}, **status})
-        return StageTimes(read - started, scored - read, time.perf_counter() - scored)
 
     def close(self) -> None:
         self.reader.close()

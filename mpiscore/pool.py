@@ -51,6 +51,7 @@ class Outcome:
     error: str = ""
     traceback: str = ""
     times: StageTimes | None = None
+    returned: bool = False  # lost with a process killed for another batch: no try counted
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ class ScorerProcess:
         self.process.start()
         child.close()
         self.ready = False
-        self.batch: Batch | None = None
+        self.batch: Batch | None = None  # being read and scored
+        self.writing: list[Batch] = []  # scored, being written (oldest first)
         self.started = 0.0
 
     def submit(self, batch: Batch, attempt: int) -> None:
@@ -130,57 +132,63 @@ class ScorerPool:
 
     @property
     def busy(self) -> list[ScorerProcess]:
-        return [p for p in self.procs if p.batch is not None]
+        return [p for p in self.procs if p.batch is not None or p.writing]
 
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; replace dead or hung processes."""
-        waiting = [p.conn for p in self.procs if p.batch is not None or not p.ready]
+        waiting = [p.conn for p in self.procs if p.batch is not None or p.writing or not p.ready]
         if waiting:
             ready = set(wait(waiting, timeout))
         else:
             ready = set()
             time.sleep(timeout)
-        outcomes = []
+        outcomes: list[Outcome] = []
         for index, proc in enumerate(list(self.procs)):
-            message = self._receive(proc) if proc.conn in ready else None
-            if message is not None:
-                outcome = self._message(proc, message)
-            elif proc.batch is None:
-                self._check_starting(proc)
+            if proc.conn in ready:
+                for message in self._receive_all(proc):
+                    outcome = self._message(proc, message)
+                    outcomes.extend([outcome] if outcome else [])
+            if proc.batch is None and not proc.writing:
+                self._check_idle(proc)
                 continue
-            else:
-                outcome = self._lost(proc)
-                if outcome is not None:
-                    self._replace(index)
-            if outcome is not None:
-                outcomes.append(outcome)
-                proc.batch = None
+            lost = self._lost(proc)
+            if lost:
+                outcomes.extend(lost)
+                self._replace(index)
         return outcomes
 
     @staticmethod
-    def _receive(proc: ScorerProcess) -> tuple | None:
-        try:
-            return proc.conn.recv()
-        except (EOFError, OSError):
-            return None  # the process died: _lost or _check_starting reports it
+    def _receive_all(proc: ScorerProcess) -> list[tuple]:
+        messages = []
+        with contextlib.suppress(EOFError, OSError):  # the process died: _lost reports it
+            while proc.conn.poll():
+                messages.append(proc.conn.recv())
+        return messages
 
-    def _check_starting(self, proc: ScorerProcess) -> None:
+    def _check_idle(self, proc: ScorerProcess) -> None:
         if not proc.process.is_alive():
             raise ScoringError(f"{self.where}: a scoring process died while idle or "
                                f"starting ({_exit_text(proc.process.exitcode)})")
 
-    def _lost(self, proc: ScorerProcess) -> Outcome | None:
-        """The busy process's batch, if the process died or overran the timeout."""
-        assert proc.batch is not None
+    def _lost(self, proc: ScorerProcess) -> list[Outcome]:
+        """The busy process's batches, if it died or overran the timeout (then it is killed).
+
+        The batch being scored is charged with the failure (the one being written
+        if none is); the others are handed back without counting a try.
+        """
         if not proc.process.is_alive() or proc.conn.closed:
             proc.process.join(1)
-            return Outcome(proc.batch, False, f"scoring process on {self.where} died "
-                           f"({_exit_text(proc.process.exitcode)}) in this batch")
-        elapsed = time.monotonic() - proc.started
-        if self.batch_timeout is not None and elapsed > self.batch_timeout:
-            return Outcome(proc.batch, False, f"batch timed out after {elapsed:.1f}s "
-                           f"(--batch-timeout {self.batch_timeout:g}) on {self.where}")
-        return None
+            why = f"scoring process on {self.where} died ({_exit_text(proc.process.exitcode)})"
+        elif proc.batch is not None and self.batch_timeout is not None and \
+                time.monotonic() - proc.started > self.batch_timeout:
+            why = (f"batch timed out after {time.monotonic() - proc.started:.1f}s "
+                   f"(--batch-timeout {self.batch_timeout:g}) on {self.where}")
+        else:
+            return []
+        batches = ([proc.batch] if proc.batch is not None else []) + proc.writing
+        proc.batch, proc.writing = None, []
+        return [Outcome(batches[0], False, why)] + [
+            Outcome(b, False, why, returned=True) for b in batches[1:]]
 
     def _message(self, proc: ScorerProcess, message: tuple) -> Outcome | None:
         kind = message[0]
@@ -190,10 +198,21 @@ class ScorerPool:
         if kind == "init-failed":
             raise ScoringError(f"{self.where}: scoring process failed to start: "
                                f"{message[1]}")
-        assert proc.batch is not None
+        batch = self._take(proc, message[1])
+        if kind == "scored":  # now being written; the process is free for the next batch
+            proc.writing.append(batch)
+            return None
         if kind == "done":
-            return Outcome(proc.batch, True, times=message[1])
-        return Outcome(proc.batch, False, message[1], message[2])  # the process stays
+            return Outcome(batch, True, times=message[2])
+        return Outcome(batch, False, message[2], message[3])  # failed; the process stays
+
+    @staticmethod
+    def _take(proc: ScorerProcess, batch_id: int) -> Batch:
+        if proc.batch is not None and proc.batch.batch_id == batch_id:
+            batch, proc.batch = proc.batch, None
+            return batch
+        index = next(i for i, b in enumerate(proc.writing) if b.batch_id == batch_id)
+        return proc.writing.pop(index)
 
     def _replace(self, index: int) -> None:
         self.procs[index].kill()
@@ -203,10 +222,12 @@ class ScorerPool:
 
     def abandon(self) -> list[Batch]:
         """Kill the busy processes (at a stop past its grace period); their batches."""
-        batches = [p.batch for p in self.procs if p.batch is not None]
-        for proc in self.busy:
-            proc.kill()
-            proc.batch = None
+        batches = []
+        for index, proc in enumerate(list(self.procs)):
+            if proc.batch is not None or proc.writing:
+                batches += ([proc.batch] if proc.batch is not None else []) + proc.writing
+                proc.batch, proc.writing = None, []
+                self._replace(index)
         return batches
 
     def close(self) -> None:

