@@ -282,3 +282,26 @@ def test_second_signal_stops_at_once(data, tmp_path) -> None:
     assert process.returncode not in (0, 75), stderr
     assert "second SIGTERM" in stderr
     assert not out.exists()
+
+
+def test_stop_abandons_a_batch_past_the_grace_period_then_resume(data, tmp_path) -> None:
+    """SIGTERM while a batch hangs: after --stop-grace it is abandoned, left for --resume."""
+    out = tmp_path / "y.h5"
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpiscore", "score",
+               *map(str, job_args(data, out, "--stop-grace", 2))]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=with_faults("sleep:0.05,hang:6"))
+    journal = Path(f"{out}.run/journal.txt")
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and len(journal.read_text().split()) >= 8):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 75, stderr
+    assert 2 <= time.monotonic() - started < 20
+    assert "6" not in journal.read_text().split()
+    result = mpiscore(2, *job_args(data, out, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert_identical(out, data["clean"])
