@@ -208,7 +208,8 @@ def _rank_stats(worker: RankWorker, rank: int, spec: ScorerSpec, started: float,
     first = None if s.first_batch_done is None else s.first_batch_done - started
     return RankStats(rank, hostname(), s.batches, s.rows, s.failures, s.read, s.score, s.write,
                      own.ru_utime + own.ru_stime, scorers.ru_utime + scorers.ru_stime,
-                     *loop, ready - started, first, worker.pool.restarts,  # type: ignore[attr-defined]
+                     scorers.ru_maxrss / 1024, *loop, ready - started, first,
+                     worker.pool.restarts,  # type: ignore[attr-defined]
                      spec.settings.intra_op_threads)
 
 

@@ -30,6 +30,7 @@ class RankStats:
     write_seconds: float
     driver_cpu_seconds: float
     scorer_cpu_seconds: float
+    scorer_peak_rss_mib: float
     loop_seconds: float
     loop_cpu_seconds: float
     startup_seconds: float

@@ -49,3 +49,9 @@ def test_peers() -> None:
     (report,) = run_script("peers.py", "--rows", 40000, "--repeat", 1)
     assert set(report["results"]) == {"mpiscore", "multiprocessing_pool", "mpi4py_futures"}
     assert report["outputs_match"]
+
+
+def test_memory() -> None:
+    (report,) = run_script("memory.py", "--rows", 5000, 20000, "--batch-rows", 1000)
+    assert [r["rows"] for r in report["results"]] == [5000, 20000]
+    assert all(r["scorer_peak_rss_mib"] > 0 for r in report["results"])
