@@ -55,3 +55,9 @@ def test_memory() -> None:
     (report,) = run_script("memory.py", "--rows", 5000, 20000, "--batch-rows", 1000)
     assert [r["rows"] for r in report["results"]] == [5000, 20000]
     assert all(r["scorer_peak_rss_mib"] > 0 for r in report["results"])
+
+
+def test_io() -> None:
+    (report,) = run_script("io.py", "--rows", 20000, "--batch-rows", 3000)
+    assert set(report["results"]) == {"hdf5_write", "hdf5_read", "parquet_write",
+                                      "parquet_read"}
