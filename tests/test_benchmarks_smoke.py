@@ -61,3 +61,10 @@ def test_io() -> None:
     (report,) = run_script("io.py", "--rows", 20000, "--batch-rows", 3000)
     assert set(report["results"]) == {"hdf5_write", "hdf5_read", "parquet_write",
                                       "parquet_read"}
+
+
+def test_scaling() -> None:
+    (report,) = run_script("scaling.py", "--rows-per-core", 5000, "--max-cores", 2,
+                           "--repeat", 1)
+    layouts = {(r["mode"], r["ranks"], r["procs_per_rank"]) for r in report["results"]}
+    assert layouts == {(m, r, p) for m in ("strong", "weak") for r, p in [(1, 1), (1, 2), (2, 1)]}
