@@ -1,5 +1,7 @@
 """mpiscore vs the usual ways to parallelise the same job in Python: multiprocessing.Pool
-and mpi4py.futures, each checked to produce the same output.
+and mpi4py.futures, Dask distributed and Ray Data (when installed; they are not mpiscore
+dependencies: ``pip install "dask[distributed]" "ray[data]"``), each checked
+to produce the same output.
 
     python benchmarks/peers.py [--rows 2000000] [--repeat 3]
 
@@ -7,8 +9,7 @@ The job: the light MLP of overhead.py (64 -> 256 -> 256 -> 16) over float32
 HDF5 ``/features`` in 16,384-row batches, output to HDF5, on all cores. The
 peers are written as a user would: workers with one single-threaded session
 each read their rows, score them and return the scores; the parent writes
-them in order. Dask and Ray Data are not installed here (not mpiscore
-dependencies), so they are not in this run.
+them in order.
 """
 
 from __future__ import annotations
@@ -78,6 +79,48 @@ def run_futures(model: str, data: str, out: str) -> None:
         write_in_order(out, rows, executor.map(score_rows, work))
 
 
+def run_dask(model: str, data: str, out: str, workers: int) -> None:
+    from distributed import Client, LocalCluster
+
+    rows, work = tasks(model, data)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        futures = client.map(score_rows, work)
+        write_in_order(out, rows, (future.result() for future in futures))
+
+
+class _RayScorer:
+    """A Ray Data actor: scores the row ranges of its batch of tasks."""
+
+    def __call__(self, batch: dict) -> dict:
+        scores = [score_rows((str(m), str(d), int(s), int(e))) for m, d, s, e in
+                  zip(batch["model"], batch["data"], batch["start"], batch["stop"], strict=True)]
+        return {"scores": np.concatenate(scores)}
+
+
+def run_ray(model: str, data: str, out: str, workers: int) -> None:
+    import ray
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    rows, work = tasks(model, data)
+    items = [{"model": m, "data": d, "start": s, "stop": e} for m, d, s, e in work]
+    scored = ray.data.from_items(items).map_batches(_RayScorer, batch_size=1,
+                                                    concurrency=workers)
+    write_in_order(out, rows, (b["scores"] for b in
+                               scored.iter_batches(batch_size=None, batch_format="numpy")))
+    ray.shutdown()
+
+
+RUNNERS = {"pool": run_pool, "dask": run_dask, "ray": run_ray}
+
+
+def installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
@@ -86,27 +129,32 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         kind, model, data, out = args.run
-        run_pool(model, data, out, cores()) if kind == "pool" else run_futures(model, data, out)
+        if kind == "futures":
+            run_futures(model, data, out)
+        else:
+            RUNNERS[kind](model, data, out, cores())
         return
     with tempfile.TemporaryDirectory(prefix="mpiscore-bench-") as tmp:
         scratch = Path(tmp)
         model = mlp(scratch / "light.onnx", MODELS["light"])
         data = dataset(scratch / "light.h5", args.rows, MODELS["light"][0])
-        outs = {name: scratch / f"{name}.h5" for name in
-                ("mpiscore", "multiprocessing_pool", "mpi4py_futures")}
         n = cores()
-        jobs = {
-            "mpiscore": mpiscore_command(n, model, data, outs["mpiscore"], BATCH_ROWS),
-            "multiprocessing_pool": [sys.executable, __file__, "--run", "pool", str(model),
-                                     str(data), str(outs["multiprocessing_pool"])],
-            "mpi4py_futures": [MPIEXEC, "-n", str(n + 1), sys.executable, "-m",
-                               "mpi4py.futures", __file__, "--run", "futures", str(model),
-                               str(data), str(outs["mpi4py_futures"])],
-        }
+        outs = {"mpiscore": scratch / "mpiscore.h5"}
+        jobs = {"mpiscore": mpiscore_command(n, model, data, outs["mpiscore"], BATCH_ROWS)}
+        peers = {"multiprocessing_pool": "pool", "dask_distributed": "dask", "ray_data": "ray"}
+        for name, kind in peers.items():
+            if kind == "pool" or installed("distributed" if kind == "dask" else "ray"):
+                outs[name] = scratch / f"{name}.h5"
+                jobs[name] = [sys.executable, __file__, "--run", kind, str(model), str(data),
+                              str(outs[name])]
+        outs["mpi4py_futures"] = scratch / "futures.h5"
+        jobs["mpi4py_futures"] = [MPIEXEC, "-n", str(n + 1), sys.executable, "-m",
+                                  "mpi4py.futures", __file__, "--run", "futures", str(model),
+                                  str(data), str(outs["mpi4py_futures"])]
         seconds = interleaved(jobs, args.repeat)
         with h5py.File(outs["mpiscore"], "r") as handle:
             reference = handle["scores"][()]
-        for name in ("multiprocessing_pool", "mpi4py_futures"):
+        for name in set(outs) - {"mpiscore"}:
             with h5py.File(outs[name], "r") as handle:
                 np.testing.assert_allclose(handle["scores"][()], reference, rtol=1e-6,
                                            atol=1e-6, err_msg=name)

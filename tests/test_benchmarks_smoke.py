@@ -47,7 +47,7 @@ def test_dispatch(ranks: int) -> None:
 
 def test_peers() -> None:
     (report,) = run_script("peers.py", "--rows", 40000, "--repeat", 1)
-    assert set(report["results"]) == {"mpiscore", "multiprocessing_pool", "mpi4py_futures"}
+    assert {"mpiscore", "multiprocessing_pool", "mpi4py_futures"} <= set(report["results"])
     assert report["outputs_match"]
 
 
