@@ -57,6 +57,21 @@ def faulty(ranks: int, spec: str, *args: object, timeout: float = 90):
                           env=with_faults(spec))
 
 
+def started_job(out: Path, spec: str, *args: object, batches_done: int) -> subprocess.Popen:
+    """Launch a 2-rank job in the background and return once it has journaled some batches."""
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpiscore", "score", *map(str, args)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=with_faults(spec))
+    journal = Path(f"{out}.run/journal.txt")
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and len(journal.read_text().split()) >= batches_done):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail(f"job did not get going: {process.communicate()[1]}")
+        time.sleep(0.05)
+    return process
+
+
 def h5(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as handle:
         assert handle.attrs["mpiscore_status"] == "complete"
@@ -179,15 +194,7 @@ def test_raising_rank_aborts_within_seconds(data, tmp_path, ranks) -> None:
 @pytest.mark.parametrize("output", ["y.h5", "y.parquet"])
 def test_sigterm_stops_gracefully_then_resume_is_identical(data, tmp_path, output) -> None:
     out = tmp_path / output
-    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpiscore", "score",
-               *map(str, job_args(data, out))]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=with_faults("sleep:0.1"))
-    journal = Path(f"{out}.run/journal.txt")
-    deadline = time.monotonic() + 60
-    while not (journal.exists() and len(journal.read_text().split()) >= 4):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    process = started_job(out, "sleep:0.1", *job_args(data, out), batches_done=4)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 75, stderr
@@ -263,15 +270,8 @@ def test_corrupted_chunk_fails_its_batch_only(data, tmp_path) -> None:
 def test_second_signal_stops_at_once(data, tmp_path) -> None:
     """A batch hangs; the first SIGTERM waits for it (grace 60 s), the second does not."""
     out = tmp_path / "y.h5"
-    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpiscore", "score",
-               *map(str, job_args(data, out, "--stop-grace", 60))]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=with_faults("sleep:0.05,hang:6"))
-    journal = Path(f"{out}.run/journal.txt")
-    deadline = time.monotonic() + 60
-    while not (journal.exists() and len(journal.read_text().split()) >= 8):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    process = started_job(out, "sleep:0.05,hang:6", *job_args(data, out, "--stop-grace", 60),
+                          batches_done=8)
     process.send_signal(signal.SIGTERM)
     time.sleep(1.0)
     assert process.poll() is None  # still waiting for the hanging batch
@@ -287,21 +287,14 @@ def test_second_signal_stops_at_once(data, tmp_path) -> None:
 def test_stop_abandons_a_batch_past_the_grace_period_then_resume(data, tmp_path) -> None:
     """SIGTERM while a batch hangs: after --stop-grace it is abandoned, left for --resume."""
     out = tmp_path / "y.h5"
-    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpiscore", "score",
-               *map(str, job_args(data, out, "--stop-grace", 2))]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=with_faults("sleep:0.05,hang:6"))
-    journal = Path(f"{out}.run/journal.txt")
-    deadline = time.monotonic() + 60
-    while not (journal.exists() and len(journal.read_text().split()) >= 8):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    process = started_job(out, "sleep:0.05,hang:6", *job_args(data, out, "--stop-grace", 2),
+                          batches_done=8)
     process.send_signal(signal.SIGTERM)
     started = time.monotonic()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 75, stderr
     assert 2 <= time.monotonic() - started < 20
-    assert "6" not in journal.read_text().split()
+    assert "6" not in Path(f"{out}.run/journal.txt").read_text().split()
     result = mpiscore(2, *job_args(data, out, "--resume"))
     assert result.returncode == 0, result.stderr
     assert_identical(out, data["clean"])
