@@ -86,9 +86,8 @@ def prepare(config: JobConfig) -> tuple[Job, set[int]]:
     row_nbytes = sum(field.row_nbytes for field in fields.values())
     plan = make_plan(files, config.batch_size.rows_for(row_nbytes))
     scorer = Scorer(session, bindings, str(config.model))
-    probe = _probe(scorer, source, plan)
-    model_outputs = output_fields(probe, dict(config.rename), _probe_rows(scorer, plan),
-                                  str(config.model))
+    probe, probe_rows = _probe(scorer, source, plan)
+    model_outputs = output_fields(probe, dict(config.rename), probe_rows, str(config.model))
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
     target.check(outputs, kept, config.resume)
@@ -110,17 +109,16 @@ def prepare(config: JobConfig) -> tuple[Job, set[int]]:
     return job, done
 
 
-def _probe_rows(scorer: Scorer, plan: Plan) -> int:
-    return min(plan.batches[0].rows, scorer.fixed_batch or 2)
+def _probe(scorer: Scorer, source: InputSource, plan: Plan) -> tuple[dict[str, Any], int]:
+    """Score the first rows once, to check the model runs on this data and learn its outputs.
 
-
-def _probe(scorer: Scorer, source: InputSource, plan: Plan) -> dict[str, Any]:
-    """Score the first rows once, to check the model runs on this data and learn its outputs."""
+    Returns the outputs and how many rows were scored (the model's fixed batch, or 2).
+    """
     first = plan.batches[0]
-    rows = _probe_rows(scorer, plan)
+    rows = min(first.rows, scorer.fixed_batch or 2)
     reader = open_reader(source)
     try:
         arrays, _ = reader.read(replace(first, stop=first.start + rows))
     finally:
         reader.close()
-    return scorer.score(arrays)
+    return scorer.score(arrays), rows
