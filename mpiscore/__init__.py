@@ -4,34 +4,28 @@
     report = run(JobConfig(model=Path("m.onnx"), inputs=(InputSpec("x.h5", "/features"),),
                            output=Path("scores.h5")), comm=MPI.COMM_WORLD)
 
-``run`` is imported on first use: importing the package stays light, so scoring
-processes can be started before onnxruntime and h5py are loaded.
+Every name is imported on first use: importing the package stays light, so
+scoring processes can be started before anything heavy is loaded.
 """
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import BatchSize, InputSpec, JobConfig, SessionConfig
-from .errors import (
-    ConfigError,
-    InputError,
-    Interrupted,
-    ModelError,
-    MpiscoreError,
-    OutputError,
-    ScoringError,
-)
-from .report import RankStats, RunReport
-
-__all__ = ["run", "JobConfig", "InputSpec", "BatchSize", "SessionConfig", "RunReport",
-           "RankStats", "MpiscoreError", "ConfigError", "InputError", "ModelError",
-           "ScoringError", "OutputError", "Interrupted", "__version__"]
+# Public name -> module. Imported on first use, so that importing the package
+# (which ``python -m mpiscore`` and every scoring process do first) costs
+# nothing before the first scoring process is started.
+_EXPORTS = {
+    "run": "api", "JobConfig": "config", "InputSpec": "config", "BatchSize": "config",
+    "SessionConfig": "config", "RunReport": "report", "RankStats": "report",
+    **dict.fromkeys(["MpiscoreError", "ConfigError", "InputError", "ModelError",
+                     "ScoringError", "OutputError", "Interrupted"], "errors"),
+}
+__all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "run":
-        from .api import run
-
-        return run
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'mpiscore' has no attribute {name!r}")

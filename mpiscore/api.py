@@ -1,8 +1,8 @@
 """``run(config, comm=None)``: the one place that wires plan, schedule, read, score, write, report.
 
-Rank 0 prepares the job (every check happens there, before scoring) and
-broadcasts it or the error. Every rank starts its scoring processes; rank 0
-runs the coordinator and its own rank worker in one loop, the other ranks
+Rank 0's first scoring process prepares the job (every check happens there,
+before scoring) and rank 0 broadcasts it or the error. Every rank starts its
+scoring processes; rank 0 runs the coordinator and its own rank worker in one loop, the other ranks
 run theirs. At the end all ranks finish the output together: complete (and
 renamed), or left partial with its journal for ``--resume``. Errors raise on
 the rank that saw them; deciding to abort the MPI job is left to the entry
@@ -16,19 +16,18 @@ import time
 from collections import deque
 from typing import Any
 
-from .config import JobConfig, gpus_per_node
+from .config import JobConfig, ScorerSettings
 from .errors import Interrupted, MpiscoreError, OutputError, ScoringError
 from .faults import FaultPlan
 from .io.fields import fill_columns
 from .io.registry import open_reader
-from .job import Job, prepare
+from .job import Job
 from .journal import FINGERPRINT, Journal
 from .plan import Batch
 from .pool import ScorerPool, ScorerSpec
 from .protocol import Coordinator, Message, RankWorker, serve, work
 from .report import LOG, Progress, RankStats, RunReport, start_logging, stop_logging, write_json
 from .schedule import FailurePolicy, Scheduler
-from .score import ScorerSettings
 from .signals import StopSignals
 from .transport import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname, node_local
 
@@ -47,15 +46,14 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
     started = time.perf_counter()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
     local_rank, local_size = node_local(comm)
-    procs, threads = config.layout(local_size)
-    pool = pool or ScorerPool(procs, config.batch_timeout)
+    settings = config.scorer_settings(local_rank, local_size)
+    pool = pool or ScorerPool(config.layout(local_size)[0], config.batch_timeout)
     try:
-        job, done = _broadcast_job(config, comm, rank)
+        job, done = _broadcast_job(config, comm, rank, pool, settings)
         host = hostname()
         where = f"rank {rank} of {size} ({host})"
         handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
         try:
-            settings = ScorerSettings(config.session, threads, local_rank % gpus_per_node())
             pool.start(ScorerSpec(job, settings, where, FaultPlan.parse(config.faults)))
             return _score(job, pool, done, comm, rank, size, started)
         finally:
@@ -64,12 +62,15 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
         pool.close()
 
 
-def _broadcast_job(config: JobConfig, comm: Any | None, rank: int) -> tuple[Job, set[int]]:
-    """Rank 0 prepares the job; every rank gets it, or raises rank 0's error."""
+def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerPool,
+                   settings: ScorerSettings) -> tuple[Job, set[int]]:
+    """Rank 0 prepares the job (in its first scoring process); every rank gets it, or
+    raises rank 0's error."""
     outcome: tuple[Job, set[int]] | BaseException | None = None
     if rank == 0:
         try:
-            outcome = prepare(config)
+            pool.prepare(config, settings)  # asked already if the CLI started the pool
+            outcome = pool.prepared()
             _create_run_dir(outcome[0])
         except Exception as exc:
             outcome = exc

@@ -27,7 +27,7 @@ from .config import (
     split_names,
 )
 from .errors import ConfigError, MpiscoreError
-from .pool import ScorerPool
+from .pool import ScorerPool, ScorerProcess
 from .transport import finalize, node_local, world
 
 ABORT_GRACE_SECONDS = 0.5
@@ -84,7 +84,7 @@ def main() -> None:
               help="Scoring processes per rank, each with its own session; auto = one per "
               "core (or per --intra-op-threads cores).")
 @click.option("--window", type=int,
-              help="Batches each rank keeps assigned [default: 2 x procs + 1].")
+              help="Batches each rank keeps assigned [default: 3 x procs + 1].")
 @click.option("--max-retries", default=3, show_default=True,
               help="Tries after the first for a failing batch (on another rank if possible).")
 @click.option("--batch-timeout", type=float, help="Seconds before a batch is abandoned and "
@@ -101,13 +101,15 @@ def main() -> None:
               help="Seconds after SIGTERM for running batches to finish before they are left "
               "for --resume.")
 @click.option("--progress-seconds", default=10.0, show_default=True)
-def score(model: Path, inputs: tuple[str, ...], output: Path, input_format: str,
-          output_format: str, mapping: tuple[str, ...], columns: str | None,
-          keep_columns: str | None, rename: tuple[str, ...], mini_batch_size: str,
-          run_dir: Path | None, overwrite: bool, intra_op_threads: str, inter_op_threads: int,
-          graph_optimization: str, providers: str, spin: bool, cast: str, procs_per_rank: str,
-          window: int | None, max_retries: int, batch_timeout: float | None,
-          error_threshold: int, allowed_failed_percent: float | None, on_nan: str, resume: bool,
+@click.pass_obj
+def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...],
+          output: Path, input_format: str, output_format: str, mapping: tuple[str, ...],
+          columns: str | None, keep_columns: str | None, rename: tuple[str, ...],
+          mini_batch_size: str, run_dir: Path | None, overwrite: bool, intra_op_threads: str,
+          inter_op_threads: int, graph_optimization: str, providers: str, spin: bool,
+          cast: str, procs_per_rank: str, window: int | None, max_retries: int,
+          batch_timeout: float | None, error_threshold: int,
+          allowed_failed_percent: float | None, on_nan: str, resume: bool,
           stop_grace: float, progress_seconds: float) -> None:
     """Score MODEL over INPUT, writing one output row per input row to OUTPUT."""
     comm = world()
@@ -128,10 +130,12 @@ def score(model: Path, inputs: tuple[str, ...], output: Path, input_format: str,
             resume=resume, stop_grace=stop_grace, progress_seconds=progress_seconds)
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
-    procs, _ = config.layout(node_local(comm)[1])
-    pool = ScorerPool(procs, config.batch_timeout)  # its start-up overlaps the imports below
+    local_rank, ranks_on_node = node_local(comm)
+    pool = ScorerPool(config.layout(ranks_on_node)[0], config.batch_timeout, early or [])
     try:
-        from .api import run  # heavy (onnxruntime, h5py): imported while the scorers start
+        if comm.Get_rank() == 0:  # its first scoring process checks the job meanwhile
+            pool.prepare(config, config.scorer_settings(local_rank, ranks_on_node))
+        from .api import run  # heavy (h5py): imported while the scoring processes start
 
         run(config, comm, pool)
         finalize(comm)

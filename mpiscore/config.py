@@ -156,6 +156,15 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class ScorerSettings:
+    """What a scoring session needs besides the model; resolved per rank."""
+
+    session: SessionConfig
+    intra_op_threads: int
+    device_id: int = 0
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything that defines a scoring job; identical on every rank."""
 
@@ -212,10 +221,16 @@ class JobConfig:
         procs = self.procs_per_rank or max(1, cores // (threads or 1))
         return procs, threads or max(1, cores // procs)
 
+    def scorer_settings(self, local_rank: int, ranks_on_node: int) -> ScorerSettings:
+        """The session settings of a rank's scoring processes: threads from the layout,
+        and a GPU of the node's by local rank."""
+        return ScorerSettings(self.session, self.layout(ranks_on_node)[1],
+                              local_rank % gpus_per_node())
+
     def window_for(self, procs: int) -> int:
-        """Batches a rank keeps assigned: per scoring process one being scored and one
-        being written, plus one queued."""
-        return self.window or 2 * procs + 1
+        """Batches a rank keeps assigned: per scoring process one being scored, the next
+        in its pipe and one being written, plus one queued at the rank."""
+        return self.window or 3 * procs + 1
 
     @property
     def resolved_run_dir(self) -> Path:

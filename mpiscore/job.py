@@ -1,40 +1,25 @@
-"""Turn a JobConfig into a checked, ready-to-run Job (rank 0, before any scoring).
+"""A checked job: what every rank and scoring process needs to score its share.
 
-Everything that can be wrong with the inputs, the model or the output is
-found here, on one rank, and reported once: files and datasets are opened,
-the model is loaded and bound to the data, one tiny probe batch is scored to
-learn the output shapes, and the output is created. The resulting Job is
-broadcast to every rank.
+Built by prepare.py, broadcast from rank 0 to every rank and handed to every
+scoring process. Kept free of onnxruntime, so ranks can hold it without
+loading it.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
 from .config import JobConfig
-from .errors import InputError, ModelError
 from .io.fields import ROW_STATUS, Field
-from .io.registry import (
-    InputSource,
-    OutputTarget,
-    describe,
-    input_names,
-    open_reader,
-    resolve_input,
-)
-from .journal import check_resumable, completed, fingerprint
-from .model import InputBinding, bind_inputs, output_fields, tensor_spec
-from .plan import Plan, make_plan
-from .score import Scorer, ScorerSettings, open_session
+from .io.registry import InputSource, OutputTarget
+from .model import InputBinding
+from .plan import Plan
 
 
 @dataclass(frozen=True)
 class Job:
-    """A checked job: what every rank needs to score its share."""
+    """A checked job: the model, the plan, how inputs bind and where outputs go."""
 
     config: JobConfig
     model_bytes: bytes
@@ -60,65 +45,4 @@ class Job:
         return str(self.config.model)
 
 
-def read_model(path: Path) -> bytes:
-    """The model file's bytes, read once on rank 0 and broadcast (no start-up storm)."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from exc
 
-
-def prepare(config: JobConfig) -> tuple[Job, set[int]]:
-    """Check everything, plan the batches and create (or, to resume, reopen) the output.
-
-    Rank 0 only. Returns the job and the batches already written by an
-    interrupted run (empty unless ``--resume``).
-    """
-    model_bytes = read_model(config.model)
-    probe_settings = ScorerSettings(replace(config.session, allow_spinning=False), 1)
-    session = open_session(model_bytes, str(config.model), probe_settings)
-    inputs = [tensor_spec(node, str(config.model)) for node in session.get_inputs()]
-    source = resolve_input(config, [spec.name for spec in inputs])
-    files, fields, kept = describe(source)
-    if sum(f.rows for f in files) == 0:
-        raise InputError(f"{', '.join(f.path for f in files[:3])}: input has no rows")
-    bindings = bind_inputs(str(config.model), inputs, fields, config.session.cast)
-    row_nbytes = sum(field.row_nbytes for field in fields.values())
-    plan = make_plan(files, config.batch_size.rows_for(row_nbytes))
-    scorer = Scorer(session, bindings, str(config.model))
-    probe, probe_rows = _probe(scorer, source, plan)
-    model_outputs = output_fields(probe, dict(config.rename), probe_rows, str(config.model))
-    outputs = [*model_outputs, ROW_STATUS]
-    target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
-    target.check(outputs, kept, config.resume)
-    sha256 = hashlib.sha256(model_bytes).hexdigest()
-    attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
-             "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
-             "batches": len(plan.batches), "rows": plan.total_rows}
-    stamp = fingerprint(sha256, [f.path for f in files], plan.to_json()["batches"],
-                        plan.batch_rows, str(config.output), target.format,
-                        [(f.name, f.dtype, f.shape) for f in outputs + kept])
-    if config.resume:
-        check_resumable(config.resolved_run_dir, stamp)
-        offsets = target.reopen(outputs, kept)
-        done = target.written(completed(config.resolved_run_dir))
-    else:
-        offsets, done = target.create(outputs, kept, plan, attrs), set()
-    job = Job(config, model_bytes, sha256, source, plan, bindings, tuple(outputs[:-1]),
-              tuple(probe), tuple(kept), target, offsets, attrs, stamp)
-    return job, done
-
-
-def _probe(scorer: Scorer, source: InputSource, plan: Plan) -> tuple[dict[str, Any], int]:
-    """Score the first rows once, to check the model runs on this data and learn its outputs.
-
-    Returns the outputs and how many rows were scored (the model's fixed batch, or 2).
-    """
-    first = plan.batches[0]
-    rows = min(first.rows, scorer.fixed_batch or 2)
-    reader = open_reader(source)
-    try:
-        arrays, _ = reader.read(replace(first, stop=first.start + rows))
-    finally:
-        reader.close()
-    return scorer.score(arrays), rows

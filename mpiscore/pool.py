@@ -1,12 +1,14 @@
 """The scoring processes of a rank: start, feed, watch, replace.
 
-Each rank drives ``procs`` scoring processes, started with ``spawn`` (never
-``fork`` after MPI is initialised) as the very first thing the rank does, so
-their interpreter start and imports overlap with the rank's own; the child
-side lives in scorer.py. A scoring process opens its own reader,
-ONNX Runtime session and writer once, then reads, scores and writes whole
-batches itself; only batch descriptors and small results cross the pipe, never
-arrays. A process that dies (segfault, OOM kill) or runs past the batch timeout
+Each rank drives ``procs`` scoring processes: fresh interpreters running
+scorer.py (never ``fork`` of an MPI process), the first started before the
+rank even imports MPI (see __main__.py), so their interpreter start and
+imports (onnxruntime) overlap with the rank's own. Rank 0's first process also
+checks and plans the job (prepare.py), so no rank ever loads onnxruntime.
+A scoring process opens its own reader, ONNX Runtime session and writer
+once, then reads, scores and writes whole batches itself; only batch
+descriptors and small results cross the pipe, never arrays. A process that
+dies (segfault, OOM kill) or runs past the batch timeout
 is killed and replaced, and its batch reported failed so the coordinator can
 retry it. Scoring processes ignore SIGINT/SIGTERM (their rank decides how to
 stop) and die with their rank (PR_SET_PDEATHSIG).
@@ -15,22 +17,28 @@ stop) and die with their rank (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import signal
+import subprocess
+import sys
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any
+from multiprocessing.connection import Pipe, wait
+from typing import TYPE_CHECKING
 
 from .errors import ScoringError
 from .plan import Batch
 
 if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
+    from .config import JobConfig, ScorerSettings
     from .faults import FaultPlan
     from .job import Job
-    from .score import ScorerSettings
 
 START_TIMEOUT_SECONDS = 600.0
+# Batches a process holds before writing: the one it reads and scores, and the next,
+# already in its pipe, so it never waits for its rank between batches.
+SCORING_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -64,48 +72,119 @@ class ScorerSpec:
     faults: FaultPlan
 
 
-def _child_main(conn: Connection) -> None:
-    """Entry of a scoring process: imports the heavy parts only there, in the child."""
-    from .scorer import scorer_main
+@dataclass(frozen=True)
+class PrepareRequest:
+    """Asks rank 0's first scoring process to check, plan and create the job."""
 
-    scorer_main(conn)
+    config: JobConfig
+    settings: ScorerSettings
+
+
+# The child's command: the parent's sys.path (as multiprocessing's spawn does), then scorer.py.
+_CHILD = ("import sys; sys.path[:] = sys.argv[2:]; "
+          "from mpiscore.scorer import main; main(int(sys.argv[1]))")
 
 
 class ScorerProcess:
-    """One scoring process and the batch it is working on."""
+    """One scoring process and the batches it holds."""
 
-    def __init__(self, context: Any, index: int) -> None:
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_child_main, args=(child,), daemon=True,
-                                       name=f"mpiscore-scorer-{index}")
-        self.process.start()
+    def __init__(self) -> None:
+        self.conn, child = Pipe()
+        self.process = subprocess.Popen([sys.executable, "-c", _CHILD, str(child.fileno()),
+                                         *sys.path], pass_fds=[child.fileno()],
+                                        stdin=subprocess.DEVNULL)
         child.close()
         self.ready = False
-        self.batch: Batch | None = None  # being read and scored
+        self.scoring: deque[Batch] = deque()  # the first is being read and scored
         self.writing: list[Batch] = []  # scored, being written (oldest first)
-        self.started = 0.0
+        self.started = 0.0  # when the first of ``scoring`` was started
 
     def submit(self, batch: Batch, attempt: int) -> None:
-        self.batch, self.started = batch, time.monotonic()
+        if not self.scoring:
+            self.started = time.monotonic()
+        self.scoring.append(batch)
         self.conn.send((batch, attempt))
+
+    def holds(self) -> list[Batch]:
+        """Every batch the process has and has not finished, the one being scored first."""
+        return [*self.scoring, *self.writing]
+
+    def release(self) -> list[Batch]:
+        """Forget (and return) every batch the process holds."""
+        batches = self.holds()
+        self.scoring.clear()
+        self.writing.clear()
+        return batches
+
+    def take(self, batch_id: int) -> Batch:
+        """Remove a batch the process reports on; the next one's scoring starts now."""
+        if self.scoring and self.scoring[0].batch_id == batch_id:
+            self.started = time.monotonic()
+            return self.scoring.popleft()
+        index = next(i for i, b in enumerate(self.writing) if b.batch_id == batch_id)
+        return self.writing.pop(index)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
+    def exit_text(self) -> str:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(5)
+        self.join(5)
         self.conn.close()
 
 
 class ScorerPool:
     """``size`` scoring processes of one rank, replaced when they crash or hang."""
 
-    def __init__(self, size: int, batch_timeout: float | None) -> None:
-        """Start the processes now; they get their job from :meth:`start`."""
+    def __init__(self, size: int, batch_timeout: float | None,
+                 started: Sequence[ScorerProcess] = ()) -> None:
+        """Start the processes now (adopting ``started`` ones, launched even earlier);
+        they get their job from :meth:`start`."""
         self.batch_timeout = batch_timeout
-        self.context = multiprocessing.get_context("spawn")
-        self.procs = [ScorerProcess(self.context, i) for i in range(size)]
+        self.procs = [*started, *(ScorerProcess() for _ in range(size - len(started)))]
         self.size = size
         self.spec: ScorerSpec | None = None
         self.restarts = 0
+        self.preparing: PrepareRequest | None = None
+
+    def prepare(self, config: JobConfig, settings: ScorerSettings) -> None:
+        """Rank 0: ask the first scoring process to check the job, plan it and create the
+        output (prepare.py); :meth:`prepared` waits for the answer. Asks once.
+
+        That process loads the model anyway, keeping its session for scoring; the
+        rank never imports onnxruntime, and can import the rest meanwhile.
+        """
+        if self.preparing is None:
+            self.preparing = PrepareRequest(config, settings)
+            self.procs[0].conn.send(self.preparing)
+
+    def prepared(self) -> tuple[Job, set[int]]:
+        """The job :meth:`prepare` asked for, and the batches an interrupted run already
+        wrote; raises the error the checks found."""
+        assert self.preparing is not None, "prepare() first"
+        first, model = self.procs[0], self.preparing.config.model
+        while not wait([first.conn], 1.0):
+            if not first.alive():
+                break
+        try:
+            kind, *answer = first.conn.recv()
+        except (EOFError, OSError):
+            first.join(1)
+            raise ScoringError(f"{model}: the scoring process died while loading the "
+                               f"model and checking the job ({first.exit_text()})") from None
+        if kind == "prepare-failed":
+            raise answer[0]
+        return answer[0], answer[1]
 
     def start(self, spec: ScorerSpec) -> None:
         """Hand every process the job and wait until each has its session ready."""
@@ -128,15 +207,17 @@ class ScorerPool:
 
     @property
     def idle(self) -> list[ScorerProcess]:
-        return [p for p in self.procs if p.ready and p.batch is None]
+        """Processes that can take another batch now, the least loaded first."""
+        return sorted((p for p in self.procs if p.ready and len(p.scoring) < SCORING_DEPTH),
+                      key=lambda p: len(p.scoring))
 
     @property
     def busy(self) -> list[ScorerProcess]:
-        return [p for p in self.procs if p.batch is not None or p.writing]
+        return [p for p in self.procs if p.holds()]
 
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; replace dead or hung processes."""
-        waiting = [p.conn for p in self.procs if p.batch is not None or p.writing or not p.ready]
+        waiting = [p.conn for p in self.procs if p.holds() or not p.ready]
         if waiting:
             ready = set(wait(waiting, timeout))
         else:
@@ -148,7 +229,7 @@ class ScorerPool:
                 for message in self._receive_all(proc):
                     outcome = self._message(proc, message)
                     outcomes.extend([outcome] if outcome else [])
-            if proc.batch is None and not proc.writing:
+            if not proc.holds():
                 self._check_idle(proc)
                 continue
             lost = self._lost(proc)
@@ -166,9 +247,9 @@ class ScorerPool:
         return messages
 
     def _check_idle(self, proc: ScorerProcess) -> None:
-        if not proc.process.is_alive():
+        if not proc.alive():
             raise ScoringError(f"{self.where}: a scoring process died while idle or "
-                               f"starting ({_exit_text(proc.process.exitcode)})")
+                               f"starting ({proc.exit_text()})")
 
     def _lost(self, proc: ScorerProcess) -> list[Outcome]:
         """The busy process's batches, if it died or overran the timeout (then it is killed).
@@ -176,17 +257,16 @@ class ScorerPool:
         The batch being scored is charged with the failure (the one being written
         if none is); the others are handed back without counting a try.
         """
-        if not proc.process.is_alive() or proc.conn.closed:
-            proc.process.join(1)
-            why = f"scoring process on {self.where} died ({_exit_text(proc.process.exitcode)})"
-        elif proc.batch is not None and self.batch_timeout is not None and \
+        if not proc.alive() or proc.conn.closed:
+            proc.join(1)
+            why = f"scoring process on {self.where} died ({proc.exit_text()})"
+        elif proc.scoring and self.batch_timeout is not None and \
                 time.monotonic() - proc.started > self.batch_timeout:
             why = (f"batch timed out after {time.monotonic() - proc.started:.1f}s "
                    f"(--batch-timeout {self.batch_timeout:g}) on {self.where}")
         else:
             return []
-        batches = ([proc.batch] if proc.batch is not None else []) + proc.writing
-        proc.batch, proc.writing = None, []
+        batches = proc.release()
         return [Outcome(batches[0], False, why)] + [
             Outcome(b, False, why, returned=True) for b in batches[1:]]
 
@@ -198,7 +278,7 @@ class ScorerPool:
         if kind == "init-failed":
             raise ScoringError(f"{self.where}: scoring process failed to start: "
                                f"{message[1]}")
-        batch = self._take(proc, message[1])
+        batch = proc.take(message[1])
         if kind == "scored":  # now being written; the process is free for the next batch
             proc.writing.append(batch)
             return None
@@ -206,17 +286,9 @@ class ScorerPool:
             return Outcome(batch, True, times=message[2])
         return Outcome(batch, False, message[2], message[3])  # failed; the process stays
 
-    @staticmethod
-    def _take(proc: ScorerProcess, batch_id: int) -> Batch:
-        if proc.batch is not None and proc.batch.batch_id == batch_id:
-            batch, proc.batch = proc.batch, None
-            return batch
-        index = next(i for i, b in enumerate(proc.writing) if b.batch_id == batch_id)
-        return proc.writing.pop(index)
-
     def _replace(self, index: int) -> None:
         self.procs[index].kill()
-        self.procs[index] = ScorerProcess(self.context, index)
+        self.procs[index] = ScorerProcess()
         self.procs[index].conn.send(self.spec)
         self.restarts += 1
 
@@ -224,9 +296,8 @@ class ScorerPool:
         """Kill the busy processes (at a stop past its grace period); their batches."""
         batches = []
         for index, proc in enumerate(list(self.procs)):
-            if proc.batch is not None or proc.writing:
-                batches += ([proc.batch] if proc.batch is not None else []) + proc.writing
-                proc.batch, proc.writing = None, []
+            if proc.holds():
+                batches += proc.release()
                 self._replace(index)
         return batches
 
@@ -237,12 +308,6 @@ class ScorerPool:
             with contextlib.suppress(OSError):
                 proc.conn.send(None)
         for proc in procs:
-            proc.process.join(10)
-            if proc.process.is_alive():
+            proc.join(10)
+            if proc.alive():
                 proc.kill()
-
-
-def _exit_text(code: int | None) -> str:
-    if code is not None and code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"

@@ -114,6 +114,9 @@ class Pool(Protocol):
     def abandon(self) -> list[Batch]: ...
 
 
+LONE_RANK_WAIT_SECONDS = 0.05
+
+
 class Coordinator:
     """Rank 0's role: answers worker messages by driving the scheduler."""
 
@@ -227,11 +230,9 @@ class RankWorker:
         self._feed()
 
     def _feed(self) -> None:
-        for proc in self.pool.idle:
-            if not self.queue:
-                return
+        while self.queue and (idle := self.pool.idle):
             batch, attempt = self.queue.popleft()
-            self.pool.submit_to(proc, batch, attempt)
+            self.pool.submit_to(idle[0], batch, attempt)
 
     def poll(self, timeout: float) -> None:
         """Collect finished batches, report them, and keep the processes busy."""
@@ -274,8 +275,13 @@ class WorkerLink(Protocol):
 def serve(coordinator: Coordinator, local: RankWorker, local_inbox: deque[Message],
           local_outbox: deque[Message], remote: CoordinatorLink | None,
           stop_requested: Callable[[], str | None]) -> None:
-    """Rank 0's loop: coordinate, and score with its own processes, until every batch is done."""
-    backoff = Backoff()
+    """Rank 0's loop: coordinate, and score with its own processes, until every batch is done.
+
+    Alone (no other ranks), it waits on its scoring processes' pipes, which wake
+    it as soon as one reports, so it can wait longer between checks of the stop
+    signals than a rank that must also poll MPI.
+    """
+    backoff = Backoff() if remote is not None else Backoff(most=LONE_RANK_WAIT_SECONDS)
     local.start()
     while True:
         reason = stop_requested()

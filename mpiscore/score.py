@@ -8,12 +8,10 @@ padded with zeros and its padding dropped from the output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnxruntime as ort
 
-from .config import SessionConfig
+from .config import ScorerSettings
 from .errors import ConfigError, ModelError, ScoringError
 from .model import InputBinding, TensorSpec, tensor_spec
 
@@ -23,15 +21,6 @@ OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-
-
-@dataclass(frozen=True)
-class ScorerSettings:
-    """What a scorer needs besides the model bytes; resolved per rank."""
-
-    session: SessionConfig
-    intra_op_threads: int
-    device_id: int = 0
 
 
 def open_session(model_bytes: bytes, model: str, settings: ScorerSettings

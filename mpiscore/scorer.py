@@ -1,44 +1,73 @@
 """The inside of a scoring process: set up once, then read and score batches while a
 thread writes the previous one.
 
-Started by pool.py with ``spawn``. It ignores SIGINT/SIGTERM (its rank decides
-how to stop) and dies with its rank (PR_SET_PDEATHSIG), so no scorer outlives
-a killed job.
+Started by pool.py as a fresh interpreter (``python -c``, given its end of the
+pipe to the rank). It ignores SIGINT/SIGTERM (its rank decides how to stop)
+and dies with its rank (PR_SET_PDEATHSIG), so no scorer outlives a killed job.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import queue
 import signal
+import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+import onnxruntime as ort
+
 from .errors import MpiscoreError
 from .io.registry import open_reader
 from .pipeline import BatchProcessor, Prepared
 from .plan import Batch
-from .pool import ScorerSpec
+from .pool import PrepareRequest, ScorerSpec
+from .prepare import prepare, read_model
 from .score import Scorer, open_session
+
+
+def main(fd: int) -> None:
+    """Entry of a scoring process; ``fd`` is its end of the pipe to the rank.
+
+    Ends with ``os._exit``, as multiprocessing's children do: once the last
+    batch is written and reported there is nothing left to clean up, and
+    unloading onnxruntime at interpreter exit would cost tens of milliseconds.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    code = 0
+    try:
+        scorer_main(Connection(fd))
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def scorer_main(conn: Connection) -> None:
     """Body of a scoring process: wait for the job, set up once, then process batches.
 
     The process is started before the job is known, so its interpreter start
-    and heavy imports overlap with rank 0's checks and planning.
+    and heavy imports overlap with the rank's. On rank 0, the first process is
+    first asked to prepare the job, and keeps that session for scoring.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
-    spec: ScorerSpec | None = _next_item(conn)
+    item = _next_item(conn)
+    session = None
+    if isinstance(item, PrepareRequest):
+        session = _prepare(conn, item)
+        item = _next_item(conn) if session is not None else None
+    spec: ScorerSpec | None = item
     if spec is None:  # the job never started (set-up failed): nothing to do
         return
     try:
-        processor = _processor(spec)
+        processor = _processor(spec, session)
     except BaseException as exc:
         conn.send(("init-failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
@@ -101,9 +130,29 @@ class _WriteBehind:
                                   traceback.format_exc()))
 
 
-def _processor(spec: ScorerSpec) -> BatchProcessor:
+def _prepare(conn: Connection, request: PrepareRequest) -> ort.InferenceSession | None:
+    """Load the model and prepare the job (prepare.py), sending the job or the error
+    back; the session, kept for scoring, or None after an error."""
+    config = request.config
+    try:
+        model_bytes = read_model(config.model)
+        session = open_session(model_bytes, str(config.model), request.settings)
+        job, done = prepare(config, model_bytes, session)
+    except MpiscoreError as exc:
+        conn.send(("prepare-failed", exc))
+        return None
+    except Exception:  # a bug: its traceback, so the rank can report it
+        conn.send(("prepare-failed", RuntimeError(traceback.format_exc())))
+        return None
+    conn.send(("prepared", job, done))
+    return session
+
+
+def _processor(spec: ScorerSpec, session: ort.InferenceSession | None) -> BatchProcessor:
+    """Reader, scorer and writer of this process; ``session``: one already open with
+    the same settings (from preparing the job), else opened here."""
     job = spec.job
-    session = open_session(job.model_bytes, job.model_name, spec.settings)
+    session = session or open_session(job.model_bytes, job.model_name, spec.settings)
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
     return BatchProcessor(open_reader(job.source), Scorer(session, job.bindings, job.model_name),

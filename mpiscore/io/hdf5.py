@@ -108,32 +108,70 @@ class Hdf5Reader:
 
     def __init__(self, sources: tuple[Hdf5Source, ...], max_open: int = 16) -> None:
         self.sources, self.max_open = sources, max_open
-        self.handles: dict[int, h5py.File] = {}
+        self.open: dict[int, _OpenInput] = {}
+        self.buffers: dict[str, np.ndarray] = {}
 
     def read(self, batch: Batch) -> tuple[dict[str, np.ndarray], Columns]:
+        """The batch's rows of every input, in buffers the next read reuses."""
         source = self.sources[batch.file_index]
-        handle = self._handle(batch.file_index)
         try:
-            arrays = {name: handle[path][batch.start:batch.stop] for name, path in source.datasets}
+            datasets = self._datasets(batch.file_index)
+            arrays = {name: self._read_into_buffer(name, dataset, batch.start, batch.stop)
+                      for name, dataset in datasets.items()}
         except (OSError, KeyError) as exc:
             raise InputError(f"{source.path} rows {batch.start}-{batch.stop - 1}: "
                              f"read failed: {exc}") from exc
         return arrays, {}
 
-    def _handle(self, file_index: int) -> h5py.File:
-        handle = self.handles.pop(file_index, None)  # re-inserted last: most recently used
-        if handle is None:
-            if len(self.handles) >= self.max_open:
-                least_recent = next(iter(self.handles))
-                self.handles.pop(least_recent).close()
-            handle = _open_input(self.sources[file_index].path)
-        self.handles[file_index] = handle
-        return handle
+    def _read_into_buffer(self, name: str, dataset: _Input, start: int, stop: int
+                          ) -> np.ndarray:
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.dtype != dataset.dtype or \
+                buffer.shape[1:] != dataset.row_shape or len(buffer) < stop - start:
+            buffer = self.buffers[name] = np.empty((stop - start, *dataset.row_shape),
+                                                   dataset.dtype)
+        view = buffer[:stop - start]
+        dataset.dataset.read_direct(view, np.s_[start:stop])
+        return view
+
+    def _datasets(self, file_index: int) -> dict[str, _Input]:
+        """The open file's datasets by model input (h5py lookups cost per call: kept)."""
+        opened = self.open.pop(file_index, None)  # re-inserted last: most recently used
+        if opened is None:
+            if len(self.open) >= self.max_open:
+                least_recent = next(iter(self.open))
+                self.open.pop(least_recent).handle.close()
+            opened = _OpenInput.of(self.sources[file_index])
+        self.open[file_index] = opened
+        return opened.datasets
 
     def close(self) -> None:
-        for handle in self.handles.values():
+        for opened in self.open.values():
+            opened.handle.close()
+        self.open.clear()
+
+
+@dataclass(frozen=True)
+class _Input:
+    dataset: h5py.Dataset
+    dtype: np.dtype
+    row_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _OpenInput:
+    handle: h5py.File
+    datasets: dict[str, _Input]
+
+    @classmethod
+    def of(cls, source: Hdf5Source) -> _OpenInput:
+        handle = _open_input(source.path)
+        try:
+            datasets = {name: handle[path] for name, path in source.datasets}
+        except KeyError:
             handle.close()
-        self.handles.clear()
+            raise
+        return cls(handle, {name: _Input(d, d.dtype, d.shape[1:]) for name, d in datasets.items()})
 
 
 def create(partial: Path, fields: list[Field], rows: int, attrs: dict[str, Any],

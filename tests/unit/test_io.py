@@ -61,11 +61,27 @@ def test_hdf5_reader_reads_the_right_rows_across_files(tmp_path: Path) -> None:
             assert kept == {}
             np.testing.assert_array_equal(arrays["features"],
                                           everything[batch.global_start:batch.global_stop])
-            pieces.append((batch.global_start, arrays["features"]))
+            pieces.append((batch.global_start, arrays["features"].copy()))  # buffers are reused
     finally:
         reader.close()
     pieces.sort(key=lambda piece: piece[0])
     np.testing.assert_array_equal(np.concatenate([array for _, array in pieces]), everything)
+
+
+def test_hdf5_reader_reuses_one_buffer_per_input(tmp_path: Path) -> None:
+    """Reads go into one buffer per input (fresh arrays cost page faults every batch)."""
+    data = builders.write_h5(tmp_path / "a.h5", chunks=4,
+                             features=np.arange(80, dtype=np.float32).reshape(10, 8))
+    sources = (source(data),)
+    plan = make_plan(hdf5.describe(sources)[0], 4)
+    reader = hdf5.Hdf5Reader(sources)
+    try:
+        first = reader.read(plan.batches[0])[0]["features"]
+        last = reader.read(plan.batches[-1])[0]["features"]
+    finally:
+        reader.close()
+    assert np.shares_memory(first, last)
+    np.testing.assert_array_equal(last, np.arange(64, 80, dtype=np.float32).reshape(2, 8))
 
 
 def test_hdf5_reader_keeps_at_most_max_open_files(tmp_path: Path) -> None:
@@ -75,13 +91,13 @@ def test_hdf5_reader_keeps_at_most_max_open_files(tmp_path: Path) -> None:
     for i in [0, 1, 2, 3, 0]:
         arrays, _ = reader.read(Batch(i, i, 0, 2, 2 * i))
         assert (arrays["features"] == i).all()
-        assert len(reader.handles) <= 2
-    assert list(reader.handles) == [3, 0]  # least recently used first
+        assert len(reader.open) <= 2
+    assert list(reader.open) == [3, 0]  # least recently used first
     reader.read(Batch(4, 3, 0, 2, 6))  # using 3 again makes 0 the least recent
     reader.read(Batch(5, 1, 0, 2, 2))
-    assert list(reader.handles) == [3, 1]
+    assert list(reader.open) == [3, 1]
     reader.close()
-    assert reader.handles == {}
+    assert reader.open == {}
 
 
 def test_hdf5_several_datasets_per_file(tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpiscore.config import SessionConfig
+from mpiscore.config import ScorerSettings, SessionConfig
 from mpiscore.errors import ConfigError, ModelError, ScoringError
 from mpiscore.io.fields import Field
 from mpiscore.model import InputBinding, bind_inputs, tensor_spec
-from mpiscore.score import Scorer, ScorerSettings, open_session
+from mpiscore.score import Scorer, open_session
 from tests import builders
 
 SETTINGS = ScorerSettings(SessionConfig(), 1)
