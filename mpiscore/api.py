@@ -17,12 +17,13 @@ from collections import deque
 from typing import Any
 
 from .config import JobConfig, ScorerSettings
-from .errors import Interrupted, MpiscoreError, OutputError, ScoringError
+from .errors import Interrupted, ModelError, MpiscoreError, OutputError, ScoringError
 from .faults import FaultPlan
 from .io.fields import fill_columns
 from .io.registry import open_reader
 from .job import Job
 from .journal import FINGERPRINT, Journal
+from .model import model_digest, read_model
 from .plan import Batch
 from .pool import ScorerPool, ScorerSpec
 from .protocol import Coordinator, Message, RankWorker, serve, work
@@ -49,29 +50,34 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
     settings = config.scorer_settings(local_rank, local_size)
     pool = pool or ScorerPool(config.layout(local_size)[0], config.batch_timeout)
     try:
-        job, done = _broadcast_job(config, comm, rank, pool, settings)
+        job, done, model = _broadcast_job(config, comm, rank, pool, settings)
         host = hostname()
         where = f"rank {rank} of {size} ({host})"
         handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
         try:
-            pool.start(ScorerSpec(job, settings, where, FaultPlan.parse(config.faults)))
+            pool.start(ScorerSpec(job, model, settings, where, FaultPlan.parse(config.faults)))
             return _score(job, pool, done, comm, rank, size, started)
         finally:
             stop_logging(handlers)
     finally:
         pool.close()
+        pool.reap()
 
 
 def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerPool,
-                   settings: ScorerSettings) -> tuple[Job, set[int]]:
-    """Rank 0 prepares the job (in its first scoring process); every rank gets it, or
-    raises rank 0's error."""
-    outcome: tuple[Job, set[int]] | BaseException | None = None
+                   settings: ScorerSettings) -> tuple[Job, set[int], bytes]:
+    """Rank 0 prepares the job (in its first scoring process) and reads the model;
+    every rank gets the job, the batches done before and the model, or raises
+    rank 0's error."""
+    outcome: tuple[Job, set[int], bytes] | BaseException | None = None
     if rank == 0:
         try:
             pool.prepare(config, settings)  # asked already if the CLI started the pool
-            outcome = pool.prepared()
-            _create_run_dir(outcome[0])
+            model = read_model(config.model)  # while the scoring process prepares
+            job, done = pool.prepared()
+            _check_same_model(job, model)
+            _create_run_dir(job)
+            outcome = job, done, model
         except Exception as exc:
             outcome = exc
     outcome = broadcast(comm, outcome)
@@ -82,6 +88,12 @@ def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerP
                             collective=True) from outcome
     assert outcome is not None
     return outcome
+
+
+def _check_same_model(job: Job, model: bytes) -> None:
+    if model_digest(model) != job.model_sha256:
+        raise ModelError(f"{job.model_name}: the model file changed while the job started; "
+                         "start it again")
 
 
 def _create_run_dir(job: Job) -> None:
@@ -205,11 +217,11 @@ def _rank_stats(worker: RankWorker, rank: int, spec: ScorerSpec, started: float,
                 ready: float, loop: tuple[float, float]) -> RankStats:
     s = worker.stats
     own = resource.getrusage(resource.RUSAGE_SELF)
-    scorers = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pool = worker.pool
     first = None if s.first_batch_done is None else s.first_batch_done - started
     return RankStats(rank, hostname(), s.batches, s.rows, s.failures, s.read, s.score, s.write,
-                     own.ru_utime + own.ru_stime, scorers.ru_utime + scorers.ru_stime,
-                     scorers.ru_maxrss / 1024, *loop, ready - started, first,
+                     own.ru_utime + own.ru_stime, pool.cpu_seconds,  # type: ignore[attr-defined]
+                     pool.peak_rss_mib, *loop, ready - started, first,  # type: ignore[attr-defined]
                      worker.pool.restarts,  # type: ignore[attr-defined]
                      spec.settings.intra_op_threads)
 

@@ -22,8 +22,7 @@ class Job:
     """A checked job: the model, the plan, how inputs bind and where outputs go."""
 
     config: JobConfig
-    model_bytes: bytes
-    model_sha256: str
+    model_sha256: str  # the bytes travel separately: once over MPI, to each process once
     source: InputSource
     plan: Plan
     bindings: tuple[InputBinding, ...]

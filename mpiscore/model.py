@@ -9,8 +9,10 @@ vectors may be reshaped to a model's fixed per-row shape.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +27,20 @@ ORT_TYPES = {
     "tensor(int64)": "int64", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16",
     "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
 }
+
+
+def read_model(path: Path) -> bytes:
+    """The model file's bytes (rank 0 reads them once and broadcasts them: no start-up
+    storm of every rank reading one file)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from exc
+
+
+def model_digest(model_bytes: bytes) -> str:
+    """The model's SHA-256, recorded in the output and checked on --resume."""
+    return hashlib.sha256(model_bytes).hexdigest()
 
 
 @dataclass(frozen=True)

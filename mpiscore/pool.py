@@ -23,7 +23,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Pipe, wait
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # this module stays light: the rank imports it before anythin
     from .job import Job
 
 START_TIMEOUT_SECONDS = 600.0
+CLOSE_TIMEOUT_SECONDS = 10.0
 # Batches a process holds before writing: the one it reads and scores, and the next,
 # already in its pipe, so it never waits for its rank between batches.
 SCORING_DEPTH = 2
@@ -67,6 +68,7 @@ class ScorerSpec:
     """What a scoring process needs, sent to it once at start."""
 
     job: Job
+    model_bytes: bytes | None  # None for the process that prepared the job: it has a session
     settings: ScorerSettings
     where: str
     faults: FaultPlan
@@ -155,7 +157,10 @@ class ScorerPool:
         self.size = size
         self.spec: ScorerSpec | None = None
         self.restarts = 0
+        self.cpu_seconds = 0.0  # of the processes that closed normally
+        self.peak_rss_mib = 0.0
         self.preparing: PrepareRequest | None = None
+        self.closing: list[ScorerProcess] = []
 
     def prepare(self, config: JobConfig, settings: ScorerSettings) -> None:
         """Rank 0: ask the first scoring process to check the job, plan it and create the
@@ -189,8 +194,9 @@ class ScorerPool:
     def start(self, spec: ScorerSpec) -> None:
         """Hand every process the job and wait until each has its session ready."""
         self.spec = spec
-        for proc in self.procs:
-            proc.conn.send(spec)
+        for index, proc in enumerate(self.procs):
+            prepared = index == 0 and self.preparing is not None
+            proc.conn.send(replace(spec, model_bytes=None) if prepared else spec)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not all(p.ready for p in self.procs):
             if time.monotonic() > deadline:
@@ -302,12 +308,40 @@ class ScorerPool:
         return batches
 
     def close(self) -> None:
-        """Ask every process to finish, and kill those that do not (once; idempotent)."""
+        """Ask every process to finish, and kill those that do not (once; idempotent).
+
+        A process says when it has closed its files, with what it used; its exit
+        is awaited only by :meth:`reap`, so the rank can finish the job meanwhile.
+        """
         procs, self.procs = self.procs, []
+        self.closing += procs
         for proc in procs:
             with contextlib.suppress(OSError):
                 proc.conn.send(None)
+        deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
         for proc in procs:
-            proc.join(10)
+            usage = _closing_message(proc, deadline)
+            if usage is None:
+                proc.kill()
+            else:
+                self.cpu_seconds += usage[0]
+                self.peak_rss_mib = max(self.peak_rss_mib, usage[1])
+
+    def reap(self) -> None:
+        """Wait for closed processes to exit (killing those that hang)."""
+        closing, self.closing = self.closing, []
+        for proc in closing:
+            proc.join(CLOSE_TIMEOUT_SECONDS)
             if proc.alive():
                 proc.kill()
+
+
+def _closing_message(proc: ScorerProcess, deadline: float) -> tuple[float, float] | None:
+    """A closing process's CPU seconds and peak RSS (MiB), or None if it did not close
+    by ``deadline``; other messages left in its pipe are dropped."""
+    with contextlib.suppress(EOFError, OSError):
+        while proc.conn.poll(max(0.0, deadline - time.monotonic())):
+            message = proc.conn.recv()
+            if message[0] == "closed":
+                return message[1], message[2]
+    return None

@@ -10,16 +10,14 @@ onnxruntime); rank 0 broadcasts the resulting Job to every rank.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 
 from . import __version__
 from .config import JobConfig
-from .errors import InputError, ModelError
+from .errors import InputError
 from .io.fields import ROW_STATUS
 from .io.registry import (
     InputSource,
@@ -31,17 +29,9 @@ from .io.registry import (
 )
 from .job import Job
 from .journal import check_resumable, completed, fingerprint
-from .model import bind_inputs, output_fields, tensor_spec
+from .model import bind_inputs, model_digest, output_fields, tensor_spec
 from .plan import Plan, make_plan
 from .score import Scorer
-
-
-def read_model(path: Path) -> bytes:
-    """The model file's bytes, read once on rank 0's node and broadcast (no start-up storm)."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from exc
 
 
 def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession
@@ -65,7 +55,7 @@ def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
     target.check(outputs, kept, config.resume)
-    sha256 = hashlib.sha256(model_bytes).hexdigest()
+    sha256 = model_digest(model_bytes)
     attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
              "batches": len(plan.batches), "rows": plan.total_rows}
@@ -78,7 +68,7 @@ def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession
         done = target.written(completed(config.resolved_run_dir))
     else:
         offsets, done = target.create(outputs, kept, plan, attrs), set()
-    job = Job(config, model_bytes, sha256, source, plan, bindings, tuple(outputs[:-1]),
+    job = Job(config, sha256, source, plan, bindings, tuple(outputs[:-1]),
               tuple(probe), tuple(kept), target, offsets, attrs, stamp)
     return job, done
 

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -23,10 +24,11 @@ import onnxruntime as ort
 
 from .errors import MpiscoreError
 from .io.registry import open_reader
+from .model import read_model
 from .pipeline import BatchProcessor, Prepared
 from .plan import Batch
 from .pool import PrepareRequest, ScorerSpec
-from .prepare import prepare, read_model
+from .prepare import prepare
 from .score import Scorer, open_session
 
 
@@ -86,6 +88,8 @@ def scorer_main(conn: Connection) -> None:
         writer.put(batch, prepared)
     writer.close()
     processor.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    sender.send(("closed", usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024))
 
 
 class _Sender:
@@ -152,7 +156,9 @@ def _processor(spec: ScorerSpec, session: ort.InferenceSession | None) -> BatchP
     """Reader, scorer and writer of this process; ``session``: one already open with
     the same settings (from preparing the job), else opened here."""
     job = spec.job
-    session = session or open_session(job.model_bytes, job.model_name, spec.settings)
+    if session is None:
+        assert spec.model_bytes is not None, "only the process that prepared gets no model"
+        session = open_session(spec.model_bytes, job.model_name, spec.settings)
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
     return BatchProcessor(open_reader(job.source), Scorer(session, job.bindings, job.model_name),

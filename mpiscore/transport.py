@@ -10,6 +10,7 @@ while the scoring processes on its node work.
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from typing import Any
 
@@ -83,6 +84,17 @@ def finalize(comm: Any) -> None:
     from mpi4py import MPI
 
     if comm.Get_size() > 1 and not MPI.Is_finalized():
+        MPI.Finalize()
+
+
+def shutdown() -> None:
+    """Finalize MPI if this process initialised it and has not finalised it yet (before
+    leaving without the interpreter's teardown, which would have done it)."""
+    if "mpi4py.MPI" not in sys.modules:
+        return
+    from mpi4py import MPI
+
+    if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.Finalize()
 
 
