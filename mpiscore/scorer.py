@@ -33,21 +33,22 @@ from .score import Scorer, open_session
 
 
 def main(fd: int) -> None:
-    """Entry of a scoring process; ``fd`` is its end of the pipe to the rank.
-
-    Ends with ``os._exit``, as multiprocessing's children do: once the last
-    batch is written and reported there is nothing left to clean up, and
-    unloading onnxruntime at interpreter exit would cost tens of milliseconds.
-    """
+    """Entry of a scoring process; ``fd`` is its end of the pipe to the rank."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    code = 0
     try:
         scorer_main(Connection(fd))
     except BaseException:
         traceback.print_exc()
-        code = 1
+        _exit(1)
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    """Leave with ``os._exit``, as multiprocessing's children do: once the last batch
+    is written and reported nothing is left to clean up, and destroying the
+    session and unloading onnxruntime would cost tens of milliseconds."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -90,6 +91,7 @@ def scorer_main(conn: Connection) -> None:
     processor.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     sender.send(("closed", usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024))
+    _exit(0)  # now, while the session is still alive: not worth destroying
 
 
 class _Sender:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 from click.testing import CliRunner
@@ -57,3 +60,20 @@ def test_bad_input_exit_code_and_single_line(tmp_path) -> None:
     lines = [line for line in result.output.splitlines() if line.startswith("mpiscore:")]
     assert lines == [f"mpiscore: InputError: --input {tmp_path / 'absent.h5'}: "
                      "no such file or directory"]
+
+
+def test_ranks_never_load_onnxruntime(tmp_path) -> None:
+    """Rank 0's first scoring process checks the job and loads the model; the rank
+    itself stays free of onnxruntime (its import and session cost start-up time)."""
+    model = builders.mlp(tmp_path / "m.onnx")
+    path = builders.write_h5(tmp_path / "x.h5", features=builders.features(40))
+    code = ("import sys; from pathlib import Path; import mpiscore; "
+            f"mpiscore.run(mpiscore.JobConfig(model=Path({str(model)!r}), "
+            f"inputs=(mpiscore.InputSpec({str(path)!r}),), output=Path({str(tmp_path)!r}) / "
+            "'y.h5')); print('onnxruntime' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+    with h5py.File(tmp_path / "y.h5") as handle:
+        assert handle["label"].shape == (40,)

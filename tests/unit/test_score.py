@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from mpiscore.config import ScorerSettings, SessionConfig
 from mpiscore.errors import ConfigError, ModelError, ScoringError
@@ -124,3 +126,18 @@ def test_every_optimisation_level_gives_the_same_scores(tmp_path: Path, level: s
     settings = ScorerSettings(SessionConfig(graph_optimization=level, allow_spinning=True), 2)
     got = scorer(model, features_field(), settings=settings).score({"features": data})
     assert_matches(got, builders.reference(model, features=data))
+
+
+def test_outputs_never_share_memory_with_inputs(tmp_path: Path) -> None:
+    """The HDF5 reader reuses its buffers for the next batch while the previous batch's
+    outputs are still being written: even an Identity model must return copies."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["features"], ["same"])], "identity",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("same", TensorProto.FLOAT, ["N", 8])])
+    model = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=builders.OPSET, ir_version=8), model)
+    data = builders.features(32)
+    result = scorer(model, features_field()).score({"features": data})["same"]
+    np.testing.assert_array_equal(result, data)
+    assert not np.shares_memory(result, data)
