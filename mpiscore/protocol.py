@@ -156,7 +156,7 @@ class Coordinator:
 
     def _hand_out(self) -> None:
         for rank in self.ranks:
-            while self.wants[rank] > 0:
+            while self.wants[rank] > 0 and self.scheduler.may_take(rank, len(self.ranks)):
                 batch = self.scheduler.assign(rank)
                 if batch is None:
                     break

@@ -10,7 +10,7 @@ decides whether the job may go on.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -59,6 +59,7 @@ class Scheduler:
     policy: FailurePolicy = field(default_factory=FailurePolicy)
     retries: deque[Batch] = field(default_factory=deque)
     in_flight: dict[int, tuple[Batch, int]] = field(default_factory=dict)  # id -> batch, rank
+    held: Counter[int] = field(default_factory=Counter)  # batches in flight, by rank
     completed: set[int] = field(default_factory=set)
     attempts: dict[int, list[Attempt]] = field(default_factory=dict)
     failed: dict[int, Batch] = field(default_factory=dict)
@@ -79,7 +80,16 @@ class Scheduler:
             batch = self.retries.popleft()  # no other rank is busy: retry where it failed
         if batch is not None:
             self.in_flight[batch.batch_id] = (batch, rank)
+            self.held[rank] += 1
         return batch
+
+    def may_take(self, rank: int, ranks: int) -> bool:
+        """Whether ``rank`` may take another batch (of ``ranks``): at the tail each holds
+        little more than its share of what is left to hand out (guided
+        self-scheduling), so the last batches go to the ranks that free up first
+        instead of queueing behind a busy one. A lone rank always may."""
+        waiting = len(self.pending) + len(self.retries)
+        return ranks == 1 or self.held[rank] <= max(1, -(-waiting // ranks))
 
     def _retry_for(self, rank: int) -> Batch | None:
         for batch in self.retries:
@@ -130,6 +140,7 @@ class Scheduler:
         if batch is None or owner != rank:
             raise RuntimeError(
                 f"batch {batch_id} reported by rank {rank}, but was assigned to {owner}")
+        self.held[rank] -= 1
         return batch
 
     @property

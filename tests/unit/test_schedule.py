@@ -130,3 +130,28 @@ def test_stop_hands_out_nothing_but_lets_in_flight_batches_report() -> None:
     s.complete(0, 1)
     assert s.finished and s.stop_reason == "signal"
     assert [b.batch_id for b in s.pending] == [1, 2]
+
+
+def take_while_allowed(s: Scheduler, rank: int, ranks: int, wanted: int) -> int:
+    taken = 0
+    while taken < wanted and s.may_take(rank, ranks) and s.assign(rank) is not None:
+        taken += 1
+    return taken
+
+
+def test_tail_batches_are_shared_not_queued_behind_one_rank() -> None:
+    """7 batches, 2 ranks asking for 4 each: 3 and 2 are handed out, 2 stay for
+    whichever rank frees up first."""
+    s = scheduler(batches=7)
+    assert take_while_allowed(s, 0, 2, 4) == 3
+    assert take_while_allowed(s, 1, 2, 4) == 2
+    assert not s.may_take(1, 2)
+    s.complete(next(b for b, r in s.in_flight.values() if r == 1).batch_id, 1)
+    assert take_while_allowed(s, 1, 2, 4) == 1
+
+
+def test_early_on_and_alone_a_rank_takes_its_whole_window() -> None:
+    assert take_while_allowed(scheduler(batches=100), 0, 2, 4) == 4
+    assert take_while_allowed(scheduler(batches=3), 0, 1, 4) == 3
+    s = scheduler(batches=1)
+    assert take_while_allowed(s, 0, 8, 4) == 1  # a rank holding nothing may take one
