@@ -32,10 +32,6 @@ class InstantPool:
     def idle(self) -> list[int]:
         return [i for i, s in enumerate(self.slots) if s is None]
 
-    @property
-    def busy(self) -> list[int]:
-        return [i for i, s in enumerate(self.slots) if s is not None]
-
     def submit_to(self, proc: int, batch, attempt: int) -> None:
         self.slots[proc] = batch
 

@@ -2,8 +2,8 @@
 
 Rank 0's first scoring process prepares the job (every check happens there,
 before scoring) and rank 0 broadcasts it or the error. Every rank starts its
-scoring processes; rank 0 runs the coordinator and its own rank worker in one loop, the other ranks
-run theirs. At the end all ranks finish the output together: complete (and
+scoring processes; rank 0 runs the coordinator and its own rank worker in one
+loop, the other ranks run theirs. At the end all ranks finish the output together: complete (and
 renamed), or left partial with its journal for ``--resume``. Errors raise on
 the rank that saw them; deciding to abort the MPI job is left to the entry
 point (cli.py), as mpi4py.run does.
@@ -222,7 +222,7 @@ def _rank_stats(worker: RankWorker, rank: int, spec: ScorerSpec, started: float,
     return RankStats(rank, hostname(), s.batches, s.rows, s.failures, s.read, s.score, s.write,
                      own.ru_utime + own.ru_stime, pool.cpu_seconds,  # type: ignore[attr-defined]
                      pool.peak_rss_mib, *loop, ready - started, first,  # type: ignore[attr-defined]
-                     worker.pool.restarts,  # type: ignore[attr-defined]
+                     pool.restarts,  # type: ignore[attr-defined]
                      spec.settings.intra_op_threads)
 
 

@@ -107,13 +107,14 @@ class ScorerProcess:
         self.scoring.append(batch)
         self.conn.send((batch, attempt))
 
-    def holds(self) -> list[Batch]:
-        """Every batch the process has and has not finished, the one being scored first."""
-        return [*self.scoring, *self.writing]
+    @property
+    def busy(self) -> bool:
+        """Whether the process holds a batch it has not finished."""
+        return bool(self.scoring or self.writing)
 
     def release(self) -> list[Batch]:
-        """Forget (and return) every batch the process holds."""
-        batches = self.holds()
+        """Forget (and return) every batch the process holds, the one being scored first."""
+        batches = [*self.scoring, *self.writing]
         self.scoring.clear()
         self.writing.clear()
         return batches
@@ -217,13 +218,9 @@ class ScorerPool:
         return sorted((p for p in self.procs if p.ready and len(p.scoring) < SCORING_DEPTH),
                       key=lambda p: len(p.scoring))
 
-    @property
-    def busy(self) -> list[ScorerProcess]:
-        return [p for p in self.procs if p.holds()]
-
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; replace dead or hung processes."""
-        waiting = [p.conn for p in self.procs if p.holds() or not p.ready]
+        waiting = [p.conn for p in self.procs if p.busy or not p.ready]
         if waiting:
             ready = set(wait(waiting, timeout))
         else:
@@ -235,7 +232,7 @@ class ScorerPool:
                 for message in self._receive_all(proc):
                     outcome = self._message(proc, message)
                     outcomes.extend([outcome] if outcome else [])
-            if not proc.holds():
+            if not proc.busy:
                 self._check_idle(proc)
                 continue
             lost = self._lost(proc)
@@ -302,7 +299,7 @@ class ScorerPool:
         """Kill the busy processes (at a stop past its grace period); their batches."""
         batches = []
         for index, proc in enumerate(list(self.procs)):
-            if proc.holds():
+            if proc.busy:
                 batches += proc.release()
                 self._replace(index)
         return batches
