@@ -1,6 +1,8 @@
 """HDF5 input and output.
 
-Reading: each rank opens the input files itself and slices its rows.
+Reading: each scoring process opens the input files itself and reads its rows
+into a reused buffer; rows stored as plain bytes are read with ``preadv``
+(RawRows), the rest by HDF5.
 Writing: rank 0 creates the file with one contiguous, early-allocated dataset
 per output and records their byte offsets; then the scoring processes of
 every rank write their row ranges straight into those bytes with ``pwrite``
@@ -11,6 +13,7 @@ every rank has finished; only then is it marked complete and renamed.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -131,7 +134,8 @@ class Hdf5Reader:
             buffer = self.buffers[name] = np.empty((stop - start, *dataset.row_shape),
                                                    dataset.dtype)
         view = buffer[:stop - start]
-        dataset.dataset.read_direct(view, np.s_[start:stop])
+        if dataset.raw is None or not dataset.raw.read(view, start):
+            dataset.dataset.read_direct(view, np.s_[start:stop])
         return view
 
     def _datasets(self, file_index: int) -> dict[str, _Input]:
@@ -140,14 +144,14 @@ class Hdf5Reader:
         if opened is None:
             if len(self.open) >= self.max_open:
                 least_recent = next(iter(self.open))
-                self.open.pop(least_recent).handle.close()
+                self.open.pop(least_recent).close()
             opened = _OpenInput.of(self.sources[file_index])
         self.open[file_index] = opened
         return opened.datasets
 
     def close(self) -> None:
         for opened in self.open.values():
-            opened.handle.close()
+            opened.close()
         self.open.clear()
 
 
@@ -156,11 +160,13 @@ class _Input:
     dataset: h5py.Dataset
     dtype: np.dtype
     row_shape: tuple[int, ...]
+    raw: RawRows | None  # set when the rows can be read as plain bytes
 
 
 @dataclass(frozen=True)
 class _OpenInput:
     handle: h5py.File
+    fd: int  # the same file, for RawRows
     datasets: dict[str, _Input]
 
     @classmethod
@@ -168,10 +174,92 @@ class _OpenInput:
         handle = _open_input(source.path)
         try:
             datasets = {name: handle[path] for name, path in source.datasets}
-        except KeyError:
+            fd = os.open(source.path, os.O_RDONLY)
+        except (KeyError, OSError):
             handle.close()
             raise
-        return cls(handle, {name: _Input(d, d.dtype, d.shape[1:]) for name, d in datasets.items()})
+        return cls(handle, fd, {name: _Input(d, d.dtype, d.shape[1:], RawRows.of(handle, d, fd))
+                                for name, d in datasets.items()})
+
+    def close(self) -> None:
+        self.handle.close()
+        os.close(self.fd)
+
+
+class RawRows:
+    """Reads rows of an unfiltered, native-order dataset straight from the file's bytes.
+
+    Such rows lie in the file exactly as in memory: in one block (contiguous
+    layout) or in one block per chunk when a chunk spans whole rows. One
+    ``preadv`` into the caller's buffer then replaces HDF5's read, which costs
+    about 1.6x as much for a 4 MiB batch. A chunk never written (fill values)
+    or stored filtered makes ``read`` decline, and HDF5 reads that batch.
+    """
+
+    def __init__(self, dataset: h5py.Dataset, fd: int, base: int | None) -> None:
+        self.dataset, self.fd, self.base = dataset, fd, base
+        self.row_nbytes = dataset.dtype.itemsize * math.prod(dataset.shape[1:])
+        self.chunk_rows = dataset.chunks[0] if base is None else 0
+        self.chunks: dict[int, int | None] = {}  # chunk index -> byte offset (None: decline)
+
+    @classmethod
+    def of(cls, handle: h5py.File, dataset: h5py.Dataset, fd: int) -> RawRows | None:
+        """The raw reader of ``dataset``, or None when HDF5 must read it (filters,
+        byte order, external or virtual storage, chunks split across columns)."""
+        plist = dataset.id.get_create_plist()
+        if not dataset.dtype.isnative or plist.get_nfilters() or plist.get_external_count():
+            return None
+        layout = plist.get_layout()
+        if layout == h5py.h5d.CONTIGUOUS:
+            base = dataset.id.get_offset()
+            return None if base is None else cls(dataset, fd, base)
+        # chunk addresses left out the user block before HDF5 1.14.4: only without one
+        whole_rows = dataset.chunks is not None and dataset.chunks[1:] == dataset.shape[1:]
+        if layout == h5py.h5d.CHUNKED and whole_rows and handle.userblock_size == 0:
+            return cls(dataset, fd, None)
+        return None
+
+    def read(self, out: np.ndarray, start: int) -> bool:
+        """Fill ``out`` (C-contiguous) with the rows from ``start``; False to decline."""
+        pieces = self._pieces(start, start + len(out))
+        if pieces is None:
+            return False
+        raw = memoryview(out.reshape(-1).view(np.uint8))
+        for offset, first, stop in pieces:
+            _pread_all(self.fd, raw[(first - start) * self.row_nbytes:
+                                    (stop - start) * self.row_nbytes], offset)
+        return True
+
+    def _pieces(self, start: int, stop: int) -> list[tuple[int, int, int]] | None:
+        """(file offset, first row, stop row) of each stored block the rows lie in."""
+        if self.base is not None:
+            return [(self.base + start * self.row_nbytes, start, stop)]
+        pieces = []
+        for index in range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1):
+            address = self._chunk_address(index)
+            if address is None:
+                return None
+            chunk_start = index * self.chunk_rows
+            first, last = max(start, chunk_start), min(stop, chunk_start + self.chunk_rows)
+            pieces.append((address + (first - chunk_start) * self.row_nbytes, first, last))
+        return pieces
+
+    def _chunk_address(self, index: int) -> int | None:
+        if index not in self.chunks:
+            coord = (index * self.chunk_rows,) + (0,) * (self.dataset.ndim - 1)
+            info = self.dataset.id.get_chunk_info_by_coord(coord)
+            stored = info.byte_offset is not None and info.filter_mask == 0
+            self.chunks[index] = info.byte_offset if stored else None
+        return self.chunks[index]
+
+
+def _pread_all(fd: int, into: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(into):
+        got = os.preadv(fd, [into[done:]], offset + done)
+        if got == 0:
+            raise OSError(f"file ends at byte {offset + done}, inside the dataset")
+        done += got
 
 
 def create(partial: Path, fields: list[Field], rows: int, attrs: dict[str, Any],
