@@ -275,10 +275,11 @@ def serve(coordinator: Coordinator, local: RankWorker, local_inbox: deque[Messag
     """Rank 0's loop: coordinate, and score with its own processes, until every batch is done.
 
     Alone (no other ranks), it waits on its scoring processes' pipes, which wake
-    it as soon as one reports, so it can wait longer between checks of the stop
-    signals than a rank that must also poll MPI.
+    it as soon as one reports, so it waits the same long while every time (the
+    stop signals are checked in between) instead of polling MPI ever less often.
     """
-    backoff = Backoff() if remote is not None else Backoff(most=LONE_RANK_WAIT_SECONDS)
+    backoff = Backoff() if remote is not None else Backoff(LONE_RANK_WAIT_SECONDS,
+                                                           LONE_RANK_WAIT_SECONDS)
     local.start()
     while True:
         reason = stop_requested()
