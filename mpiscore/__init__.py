@@ -9,7 +9,6 @@ scoring processes can be started before anything heavy is loaded.
 """
 
 import importlib
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -25,7 +24,7 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'mpiscore' has no attribute {name!r}")

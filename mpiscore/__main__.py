@@ -9,7 +9,7 @@ At the end the rank leaves without the interpreter's teardown.
 import ctypes
 import sys
 
-from .pool import ScorerProcess
+from .process import ScorerProcess
 
 
 def main() -> None:

@@ -17,18 +17,15 @@ stop) and die with their rank (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import signal
-import subprocess
-import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Pipe, wait
 from typing import TYPE_CHECKING
 
+from .channel import wait
 from .errors import ScoringError
 from .plan import Batch
+from .process import ScorerProcess
 
 if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
     from .config import JobConfig, ScorerSettings
@@ -80,70 +77,6 @@ class PrepareRequest:
 
     config: JobConfig
     settings: ScorerSettings
-
-
-# The child's command: the parent's sys.path (as multiprocessing's spawn does), then scorer.py.
-_CHILD = ("import sys; sys.path[:] = sys.argv[2:]; "
-          "from mpiscore.scorer import main; main(int(sys.argv[1]))")
-
-
-class ScorerProcess:
-    """One scoring process and the batches it holds."""
-
-    def __init__(self) -> None:
-        self.conn, child = Pipe()
-        self.process = subprocess.Popen([sys.executable, "-c", _CHILD, str(child.fileno()),
-                                         *sys.path], pass_fds=[child.fileno()],
-                                        stdin=subprocess.DEVNULL)
-        child.close()
-        self.ready = False
-        self.scoring: deque[Batch] = deque()  # the first is being read and scored
-        self.writing: list[Batch] = []  # scored, being written (oldest first)
-        self.started = 0.0  # when the first of ``scoring`` was started
-
-    def submit(self, batch: Batch, attempt: int) -> None:
-        if not self.scoring:
-            self.started = time.monotonic()
-        self.scoring.append(batch)
-        self.conn.send((batch, attempt))
-
-    @property
-    def busy(self) -> bool:
-        """Whether the process holds a batch it has not finished."""
-        return bool(self.scoring or self.writing)
-
-    def release(self) -> list[Batch]:
-        """Forget (and return) every batch the process holds, the one being scored first."""
-        batches = [*self.scoring, *self.writing]
-        self.scoring.clear()
-        self.writing.clear()
-        return batches
-
-    def take(self, batch_id: int) -> Batch:
-        """Remove a batch the process reports on; the next one's scoring starts now."""
-        if self.scoring and self.scoring[0].batch_id == batch_id:
-            self.started = time.monotonic()
-            return self.scoring.popleft()
-        index = next(i for i, b in enumerate(self.writing) if b.batch_id == batch_id)
-        return self.writing.pop(index)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def join(self, timeout: float) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout)
-
-    def exit_text(self) -> str:
-        code = self.process.returncode
-        if code is not None and code < 0:
-            return f"killed by {signal.Signals(-code).name}"
-        return f"exit code {code}"
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.join(5)
-        self.conn.close()
 
 
 class ScorerPool:

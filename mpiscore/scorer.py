@@ -17,11 +17,11 @@ import signal
 import sys
 import threading
 import traceback
-from multiprocessing.connection import Connection
 from typing import Any
 
 import onnxruntime as ort
 
+from .channel import Channel
 from .errors import MpiscoreError
 from .io.registry import open_reader
 from .model import read_model
@@ -32,13 +32,13 @@ from .prepare import prepare
 from .score import Scorer, open_session
 
 
-def main(fd: int) -> None:
-    """Entry of a scoring process; ``fd`` is its end of the pipe to the rank."""
+def main(read_fd: int, write_fd: int) -> None:
+    """Entry of a scoring process; the descriptors are its end of the channel to the rank."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     try:
-        scorer_main(Connection(fd))
+        scorer_main(Channel(read_fd, write_fd))
     except BaseException:
         traceback.print_exc()
         _exit(1)
@@ -54,7 +54,7 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def scorer_main(conn: Connection) -> None:
+def scorer_main(conn: Channel) -> None:
     """Body of a scoring process: wait for the job, set up once, then process batches.
 
     The process is started before the job is known, so its interpreter start
@@ -97,7 +97,7 @@ def scorer_main(conn: Connection) -> None:
 class _Sender:
     """The pipe to the rank, shared by the scoring loop and the writer thread."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Channel) -> None:
         self.conn, self.lock = conn, threading.Lock()
 
     def send(self, message: tuple) -> None:
@@ -136,7 +136,7 @@ class _WriteBehind:
                                   traceback.format_exc()))
 
 
-def _prepare(conn: Connection, request: PrepareRequest) -> ort.InferenceSession | None:
+def _prepare(conn: Channel, request: PrepareRequest) -> ort.InferenceSession | None:
     """Load the model and prepare the job (prepare.py), sending the job or the error
     back; the session, kept for scoring, or None after an error."""
     config = request.config
@@ -167,7 +167,7 @@ def _processor(spec: ScorerSpec, session: ort.InferenceSession | None) -> BatchP
                           writer, job.outputs, job.output_sources, spec.where, job.config.on_nan)
 
 
-def _next_item(conn: Connection) -> Any:
+def _next_item(conn: Channel) -> Any:
     try:
         return conn.recv()
     except EOFError:  # the rank is gone

@@ -1,0 +1,93 @@
+"""One scoring process, seen from its rank: start it, hand it batches, watch it end.
+
+Light on purpose (the standard library's C modules and ``subprocess``):
+__main__.py starts the first scoring process with it before importing
+anything else, so that process's interpreter start and imports overlap all of
+the rank's own start-up. pool.py drives a rank's processes together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .channel import pipe
+
+if TYPE_CHECKING:
+    from .plan import Batch
+
+# The child's command: the parent's sys.path (as multiprocessing's spawn does), then
+# scorer.py. ``-S`` skips the site module (~10 ms): the paths it would add are given.
+_CHILD = ("import sys; sys.path[:] = sys.argv[2:]; "
+          "from mpiscore.scorer import main; main(*map(int, sys.argv[1].split(',')))")
+# Where this package lies, for a parent that finds it by an import hook (editable installs).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ScorerProcess:
+    """One scoring process and the batches it holds."""
+
+    def __init__(self) -> None:
+        self.conn, (read_fd, write_fd) = pipe()
+        paths = sys.path if _PACKAGE_ROOT in sys.path else [*sys.path, _PACKAGE_ROOT]
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-S", "-c", _CHILD, f"{read_fd},{write_fd}", *paths],
+                pass_fds=[read_fd, write_fd], stdin=subprocess.DEVNULL)
+        finally:
+            os.close(read_fd)
+            os.close(write_fd)
+        self.ready = False
+        self.scoring: deque[Batch] = deque()  # the first is being read and scored
+        self.writing: list[Batch] = []  # scored, being written (oldest first)
+        self.started = 0.0  # when the first of ``scoring`` was started
+
+    def submit(self, batch: Batch, attempt: int) -> None:
+        if not self.scoring:
+            self.started = time.monotonic()
+        self.scoring.append(batch)
+        self.conn.send((batch, attempt))
+
+    @property
+    def busy(self) -> bool:
+        """Whether the process holds a batch it has not finished."""
+        return bool(self.scoring or self.writing)
+
+    def release(self) -> list[Batch]:
+        """Forget (and return) every batch the process holds, the one being scored first."""
+        batches = [*self.scoring, *self.writing]
+        self.scoring.clear()
+        self.writing.clear()
+        return batches
+
+    def take(self, batch_id: int) -> Batch:
+        """Remove a batch the process reports on; the next one's scoring starts now."""
+        if self.scoring and self.scoring[0].batch_id == batch_id:
+            self.started = time.monotonic()
+            return self.scoring.popleft()
+        index = next(i for i, b in enumerate(self.writing) if b.batch_id == batch_id)
+        return self.writing.pop(index)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
+    def exit_text(self) -> str:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.join(5)
+        self.conn.close()
