@@ -1,0 +1,62 @@
+"""channel.py: pickled messages over a pipe pair, as between a rank and a scoring process."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from mpiscore.channel import Channel, pipe, wait
+
+
+def connected() -> tuple[Channel, Channel]:
+    """Both ends in this process: ours, and the one a child would get."""
+    ours, (read_fd, write_fd) = pipe()
+    return ours, Channel(read_fd, write_fd)
+
+
+def test_messages_go_both_ways_in_order() -> None:
+    ours, theirs = connected()
+    ours.send(("batch", 1))
+    ours.send(None)
+    theirs.send({"done": [1, 2]})
+    assert theirs.recv() == ("batch", 1)
+    assert theirs.recv() is None
+    assert ours.recv() == {"done": [1, 2]}
+    ours.close()
+    theirs.close()
+    assert ours.closed and theirs.closed
+
+
+def test_a_message_larger_than_the_pipe_arrives_whole() -> None:
+    """A model's bytes (megabytes) are written while the other end reads."""
+    ours, theirs = connected()
+    payload = np.random.default_rng(0).bytes(5 << 20)
+    received: list[object] = []
+    reader = threading.Thread(target=lambda: received.append(theirs.recv()))
+    reader.start()
+    ours.send(payload)
+    reader.join(10)
+    assert received == [payload]
+
+
+def test_poll_and_wait_tell_which_channel_has_a_message() -> None:
+    first, first_peer = connected()
+    second, second_peer = connected()
+    assert not first.poll() and wait([first, second], 0.01) == []
+    second_peer.send("ready")
+    assert wait([first, second], 1.0) == [second]
+    assert second.poll(1.0) and not first.poll(0.0)
+    assert second.recv() == "ready"
+    first_peer.close()
+    assert first.poll(1.0)  # the peer's end closing is something to read: EOF
+
+
+def test_a_gone_peer_shows_as_eof_and_broken_pipe() -> None:
+    ours, theirs = connected()
+    theirs.close()
+    with pytest.raises(EOFError):
+        ours.recv()
+    with pytest.raises(BrokenPipeError):
+        ours.send("anyone?")
