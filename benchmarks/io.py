@@ -5,9 +5,10 @@
 The same float32 rows x 16 array, in batches. Sequential: one process writes it
 with h5py (or pyarrow, row group per batch) and reads it back. mpiscore:
 ``mpiexec -n RANKS`` ranks share the batches round-robin and use mpiscore's
-own writers (HDF5: pre-allocated file, ``pwrite`` + ``fdatasync`` per batch;
-Parquet: staged files merged in parallel) and readers. MB/s of the data, JSON
-then a table; the sequential runs do not fsync, mpiscore's do.
+own writers (HDF5: pre-allocated file, ``pwrite``; Parquet: staged files merged
+in parallel), flushed to storage every ``SYNC_GROUP`` batches as scoring
+processes do, and readers. MB/s of the data, JSON then a table; the sequential
+runs do not fsync, mpiscore's do.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
     from mpiscore.io import hdf5, parquet
     from mpiscore.io.fields import Field, ParquetSelection
     from mpiscore.plan import SourceFile, make_plan
+    from mpiscore.pool import SYNC_GROUP
     from mpiscore.transport import barrier, broadcast
 
     comm = MPI.COMM_WORLD
@@ -84,12 +86,17 @@ def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
     offsets = broadcast(comm, hdf5.create(partial, fields, rows, {}, np.zeros((1, 4)))
                         if rank == 0 else None)
 
-    def write_hdf5() -> None:
-        writer = hdf5.Hdf5Writer(partial, h5, fields, offsets)
-        for b in mine:
+    def write_synced(writer) -> None:
+        for count, b in enumerate(mine, 1):
             writer.write(b, {"x": x[b.global_start:b.global_stop]})
+            if count % SYNC_GROUP == 0:
+                writer.sync()
+        writer.sync()
         writer.close()
         writer.finish(comm, complete=True)
+
+    def write_hdf5() -> None:
+        write_synced(hdf5.Hdf5Writer(partial, h5, fields, offsets))
 
     def read_hdf5() -> None:
         reader = hdf5.Hdf5Reader((hdf5.Hdf5Source(str(h5), (("x", "/x"),)),))
@@ -102,10 +109,7 @@ def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
         parquet.create(pq_partial)
 
     def write_parquet() -> None:
-        writer = parquet.ParquetWriter(pq_partial, pq_final, fields, [], plan.batches, {})
-        for b in mine:
-            writer.write(b, {"x": x[b.global_start:b.global_stop]})
-        writer.finish(comm, complete=True)
+        write_synced(parquet.ParquetWriter(pq_partial, pq_final, fields, [], plan.batches, {}))
 
     def read_parquet() -> None:
         parts = sorted(str(p) for p in pq_final.glob("part-*.parquet"))

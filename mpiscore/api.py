@@ -209,6 +209,7 @@ def _write_fills(job: Job, batches: list[Batch], writer: Any) -> None:
             except MpiscoreError:
                 columns.update(fill_columns(list(job.kept), batch.rows))
             writer.write(batch, columns)
+        writer.sync()
     finally:
         reader.close()
 

@@ -84,7 +84,7 @@ def main() -> None:
               help="Scoring processes per rank, each with its own session; auto = one per "
               "core (or per --intra-op-threads cores).")
 @click.option("--window", type=int,
-              help="Batches each rank keeps assigned [default: 3 x procs + 1].")
+              help="Batches each rank keeps assigned [default: 6 x procs + 1].")
 @click.option("--max-retries", default=3, show_default=True,
               help="Tries after the first for a failing batch (on another rank if possible).")
 @click.option("--batch-timeout", type=float, help="Seconds before a batch is abandoned and "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+from .pool import SCORING_DEPTH, SYNC_GROUP
 
 Format = Literal["auto", "hdf5", "parquet"]
 CastPolicy = Literal["safe", "same_kind", "unsafe"]
@@ -229,8 +230,9 @@ class JobConfig:
 
     def window_for(self, procs: int) -> int:
         """Batches a rank keeps assigned: per scoring process one being scored, the next
-        in its pipe and one being written, plus one queued at the rank."""
-        return self.window or 3 * procs + 1
+        in its pipe, and those written and waiting for their group's flush to storage
+        (pool.SYNC_GROUP, the one being written included), plus one queued at the rank."""
+        return self.window or (SCORING_DEPTH + SYNC_GROUP) * procs + 1
 
     @property
     def resolved_run_dir(self) -> Path:

@@ -51,11 +51,21 @@ class BatchProcessor:
             return Prepared(columns, read - started, time.perf_counter() - read)
 
     def write(self, batch: Batch, prepared: Prepared) -> StageTimes:
-        """Write a prepared batch in place; its times in each stage."""
+        """Write a prepared batch in place (durable only after :meth:`sync`); its times in
+        each stage."""
         with self._naming(batch):
             started = time.perf_counter()
             self.writer.write(batch, prepared.columns)
             return StageTimes(prepared.read, prepared.score, time.perf_counter() - started)
+
+    def sync(self) -> float:
+        """Make every batch written so far durable; the seconds it took."""
+        started = time.perf_counter()
+        try:
+            self.writer.sync()
+        except MpiscoreError as exc:
+            raise type(exc)(f"on {self.where}: {exc}") from exc
+        return time.perf_counter() - started
 
     @contextmanager
     def _naming(self, batch: Batch) -> Iterator[None]:

@@ -37,6 +37,9 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 # Batches a process holds before writing: the one it reads and scores, and the next,
 # already in its pipe, so it never waits for its rank between batches.
 SCORING_DEPTH = 2
+# Written batches that one flush to storage makes durable together (scorer.py), at
+# most; so many are held after writing until they are reported done.
+SYNC_GROUP = 4
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ import resource
 import signal
 import sys
 import threading
+import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import onnxruntime as ort
@@ -27,7 +29,7 @@ from .io.registry import open_reader
 from .model import read_model
 from .pipeline import BatchProcessor, Prepared
 from .plan import Batch
-from .pool import PrepareRequest, ScorerSpec
+from .pool import SYNC_GROUP, PrepareRequest, ScorerSpec, StageTimes
 from .prepare import prepare
 from .score import Scorer, open_session
 
@@ -77,7 +79,7 @@ def scorer_main(conn: Channel) -> None:
     sender = _Sender(conn)
     sender.send(("ready",))
     writer = _WriteBehind(processor, sender)
-    while (item := _next_item(conn)) is not None:
+    while (item := _next_batch(conn, writer)) is not None:
         batch, attempt = item
         try:
             spec.faults.before_batch(batch.batch_id, attempt)
@@ -108,32 +110,85 @@ class _Sender:
 class _WriteBehind:
     """Writes scored batches on a thread while the next batch is read and scored.
 
-    At most one batch waits while another is written, which bounds memory; a
-    batch is reported done only once its rows are written and flushed.
+    Written batches are made durable in groups, and only then reported done:
+    one flush to storage covers up to SYNC_GROUP batches, or those written in
+    SYNC_SECONDS, or whatever is written when the scoring loop runs out of
+    batches. The journal so never claims rows that could be lost, and a parallel
+    filesystem is not asked for a flush per batch. At most one batch waits
+    while another is written, which bounds memory.
     """
 
     def __init__(self, processor: BatchProcessor, sender: _Sender) -> None:
         self.processor, self.sender = processor, sender
-        self.queue: queue.Queue[tuple[Batch, Prepared] | None] = queue.Queue(maxsize=1)
+        self.queue: queue.Queue[tuple[Batch, Prepared] | str | None] = queue.Queue(maxsize=1)
+        self.unsynced: list[tuple[Batch, StageTimes]] = []  # written, in the writer thread
+        self.oldest = 0.0  # when the first of ``unsynced`` was written
+        self.put_since_sync = False  # the scoring loop's view
         self.thread = threading.Thread(target=self._run, name="mpiscore-writer", daemon=True)
         self.thread.start()
 
     def put(self, batch: Batch, prepared: Prepared) -> None:
         self.queue.put((batch, prepared))
+        self.put_since_sync = True
+
+    def sync_soon(self) -> None:
+        """Flush what is written once the batch being written is: no more are coming now."""
+        if self.put_since_sync:
+            self.queue.put(_SYNC)
+            self.put_since_sync = False
 
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
 
     def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            batch, prepared = item
+        while True:
             try:
-                times = self.processor.write(batch, prepared)
-                self.sender.send(("done", batch.batch_id, times))
-            except Exception as exc:
+                item = self.queue.get(timeout=self._until_sync())
+            except queue.Empty:  # the oldest written batch has waited SYNC_SECONDS
+                item = _SYNC
+            if item is None or item == _SYNC:
+                self._sync()
+                if item is None:
+                    return
+            else:
+                self._write(*item)
+
+    def _until_sync(self) -> float | None:
+        if not self.unsynced:
+            return None
+        return max(0.0, self.oldest + SYNC_SECONDS - time.monotonic())
+
+    def _write(self, batch: Batch, prepared: Prepared) -> None:
+        try:
+            times = self.processor.write(batch, prepared)
+        except Exception as exc:
+            self.sender.send(("failed", batch.batch_id, _describe(exc), traceback.format_exc()))
+            return
+        if not self.unsynced:
+            self.oldest = time.monotonic()
+        self.unsynced.append((batch, times))
+        if len(self.unsynced) >= SYNC_GROUP:
+            self._sync()
+
+    def _sync(self) -> None:
+        written, self.unsynced = self.unsynced, []
+        if not written:
+            return
+        try:
+            seconds = self.processor.sync()
+        except Exception as exc:
+            for batch, _ in written:
                 self.sender.send(("failed", batch.batch_id, _describe(exc),
                                   traceback.format_exc()))
+            return
+        for batch, times in written:  # the flush's time shared out among its batches
+            self.sender.send(("done", batch.batch_id,
+                              replace(times, write=times.write + seconds / len(written))))
+
+
+_SYNC = "sync"  # in the writer's queue: flush what is written now
+SYNC_SECONDS = 0.1  # the longest a written batch waits for its group's flush
 
 
 def _prepare(conn: Channel, request: PrepareRequest) -> ort.InferenceSession | None:
@@ -165,6 +220,14 @@ def _processor(spec: ScorerSpec, session: ort.InferenceSession | None) -> BatchP
                                     job.attrs)
     return BatchProcessor(open_reader(job.source), Scorer(session, job.bindings, job.model_name),
                           writer, job.outputs, job.output_sources, spec.where, job.config.on_nan)
+
+
+def _next_batch(conn: Channel, writer: _WriteBehind) -> Any:
+    """The next batch (or None at the end); what is written is flushed first if none is
+    waiting, so a rank short of batches hears of those done without delay."""
+    if not conn.poll():
+        writer.sync_soon()
+    return _next_item(conn)
 
 
 def _next_item(conn: Channel) -> Any:

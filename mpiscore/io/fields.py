@@ -86,9 +86,16 @@ class Reader(Protocol):
 
 
 class Writer(Protocol):
-    """Writes batches' output rows at their place; every rank finishes it together."""
+    """Writes batches' output rows at their place; every rank finishes it together.
+
+    ``write`` need not reach storage; ``sync`` makes every batch written so far
+    durable (only then may the journal record them), so one flush covers many
+    batches.
+    """
 
     def write(self, batch: Batch, columns: Columns) -> None: ...
+
+    def sync(self) -> None: ...
 
     def close(self) -> None: ...
 

@@ -302,8 +302,8 @@ class Hdf5Writer:
     """Writes row ranges of every output dataset at their byte offsets with pwrite.
 
     Every scoring process opens the file itself; writes of different batches
-    never overlap, and each is flushed to storage (fdatasync) before the
-    batch is reported done, so the journal never claims rows that could be lost.
+    never overlap. ``sync`` flushes them to storage (fdatasync) before their
+    batches are reported done, so the journal never claims rows that could be lost.
     """
 
     def __init__(self, partial: Path, final: Path, fields: list[Field],
@@ -325,7 +325,13 @@ class Hdf5Writer:
                 raise OutputError(f"{self.final}:/{name} batch {batch.batch_id}: got shape "
                                   f"{data.shape}, expected {(batch.rows, *field.shape)}")
             _pwrite_all(self.fd, data, self.offsets[name] + batch.global_start * field.row_nbytes)
-        os.fdatasync(self.fd)
+
+    def sync(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                raise OutputError(f"{self.partial}: cannot flush written rows: {exc}") from exc
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -192,6 +192,7 @@ class ParquetWriter:
         self.batches, self.metadata = batches, metadata
         row_nbytes = sum(f.row_nbytes for f in fields) + 8 * len(kept)
         self.groups = group_batches(batches, row_nbytes, PART_TARGET_BYTES)
+        self.unsynced: list[Path] = []  # staged as .tmp, not yet flushed and named
 
     def write(self, batch: Batch, columns: Columns) -> None:
         arrays = [c if isinstance(c, pa.ChunkedArray | pa.Array) else to_arrow(np.asarray(c))
@@ -199,13 +200,25 @@ class ParquetWriter:
         table = pa.table(arrays, names=self.names)
         target = self._staged(batch.batch_id)
         try:
-            with open(f"{target}.tmp", "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(f"{target}.tmp", target)
+            pq.write_table(table, f"{target}.tmp")
         except OSError as exc:
             raise OutputError(f"{target}: cannot write batch {batch.batch_id}: {exc}") from exc
+        self.unsynced.append(target)
+
+    def sync(self) -> None:
+        """Flush each batch staged since the last sync, then give it its name: a staged
+        file under its name is what --resume counts as written."""
+        unsynced, self.unsynced = self.unsynced, []
+        for target in unsynced:
+            try:
+                fd = os.open(f"{target}.tmp", os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(f"{target}.tmp", target)
+            except OSError as exc:
+                raise OutputError(f"{target}: cannot flush staged batch: {exc}") from exc
 
     def close(self) -> None:
         """Nothing stays open between batches."""

@@ -162,9 +162,10 @@ def test_run_dir_defaults_beside_the_output() -> None:
     assert job(run_dir=Path("/tmp/r")).resolved_run_dir == Path("/tmp/r")
 
 
-def test_window_defaults_to_three_per_process_plus_one() -> None:
-    assert job().window_for(1) == 4
-    assert job().window_for(4) == 13
+def test_window_defaults_to_six_per_process_plus_one() -> None:
+    """2 scoring, up to 4 written and waiting for their group's flush, per process."""
+    assert job().window_for(1) == 7
+    assert job().window_for(4) == 25
     assert job(window=2).window_for(4) == 2
 
 

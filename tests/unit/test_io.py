@@ -246,6 +246,7 @@ def test_hdf5_writer_batches_in_any_order_give_the_right_file(tmp_path: Path) ->
     for batch in shuffled(batches):
         writer.write(batch, {name: array[batch.global_start:batch.global_stop]
                              for name, array in expected.items()})
+    writer.sync()
     writer.close()
     with h5py.File(partial, "r") as handle:
         assert handle.attrs[hdf5.STATUS_ATTR] == "incomplete"
@@ -434,6 +435,7 @@ def write_all(writer: parquet.ParquetWriter, batches: list[Batch], rows: int
         part = slice(batch.global_start, batch.global_stop)
         writer.write(batch, {"id": pa.array(ids[part].tolist()),
                              **{n: a[part] for n, a in expected.items()}})
+    writer.sync()
     writer.close()
     return {"id": ids, **expected}
 
@@ -481,6 +483,21 @@ def test_parquet_incomplete_finish_keeps_staged_batches(tmp_path: Path) -> None:
     writer.finish(None, complete=False)
     assert not final.exists()
     assert parquet.staged_batches(partial) == {1, 3}
+
+
+def test_parquet_batches_count_as_written_only_once_synced(tmp_path: Path) -> None:
+    """Staged batches get their name (what --resume counts) only when flushed together."""
+    plan = make_plan([SourceFile("a.parquet", 20)], 5)
+    writer, partial, _ = parquet_output(tmp_path, plan.batches)
+    expected = expected_outputs(20)
+    for batch in plan.batches[:2]:
+        part = slice(batch.global_start, batch.global_stop)
+        writer.write(batch, {"id": pa.array([f"id-{i}" for i in range(5)]),
+                             **{n: a[part] for n, a in expected.items()}})
+    assert parquet.staged_batches(partial) == set()
+    writer.sync()
+    assert parquet.staged_batches(partial) == {0, 1}
+    assert writer.unsynced == []
 
 
 def test_group_batches_runs_up_to_target() -> None:
