@@ -1,19 +1,28 @@
-"""One batch through the stages in a scoring process: read -> score, then write; timed."""
+"""One batch through the stages in a scoring process: read, score, write; each timed."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError, MpiscoreError
-from .io.fields import ROW_STATUS, Field, Reader, Writer
+from .io.fields import ROW_STATUS, Columns, Field, Reader, Writer
 from .plan import Batch
 from .pool import StageTimes
 from .score import Scorer
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A batch's model inputs and carried columns as read, and how long reading took."""
+
+    arrays: dict[str, np.ndarray]
+    kept: Columns
+    read: float
 
 
 @dataclass(frozen=True)
@@ -26,29 +35,40 @@ class Prepared:
 
 
 class BatchProcessor:
-    """Reads and scores a batch, then writes it (two steps, so writing can overlap the
-    next batch); names the batch and rank when either fails."""
+    """Reads, scores and writes a batch, each a step of its own so that they can overlap
+    for consecutive batches; names the batch and rank when one fails.
 
-    def __init__(self, reader: Reader, scorer: Scorer, writer: Writer,
+    ``readers`` take turns (reader ``slot``): a reader may reuse its buffers at
+    its next read, so with two, one batch can be read while the previous one is
+    scored.
+    """
+
+    def __init__(self, readers: Sequence[Reader], scorer: Scorer, writer: Writer,
                  outputs: tuple[Field, ...], output_sources: tuple[str, ...], where: str,
                  on_nan: str = "error") -> None:
-        self.reader, self.scorer, self.writer = reader, scorer, writer
+        self.readers, self.scorer, self.writer = readers, scorer, writer
         self.renames = [(f.name, source) for f, source in zip(outputs, output_sources,
                                                                strict=True)]
         self.where, self.on_nan = where, on_nan
 
-    def prepare(self, batch: Batch) -> Prepared:
-        """Read and score a batch: the output columns, ready to write."""
+    def read(self, batch: Batch, slot: int = 0) -> Loaded:
+        """Read a batch with reader ``slot``, refusing non-finite input unless allowed; its
+        arrays stay valid until that reader reads again."""
         with self._naming(batch):
             started = time.perf_counter()
-            arrays, kept = self.reader.read(batch)
+            arrays, kept = self.readers[slot].read(batch)
             if self.on_nan == "error":
                 _refuse_non_finite(arrays)
-            read = time.perf_counter()
-            outputs = self.scorer.score(arrays)
+            return Loaded(arrays, kept, time.perf_counter() - started)
+
+    def score(self, batch: Batch, loaded: Loaded) -> Prepared:
+        """Score a read batch: the output columns, ready to write."""
+        with self._naming(batch):
+            started = time.perf_counter()
+            outputs = self.scorer.score(loaded.arrays)
             status = {ROW_STATUS.name: np.zeros(batch.rows, dtype=np.uint8)}
-            columns = {**kept, **{n: outputs[s] for n, s in self.renames}, **status}
-            return Prepared(columns, read - started, time.perf_counter() - read)
+            columns = {**loaded.kept, **{n: outputs[s] for n, s in self.renames}, **status}
+            return Prepared(columns, loaded.read, time.perf_counter() - started)
 
     def write(self, batch: Batch, prepared: Prepared) -> StageTimes:
         """Write a prepared batch in place (durable only after :meth:`sync`); its times in
@@ -76,7 +96,8 @@ class BatchProcessor:
                             f"{batch.global_stop - 1}) on {self.where}: {exc}") from exc
 
     def close(self) -> None:
-        self.reader.close()
+        for reader in self.readers:
+            reader.close()
         self.writer.close()
 
 

@@ -1,8 +1,8 @@
-"""The inside of a scoring process: set up once, then read and score batches while a
-thread writes the previous one.
+"""The inside of a scoring process: set up once, then score batches while one thread
+reads the next and another writes (and flushes) the previous ones.
 
-Started by pool.py as a fresh interpreter (``python -c``, given its end of the
-pipe to the rank). It ignores SIGINT/SIGTERM (its rank decides how to stop)
+Started by process.py as a fresh interpreter (``python -S -c``, given its end
+of the channel to the rank). It ignores SIGINT/SIGTERM (its rank decides how to stop)
 and dies with its rank (PR_SET_PDEATHSIG), so no scorer outlives a killed job.
 """
 
@@ -27,7 +27,7 @@ from .channel import Channel
 from .errors import MpiscoreError
 from .io.registry import open_reader
 from .model import read_model
-from .pipeline import BatchProcessor, Prepared
+from .pipeline import BatchProcessor, Loaded, Prepared
 from .plan import Batch
 from .pool import SYNC_GROUP, PrepareRequest, ScorerSpec, StageTimes
 from .prepare import prepare
@@ -79,14 +79,19 @@ def scorer_main(conn: Channel) -> None:
     sender = _Sender(conn)
     sender.send(("ready",))
     writer = _WriteBehind(processor, sender)
-    while (item := _next_batch(conn, writer)) is not None:
-        batch, attempt = item
+    reads = _ReadAhead(conn, processor)
+    while (item := reads.next(writer)) is not None:
+        batch, attempt, loaded = item
         try:
             spec.faults.before_batch(batch.batch_id, attempt)
-            prepared = processor.prepare(batch)
+            if isinstance(loaded, BaseException):
+                raise loaded
+            prepared = processor.score(batch, loaded)
         except Exception as exc:
             sender.send(("failed", batch.batch_id, _describe(exc), traceback.format_exc()))
             continue
+        finally:
+            reads.done_with_last()
         sender.send(("scored", batch.batch_id))  # free for the next batch while this one writes
         writer.put(batch, prepared)
     writer.close()
@@ -105,6 +110,61 @@ class _Sender:
     def send(self, message: tuple) -> None:
         with self.lock:
             self.conn.send(message)
+
+
+class _ReadAhead:
+    """Reads the next batch on a thread while the current one is scored.
+
+    It takes batches from the rank's channel as they come. Its readers take
+    turns, and one is used again only once the batch it read last is scored,
+    so a batch's arrays stay put while it is scored.
+    """
+
+    def __init__(self, conn: Channel, processor: BatchProcessor) -> None:
+        self.conn, self.processor = conn, processor
+        self.loaded: queue.Queue[tuple[Batch, int, Loaded | BaseException] | None] = \
+            queue.Queue(maxsize=1)
+        self.free_readers = threading.Semaphore(len(processor.readers))
+        self.waiting_for_rank = False
+        self.thread = threading.Thread(target=self._run, name="mpiscore-reader", daemon=True)
+        self.thread.start()
+
+    def next(self, writer: _WriteBehind) -> tuple[Batch, int, Loaded | BaseException] | None:
+        """The next batch read (or the error reading it), None at the end. Out of batches
+        for now, the written ones are flushed first, so a rank short of batches hears of
+        those done without delay."""
+        if self.loaded.empty() and self.waiting_for_rank:
+            writer.sync_soon()
+        return self.loaded.get()
+
+    def done_with_last(self) -> None:
+        """The batch last taken is scored (or failed): its reader may read again."""
+        self.free_readers.release()
+
+    def _run(self) -> None:
+        try:
+            self._read_all()
+        except BaseException:  # a bug: die, so the rank sees it and retries the batch
+            traceback.print_exc()
+            _exit(1)
+
+    def _read_all(self) -> None:
+        slot = 0
+        while True:
+            self.waiting_for_rank = not self.conn.poll()
+            item = _next_item(self.conn)
+            self.waiting_for_rank = False
+            if item is None:
+                self.loaded.put(None)
+                return
+            batch, attempt = item
+            self.free_readers.acquire()
+            try:
+                loaded: Loaded | BaseException = self.processor.read(batch, slot)
+            except Exception as exc:
+                loaded = exc
+            self.loaded.put((batch, attempt, loaded))
+            slot = (slot + 1) % len(self.processor.readers)
 
 
 class _WriteBehind:
@@ -188,6 +248,7 @@ class _WriteBehind:
 
 
 _SYNC = "sync"  # in the writer's queue: flush what is written now
+READ_AHEAD = 2  # readers taking turns: the next batch is read while one is scored
 SYNC_SECONDS = 0.1  # the longest a written batch waits for its group's flush
 
 
@@ -218,16 +279,9 @@ def _processor(spec: ScorerSpec, session: ort.InferenceSession | None) -> BatchP
         session = open_session(spec.model_bytes, job.model_name, spec.settings)
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
-    return BatchProcessor(open_reader(job.source), Scorer(session, job.bindings, job.model_name),
+    readers = [open_reader(job.source) for _ in range(READ_AHEAD)]
+    return BatchProcessor(readers, Scorer(session, job.bindings, job.model_name),
                           writer, job.outputs, job.output_sources, spec.where, job.config.on_nan)
-
-
-def _next_batch(conn: Channel, writer: _WriteBehind) -> Any:
-    """The next batch (or None at the end); what is written is flushed first if none is
-    waiting, so a rank short of batches hears of those done without delay."""
-    if not conn.poll():
-        writer.sync_soon()
-    return _next_item(conn)
 
 
 def _next_item(conn: Channel) -> Any:

@@ -6,6 +6,7 @@ process's own BatchProcessor, and a real channel to read its reports from.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import h5py
@@ -18,7 +19,9 @@ from mpiscore.config import BatchSize, InputSpec, JobConfig
 from mpiscore.faults import FaultPlan
 from mpiscore.io.fields import Columns
 from mpiscore.io.hdf5 import Hdf5Writer
+from mpiscore.job import Job
 from mpiscore.model import read_model
+from mpiscore.pipeline import BatchProcessor
 from mpiscore.plan import Batch
 from mpiscore.pool import SYNC_GROUP, ScorerSpec
 from mpiscore.prepare import prepare
@@ -49,29 +52,58 @@ class SyncLog(Hdf5Writer):
         self.written = []
 
 
-def test_written_batches_are_flushed_in_groups_and_reported_after(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Groups of SYNC_GROUP, and what is written when the loop runs out of batches."""
-    monkeypatch.setattr(scorer, "SYNC_SECONDS", 60.0)  # no flush by age in this test
-    assert SYNC_GROUP == 4
+def scoring_process_parts(tmp_path: Path) -> tuple[Path, np.ndarray, Job, BatchProcessor]:
+    """A 70-row job in batches of 10, prepared as rank 0's first process does, and a
+    scoring process's BatchProcessor for it."""
     model = builders.mlp(tmp_path / "m.onnx")
     data = builders.features(70)
-    source = builders.write_h5(tmp_path / "x.h5", features=data)
+    source = builders.write_h5(tmp_path / "x.h5", chunks=10, features=data)
     config = JobConfig(model=model, inputs=(InputSpec(str(source), "/features"),),
                        output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
     settings = config.scorer_settings(0, 1)
     model_bytes = read_model(model)
     job, _ = prepare(config, model_bytes, open_session(model_bytes, str(model), settings))
-    processor = scorer._processor(ScorerSpec(job, model_bytes, settings, "test", FaultPlan()),
-                                  None)
+    spec = ScorerSpec(job, model_bytes, settings, "test", FaultPlan())
+    return model, data, job, scorer._processor(spec, None)
+
+
+def test_read_ahead_never_overwrites_the_batch_being_scored(tmp_path: Path) -> None:
+    """The next batch is read while one is held; a reader is reused only once its batch
+    is scored, so the held batch's arrays stay put (the HDF5 reader reuses buffers)."""
+    _, data, job, processor = scoring_process_parts(tmp_path)
+    ours, (read_fd, write_fd) = pipe()
+    reads = scorer._ReadAhead(Channel(read_fd, write_fd), processor)
+    writer = scorer._WriteBehind(processor, scorer._Sender(ours))
+    for batch in job.plan.batches:
+        ours.send((batch, 0))
+    ours.send(None)
+    taken = []
+    while (item := reads.next(writer)) is not None:
+        batch, attempt, loaded = item
+        time.sleep(0.05)  # time for the reader to go ahead as far as it may
+        np.testing.assert_array_equal(loaded.arrays["features"],
+                                      data[batch.global_start:batch.global_stop])
+        taken.append((batch.batch_id, attempt))
+        reads.done_with_last()
+    assert taken == [(b.batch_id, 0) for b in job.plan.batches]
+    writer.close()
+    processor.close()
+
+
+def test_written_batches_are_flushed_in_groups_and_reported_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups of SYNC_GROUP, and what is written when the loop runs out of batches."""
+    monkeypatch.setattr(scorer, "SYNC_SECONDS", 60.0)  # no flush by age in this test
+    assert SYNC_GROUP == 4
+    model, data, job, processor = scoring_process_parts(tmp_path)
     ours, (read_fd, write_fd) = pipe()
     processor.writer = log = SyncLog(processor.writer, ours)
     writer = scorer._WriteBehind(processor, scorer._Sender(Channel(read_fd, write_fd)))
     batches = job.plan.batches  # 7 batches of 10 rows
     for batch in batches[:6]:
-        writer.put(batch, processor.prepare(batch))
+        writer.put(batch, processor.score(batch, processor.read(batch)))
     writer.sync_soon()  # the scoring loop ran out of batches: flush what is written
-    writer.put(batches[6], processor.prepare(batches[6]))
+    writer.put(batches[6], processor.score(batches[6], processor.read(batches[6])))
     writer.close()
     processor.close()
 
