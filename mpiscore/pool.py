@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # this module stays light: the rank imports it before anythin
 
 START_TIMEOUT_SECONDS = 600.0
 CLOSE_TIMEOUT_SECONDS = 10.0
-# Batches a process holds before writing: the one it reads and scores, and the next,
-# already in its pipe, so it never waits for its rank between batches.
+# Batches a process holds before writing: the one it scores, and the next, which its
+# reader thread reads meanwhile, so it never waits for its rank between batches.
 SCORING_DEPTH = 2
 # Written batches that one flush to storage makes durable together (scorer.py), at
 # most; so many are held after writing until they are reported done.
