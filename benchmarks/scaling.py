@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from common import cores, mpiscore_command
+from common import cores, mpiscore_command, timed
 from overhead import MODELS, dataset, mlp
 
 BATCH_ROWS = 16384
@@ -36,9 +34,7 @@ def layouts(max_cores: int) -> list[tuple[int, int]]:
 def run(ranks: int, procs: int, model: Path, data: Path, out: Path) -> dict[str, float]:
     command = mpiscore_command(ranks, model, data, out, BATCH_ROWS, "--procs-per-rank",
                                str(procs), "--intra-op-threads", "1")
-    started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, timeout=1800)
-    wall = time.perf_counter() - started
+    wall = timed(command)
     summary = json.loads(Path(f"{out}.run/summary.json").read_text())
     loop = max(r["loop_seconds"] for r in summary["per_rank"])
     return {"wall_seconds": wall, "loop_seconds": loop, "rows": summary["rows"]}

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .config import JobConfig, ScorerSettings
+from .config import JobConfig
 from .errors import Interrupted, ModelError, MpiscoreError, OutputError, ScoringError
 from .faults import FaultPlan
 from .io.fields import fill_columns
@@ -25,20 +25,21 @@ from .job import Job
 from .journal import FINGERPRINT, Journal
 from .model import model_digest, read_model
 from .plan import Batch
-from .pool import ScorerPool, ScorerSpec
+from .pool import ScorerPool, ScorerSpec, start_pool
 from .protocol import Coordinator, Message, RankWorker, serve, work
 from .report import LOG, Progress, RankStats, RunReport, start_logging, stop_logging, write_json
 from .schedule import FailurePolicy, Scheduler
 from .signals import StopSignals
-from .transport import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname, node_local
+from .transport import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname
 
 
 def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = None
         ) -> RunReport:
     """Score the job on every rank of ``comm`` (or in this process alone); the job's report.
 
-    ``pool``: scoring processes this rank started earlier (the CLI starts them
-    before its heavy imports, so their start-up overlaps); by default started here.
+    ``pool``: scoring processes this rank started earlier with ``pool.start_pool``
+    (the CLI starts them before its heavy imports, so their start-up overlaps); by
+    default started here.
 
     Raises ``Interrupted`` after a graceful stop on SIGTERM/SIGINT and
     ``ScoringError`` when the error budget ran out; in both cases the output
@@ -46,16 +47,15 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
     """
     started = time.perf_counter()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-    local_rank, local_size = node_local(comm)
-    settings = config.scorer_settings(local_rank, local_size)
-    pool = pool or ScorerPool(config.layout(local_size)[0], config.batch_timeout)
+    pool = pool or start_pool(config, comm)
     try:
-        job, done, model = _broadcast_job(config, comm, rank, pool, settings)
+        job, done, model = _broadcast_job(config, comm, rank, pool)
         host = hostname()
         where = f"rank {rank} of {size} ({host})"
         handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
         try:
-            pool.start(ScorerSpec(job, model, settings, where, FaultPlan.parse(config.faults)))
+            pool.start(ScorerSpec(job, model, pool.settings, where,
+                                  FaultPlan.parse(config.faults)))
             return _score(job, pool, done, comm, rank, size, started)
         finally:
             stop_logging(handlers)
@@ -64,15 +64,15 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
         pool.reap()
 
 
-def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerPool,
-                   settings: ScorerSettings) -> tuple[Job, set[int], bytes]:
+def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerPool
+                   ) -> tuple[Job, set[int], bytes]:
     """Rank 0 prepares the job (in its first scoring process) and reads the model;
     every rank gets the job, the batches done before and the model, or raises
     rank 0's error."""
     outcome: tuple[Job, set[int], bytes] | BaseException | None = None
     if rank == 0:
         try:
-            pool.prepare(config, settings)  # asked already if the CLI started the pool
+            pool.prepare(config)  # asked already if the CLI started the pool
             model = read_model(config.model)  # while the scoring process prepares
             job, done = pool.prepared()
             _check_same_model(job, model)

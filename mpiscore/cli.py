@@ -27,8 +27,9 @@ from .config import (
     split_names,
 )
 from .errors import ConfigError, MpiscoreError
-from .pool import ScorerPool, ScorerProcess
-from .transport import finalize, node_local, world
+from .pool import start_pool
+from .process import ScorerProcess
+from .transport import finalize, world
 
 ABORT_GRACE_SECONDS = 0.5
 
@@ -130,11 +131,10 @@ def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...
             resume=resume, stop_grace=stop_grace, progress_seconds=progress_seconds)
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
-    local_rank, ranks_on_node = node_local(comm)
-    pool = ScorerPool(config.layout(ranks_on_node)[0], config.batch_timeout, early or [])
+    pool = start_pool(config, comm, early or [])
     try:
         if comm.Get_rank() == 0:  # its first scoring process checks the job meanwhile
-            pool.prepare(config, config.scorer_settings(local_rank, ranks_on_node))
+            pool.prepare(config)
         from .api import run  # heavy (h5py): imported while the scoring processes start
 
         run(config, comm, pool)

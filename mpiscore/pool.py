@@ -20,12 +20,13 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .channel import wait
 from .errors import ScoringError
 from .plan import Batch
 from .process import ScorerProcess
+from .transport import node_local
 
 if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
     from .config import JobConfig, ScorerSettings
@@ -82,14 +83,23 @@ class PrepareRequest:
     settings: ScorerSettings
 
 
+def start_pool(config: JobConfig, comm: Any | None,
+               started: Sequence[ScorerProcess] = ()) -> ScorerPool:
+    """This rank's scoring processes for ``config``: as many as the layout gives each rank
+    of its node, with the session settings of the rank's place on the node."""
+    local_rank, ranks_on_node = node_local(comm)
+    return ScorerPool(config.layout(ranks_on_node)[0], config.batch_timeout,
+                      config.scorer_settings(local_rank, ranks_on_node), started)
+
+
 class ScorerPool:
     """``size`` scoring processes of one rank, replaced when they crash or hang."""
 
-    def __init__(self, size: int, batch_timeout: float | None,
+    def __init__(self, size: int, batch_timeout: float | None, settings: ScorerSettings,
                  started: Sequence[ScorerProcess] = ()) -> None:
         """Start the processes now (adopting ``started`` ones, launched even earlier);
-        they get their job from :meth:`start`."""
-        self.batch_timeout = batch_timeout
+        they get their job from :meth:`start`. ``settings``: their sessions'."""
+        self.batch_timeout, self.settings = batch_timeout, settings
         self.procs = [*started, *(ScorerProcess() for _ in range(size - len(started)))]
         self.size = size
         self.spec: ScorerSpec | None = None
@@ -99,7 +109,7 @@ class ScorerPool:
         self.preparing: PrepareRequest | None = None
         self.closing: list[ScorerProcess] = []
 
-    def prepare(self, config: JobConfig, settings: ScorerSettings) -> None:
+    def prepare(self, config: JobConfig) -> None:
         """Rank 0: ask the first scoring process to check the job, plan it and create the
         output (prepare.py); :meth:`prepared` waits for the answer. Asks once.
 
@@ -107,7 +117,7 @@ class ScorerPool:
         rank never imports onnxruntime, and can import the rest meanwhile.
         """
         if self.preparing is None:
-            self.preparing = PrepareRequest(config, settings)
+            self.preparing = PrepareRequest(config, self.settings)
             self.procs[0].conn.send(self.preparing)
 
     def prepared(self) -> tuple[Job, set[int]]:
