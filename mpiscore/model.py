@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,23 +113,61 @@ def _row_shape(where: str, spec: TensorSpec, field: Field) -> tuple[int, ...]:
                      f"with the batch), model wants {shown}")
 
 
+@dataclass(frozen=True)
+class Column:
+    """Where one output column comes from: an ONNX output, and the class for one
+    class's probabilities of a sequence of maps (None for a whole output)."""
+
+    output: str
+    label: str | None = None
+
+
 def output_fields(outputs: dict[str, np.ndarray], rename: dict[str, str],
-                  rows: int, model: str) -> list[Field]:
-    """Output fields from a probe run: per-row shape and dtype of each model output."""
+                  rows: int, model: str, columns: Mapping[str, Column] | None = None,
+                  label_width: int = 0) -> list[Field]:
+    """Output fields from a probe run: per-row shape and dtype of each output column.
+
+    ``columns`` names the ONNX output (and class) behind each column (the
+    scorer's ``columns``; by default each column is an output of its own name).
+    Strings become fixed-length UTF-8 (``|S<width>``) as wide as the longest
+    probe value or ``label_width`` (the model's longest class label), so that
+    HDF5 can hold them in fixed-size rows.
+    """
+    columns = columns or {key: Column(key) for key in outputs}
     fields = []
-    for name, array in outputs.items():
+    for key, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != rows:
-            raise ModelError(f"{model}: output {name!r} has shape {array.shape} for {rows} "
+            raise ModelError(f"{model}: output {key!r} has shape {array.shape} for {rows} "
                              "input rows; mpiscore needs one output row per input row")
-        target = rename.get(name, name.replace("/", "_"))
-        fields.append(Field(target, array.dtype.str, array.shape[1:], f"output {name!r}"))
-    unknown = sorted(set(rename) - set(outputs))
+        dtype = _string_dtype(array, label_width) if array.dtype.kind in "OU" else array.dtype.str
+        column = columns[key]
+        where = f"output {column.output!r}" + ("" if column.label is None
+                                                else f" class {column.label!r}")
+        fields.append(Field(column_name(column, rename), dtype, array.shape[1:], where))
+    sources = {column.output for column in columns.values()}
+    unknown = sorted(set(rename) - sources)
     if unknown:
         raise ModelError(f"{model}: --rename names unknown outputs {unknown}; "
-                         f"outputs are {list(outputs)}")
+                         f"outputs are {list(dict.fromkeys(c.output for c in columns.values()))}")
     names = [f.name for f in fields]
     clashes = sorted({n for n in names if names.count(n) > 1} | ({RESERVED} & set(names)))
     if clashes:
-        raise ConfigError(f"output name {', '.join(clashes)} is taken (by another output, or "
-                          f"reserved for mpiscore's {RESERVED}); choose another with --rename")
+        makers = "; ".join(f"{n} by {', '.join(f.where for f in fields if f.name == n)}"
+                           for n in clashes)
+        raise ConfigError(f"output name {', '.join(clashes)} is taken ({makers}; names must "
+                          f"differ, and {RESERVED} is mpiscore's own); choose another with "
+                          "--rename OUTPUT=NAME")
     return fields
+
+
+def column_name(column: Column, rename: dict[str, str]) -> str:
+    """The written name of a column: its output's name (``--rename`` applies to the ONNX
+    output), then ``_<class>`` for one class of a map output; '/' (HDF5's group
+    separator) becomes '_' in the names mpiscore makes."""
+    base = rename.get(column.output, column.output.replace("/", "_"))
+    return base if column.label is None else f"{base}_{column.label.replace('/', '_')}"
+
+
+def _string_dtype(array: np.ndarray, label_width: int) -> str:
+    longest = max((len(str(value).encode()) for value in array.reshape(-1)), default=0)
+    return f"|S{max(longest, label_width, 1)}"

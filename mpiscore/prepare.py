@@ -30,6 +30,7 @@ from .io.registry import (
 from .job import Job
 from .journal import check_resumable, completed, fingerprint
 from .model import bind_inputs, model_digest, output_fields, tensor_spec
+from .outputs import label_width
 from .plan import Plan, make_plan
 from .score import Scorer
 
@@ -51,7 +52,8 @@ def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession
     plan = make_plan(files, config.batch_size.rows_for(row_nbytes))
     scorer = Scorer(session, bindings, str(config.model))
     probe, probe_rows = _probe(scorer, source, plan)
-    model_outputs = output_fields(probe, dict(config.rename), probe_rows, str(config.model))
+    model_outputs = output_fields(probe, dict(config.rename), probe_rows, str(config.model),
+                                  scorer.columns, label_width(model_bytes))
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
     target.check(outputs, kept, config.resume)

@@ -3,7 +3,9 @@
 Thread counts are always set explicitly (ONNX Runtime otherwise sizes its
 pools from the whole machine and spins idle threads), and models with a
 fixed batch dimension are fed in sub-batches of that size, the last one
-padded with zeros and its padding dropped from the output.
+padded with zeros and its padding dropped from the output. What the session
+returns becomes one NumPy array per output column here (outputs.py), so
+ZipMap maps and string labels look like any other output downstream.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import onnxruntime as ort
 from .config import ScorerSettings
 from .errors import ConfigError, ModelError, ScoringError
 from .model import InputBinding, TensorSpec, tensor_spec
+from .outputs import Column, OutputConverter, output_kinds
 
 OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -67,32 +70,51 @@ class Scorer:
         self.session, self.bindings, self.model = session, bindings, model
         self.inputs = [tensor_spec(node, model) for node in session.get_inputs()]
         self.output_names = [node.name for node in session.get_outputs()]
+        self.converter = OutputConverter(output_kinds(session.get_outputs(), model), model)
         self.fixed_batch = _fixed_batch(self.inputs, model)
 
+    @property
+    def columns(self) -> dict[str, Column]:
+        """The ONNX output (and class) behind each column key of :meth:`score`'s result."""
+        return self.converter.columns
+
     def score(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Model outputs for a batch, one output row per input row."""
+        """Output columns for a batch, one row per input row, keyed by their default
+        names (``columns`` says where each comes from)."""
         feeds = {b.name: _adapt(arrays[b.name], b) for b in self.bindings}
         rows = len(next(iter(feeds.values())))
         if self.fixed_batch is None or self.fixed_batch == rows:
-            results = self._run(feeds)
-        else:
-            results = self._run_in_pieces(feeds, rows, self.fixed_batch)
-        return dict(zip(self.output_names, results, strict=True))
+            return _Columns(self.model, self.converter.convert(self._run(feeds), rows))
+        return _Columns(self.model, self._run_in_pieces(feeds, rows, self.fixed_batch))
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[object]:
         try:
             return self.session.run(self.output_names, feeds)
         except Exception as exc:  # onnxruntime raises its own pybind types
             raise ScoringError(f"{self.model}: onnxruntime failed: {_first_line(exc)}") from exc
 
     def _run_in_pieces(self, feeds: dict[str, np.ndarray], rows: int, size: int
-                       ) -> list[np.ndarray]:
+                       ) -> dict[str, np.ndarray]:
         pieces = []
         for start in range(0, rows, size):
             chunk = {name: _pad(array[start:start + size], size) for name, array in feeds.items()}
             taken = min(size, rows - start)
-            pieces.append([out[:taken] for out in self._run(chunk)])
-        return [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
+            columns = self.converter.convert(self._run(chunk), size)
+            pieces.append({key: column[:taken] for key, column in columns.items()})
+        return {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
+
+
+class _Columns(dict[str, np.ndarray]):
+    """A batch's output columns. A column the job expects but this batch lacks (a map
+    output whose classes differ between scoring processes) fails the batch by name."""
+
+    def __init__(self, model: str, columns: dict[str, np.ndarray]) -> None:
+        super().__init__(columns)
+        self.model = model
+
+    def __missing__(self, key: str) -> np.ndarray:
+        raise ScoringError(f"{self.model}: no output column {key!r} in this batch (it has "
+                           f"{', '.join(self)}); the model's outputs changed form between batches")
 
 
 def _fixed_batch(inputs: list[TensorSpec], model: str) -> int | None:

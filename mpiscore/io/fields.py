@@ -54,7 +54,8 @@ Columns = dict[str, object]
 def fill_columns(fields: list[Field], rows: int) -> dict[str, np.ndarray]:
     """Output rows of a batch that failed for good: documented fill values, status 1.
 
-    Floats are NaN, signed integers -1, unsigned integers their maximum, booleans False.
+    Floats are NaN, signed integers -1, unsigned integers their maximum, booleans
+    False, strings empty.
     """
     columns = {}
     for field in fields:
@@ -65,6 +66,8 @@ def fill_columns(fields: list[Field], rows: int) -> dict[str, np.ndarray]:
             value = -1
         elif dtype.kind == "u":
             value = np.iinfo(dtype).max
+        elif dtype.kind in "SU":
+            value = b"" if dtype.kind == "S" else ""
         else:
             value = 0
         columns[field.name] = np.full((rows, *field.shape), value, dtype=dtype)

@@ -284,7 +284,10 @@ def _allocate(handle: h5py.File, field: Field, rows: int) -> int:
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     space = h5py.h5s.create_simple((rows, *field.shape))
-    dtype = h5py.h5t.py_create(np.dtype(field.dtype), logical=True)
+    numpy_dtype = np.dtype(field.dtype)
+    if numpy_dtype.kind == "S":  # text outputs: fixed-length UTF-8, as h5py's .asstr() reads
+        numpy_dtype = h5py.string_dtype("utf-8", numpy_dtype.itemsize)
+    dtype = h5py.h5t.py_create(numpy_dtype, logical=True)
     dataset = h5py.h5d.create(handle.id, field.name.encode(), dtype, space, dcpl=dcpl)
     return dataset.get_offset()
 
@@ -320,7 +323,10 @@ class Hdf5Writer:
             if getattr(columns[name], "null_count", 0):  # a carried Arrow column with gaps
                 raise OutputError(f"{self.final}:/{name} batch {batch.batch_id}: column has "
                                   "null values, which HDF5 cannot hold; write Parquet output")
-            data = np.ascontiguousarray(columns[name], dtype=field.dtype)
+            column = columns[name]
+            if np.dtype(field.dtype).kind == "S":
+                column = _fixed_utf8(column, field, f"{self.final}:/{name} batch {batch.batch_id}")
+            data = np.ascontiguousarray(column, dtype=field.dtype)
             if data.shape != (batch.rows, *field.shape):
                 raise OutputError(f"{self.final}:/{name} batch {batch.batch_id}: got shape "
                                   f"{data.shape}, expected {(batch.rows, *field.shape)}")
@@ -345,6 +351,23 @@ class Hdf5Writer:
             with h5py.File(self.partial, "r+") as handle:
                 handle.attrs[STATUS_ATTR] = "complete"
             os.replace(self.partial, self.final)
+
+
+def _fixed_utf8(column: object, field: Field, where: str) -> np.ndarray:
+    """Strings as UTF-8 bytes that fit the dataset's fixed width, which was set when the
+    output was created (from the model's class labels and the probe): a longer
+    value fails its batch rather than being cut short."""
+    array = np.asarray(column)
+    if array.dtype.kind != "S":
+        array = np.char.encode(array.astype(str), "utf-8")
+    width = np.dtype(field.dtype).itemsize
+    if array.dtype.itemsize > width:
+        longest = max(array.reshape(-1), key=len)
+        raise OutputError(f"{where}: value {longest.decode(errors='replace')!r} needs "
+                          f"{len(longest)} bytes, more than the {width} of this HDF5 string "
+                          "dataset (sized from the model's class labels and the probe batch); "
+                          "write Parquet output")
+    return array
 
 
 def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:

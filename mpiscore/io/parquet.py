@@ -173,11 +173,19 @@ def _stack(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
 
 
 def to_arrow(array: np.ndarray) -> pa.Array:
-    """One output column: a scalar per row, or a fixed-size list per row (flattened)."""
+    """One output column: a scalar per row, or a fixed-size list per row (flattened).
+
+    Text, as NumPy unicode or UTF-8 bytes (the fill values of failed batches),
+    is always Arrow ``string``, so every part of the output has one schema.
+    """
+    flat = array.reshape(-1)
+    if array.dtype.kind == "S":
+        values = pa.array(flat, type=pa.binary()).cast(pa.string())
+    else:
+        values = pa.array(flat, type=pa.string() if array.dtype.kind == "U" else None)
     if array.ndim == 1:
-        return pa.array(array)
-    width = math.prod(array.shape[1:])
-    return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), width)
+        return values
+    return pa.FixedSizeListArray.from_arrays(values, math.prod(array.shape[1:]))
 
 
 class ParquetWriter:

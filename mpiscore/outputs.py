@@ -1,0 +1,224 @@
+"""ONNX output values -> per-row columns: what a scored batch hands to the writers.
+
+onnxruntime returns tensors as NumPy arrays, but classifiers exported with
+skl2onnx's defaults (ZipMap) return a list of ``{class: probability}`` maps,
+one per row, and string labels as object arrays. Converting right after
+``session.run``, in the scoring process, lets everything downstream see one
+plain NumPy array per output column:
+
+- numeric tensors: as they are;
+- ``tensor(string)``: NumPy unicode arrays (HDF5 stores fixed-length UTF-8,
+  Parquet Arrow strings);
+- ``seq(map(K,tensor(V)))`` (ZipMap): one column per class, named
+  ``<output>_<class>``, classes in the sorted order of the first row's keys;
+- ``seq(tensor(T))``: the elements, one per row, stacked.
+
+Anything else is refused when the scorer is built, during set-up, with one
+line naming the output and its ONNX type.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError, ScoringError
+from .model import ORT_TYPES, Column
+
+_TENSOR = re.compile(r"tensor\((\w+)\)")
+_SEQ_OF_MAPS = re.compile(r"seq\(map\((int64|string),tensor\((\w+)\)\)\)")
+_SEQ_OF_TENSORS = re.compile(r"seq\(tensor\((\w+)\)\)")
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """How one ONNX output becomes columns: its form and the NumPy dtype of its values."""
+
+    name: str
+    ort_type: str
+    form: str  # "tensor", "maps" (one column per class) or "tensors" (stacked)
+    dtype: str  # "str" for strings
+
+
+def output_kinds(nodes: Sequence[Any], model: str) -> list[OutputKind]:
+    """The form of each session output (``NodeArg``s); those mpiscore cannot write are
+    refused together, in one line."""
+    kinds, refused = [], []
+    for node in nodes:
+        kind = _kind(node.name, node.type)
+        if kind is None:
+            refused.append(f"{node.name!r} has ONNX type {node.type}")
+        else:
+            kinds.append(kind)
+    if refused:
+        raise ModelError(f"{model}: output {', '.join(refused)}, which mpiscore cannot write "
+                         "(it writes numeric and string tensors, sequences of maps (ZipMap) "
+                         "and sequences of tensors)")
+    return kinds
+
+
+def _kind(name: str, ort_type: str) -> OutputKind | None:
+    for form, pattern in (("tensor", _TENSOR), ("maps", _SEQ_OF_MAPS),
+                          ("tensors", _SEQ_OF_TENSORS)):
+        match = pattern.fullmatch(ort_type)
+        if match:
+            dtype = _dtype(match.groups()[-1])
+            return None if dtype is None or (form == "maps" and dtype == "str") \
+                else OutputKind(name, ort_type, form, dtype)
+    return None
+
+
+def _dtype(element: str) -> str | None:
+    return "str" if element == "string" else ORT_TYPES.get(f"tensor({element})")
+
+
+class OutputConverter:
+    """Turns the values of one ``session.run`` into columns keyed by their default name.
+
+    A map output's classes are fixed by the first batch this converter sees
+    (the probe, in the process that prepares the job); every row of every later
+    batch must have the same classes, or the batch fails naming the output.
+    """
+
+    def __init__(self, kinds: list[OutputKind], model: str) -> None:
+        self.kinds, self.model = kinds, model
+        self.columns: dict[str, Column] = {}  # in output order, classes in sorted order
+        self.classes: dict[str, list[Any]] = {}  # map output -> its classes, sorted
+
+    def convert(self, values: Sequence[Any], rows: int) -> dict[str, np.ndarray]:
+        """One array per column, first dimension ``rows``."""
+        columns: dict[str, np.ndarray] = {}
+        for kind, value in zip(self.kinds, values, strict=True):
+            if kind.form == "maps":
+                for label, array in self._class_columns(kind, value, rows):
+                    self._add(columns, f"{kind.name}_{label}", array, Column(kind.name, label))
+            elif kind.form == "tensors":
+                self._add(columns, kind.name, self._stacked(kind, value, rows), Column(kind.name))
+            else:
+                array = value.astype(str) if kind.dtype == "str" else value
+                self._add(columns, kind.name, array, Column(kind.name))
+        return columns
+
+    def _add(self, columns: dict[str, np.ndarray], key: str, array: np.ndarray,
+             column: Column) -> None:
+        if key in columns:
+            raise ModelError(f"{self.model}: output {column.output!r} and another output both "
+                             f"make a column named {key!r}")
+        self.columns.setdefault(key, column)
+        columns[key] = array
+
+    def _class_columns(self, kind: OutputKind, maps: Sequence[dict[Any, Any]], rows: int
+                       ) -> Iterator[tuple[str, np.ndarray]]:
+        """One (label, probabilities) per class of a ZipMap-style list of maps."""
+        self._check_length(kind, maps, rows)
+        classes = self.classes.setdefault(kind.name, sorted(maps[0]))
+        keys = set(classes)
+        for row, mapping in enumerate(maps):
+            if mapping.keys() != keys:
+                raise ScoringError(f"{self.model}: output {kind.name!r} row {row} has classes "
+                                   f"{_shown(sorted(mapping))}; expected {_shown(classes)}, "
+                                   "those of the first row scored")
+        table = np.array([[mapping[c] for c in classes] for mapping in maps], dtype=kind.dtype)
+        for index, label in enumerate(classes):
+            yield str(label), np.ascontiguousarray(table[:, index])
+
+    def _stacked(self, kind: OutputKind, tensors: Sequence[np.ndarray], rows: int) -> np.ndarray:
+        self._check_length(kind, tensors, rows)
+        shapes = {np.shape(t) for t in tensors}
+        if len(shapes) > 1:
+            raise ModelError(f"{self.model}: output {kind.name!r} ({kind.ort_type}) holds "
+                             f"tensors of shapes {_shown(sorted(shapes))}; mpiscore needs one "
+                             "tensor per row, all of one shape")
+        stacked = np.stack([np.asarray(t) for t in tensors])
+        return stacked.astype(str) if kind.dtype == "str" else stacked
+
+    def _check_length(self, kind: OutputKind, values: Sequence[Any], rows: int) -> None:
+        if len(values) != rows:
+            raise ModelError(f"{self.model}: output {kind.name!r} ({kind.ort_type}) has "
+                             f"{len(values)} elements for {rows} input rows; mpiscore needs "
+                             "one element per input row")
+
+
+def _shown(items: list[Any], most: int = 8) -> str:
+    shown = ", ".join(map(repr, items[:most]))
+    return f"[{shown}]" if len(items) <= most else f"[{shown} and {len(items) - most} more]"
+
+
+LABEL_ATTRIBUTES = {b"classlabels_strings", b"values_strings", b"default_string",
+                    b"cats_strings"}
+"""Attributes holding the strings a model's nodes can output: class labels of
+ZipMap and the ai.onnx.ml classifiers, LabelEncoder and CategoryMapper values."""
+
+
+def label_width(model_bytes: bytes) -> int:
+    """UTF-8 bytes of the longest string label the model's nodes name (0 if none).
+
+    A string output of a classifier is one of its labels, so HDF5's
+    fixed-length strings sized by this never truncate one. Read straight from
+    the protobuf (ModelProto.graph.node.attribute), so mpiscore needs no
+    ``onnx`` package; a model it cannot walk gives 0, leaving the probe to size
+    the strings.
+    """
+    try:
+        graph = _message(memoryview(model_bytes), 7)  # ModelProto.graph
+        return 0 if graph is None else max(map(len, _graph_labels(graph)), default=0)
+    except (ValueError, IndexError):
+        return 0
+
+
+def _graph_labels(graph: memoryview) -> Iterator[bytes]:
+    """Label strings of a GraphProto's nodes (field 1) and their attributes (field 5),
+    subgraphs (AttributeProto g = 6, graphs = 11) included."""
+    for number, node in _fields(graph):
+        if number != 1 or not isinstance(node, memoryview):
+            continue
+        for kind, attribute in _fields(node):
+            if kind != 5 or not isinstance(attribute, memoryview):
+                continue
+            parts = list(_fields(attribute))
+            name = next((bytes(v) for n, v in parts if n == 1 and isinstance(v, memoryview)), b"")
+            for n, value in parts:
+                if isinstance(value, memoryview) and n in (6, 11):
+                    yield from _graph_labels(value)
+                elif isinstance(value, memoryview) and n in (4, 9) and name in LABEL_ATTRIBUTES:
+                    yield bytes(value)  # AttributeProto s = 4, strings = 9
+
+
+def _message(buffer: memoryview, number: int) -> memoryview | None:
+    return next((v for n, v in _fields(buffer) if n == number and isinstance(v, memoryview)),
+                None)
+
+
+def _fields(buffer: memoryview) -> Iterator[tuple[int, memoryview | int]]:
+    """(field number, value) of a protobuf message: bytes for length-delimited fields."""
+    position, end = 0, len(buffer)
+    while position < end:
+        key, position = _varint(buffer, position)
+        number, wire = key >> 3, key & 7
+        value: memoryview | int = 0
+        if wire == 0:
+            value, position = _varint(buffer, position)
+        elif wire == 2:
+            size, position = _varint(buffer, position)
+            value, position = buffer[position:position + size], position + size
+        elif wire in (1, 5):
+            position += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        if position > end:
+            raise ValueError("protobuf field runs past its message")
+        yield number, value
+
+
+def _varint(buffer: memoryview, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buffer[position]
+        value |= (byte & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+        if not byte & 0x80:
+            return value, position
