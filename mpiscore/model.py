@@ -92,10 +92,17 @@ def bind_inputs(model: str, inputs: list[TensorSpec], fields: dict[str, Field],
 
 def _bind(model: str, spec: TensorSpec, field: Field, cast: str) -> InputBinding:
     where = f"{field.where} -> {model} input {spec.name!r}"
-    if not np.can_cast(np.dtype(field.dtype), np.dtype(spec.dtype), casting=cast):
-        raise ModelError(
-            f"{where}: cannot cast {np.dtype(field.dtype)} to {spec.dtype} under --cast {cast}"
-            "; pass --cast same_kind to allow precision loss")
+    data, wanted = np.dtype(field.dtype), np.dtype(spec.dtype)
+    if not np.can_cast(data, wanted, casting=cast):
+        # --cast same_kind is the fix only for a loss of precision (float64 data, float32
+        # model); another kind of number usually means the wrong data feeds the input
+        # (an int64 id column stacked with float features), which a cast would hide.
+        needed = "same_kind" if np.can_cast(data, wanted, casting="same_kind") else "unsafe"
+        advice = (f"pass --cast same_kind to round it to {wanted}" if data.kind == wanted.kind
+                  == "f" else "check which data feeds this input (--columns, --map) and pass "
+                  f"--cast {needed} only if {data} values are meant for it")
+        raise ModelError(f"{where}: cannot cast {data} to {wanted} under --cast {cast}: the "
+                         f"data is {data}, the model input {wanted}; {advice}")
     return InputBinding(spec.name, spec.dtype, _row_shape(where, spec, field))
 
 

@@ -43,7 +43,7 @@ def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession
     written by an interrupted run (empty unless ``--resume``).
     """
     inputs = [tensor_spec(node, str(config.model)) for node in session.get_inputs()]
-    source = resolve_input(config, [spec.name for spec in inputs])
+    source = resolve_input(config, inputs)
     files, fields, kept = describe(source)
     if sum(f.rows for f in files) == 0:
         raise InputError(f"{', '.join(f.path for f in files[:3])}: input has no rows")

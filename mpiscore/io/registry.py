@@ -7,16 +7,19 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import JobConfig, detect_format, split_names
-from ..errors import ConfigError, InputError, ModelError, OutputError
+from ..errors import ConfigError, ModelError, OutputError
 from ..plan import Plan, SourceFile
 from . import hdf5
 from .fields import Field, ParquetSelection, Reader, Writer
 from .sources import expand
+
+if TYPE_CHECKING:
+    from ..model import TensorSpec
 
 
 def _parquet() -> ModuleType:
@@ -40,8 +43,13 @@ class ParquetInput:
 InputSource = Hdf5Input | ParquetInput
 
 
-def resolve_input(config: JobConfig, input_names: list[str]) -> InputSource:
-    """Expand the ``--input`` globs and decide which data feeds each model input."""
+def resolve_input(config: JobConfig, inputs: list[TensorSpec]) -> InputSource:
+    """Expand the ``--input`` globs and decide which data feeds each model input.
+
+    ``inputs`` are the model's inputs: their names pick a default dataset or
+    column, their shapes say what a default Parquet column must hold.
+    """
+    input_names = [spec.name for spec in inputs]
     specs = [(spec, path) for spec in config.inputs for path in expand(spec)]
     formats = {detect_format(path, config.input_format, "--input") for _, path in specs}
     if len(formats) > 1:
@@ -56,7 +64,7 @@ def resolve_input(config: JobConfig, input_names: list[str]) -> InputSource:
                                                                input_names))
                                for spec, path in specs))
     paths = tuple(path for _, path in specs)
-    return ParquetInput(paths, _selection(config, paths[0], input_names))
+    return ParquetInput(paths, _selection(config, paths[0], inputs))
 
 
 def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str]
@@ -66,18 +74,19 @@ def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str
     return ((names[0], dataset or hdf5.default_dataset(path, names[0])),)
 
 
-def _selection(config: JobConfig, first: str, names: list[str]) -> ParquetSelection:
+def _selection(config: JobConfig, first: str, inputs: list[TensorSpec]) -> ParquetSelection:
+    """--map, else --columns, else the one column that cannot be a wrong guess (never
+    "every numeric column": that scored id and label columns as features)."""
     parquet = _parquet()
     if config.mapping:
         features = tuple((name, split_names(cols)) for name, cols in config.mapping)
     else:
         schema = parquet.read_schema(first)
+        spec = inputs[0]
         columns = parquet.match_columns(first, schema, config.columns) if config.columns \
-            else parquet.numeric_columns(schema, config.keep_columns)
-        if not columns:
-            raise InputError(f"{first}: no numeric columns to use as features; name them "
-                             "with --columns")
-        features = ((names[0], columns),)
+            else parquet.default_columns(first, schema, spec.name, spec.shape[1:],
+                                         config.keep_columns)
+        features = ((spec.name, columns),)
     return ParquetSelection(features, config.keep_columns)
 
 
@@ -161,9 +170,9 @@ class OutputTarget:
         """Of the batches the journal lists, those whose output is still there to keep."""
         if self.format == "hdf5":
             return journal
-        for merged in self.partial.glob("part-*.parquet"):  # a merge that was cut short
-            merged.unlink()
-        return journal & _parquet().staged_batches(self.partial)
+        parquet = _parquet()
+        parquet.discard_staged(self.partial)  # half-written by processes of the cut-short run
+        return journal & parquet.written_batches(self.partial)
 
     def open_writer(self, fields: list[Field], kept: list[Field], plan: Plan,
                     offsets: dict[str, int], attrs: dict[str, Any]) -> Writer:

@@ -180,8 +180,8 @@ def test_null_ids_cannot_go_to_hdf5(job) -> None:
     ids = pa.array([1, None, 3, 4, 5, 6], pa.int64())
     path = job["dir"] / "nulls.parquet"
     pq.write_table(pa.table({"id": ids, **{f"f{i}": data[:, i] for i in range(8)}}), path)
-    result = mpiscore(2, "--model", job["model"], "--input", path, "--keep-columns", "id",
-                      "--output", job["out"], timeout=60)
+    result = mpiscore(2, "--model", job["model"], "--input", path, "--columns", "f*",
+                      "--keep-columns", "id", "--output", job["out"], timeout=60)
     assert result.returncode == 5, result.stderr
     assert "null values, which HDF5 cannot hold" in error_lines(result)[0]
     assert not job["out"].exists()

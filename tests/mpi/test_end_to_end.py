@@ -105,9 +105,11 @@ def test_parquet_directory_with_carried_ids(tmp_path, ranks) -> None:
     (folder / "_ignored.txt").write_text("not data")
     model = builders.mlp(tmp_path / "mlp.onnx")
     out = tmp_path / "scores.parquet"
-    result = mpiscore(ranks, "--model", model, "--input", folder, "--keep-columns", "id",
-                      "--output", out, "--mini-batch-size", 128)
+    result = mpiscore(ranks, "--model", model, "--input", folder, "--columns", "f*",
+                      "--keep-columns", "id", "--output", out, "--mini-batch-size", 128)
     assert result.returncode == 0, result.stderr
+    batches = json.loads((tmp_path / "scores.parquet.run" / "plan.json").read_text())["batches"]
+    assert sorted(p.name for p in out.iterdir()) == [f"part-{b[0]:09d}.parquet" for b in batches]
     table = ds.dataset(out).to_table()
     assert table.column_names == ["id", "logits", "label", "row_status"]
     assert not table["row_status"].to_numpy().any()
@@ -115,7 +117,8 @@ def test_parquet_directory_with_carried_ids(tmp_path, ranks) -> None:
     want = builders.reference(model, features=data)
     logits = np.stack(table["logits"].to_numpy(zero_copy_only=False))
     assert_matches({"logits": logits, "label": table["label"].to_numpy()}, want)
-    assert json.loads((out / "_mpiscore.json").read_text())["status"] == "complete"
+    info = json.loads(pq.read_metadata(out / "part-000000000.parquet").metadata[b"mpiscore"])
+    assert info["status"] == "complete" and info["output_shapes"]["logits"] == [3]
 
 
 def test_parquet_feature_columns_to_hdf5_with_ids(tmp_path) -> None:

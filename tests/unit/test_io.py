@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mpiscore.config import InputSpec
-from mpiscore.errors import InputError, OutputError
+from mpiscore.errors import ConfigError, InputError, OutputError
 from mpiscore.io import hdf5, parquet
 from mpiscore.io.fields import ROW_STATUS, Field, ParquetSelection, fill_columns
 from mpiscore.io.sources import expand
@@ -415,6 +415,46 @@ def test_column_selection_helpers(tmp_path: Path) -> None:
         parquet.match_columns(str(path), schema, ["g*"])
 
 
+def default(schema: pa.Schema, name: str = "x", row_shape: tuple = (16,),
+            keep: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return parquet.default_columns("d.parquet", schema, name, row_shape, keep)
+
+
+def test_default_columns_only_where_no_guess_is_needed(tmp_path: Path) -> None:
+    path = tmp_path / "a.parquet"
+    parquet_input(path, 3, 0)  # id (string), f0, f1, f2 numbers, vec: fixed-size list of 4
+    schema = parquet.read_schema(str(path))
+    assert default(schema) == ("vec",)  # the only fixed-size-list column
+    assert default(schema, "f1", (1,)) == ("f1",)  # named like a 1-wide input
+    assert default(schema, "f1", ()) == ("f1",)
+    with pytest.raises(ConfigError, match=r"numeric columns f0, f1, f2; name them: "
+                                          r"--columns 'f\*'"):
+        default(schema, keep=("vec",))
+    with pytest.raises(ConfigError, match="numeric columns f0, f1, f2"):
+        default(schema, "f1", (4,), keep=("vec",))  # named, but a wide input: not a guess
+
+
+def test_default_columns_message_says_what_is_needed_and_cuts_lists() -> None:
+    schema = pa.schema([("id", pa.int64()), *[(f"f{i}", pa.float32()) for i in range(16)],
+                        ("flag", pa.bool_()), ("label", pa.int64())])
+    with pytest.raises(ConfigError) as caught:
+        default(schema, "pixels", (3, 8, 8))
+    message = str(caught.value)
+    assert message.startswith("d.parquet: which columns feed model input 'pixels' "
+                              "(3 x 8 x 8 = 192 values per row)?")
+    assert "id, f0, f1, f2, f3, f4, f5, f6 ... and 11 more" in message
+    assert message.endswith("--columns 'f[0-9]*'")  # 'f*' would take flag too
+    with pytest.raises(ConfigError, match="a width the model leaves open"):
+        default(schema, "x", (None,))
+    numbered = pa.schema([(name, pa.float64()) for name in ("a1", "b1", "b2", "b3", "a2")])
+    with pytest.raises(ConfigError, match=r"--columns 'a\*'$"):
+        default(numbered, "x", (2,))  # the run as wide as the input first
+    with pytest.raises(ConfigError, match=r"--columns 'b\*'$"):
+        default(numbered, "x", (5,))  # else the longest
+    with pytest.raises(InputError, match="no numeric column to feed model input 'x'"):
+        default(pa.schema([("s", pa.string())]))
+
+
 # ---- Parquet output ------------------------------------------------------------------------
 
 
@@ -449,6 +489,10 @@ def check_table(table: pa.Table, expected: dict[str, np.ndarray]) -> None:
     np.testing.assert_array_equal(table.column("row_status").to_numpy(), expected["row_status"])
 
 
+def part_names(batches: tuple[Batch, ...]) -> list[str]:
+    return [f"part-{b.batch_id:09d}.parquet" for b in batches]
+
+
 def test_parquet_writer_out_of_order_batches_read_back_in_row_order(tmp_path: Path) -> None:
     plan = make_plan([SourceFile("a.parquet", 25, (7, 7, 11)), SourceFile("b.parquet", 9)], 8)
     writer, partial, final = parquet_output(tmp_path, plan.batches)
@@ -456,37 +500,39 @@ def test_parquet_writer_out_of_order_batches_read_back_in_row_order(tmp_path: Pa
     assert not final.exists()
     writer.finish(None, complete=True)
     assert final.is_dir() and not partial.exists()
-    assert not (final / parquet.STAGING).exists()
+    assert sorted(os.listdir(final)) == part_names(plan.batches)  # only Parquet files
     check_table(ds.dataset(final).to_table(), expected)
-    info = json.loads((final / parquet.METADATA).read_text())
-    assert info["status"] == "complete" and info["model"] == "m.onnx"
-    assert info["output_shapes"] == {"score": [3], "label": [], "row_status": []}
+    for batch in plan.batches:
+        info = json.loads(pq.read_metadata(final / part_names((batch,))[0])
+                          .metadata[parquet.METADATA_KEY.encode()])
+        assert info["status"] == "complete" and info["model"] == "m.onnx"
+        assert info["output_shapes"] == {"score": [3], "label": [], "row_status": []}
+        assert (info["batch_id"], info["row_range"]) == (batch.batch_id, [batch.global_start,
+                                                                          batch.global_stop])
 
 
-def test_parquet_writer_several_parts_in_name_order(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parquet, "PART_TARGET_BYTES", 100)  # a few batches per part file
+def test_parquet_finish_renames_and_rewrites_nothing(tmp_path: Path) -> None:
+    """Each batch is written once, as its final file: finish must not merge or copy it."""
     plan = make_plan([SourceFile("a.parquet", 60)], 4)
-    writer, _, final = parquet_output(tmp_path, plan.batches)
-    assert len(writer.groups) > 2
+    writer, partial, final = parquet_output(tmp_path, plan.batches)
     expected = write_all(writer, shuffled(plan.batches), 60)
+    inodes = {name: os.stat(partial / name).st_ino for name in part_names(plan.batches)}
     writer.finish(None, complete=True)
-    parts = sorted(p.name for p in final.glob("part-*.parquet"))
-    assert parts == [f"part-{i:06d}.parquet" for i in range(len(writer.groups))]
+    assert {name: os.stat(final / name).st_ino for name in inodes} == inodes
     check_table(ds.dataset(final).to_table(), expected)
 
 
-def test_parquet_incomplete_finish_keeps_staged_batches(tmp_path: Path) -> None:
+def test_parquet_incomplete_finish_keeps_written_batches(tmp_path: Path) -> None:
     plan = make_plan([SourceFile("a.parquet", 20)], 5)
     writer, partial, final = parquet_output(tmp_path, plan.batches)
     write_all(writer, [plan.batches[3], plan.batches[1]], 20)
     writer.finish(None, complete=False)
     assert not final.exists()
-    assert parquet.staged_batches(partial) == {1, 3}
+    assert parquet.written_batches(partial) == {1, 3}
 
 
 def test_parquet_batches_count_as_written_only_once_synced(tmp_path: Path) -> None:
-    """Staged batches get their name (what --resume counts) only when flushed together."""
+    """A batch gets its part name (what --resume counts) only when flushed."""
     plan = make_plan([SourceFile("a.parquet", 20)], 5)
     writer, partial, _ = parquet_output(tmp_path, plan.batches)
     expected = expected_outputs(20)
@@ -494,26 +540,96 @@ def test_parquet_batches_count_as_written_only_once_synced(tmp_path: Path) -> No
         part = slice(batch.global_start, batch.global_stop)
         writer.write(batch, {"id": pa.array([f"id-{i}" for i in range(5)]),
                              **{n: a[part] for n, a in expected.items()}})
-    assert parquet.staged_batches(partial) == set()
+    assert parquet.written_batches(partial) == set()
+    assert len(os.listdir(partial / parquet.STAGING)) == 2
     writer.sync()
-    assert parquet.staged_batches(partial) == {0, 1}
-    assert writer.unsynced == []
+    assert parquet.written_batches(partial) == {0, 1}
+    assert os.listdir(partial / parquet.STAGING) == [] and writer.unsynced == []
 
 
-def test_group_batches_runs_up_to_target() -> None:
-    batches = make_plan([SourceFile("a", 40)], 10).batches  # 4 batches of 10 rows
-    assert parquet.group_batches(batches, 1, 20) == [[0, 1], [2, 3]]
-    assert parquet.group_batches(batches, 1, 25) == [[0, 1, 2], [3]]
-    assert parquet.group_batches(batches, 1, 1000) == [[0, 1, 2, 3]]
-    assert parquet.group_batches(batches, 100, 10) == [[0], [1], [2], [3]]
-    assert parquet.group_batches((), 1, 10) == []
+def test_parquet_leftovers_of_a_killed_process_are_discarded(tmp_path: Path) -> None:
+    plan = make_plan([SourceFile("a.parquet", 20)], 5)
+    writer, partial, final = parquet_output(tmp_path, plan.batches)
+    left = partial / parquet.STAGING / "part-000000002.parquet.99999.tmp"
+    left.write_bytes(b"half a batch")
+    expected = write_all(writer, list(plan.batches), 20)
+    writer.finish(None, complete=True)
+    assert sorted(os.listdir(final)) == part_names(plan.batches)
+    check_table(ds.dataset(final).to_table(), expected)
 
 
-def test_group_batches_cover_every_batch_once_in_order() -> None:
-    batches = make_plan([SourceFile("a", 97, (13, 40, 44)), SourceFile("b", 31)], 9).batches
-    groups = parquet.group_batches(batches, 3, 50)
-    assert [i for group in groups for i in group] == [b.batch_id for b in batches]
-    assert all(group for group in groups)
+def test_parquet_resume_keeps_journaled_batches_on_disk(tmp_path: Path) -> None:
+    from mpiscore.io.registry import OutputTarget
+
+    plan = make_plan([SourceFile("a.parquet", 20)], 5)
+    writer, partial, final = parquet_output(tmp_path, plan.batches)
+    write_all(writer, [plan.batches[0], plan.batches[2]], 20)
+    left = partial / parquet.STAGING / "part-000000001.parquet.4242.tmp"
+    left.write_bytes(b"cut short")
+    target = OutputTarget("parquet", final, overwrite=False)
+    assert target.written({0, 1, 3}) == {0}  # 1 and 3 journaled but not on disk: rescored
+    assert not left.exists()
+
+
+def test_parquet_finish_refuses_a_missing_batch(tmp_path: Path) -> None:
+    plan = make_plan([SourceFile("a.parquet", 20)], 5)
+    writer, partial, final = parquet_output(tmp_path, plan.batches)
+    write_all(writer, list(plan.batches), 20)
+    (partial / "part-000000002.parquet").unlink()
+    with pytest.raises(OutputError, match=r"part files of batches 2 are missing; rerun with "
+                                          "--resume"):
+        writer.finish(None, complete=True)
+    assert partial.is_dir() and not final.exists()
+
+
+def test_parquet_finish_says_what_it_does_when_it_takes_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(parquet, "LOG_FINISH_PARTS", 2)
+    plan = make_plan([SourceFile("a.parquet", 20)], 5)
+    writer, _, final = parquet_output(tmp_path, plan.batches)
+    write_all(writer, list(plan.batches), 20)
+    with caplog.at_level("INFO", logger="mpiscore"):
+        writer.finish(None, complete=True)
+    assert f"checking the 4 part files of {final}.partial, then renaming it" in caplog.text
+
+
+def test_owned_recognises_only_our_outputs(tmp_path: Path) -> None:
+    plan = make_plan([SourceFile("a.parquet", 20)], 5)
+    writer, partial, final = parquet_output(tmp_path, plan.batches)
+    assert parquet.owned(partial)  # just created: an empty staging area marks it
+    write_all(writer, list(plan.batches[:2]), 20)
+    (partial / parquet.STAGING / "part-000000003.parquet.7.tmp").write_bytes(b"")
+    assert parquet.owned(partial)  # part files and a half-written one
+    write_all(writer, list(plan.batches[2:]), 20)
+    writer.finish(None, complete=True)
+    assert parquet.owned(final)
+    assert not parquet.owned(tmp_path / "missing")
+    assert not parquet.owned(final / "part-000000000.parquet")  # a file, not an output
+    link = tmp_path / "link"
+    link.symlink_to(final)
+    assert not parquet.owned(link)
+
+
+@pytest.mark.parametrize("intruder", ["notes.txt", "_staging/notes.txt", ".hidden",
+                                      "part-1.parquet", "part-000000009.parquet", "empty",
+                                      "subdir"])
+def test_owned_refuses_directories_holding_anything_else(tmp_path: Path, intruder: str) -> None:
+    plan = make_plan([SourceFile("a.parquet", 10)], 5)
+    writer, _, final = parquet_output(tmp_path, plan.batches)
+    write_all(writer, list(plan.batches), 10)
+    writer.finish(None, complete=True)
+    if intruder == "empty":
+        for name in os.listdir(final):
+            (final / name).unlink()
+    elif intruder == "subdir":
+        (final / "part-000000008.parquet").mkdir()
+    elif intruder == "part-000000009.parquet":  # right name, but not written by mpiscore
+        pq.write_table(pa.table({"x": [1]}), final / intruder)
+    else:
+        (final / intruder).parent.mkdir(exist_ok=True)
+        (final / intruder).write_text("someone else's")
+    assert not parquet.owned(final)
 
 
 def test_to_arrow_shapes() -> None:
