@@ -14,15 +14,24 @@ from __future__ import annotations
 import resource
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .config import JobConfig
-from .errors import Interrupted, ModelError, MpiscoreError, OutputError, ScoringError
+from .errors import (
+    Interrupted,
+    ModelError,
+    MpiscoreError,
+    ScoringError,
+    error_class,
+    storage_error,
+)
 from .faults import FaultPlan
 from .io.fields import fill_columns
 from .io.registry import open_reader
 from .job import Job
-from .journal import FINGERPRINT, Journal
+from .journal import FINGERPRINT, Journal, changed_input, journal_token
 from .model import model_digest, read_model
 from .plan import Batch
 from .pool import ScorerPool, ScorerSpec, start_pool
@@ -48,6 +57,7 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
     started = time.perf_counter()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
     pool = pool or start_pool(config, comm)
+    job = None
     try:
         job, done, model = _broadcast_job(config, comm, rank, pool)
         host = hostname()
@@ -60,6 +70,8 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
         finally:
             stop_logging(handlers)
     finally:
+        if job is not None and rank == 0:
+            job.lock.release()
         pool.close()
         pool.reap()
 
@@ -75,8 +87,12 @@ def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerP
             pool.prepare(config)  # asked already if the CLI started the pool
             model = read_model(config.model)  # while the scoring process prepares
             job, done = pool.prepared()
-            _check_same_model(job, model)
-            _create_run_dir(job)
+            try:
+                _check_same_model(job, model)
+                _create_run_dir(job)
+            except BaseException:
+                job.lock.release()
+                raise
             outcome = job, done, model
         except Exception as exc:
             outcome = exc
@@ -103,10 +119,13 @@ def _create_run_dir(job: Job) -> None:
         write_json(run_dir / "plan.json", {**job.attrs, **job.plan.to_json()})
         write_json(run_dir / FINGERPRINT, job.fingerprint)
         # replaced when the job ends; until then no earlier summary remains
+        owner = job.lock.owner
         write_json(run_dir / "summary.json",
-                   {"status": "running", "output": str(job.config.output)})
+                   {"status": "running", "output": str(job.config.output),
+                    "host": owner.host, "pid": owner.pid, "slurm_job_id": owner.slurm_job_id,
+                    "lock": [str(path) for path in job.lock.paths]})
     except OSError as exc:
-        raise OutputError(f"--run-dir {run_dir}: cannot write: {exc.strerror or exc}") from exc
+        raise storage_error(run_dir, exc, "cannot write the run directory") from exc
 
 
 def _score(job: Job, pool: ScorerPool, done: set[int], comm: Any | None, rank: int, size: int,
@@ -132,13 +151,18 @@ def _score(job: Job, pool: ScorerPool, done: set[int], comm: Any | None, rank: i
     loop = (time.perf_counter() - loop_started, time.process_time() - loop_cpu)
     pool.close()
     status = broadcast(comm, _status(scheduler) if rank == 0 else None)
-    _finish_output(job, scheduler, comm, status)
+    finish_error = _finish_output(job, scheduler, comm, status)
     stats = _rank_stats(worker, rank, spec, started, ready, loop)
-    every_rank = gather(comm, stats)  # a collective: called on every rank, outside any branch
+    every_rank = gather(comm, (stats, finish_error))  # collective: on every rank, no branch
     report = None
     if rank == 0:
-        assert scheduler is not None
-        report = _report(job, scheduler, status, every_rank, size, started, ready)
+        assert scheduler is not None and every_rank is not None
+        errors = [error for _, error in every_rank if error is not None]
+        if errors:  # the output could not be finished: it stays partial
+            scheduler.halt(errors[0][1], errors[0][0])
+            status = _status(scheduler)
+        report = _report(job, scheduler, status, [s for s, _ in every_rank], size, started,
+                         ready)
     report = broadcast(comm, report)
     _raise_unless_complete(report)
     return report
@@ -159,7 +183,8 @@ def _coordinate(job: Job, done: set[int], worker: RankWorker, comm: Any | None, 
     inbox: deque[Message] = deque()
     outbox: deque[Message] = deque()
     worker.send_up = outbox.append
-    journal = Journal(config.resolved_run_dir, fresh=not config.resume)
+    journal = Journal(config.resolved_run_dir, journal_token(job.fingerprint),
+                      len(job.plan.batches), fresh=not config.resume)
     progress = Progress(sum(b.rows for b in todo), len(todo), config.progress_seconds)
 
     def send(rank: int, message: Message) -> None:
@@ -170,32 +195,62 @@ def _coordinate(job: Job, done: set[int], worker: RankWorker, comm: Any | None, 
             remote.send(rank, message)
 
     def on_complete(batch: Batch) -> None:
-        journal.record(batch.batch_id)
+        if scheduler.stop_error != "StorageError":  # a journal that failed takes no more
+            _halting_on(scheduler, lambda: journal.record(batch.batch_id))
         progress(batch.rows)
+
+    def between_messages() -> str | None:
+        _halting_on(scheduler, job.lock.refresh)
+        return stop_requested()
 
     coordinator = Coordinator(scheduler, list(range(size)), send, on_complete)
     try:
-        serve(coordinator, worker, inbox, outbox, remote, stop_requested)
+        serve(coordinator, worker, inbox, outbox, remote, between_messages)
     finally:
-        journal.close()
+        _halting_on(scheduler, journal.close)
+    if scheduler.stop_reason is None and (change := changed_input(job.fingerprint)):
+        scheduler.halt(change, "InputChanged")
     return scheduler
+
+
+def _halting_on(scheduler: Scheduler, step: Callable[[], None]) -> None:
+    """Run a step of rank 0's own (journal, lock); an error of ours stops the job with
+    it, so every rank drains and leaves cleanly instead of being aborted."""
+    try:
+        step()
+    except MpiscoreError as exc:
+        scheduler.halt(str(exc), type(exc).__name__)
 
 
 def _status(scheduler: Scheduler | None) -> str:
     assert scheduler is not None
     if scheduler.stop_reason is None:
         return "complete"
-    return "failed" if scheduler.stop_reason.startswith("error budget") else "stopped"
+    return "failed" if scheduler.stop_error is not None else "stopped"
 
 
-def _finish_output(job: Job, scheduler: Scheduler | None, comm: Any | None, status: str) -> None:
-    """Fill the rows of failed batches (rank 0), then finish the output on every rank."""
+def _finish_output(job: Job, scheduler: Scheduler | None, comm: Any | None, status: str
+                   ) -> tuple[str, str] | None:
+    """Fill the rows of failed batches (rank 0), then finish the output on every rank.
+
+    Returns the error (class name, message) that kept this rank from finishing it,
+    for rank 0 to report, instead of raising between collectives."""
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
-    if scheduler is not None and status == "complete" and scheduler.failed:
-        _write_fills(job, list(scheduler.failed.values()), writer)
+    failure = None
+    try:
+        if scheduler is not None and status == "complete" and scheduler.failed:
+            _write_fills(job, list(scheduler.failed.values()), writer)
+    except MpiscoreError as exc:
+        failure = exc
     writer.close()
-    writer.finish(comm, complete=status == "complete")
+    try:  # collective: every rank takes part, even one that failed above
+        writer.finish(comm, complete=status == "complete" and failure is None)
+    except MpiscoreError as exc:
+        failure = failure or exc
+    except OSError as exc:
+        failure = failure or storage_error(job.target.partial, exc, "cannot finish the output")
+    return None if failure is None else (type(failure).__name__, str(failure))
 
 
 def _write_fills(job: Job, batches: list[Batch], writer: Any) -> None:
@@ -227,33 +282,47 @@ def _rank_stats(worker: RankWorker, rank: int, spec: ScorerSpec, started: float,
                      spec.settings.intra_op_threads)
 
 
-def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats] | None,
+def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
             size: int, started: float, ready: float) -> RunReport:
+    """The job's summary, written to the run directory (rank 0). A summary that cannot
+    be written ends the job with a StorageError/OutputError naming it, as ``error``."""
     wall = time.perf_counter() - started
-    rows = sum(s.rows for s in stats or [])
+    rows = sum(s.rows for s in stats)
     run_dir = job.config.resolved_run_dir
     failed = [{"batch_id": b.batch_id, "file": job.plan.files[b.file_index].path,
                "file_rows": [b.start, b.stop], "rows": [b.global_start, b.global_stop],
                "attempts": [vars(a) for a in scheduler.attempts[b.batch_id]]}
               for b in scheduler.failed.values()]
-    write_json(run_dir / "failed_batches.json", {"failed": failed})
     first = failed[0]["attempts"][-1]["error"] if failed else None
-    report = RunReport(status, scheduler.stop_reason, first, str(job.config.output), str(run_dir),
-                       job.plan.total_rows, rows, len(job.plan.batches), len(scheduler.completed),
-                       len(failed), sum(b.rows for b in scheduler.failed.values()), size,
-                       wall, ready - started, rows / wall, list(stats or []))
-    write_json(run_dir / "summary.json", report.to_json())
-    LOG.info("%s: %d rows scored in %.2fs on %d rank(s), %.0f rows/s, %d batches failed -> %s",
-             status, rows, wall, size, rows / wall, len(failed), job.config.output)
+    output = job.target.final if status == "complete" else job.target.partial
+    report = RunReport(status, scheduler.stop_reason, scheduler.stop_error, first, str(output),
+                       str(run_dir), job.plan.total_rows, rows, len(job.plan.batches),
+                       len(scheduler.completed), len(failed),
+                       sum(b.rows for b in scheduler.failed.values()), size,
+                       wall, ready - started, rows / wall, stats)
+    try:
+        write_json(run_dir / "failed_batches.json", {"failed": failed})
+        write_json(run_dir / "summary.json", report.to_json())
+    except OSError as exc:
+        error = storage_error(run_dir / "summary.json", exc, "cannot write the job's summary")
+        kept = "is complete" if status == "complete" else "stays partial"
+        return replace(report, status="failed", error=type(error).__name__,
+                       stop_reason=f"{error} ({output} {kept})")
+    LOG.info("%s: %d rows scored by this run in %.2fs on %d rank(s), %.0f rows/s; %d of %d "
+             "batches written, %d failed -> %s", status, rows, wall, size, rows / wall,
+             len(scheduler.completed), len(job.plan.batches), len(failed), output)
     return report
 
 
 def _raise_unless_complete(report: RunReport) -> None:
     if report.status == "stopped":
         raise Interrupted(f"stopped ({report.stop_reason}); {report.batches_done} of "
-                          f"{report.batches} batches written; rerun with --resume to finish",
-                          collective=True)
-    if report.status == "failed":
+                          f"{report.batches} batches written to {report.output}; rerun with "
+                          "--resume to finish", collective=True)
+    if report.status != "failed":
+        return
+    if report.error == "ScoringError":
         raise ScoringError(f"{report.stop_reason}; first failure: {report.first_failure}; "
-                           f"output left partial, details in {report.run_dir}/failed_batches.json",
-                           collective=True)
+                           f"output left partial ({report.output}), details in "
+                           f"{report.run_dir}/failed_batches.json", collective=True)
+    raise error_class(report.error or "")(report.stop_reason or "failed", collective=True)

@@ -3,15 +3,20 @@
     MpiscoreError            anything mpiscore reports to the user (exit 1)
      +-- ConfigError         options that contradict each other or make no sense (exit 2)
      +-- InputError          missing or malformed input files, datasets, columns (exit 3)
+     |    +-- InputChanged   an input file was modified while the job ran (exit 3)
      +-- ModelError          unreadable model, or a model that does not fit the data (exit 4)
      +-- ScoringError        ONNX Runtime failed on a batch (exit 5)
      +-- OutputError         output exists, is not writable or could not be written (exit 6)
+     |    +-- StorageError   the disk is full, over quota, read-only or failing (exit 6):
+     |                       the job stops at once, resumable; never a batch's failure
      +-- Interrupted         stopped by a signal; resumable with --resume (exit 75)
 
 Messages name the object and where: ``data/x.h5:/features rows 0-4095: ...``.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class MpiscoreError(Exception):
@@ -46,6 +51,11 @@ class InputError(MpiscoreError):
     exit_code = 3
 
 
+class InputChanged(InputError):
+    """An input file was modified while the job read it; an output mixing its old
+    and new rows would be wrong, so the job stops and the output stays partial."""
+
+
 class ModelError(MpiscoreError):
     """The model cannot be loaded or does not match the input data."""
 
@@ -64,6 +74,37 @@ class OutputError(MpiscoreError):
     exit_code = 6
 
 
+class StorageError(OutputError):
+    """The output or run directory's storage refused a write: full, over quota, too
+    big for a file-size limit, read-only, or failing. Not the batch's fault, so it
+    stops the job at once instead of being retried and counted against the error
+    budget; once there is space again, ``--resume`` finishes the job."""
+
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the storage refusing a write."""
+    while exc is not None:
+        if isinstance(exc, StorageError) or (
+                isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def storage_error(path: object, exc: OSError, doing: str) -> OutputError:
+    """The one-line error for a failed write of ``path``: a StorageError, naming the
+    errno, when the storage refused it; else an OutputError."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = f"{exc.strerror or exc} ({code})" if code else f"{exc.strerror or exc}"
+    if exc.errno in STORAGE_ERRNOS:
+        return StorageError(f"{path}: {doing}: {reason}; free space (or raise the quota or "
+                            "limit), then rerun with --resume")
+    return OutputError(f"{path}: {doing}: {reason}")
+
+
 class Interrupted(MpiscoreError):
     """The job stopped early on SIGTERM/SIGINT; ``--resume`` finishes it.
 
@@ -71,3 +112,13 @@ class Interrupted(MpiscoreError):
     """
 
     exit_code = 75
+
+
+def error_class(name: str) -> type[MpiscoreError]:
+    """The error class called ``name`` (error kinds travel between processes by name)."""
+    kinds = {cls.__name__: cls for cls in _subclasses(MpiscoreError)}
+    return kinds.get(name, MpiscoreError)
+
+
+def _subclasses(cls: type[MpiscoreError]) -> list[type[MpiscoreError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _subclasses(sub))]

@@ -13,6 +13,7 @@ from typing import Any
 from .config import JobConfig
 from .io.fields import ROW_STATUS, Field
 from .io.registry import InputSource, OutputTarget
+from .lock import JobLock
 from .model import InputBinding
 from .plan import Plan
 
@@ -33,6 +34,7 @@ class Job:
     offsets: dict[str, int]
     attrs: dict[str, Any]
     fingerprint: dict[str, Any]
+    lock: JobLock  # held by rank 0 for the job's life
 
     @property
     def written_fields(self) -> list[Field]:

@@ -1,8 +1,9 @@
 """The run directory's durable record of progress, and the checks that make resuming safe.
 
-``journal.txt`` gets one line per batch, appended by the coordinator only
-after the scoring process has written and flushed that batch's output; a
-killed job therefore never claims a row it did not write. ``fingerprint.json``
+``journal.txt`` gets one self-checking record per batch, appended by the
+coordinator only after the scoring process has written and flushed that
+batch's output; a killed job therefore never claims a row it did not write,
+and a record torn by a kill or a full disk is dropped, never trusted. ``fingerprint.json``
 records what the output was made from (model hash, input files with sizes
 and modification times, the plan, the output layout); ``--resume`` refuses to
 continue when any of it changed, and says what.
@@ -10,16 +11,19 @@ continue when any of it changed, and says what.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, storage_error
 
 JOURNAL = "journal.txt"
 FINGERPRINT = "fingerprint.json"
+MAGIC = "mpiscore-journal 2"
 
 
 def fingerprint(model_sha256: str, files: list[str], plan_rows: list[list[int]],
@@ -34,6 +38,30 @@ def fingerprint(model_sha256: str, files: list[str], plan_rows: list[list[int]],
         "output": {"path": output, "format": output_format,
                    "fields": [[name, dtype, list(shape)] for name, dtype, shape in fields]},
     }
+
+
+def changed_input(stamp: dict[str, Any], index: int | None = None) -> str | None:
+    """What changed about the input files (or only file ``index``) since the job
+    described them, in words, or None. Size and modification time are checked: an
+    input rewritten in place with both kept (``cp -p``, ``touch -r``) goes unseen."""
+    inputs = stamp["inputs"]
+    for recorded in inputs if index is None else [inputs[index]]:
+        try:
+            now = _file_stamp(recorded["path"])
+        except OSError as exc:
+            return f"{recorded['path']}: input file gone while the job ran ({exc.strerror})"
+        if now != recorded:
+            what = "size" if now["bytes"] != recorded["bytes"] else "modification time"
+            return (f"{recorded['path']}: input file changed while the job ran ({what} "
+                    "differs); its rows may mix old and new data, so the output stays "
+                    "partial; score it again with --overwrite")
+    return None
+
+
+def journal_token(stamp: dict[str, Any]) -> str:
+    """A short digest of the fingerprint: the journal's records are bound to it, so a
+    journal from another job's plan or inputs verifies nothing."""
+    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _file_stamp(path: str) -> dict[str, Any]:
@@ -63,26 +91,102 @@ def _difference(before: Any, after: Any) -> str:
     return f"was {before}, now {after}"
 
 
-def completed(run_dir: Path) -> set[int]:
-    """Batch ids the journal records as written (a torn last line is ignored)."""
-    path = run_dir / JOURNAL
-    if not path.exists():
-        return set()
-    lines = path.read_text().split("\n")
-    return {int(line) for line in lines[:-1] if line.strip().isdigit()}
+def completed(run_dir: Path, token: str, batches: int) -> set[int]:
+    """Batch ids the journal records as written; a record that does not verify, and
+    everything after it, is not trusted."""
+    return JournalFile(run_dir / JOURNAL, token, batches).read()[0]
+
+
+class JournalFile:
+    """``journal.txt``: a header naming the plan, then one self-checking record per batch.
+
+    ::
+
+        mpiscore-journal 2 <token>
+        <batch_id> <crc32 of "<token> <batch_id>", 8 hex digits>
+
+    A record cut short by a kill, a full disk or a file-size limit lacks its
+    newline or its checksum; a record from another job's plan has the wrong
+    checksum; a batch id outside the plan is refused. Reading stops at the first
+    record that does not verify, and appending starts there (the file is cut
+    back), so a torn record can never merge with the next one into a valid id.
+    """
+
+    def __init__(self, path: Path, token: str, batches: int) -> None:
+        self.path, self.token, self.batches = path, token, batches
+
+    @property
+    def header(self) -> bytes:
+        return f"{MAGIC} {self.token}\n".encode()
+
+    def record(self, batch_id: int) -> bytes:
+        check = zlib.crc32(f"{self.token} {batch_id}".encode())
+        return f"{batch_id} {check:08x}\n".encode()
+
+    def read(self) -> tuple[set[int], int]:
+        """The verified batch ids, and the length of the file's verified part (0 when
+        the header is missing or names another plan: nothing in it is trusted)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return set(), 0
+        except OSError as exc:
+            raise storage_error(self.path, exc, "cannot read the journal") from exc
+        if not data.startswith(self.header):
+            return set(), 0
+        done: set[int] = set()
+        good = len(self.header)
+        while (end := data.find(b"\n", good)) >= 0:
+            batch_id = self._verify(data[good:end + 1])
+            if batch_id is None:
+                break
+            done.add(batch_id)
+            good = end + 1
+        return done, good
+
+    def _verify(self, line: bytes) -> int | None:
+        head, _, _ = line.partition(b" ")
+        if not head.isdigit() or not 0 <= int(head) < self.batches:
+            return None
+        batch_id = int(head)
+        return batch_id if line == self.record(batch_id) else None
 
 
 class Journal:
-    """Append-only list of completed batches, flushed line by line."""
+    """Appends verified records, one ``write`` each, to a journal cut back to its last
+    good record (or started afresh)."""
 
-    def __init__(self, run_dir: Path, fresh: bool) -> None:
-        mode = "w" if fresh else "a"
-        self.handle: TextIO = open(run_dir / JOURNAL, mode, buffering=1)  # noqa: SIM115
+    def __init__(self, run_dir: Path, token: str, batches: int, fresh: bool) -> None:
+        self.file = JournalFile(run_dir / JOURNAL, token, batches)
+        good = 0 if fresh else self.file.read()[1]
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if good == 0 else 0)
+            self.fd = os.open(self.file.path, flags, 0o644)
+            if good:
+                os.ftruncate(self.fd, good)
+            else:
+                self._write(self.file.header)
+            os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError as exc:
+            raise storage_error(self.file.path, exc, "cannot write the journal") from exc
 
     def record(self, batch_id: int) -> None:
-        self.handle.write(f"{batch_id}\n")
+        try:
+            self._write(self.file.record(batch_id))
+        except OSError as exc:
+            raise storage_error(self.file.path, exc,
+                                f"cannot record batch {batch_id} in the journal") from exc
+
+    def _write(self, data: bytes) -> None:
+        written = os.write(self.fd, data)
+        if written != len(data):  # a short write: the disk or a limit is full
+            raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
 
     def close(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        """Flush to storage and close; raises a StorageError when that fails."""
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise storage_error(self.file.path, exc, "cannot flush the journal") from exc
+        finally:
+            os.close(self.fd)

@@ -6,11 +6,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .errors import InputError, MpiscoreError
+from .errors import InputChanged, InputError, MpiscoreError
 from .io.fields import ROW_STATUS, Columns, Field, Reader, Writer
+from .journal import changed_input
 from .plan import Batch
 from .pool import StageTimes
 from .score import Scorer
@@ -45,8 +47,11 @@ class BatchProcessor:
 
     def __init__(self, readers: Sequence[Reader], scorer: Scorer, writer: Writer,
                  outputs: tuple[Field, ...], output_sources: tuple[str, ...], where: str,
-                 on_nan: str = "error") -> None:
+                 on_nan: str = "error", stamp: dict[str, Any] | None = None) -> None:
+        """``stamp``: the job's fingerprint; an input file is checked against it each
+        time reading moves on to it."""
         self.readers, self.scorer, self.writer = readers, scorer, writer
+        self.stamp, self.file_index = stamp, -1
         self.renames = [(f.name, source) for f, source in zip(outputs, output_sources,
                                                                strict=True)]
         self.where, self.on_nan = where, on_nan
@@ -56,6 +61,7 @@ class BatchProcessor:
         arrays stay valid until that reader reads again."""
         with self._naming(batch):
             started = time.perf_counter()
+            self._check_file(batch.file_index)
             arrays, kept = self.readers[slot].read(batch)
             if self.on_nan == "error":
                 _refuse_non_finite(arrays)
@@ -86,6 +92,16 @@ class BatchProcessor:
         except MpiscoreError as exc:
             raise type(exc)(f"on {self.where}: {exc}") from exc
         return time.perf_counter() - started
+
+    def _check_file(self, file_index: int) -> None:
+        """Refuse to read on from an input file modified since the job began (one stat
+        when reading moves to another file; the coordinator checks all at the end)."""
+        if self.stamp is None or file_index == self.file_index:
+            return
+        change = changed_input(self.stamp, file_index)
+        if change:
+            raise InputChanged(change)
+        self.file_index = file_index
 
     @contextmanager
     def _naming(self, batch: Batch) -> Iterator[None]:

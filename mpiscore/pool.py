@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .channel import wait
 from .errors import ScoringError
+from .lock import LockOwner
 from .plan import Batch
 from .process import ScorerProcess
 from .transport import node_local
@@ -62,6 +63,7 @@ class Outcome:
     traceback: str = ""
     times: StageTimes | None = None
     returned: bool = False  # lost with a process killed for another batch: no try counted
+    fatal: str = ""  # the error is not the batch's (protocol.Failed.fatal)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class PrepareRequest:
 
     config: JobConfig
     settings: ScorerSettings
+    owner: LockOwner  # rank 0's process, which holds the job's locks
 
 
 def start_pool(config: JobConfig, comm: Any | None,
@@ -117,7 +120,7 @@ class ScorerPool:
         rank never imports onnxruntime, and can import the rest meanwhile.
         """
         if self.preparing is None:
-            self.preparing = PrepareRequest(config, self.settings)
+            self.preparing = PrepareRequest(config, self.settings, LockOwner.here())
             self.procs[0].conn.send(self.preparing)
 
     def prepared(self) -> tuple[Job, set[int]]:
@@ -233,7 +236,7 @@ class ScorerPool:
             return None
         if kind == "done":
             return Outcome(batch, True, times=message[2])
-        return Outcome(batch, False, message[2], message[3])  # failed; the process stays
+        return Outcome(batch, False, message[2], message[3], fatal=message[4])  # it stays
 
     def _replace(self, index: int) -> None:
         self.procs[index].kill()

@@ -28,20 +28,33 @@ from .io.registry import (
     resolve_input,
 )
 from .job import Job
-from .journal import check_resumable, completed, fingerprint
+from .journal import check_resumable, completed, fingerprint, journal_token
+from .lock import JobLock, LockOwner, acquire, lock_paths
 from .model import bind_inputs, model_digest, output_fields, tensor_spec
 from .outputs import label_width
 from .plan import Plan, make_plan
 from .score import Scorer
 
 
-def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession
-            ) -> tuple[Job, set[int]]:
+def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession,
+            owner: LockOwner) -> tuple[Job, set[int]]:
     """Check everything, plan the batches and create (or, to resume, reopen) the output.
 
-    ``session`` runs ``model_bytes``. Returns the job and the batches already
-    written by an interrupted run (empty unless ``--resume``).
+    ``session`` runs ``model_bytes``. Nothing on disk is touched before the job's
+    locks are taken for ``owner`` (rank 0), who holds them from then on. Returns
+    the job and the batches already written by an interrupted run (empty unless
+    ``--resume``).
     """
+    lock = acquire(lock_paths(config.output, config.resolved_run_dir), owner)
+    try:
+        return _prepare(config, model_bytes, session, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession,
+             lock: JobLock) -> tuple[Job, set[int]]:
     inputs = [tensor_spec(node, str(config.model)) for node in session.get_inputs()]
     source = resolve_input(config, inputs)
     files, fields, kept = describe(source)
@@ -56,7 +69,7 @@ def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession
                                   scorer.columns, label_width(model_bytes))
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
-    target.check(outputs, kept, config.resume)
+    target.check(outputs, kept, config.resume, [f.path for f in files])
     sha256 = model_digest(model_bytes)
     attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
@@ -67,11 +80,12 @@ def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession
     if config.resume:
         check_resumable(config.resolved_run_dir, stamp)
         offsets = target.reopen(outputs, kept)
-        done = target.written(completed(config.resolved_run_dir))
+        done = target.written(completed(config.resolved_run_dir, journal_token(stamp),
+                                        len(plan.batches)))
     else:
         offsets, done = target.create(outputs, kept, plan, attrs), set()
     job = Job(config, sha256, source, plan, bindings, tuple(outputs[:-1]),
-              tuple(probe), tuple(kept), target, offsets, attrs, stamp)
+              tuple(probe), tuple(kept), target, offsets, attrs, stamp, lock)
     return job, done
 
 

@@ -7,7 +7,9 @@ Protocol, all messages small and typed; bulk data never travels here:
                                 <---     Assign(batch, attempt) ...
       (its scoring processes read, score, write)
       Completed(batch_id)       --->     journal it, hand out one more
-      Failed(batch_id, error)   --->     retry elsewhere or give up (error budget)
+      Failed(batch_id, error)   --->     retry elsewhere or give up (error budget); or,
+                                          when fatal (storage full, input changed), hand
+                                          it back and stop the job with that error
       StopRequested(reason)     --->     (SIGTERM/SIGINT on that rank) stop handing out
                                 <---     Drain()  when stopping: hand back what has not started
       Returned(batch_ids)       --->     back to the queue, for --resume
@@ -56,6 +58,7 @@ class Failed:
     batch_id: int
     error: str
     traceback: str = ""
+    fatal: str = ""  # an error that is not the batch's (storage full, input changed): its class
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,10 @@ class Coordinator:
         self._hand_out()
 
     def _failed(self, rank: int, message: Failed) -> None:
+        if message.fatal:  # not the batch's fault: no try counted, the job stops
+            self.scheduler.give_back(message.batch_id, rank)
+            self.scheduler.halt(message.error, message.fatal)
+            return
         given_up = self.scheduler.fail(message.batch_id, Attempt(rank, message.error,
                                                                  message.traceback))
         tries = self.scheduler.attempt(message.batch_id)
@@ -243,7 +250,8 @@ class RankWorker:
                 self.send_up(Returned((outcome.batch.batch_id,)))
             else:
                 self.stats.failures += 1
-                self.send_up(Failed(outcome.batch.batch_id, outcome.error, outcome.traceback))
+                self.send_up(Failed(outcome.batch.batch_id, outcome.error, outcome.traceback,
+                                    outcome.fatal))
         self._feed()
         self._abandon_after_grace()
 

@@ -45,8 +45,9 @@ class RunReport:
 
     status: str  # complete | stopped | failed
     stop_reason: str | None
+    error: str | None  # when failed: the MpiscoreError class the job ended with
     first_failure: str | None
-    output: str
+    output: str  # the output as it is now: OUTPUT when complete, else OUTPUT.partial
     run_dir: str
     rows: int
     rows_scored: int  # by this run (less than rows when resuming)
@@ -67,8 +68,12 @@ class RunReport:
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically, so a reader never sees half a file."""
     partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    partial.replace(path)
+    try:
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)  # no empty .tmp left behind by a full disk
+        raise
 
 
 class Progress:

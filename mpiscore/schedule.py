@@ -64,6 +64,7 @@ class Scheduler:
     attempts: dict[int, list[Attempt]] = field(default_factory=dict)
     failed: dict[int, Batch] = field(default_factory=dict)
     stop_reason: str | None = None
+    stop_error: str | None = None  # the MpiscoreError class a halt ends the job with
 
     @classmethod
     def for_batches(cls, batches: Iterable[Batch], total_rows: int,
@@ -118,8 +119,8 @@ class Scheduler:
             return False
         self.failed[batch_id] = batch
         reason = self.policy.exceeded(len(self.failed), self.failed_rows, self.total_rows)
-        if reason and self.stop_reason is None:
-            self.stop_reason = f"error budget exceeded: {reason}"
+        if reason:
+            self.halt(f"error budget exceeded: {reason}", "ScoringError")
         return True
 
     def give_back(self, batch_id: int, rank: int) -> None:
@@ -134,6 +135,12 @@ class Scheduler:
         """Hand out nothing more (graceful stop); in-flight batches may still report."""
         if self.stop_reason is None:
             self.stop_reason = reason
+
+    def halt(self, reason: str, error: str) -> None:
+        """Stop as :meth:`stop` does, because of an error that ends the job with the
+        MpiscoreError class named ``error`` (the first such reason wins)."""
+        if self.stop_error is None:
+            self.stop_reason, self.stop_error = reason, error
 
     def _take(self, batch_id: int, rank: int) -> Batch:
         batch, owner = self.in_flight.pop(batch_id, (None, None))

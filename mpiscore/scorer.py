@@ -24,7 +24,7 @@ from typing import Any
 import onnxruntime as ort
 
 from .channel import Channel
-from .errors import MpiscoreError
+from .errors import InputChanged, MpiscoreError, is_storage_failure
 from .io.registry import open_reader
 from .model import read_model
 from .pipeline import BatchProcessor, Loaded, Prepared
@@ -88,7 +88,7 @@ def scorer_main(conn: Channel) -> None:
                 raise loaded
             prepared = processor.score(batch, loaded)
         except Exception as exc:
-            sender.send(("failed", batch.batch_id, _describe(exc), traceback.format_exc()))
+            sender.send(_failed(batch, exc))
             continue
         finally:
             reads.done_with_last()
@@ -223,7 +223,7 @@ class _WriteBehind:
         try:
             times = self.processor.write(batch, prepared)
         except Exception as exc:
-            self.sender.send(("failed", batch.batch_id, _describe(exc), traceback.format_exc()))
+            self.sender.send(_failed(batch, exc))
             return
         if not self.unsynced:
             self.oldest = time.monotonic()
@@ -239,8 +239,7 @@ class _WriteBehind:
             seconds = self.processor.sync()
         except Exception as exc:
             for batch, _ in written:
-                self.sender.send(("failed", batch.batch_id, _describe(exc),
-                                  traceback.format_exc()))
+                self.sender.send(_failed(batch, exc))
             return
         for batch, times in written:  # the flush's time shared out among its batches
             self.sender.send(("done", batch.batch_id,
@@ -259,7 +258,7 @@ def _prepare(conn: Channel, request: PrepareRequest) -> ort.InferenceSession | N
     try:
         model_bytes = read_model(config.model)
         session = open_session(model_bytes, str(config.model), request.settings)
-        job, done = prepare(config, model_bytes, session)
+        job, done = prepare(config, model_bytes, session, request.owner)
     except MpiscoreError as exc:
         conn.send(("prepare-failed", exc))
         return None
@@ -281,7 +280,8 @@ def _processor(spec: ScorerSpec, session: ort.InferenceSession | None) -> BatchP
                                     job.attrs)
     readers = [open_reader(job.source) for _ in range(READ_AHEAD)]
     return BatchProcessor(readers, Scorer(session, job.bindings, job.model_name),
-                          writer, job.outputs, job.output_sources, spec.where, job.config.on_nan)
+                          writer, job.outputs, job.output_sources, spec.where, job.config.on_nan,
+                          job.fingerprint)
 
 
 def _next_item(conn: Channel) -> Any:
@@ -289,6 +289,18 @@ def _next_item(conn: Channel) -> Any:
         return conn.recv()
     except EOFError:  # the rank is gone
         return None
+
+
+def _failed(batch: Batch, exc: BaseException) -> tuple:
+    """The message that reports ``batch`` failed; fatal (naming the error class the job
+    ends with) when the storage refused a write or an input changed under the job."""
+    if is_storage_failure(exc):
+        fatal = "StorageError"
+    elif isinstance(exc, InputChanged):
+        fatal = "InputChanged"
+    else:
+        fatal = ""
+    return ("failed", batch.batch_id, _describe(exc), traceback.format_exc(), fatal)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""SIGTERM/SIGINT on a rank: the first asks for a graceful stop, the second stops at once.
+"""SIGTERM/SIGINT/SIGHUP on a rank: the first asks for a graceful stop, the second stops
+at once.
+
+SIGHUP comes when the terminal or ssh session that started ``mpiexec`` closes:
+a job worth hours is drained like a Slurm stop, not killed (to keep it running
+instead, start it under ``nohup``, ``setsid`` or a batch script).
 
 Slurm sends SIGTERM to every task before the walltime limit and on
 preemption, and mpiexec forwards SIGTERM/SIGINT to the ranks. The first
@@ -14,7 +19,7 @@ import signal
 from types import FrameType
 from typing import Any
 
-HANDLED = (signal.SIGTERM, signal.SIGINT)
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StopSignals:

@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import InputError, OutputError
+from ..errors import InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
 from ..transport import barrier
 from .fields import Columns, Field
@@ -292,6 +292,16 @@ def _allocate(handle: h5py.File, field: Field, rows: int) -> int:
     return dataset.get_offset()
 
 
+def owned(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 output (or partial output) that mpiscore wrote: its
+    root carries the status attribute, which only mpiscore sets."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return STATUS_ATTR in handle.attrs
+    except OSError:
+        return False
+
+
 def offsets(partial: Path, fields: list[Field]) -> dict[str, int]:
     """Byte offsets of the datasets of an existing partial output (for --resume)."""
     try:
@@ -330,14 +340,19 @@ class Hdf5Writer:
             if data.shape != (batch.rows, *field.shape):
                 raise OutputError(f"{self.final}:/{name} batch {batch.batch_id}: got shape "
                                   f"{data.shape}, expected {(batch.rows, *field.shape)}")
-            _pwrite_all(self.fd, data, self.offsets[name] + batch.global_start * field.row_nbytes)
+            try:
+                _pwrite_all(self.fd, data,
+                            self.offsets[name] + batch.global_start * field.row_nbytes)
+            except OSError as exc:
+                raise storage_error(self.partial, exc,
+                                    f"cannot write batch {batch.batch_id}") from exc
 
     def sync(self) -> None:
         if self.fd >= 0:
             try:
                 os.fdatasync(self.fd)
             except OSError as exc:
-                raise OutputError(f"{self.partial}: cannot flush written rows: {exc}") from exc
+                raise storage_error(self.partial, exc, "cannot flush written rows") from exc
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -124,20 +124,24 @@ class OutputTarget:
     def partial(self) -> Path:
         return self.final.with_name(self.final.name + ".partial")
 
-    def check(self, outputs: list[Field], kept: list[Field], resume: bool) -> None:
-        """Refuse clashing names, existing output (without --overwrite), unwritable places."""
+    def check(self, outputs: list[Field], kept: list[Field], resume: bool,
+              inputs: list[str]) -> None:
+        """Refuse clashing names, unwritable places, and any output already there unless
+        it is to be resumed or replaced, and may be: ``--overwrite`` replaces only
+        what mpiscore wrote, never one of the job's ``inputs``."""
         clashes = sorted({f.name for f in outputs} & {f.name for f in kept})
         if clashes:
             raise ConfigError(f"--keep-columns {','.join(clashes)}: also an output name; "
                               "rename the model output with --rename OUTPUT=NEW_NAME")
+        for path in (self.final, self.partial):
+            _refuse_an_input(path, inputs)
         if resume:
             if self.final.exists():
                 raise ConfigError(f"--resume: {self.final} is complete; nothing to resume")
             if not self.partial.exists():
                 raise ConfigError(f"--resume: {self.partial} not found; nothing to resume")
             return
-        if self.final.exists() and not self.overwrite:
-            raise OutputError(f"{self.final}: output exists; pass --overwrite to replace it")
+        self._check_replaceable()
         parent = self.final.parent if str(self.final.parent) else Path(".")
         if not parent.is_dir():
             raise OutputError(f"{self.final}: directory {parent} does not exist")
@@ -148,6 +152,21 @@ class OutputTarget:
             if bad:
                 raise ConfigError(f"--keep-columns {','.join(bad)}: not numeric, so they "
                                   "cannot go to HDF5 output; write Parquet output instead")
+
+    def _check_replaceable(self) -> None:
+        if self.final.exists() and not self.overwrite:
+            raise OutputError(f"{self.final}: output exists; pass --overwrite to replace it")
+        if self.partial.exists() and not self.overwrite:
+            raise OutputError(
+                f"{self.partial}: an interrupted run's partial output is here; rerun with "
+                "--resume to finish it, or with --overwrite to discard it and start over")
+        for path in (self.final, self.partial):
+            if (path.exists() or path.is_symlink()) and not _ours(path):
+                kind = "a directory" if path.is_dir() else "a file"
+                raise OutputError(
+                    f"{path}: {kind} that mpiscore did not write (not an mpiscore output), "
+                    "so --overwrite will not delete it; choose another --output or move it "
+                    "away yourself")
 
     def create(self, fields: list[Field], kept: list[Field], plan: Plan,
                attrs: dict[str, Any]) -> dict[str, int]:
@@ -181,6 +200,25 @@ class OutputTarget:
             return hdf5.Hdf5Writer(self.partial, self.final, fields + kept, offsets)
         return _parquet().ParquetWriter(self.partial, self.final, fields, kept, plan.batches,
                                         attrs)
+
+
+def _refuse_an_input(path: Path, inputs: list[str]) -> None:
+    """An output path that is, or holds, one of the job's input files is never ours."""
+    if not path.exists():
+        return
+    for name in inputs:
+        source = Path(name)
+        if source.exists() and (os.path.samefile(source, path) or
+                                (path.is_dir() and path.resolve() in source.resolve().parents)):
+            raise OutputError(f"{path}: is (or holds) the input {name} of this job; choose "
+                              "another --output")
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is an output or partial output that mpiscore wrote."""
+    if path.is_symlink():
+        return False
+    return hdf5.owned(path) if path.is_file() else _parquet().owned(path)
 
 
 def remove(path: Path) -> None:

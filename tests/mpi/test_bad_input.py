@@ -116,9 +116,14 @@ def test_existing_output_needs_overwrite(job, ranks) -> None:
                       "--output", job["out"], timeout=60)
     assert result.returncode == 6 and "--overwrite" in error_lines(result)[0]
     assert job["out"].read_text() == "precious"
-    result = mpiscore(ranks, "--model", job["model"], "--input", job["h5"],
-                      "--output", job["out"], "--overwrite", timeout=60)
-    assert result.returncode == 0, result.stderr
+    args = ("--model", job["model"], "--input", job["h5"], "--output", job["out"], "--overwrite")
+    result = mpiscore(ranks, *args, timeout=60)  # not mpiscore's: never deleted
+    assert result.returncode == 6 and "did not write" in error_lines(result)[0]
+    assert job["out"].read_text() == "precious"
+    job["out"].unlink()
+    for _ in range(2):  # an output of mpiscore's is replaced
+        result = mpiscore(ranks, *args, timeout=60)
+        assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("ranks", [2])

@@ -62,9 +62,8 @@ def started_job(out: Path, spec: str, *args: object, batches_done: int) -> subpr
     command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpiscore", "score", *map(str, args)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=with_faults(spec))
-    journal = Path(f"{out}.run/journal.txt")
     deadline = time.monotonic() + 60
-    while not (journal.exists() and len(journal.read_text().split()) >= batches_done):
+    while len(journaled(out)) < batches_done:
         if time.monotonic() > deadline or process.poll() is not None:
             process.kill()
             pytest.fail(f"job did not get going: {process.communicate()[1]}")
@@ -82,6 +81,13 @@ def assert_identical(path: Path, clean: Path) -> None:
     got, want = h5(path), h5(clean)
     for name in want:
         assert got[name].tobytes() == want[name].tobytes(), name
+
+
+def journaled(out: Path) -> list[int]:
+    """The batch ids the run directory's journal records (its lines after the header)."""
+    path = Path(f"{out}.run/journal.txt")
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [int(line.split()[0]) for line in lines[1:] if len(line.split()) == 2]
 
 
 def summary(out: Path) -> dict:
@@ -171,7 +177,7 @@ def test_killed_rank_ends_job_then_resume_completes(data, tmp_path, ranks) -> No
     assert result.returncode != 0
     assert time.monotonic() - started < 30
     assert not out.exists()
-    journal = Path(f"{out}.run/journal.txt").read_text().split()
+    journal = journaled(out)
     assert 0 < len(journal) < ROWS // BATCH
     result = mpiscore(ranks, *job_args(data, out, "--resume"))
     assert result.returncode == 0, result.stderr
@@ -294,7 +300,7 @@ def test_stop_abandons_a_batch_past_the_grace_period_then_resume(data, tmp_path)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 75, stderr
     assert 2 <= time.monotonic() - started < 20
-    assert "6" not in Path(f"{out}.run/journal.txt").read_text().split()
+    assert 6 not in journaled(out)
     result = mpiscore(2, *job_args(data, out, "--resume"))
     assert result.returncode == 0, result.stderr
     assert_identical(out, data["clean"])

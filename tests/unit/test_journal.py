@@ -8,25 +8,13 @@ import pytest
 
 from mpiscore.errors import ConfigError
 from mpiscore.faults import FaultPlan, InjectedFault
-from mpiscore.journal import FINGERPRINT, Journal, check_resumable, completed, fingerprint
+from mpiscore.journal import FINGERPRINT, check_resumable, fingerprint
 from mpiscore.report import write_json
 
 
 def stamp(path: Path, model: str = "abc", batch_rows: int = 10) -> dict:
     return fingerprint(model, [str(path)], [[0, 0, 0, 10]], batch_rows, "o.h5", "hdf5",
                        [("y", "<f4", (2,))])
-
-
-def test_journal_survives_a_torn_last_line(tmp_path: Path) -> None:
-    journal = Journal(tmp_path, fresh=True)
-    for batch_id in (3, 1, 2):
-        journal.record(batch_id)
-    journal.close()
-    with open(tmp_path / "journal.txt", "a") as handle:
-        handle.write("7")  # a line cut short by a kill
-    assert completed(tmp_path) == {1, 2, 3}
-    Journal(tmp_path, fresh=False).close()
-    assert completed(tmp_path) == {1, 2, 3}
 
 
 def test_resume_checks_say_what_changed(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from mpiscore.faults import FaultPlan
 from mpiscore.io.fields import Columns
 from mpiscore.io.hdf5 import Hdf5Writer
 from mpiscore.job import Job
+from mpiscore.lock import LockOwner
 from mpiscore.model import read_model
 from mpiscore.pipeline import BatchProcessor
 from mpiscore.plan import Batch
@@ -62,7 +63,8 @@ def scoring_process_parts(tmp_path: Path) -> tuple[Path, np.ndarray, Job, BatchP
                        output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
     settings = config.scorer_settings(0, 1)
     model_bytes = read_model(model)
-    job, _ = prepare(config, model_bytes, open_session(model_bytes, str(model), settings))
+    job, _ = prepare(config, model_bytes, open_session(model_bytes, str(model), settings),
+                     LockOwner.here())
     spec = ScorerSpec(job, model_bytes, settings, "test", FaultPlan())
     return model, data, job, scorer._processor(spec, None)
 

@@ -1,0 +1,211 @@
+"""A job's exclusive hold on its output and run directory, for its whole life.
+
+Two jobs writing one output would each think the other's rows are theirs, so
+before anything on disk is touched, rank 0's job takes a lock file beside the
+output (``OUTPUT.lock``) and one in the run directory (``RUN_DIR/lock``). The
+rule, chosen to work on the filesystems clusters have (Lustre, GPFS, NFSv3+,
+local disks), where ``flock`` is often not coherent across nodes:
+
+- A lock is taken by creating its file with ``O_CREAT | O_EXCL``, which is
+  atomic on all of them. It holds JSON naming its job: host, rank 0's pid, the
+  Slurm job id, when it started, and a random token.
+- Rank 0 refreshes it (sets its mtime) every REFRESH_SECONDS while the job
+  runs, checking it is still its own, and removes it when the job ends, however
+  it ends short of a kill.
+- A lock left by a killed job is stale, and the next job takes it over (saying
+  so): on the same host when its pid is gone; from the same Slurm job id (a
+  requeued job) when it is not this process; from anywhere when it has not been
+  refreshed for STALE_SECONDS. Otherwise the job is refused, naming the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import OutputError, storage_error
+from .report import LOG
+
+REFRESH_SECONDS = 15.0
+STALE_SECONDS = 120.0  # eight missed refreshes: the job is gone, or its node is
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    """Who holds a lock: the job's rank 0 process."""
+
+    host: str
+    pid: int
+    slurm_job_id: str | None
+    started: float
+    token: str
+
+    @classmethod
+    def here(cls) -> LockOwner:
+        """This process, as the owner of a job starting now."""
+        job_id = os.environ.get("SLURM_JOB_ID")
+        array = os.environ.get("SLURM_ARRAY_TASK_ID")
+        if job_id and array:
+            job_id = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job_id)}_{array}"
+        return cls(socket.gethostname(), os.getpid(), job_id, time.time(),
+                   os.urandom(8).hex())
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        job = f"Slurm job {self.slurm_job_id}, " if self.slurm_job_id else ""
+        return f"{job}pid {self.pid} on {self.host}, started {since}"
+
+
+@dataclass
+class JobLock:
+    """The lock files a job holds, refreshed and released by rank 0."""
+
+    paths: tuple[Path, ...]
+    owner: LockOwner
+    created: tuple[Path, ...] = ()  # directories made to hold a lock: gone with it if empty
+    refreshed: float = field(default_factory=time.monotonic)
+
+    def refresh(self) -> None:
+        """Every REFRESH_SECONDS: check the locks are still ours and mark them alive."""
+        if time.monotonic() - self.refreshed < REFRESH_SECONDS:
+            return
+        self.refreshed = time.monotonic()
+        now = time.time()
+        for path in self.paths:
+            holder = _holder(path)
+            if holder is not None and holder.token != self.owner.token:
+                raise OutputError(f"{path}: the lock was taken over by another job "
+                                  f"({holder.describe()}); this job stops, its output "
+                                  "partial")
+            with contextlib.suppress(OSError):  # a missed beat is harmless; many are not
+                os.utime(path, (now, now))
+
+    def release(self) -> None:
+        """Remove the locks that are still ours (idempotent)."""
+        for path in self.paths:
+            holder = _holder(path)
+            if holder is not None and holder.token == self.owner.token:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        for directory in self.created:
+            with contextlib.suppress(OSError):  # not empty: the job wrote its records
+                directory.rmdir()
+
+
+def lock_paths(output: Path, run_dir: Path) -> tuple[Path, ...]:
+    """The lock files of a job: beside its output, and in its run directory."""
+    return output.with_name(output.name + ".lock"), run_dir / "lock"
+
+
+def acquire(paths: tuple[Path, ...], owner: LockOwner) -> JobLock:
+    """Take every lock of ``paths`` (creating the run directory for the last one), or
+    raise an OutputError naming the job that holds one, taking none."""
+    taken: list[Path] = []
+    created: list[Path] = []
+    try:
+        for path in paths:
+            if not path.parent.exists():
+                _make_directory(path)
+                created.append(path.parent)
+            _claim(path, owner)
+            taken.append(path)
+    except BaseException:
+        JobLock(tuple(taken), owner, tuple(created)).release()
+        raise
+    return JobLock(paths, owner, tuple(created))
+
+
+def _make_directory(lock: Path) -> None:
+    try:
+        lock.parent.mkdir()
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise OutputError(f"{lock.parent}: cannot be created: directory "
+                          f"{lock.parent.parent} does not exist") from None
+    except OSError as exc:
+        raise storage_error(lock.parent, exc, "cannot create the directory") from exc
+
+
+def _claim(path: Path, owner: LockOwner) -> None:
+    record = json.dumps(asdict(owner)).encode()
+    for _ in range(3):  # a stale lock broken, then ours; another job may race us for it
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _take_over_if_stale(path, owner)
+            continue
+        except FileNotFoundError:
+            raise OutputError(f"{path.with_suffix('')}: directory {path.parent} does not "
+                              "exist") from None
+        except OSError as exc:
+            raise storage_error(path, exc, "cannot create the job's lock file") from exc
+        try:
+            os.write(fd, record)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink()
+            raise storage_error(path, exc, "cannot write the job's lock file") from exc
+        os.close(fd)
+        return
+    raise OutputError(f"{path}: another job keeps taking this lock; make sure only one job "
+                      "writes this output")
+
+
+def _take_over_if_stale(path: Path, owner: LockOwner) -> None:
+    """Remove the lock at ``path`` if its job is gone, saying so; else refuse the job."""
+    holder = _holder(path)
+    why = _why_stale(path, holder, owner)
+    if why is None:
+        assert holder is not None
+        target = path.with_suffix("") if path.name.endswith(".lock") else path.parent
+        raise OutputError(
+            f"{target}: in use by another mpiscore job ({holder.describe()}; lock {path}); "
+            "wait for it to end or choose another --output/--run-dir (if that job is "
+            f"gone, the lock goes stale within {STALE_SECONDS:.0f}s, or delete {path})")
+    LOG.warning("%s: the job that held this lock %s; taking it over", path, why)
+    with contextlib.suppress(FileNotFoundError):  # another job took it over first
+        path.unlink()
+
+
+def _why_stale(path: Path, holder: LockOwner | None, owner: LockOwner) -> str | None:
+    """How the holder of ``path`` is known to be gone, or None if it may be alive."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return "just released it"
+    if holder is None:  # half-written by a job killed while taking it, or not ours
+        return f"left it unreadable {age:.0f}s ago" if age > REFRESH_SECONDS else None
+    same_process = holder.host == owner.host and holder.pid == owner.pid
+    if holder.host == owner.host and not same_process and not _alive(holder.pid):
+        return f"({holder.describe()}) died: its process is gone"
+    if holder.slurm_job_id and holder.slurm_job_id == owner.slurm_job_id and \
+            not same_process:
+        return f"({holder.describe()}) was an earlier run of this Slurm job"
+    if age > STALE_SECONDS:
+        return f"({holder.describe()}) stopped refreshing it {age:.0f}s ago"
+    return None
+
+
+def _holder(path: Path) -> LockOwner | None:
+    """Who the lock at ``path`` names, or None when absent or unreadable."""
+    try:
+        return LockOwner(**json.loads(path.read_bytes()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
