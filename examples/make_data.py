@@ -4,7 +4,9 @@
 
 Writes ``examples/data/blobs.h5`` (dataset ``/features``, chunked, plus the
 true ``/labels``) and ``examples/data/blobs.parquet/`` (columns ``id``,
-``f0``..``f15``, ``label``, in four files). Needs only mpiscore's dependencies.
+``f0``..``f15``, ``label``, in four files; score it with ``--columns 'f*'
+--keep-columns id``, as ``id`` and ``label`` are numeric too and never guessed
+to be features). Needs only mpiscore's dependencies.
 """
 
 from __future__ import annotations

@@ -63,6 +63,13 @@ def test_io() -> None:
                                       "parquet_read"}
 
 
+def test_parquet_output() -> None:
+    (report,) = run_script("parquet_output.py", "--rows", 20000, "--repeat", 1,
+                           "--mini-batch-size", 5000)
+    assert set(report["results"]) == {"hdf5_output", "parquet_output"}
+    assert report["parquet_files"] >= 4 and report["parquet_over_hdf5_wall"] > 0
+
+
 def test_scaling() -> None:
     (report,) = run_script("scaling.py", "--rows-per-core", 5000, "--max-cores", 2,
                            "--repeat", 1)

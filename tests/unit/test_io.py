@@ -522,6 +522,18 @@ def test_parquet_finish_renames_and_rewrites_nothing(tmp_path: Path) -> None:
     check_table(ds.dataset(final).to_table(), expected)
 
 
+def test_parquet_floats_are_not_dictionary_encoded(tmp_path: Path) -> None:
+    """A dictionary on scores is tried and dropped for every page: five times the write time."""
+    plan = make_plan([SourceFile("a.parquet", 20)], 20)
+    writer, partial, _ = parquet_output(tmp_path, plan.batches)
+    write_all(writer, list(plan.batches), 20)
+    group = pq.read_metadata(partial / "part-000000000.parquet").row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                 for i in range(group.num_columns)}
+    assert not any("DICTIONARY" in e for e in encodings["score.list.element"])
+    assert any("DICTIONARY" in e for e in encodings["label"])
+
+
 def test_parquet_incomplete_finish_keeps_written_batches(tmp_path: Path) -> None:
     plan = make_plan([SourceFile("a.parquet", 20)], 5)
     writer, partial, final = parquet_output(tmp_path, plan.batches)
