@@ -306,8 +306,9 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
     except OSError as exc:
         error = storage_error(run_dir / "summary.json", exc, "cannot write the job's summary")
         kept = "is complete" if status == "complete" else "stays partial"
-        return replace(report, status="failed", error=type(error).__name__,
-                       stop_reason=f"{error} ({output} {kept})")
+        first = f"{scheduler.stop_reason}; also " if scheduler.stop_error else ""
+        return replace(report, status="failed", error=scheduler.stop_error or type(error).__name__,
+                       stop_reason=f"{first}{error} ({output} {kept})")
     LOG.info("%s: %d rows scored by this run in %.2fs on %d rank(s), %.0f rows/s; %d of %d "
              "batches written, %d failed -> %s", status, rows, wall, size, rows / wall,
              len(scheduler.completed), len(job.plan.batches), len(failed), output)

@@ -49,7 +49,8 @@ class FaultPlan:
         for action, target in self.actions:
             if action == "sleep":
                 time.sleep(target)
-            elif target == batch_id and (attempt == 0 or action == "raise-always"):
+            elif action in _BATCH_ACTIONS and target == batch_id and (
+                    attempt == 0 or action == "raise-always"):
                 _BATCH_ACTIONS[action](batch_id)
 
     def after_rank_batch(self, rank: int) -> None:

@@ -178,9 +178,14 @@ class Journal:
                                 f"cannot record batch {batch_id} in the journal") from exc
 
     def _write(self, data: bytes) -> None:
-        written = os.write(self.fd, data)
-        if written != len(data):  # a short write: the disk or a limit is full
-            raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+        """Write all of ``data``; after a short write (a disk or a limit just filled up)
+        the next write raises the storage's own error, leaving a torn record for
+        the next resume to drop."""
+        while data:
+            written = os.write(self.fd, data)
+            if written == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data = data[written:]
 
     def close(self) -> None:
         """Flush to storage and close; raises a StorageError when that fails."""

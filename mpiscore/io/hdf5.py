@@ -275,7 +275,7 @@ def create(partial: Path, fields: list[Field], rows: int, attrs: dict[str, Any],
             handle.create_dataset("_mpiscore/plan", data=plan_rows)
             handle["_mpiscore/plan"].attrs["columns"] = "batch_id,file_index,start,stop"
     except OSError as exc:
-        raise OutputError(f"{partial}: cannot create HDF5 output: {exc}") from exc
+        raise storage_error(partial, exc, "cannot create HDF5 output") from exc
     return offsets
 
 

@@ -41,6 +41,7 @@ def test_fault_plan() -> None:
     plan.before_batch(3, 1)  # retried: succeeds
     with pytest.raises(InjectedFault):
         plan.before_batch(5, 2)
+    FaultPlan.parse("kill-rank:1").before_batch(1, 0)  # a rank's fault, not batch 1's
     assert FaultPlan.parse("") == FaultPlan()
     with pytest.raises(ConfigError, match="MPISCORE_FAULTS"):
         FaultPlan.parse("explode:1")

@@ -1,0 +1,277 @@
+"""A file named OUTPUT is complete and right, or it does not exist: real faults under mpiexec.
+
+Each test makes the fault happen for real: a file-size limit set on rank 0
+while it runs (as a quota would), a second job on the same output, an input
+rewritten in place, a real full filesystem, a hangup signal. Outputs are
+compared bitwise with an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from tests import builders
+from tests.mpi.launch import MPIEXEC, error_lines, mpiscore
+
+ROWS = 1200
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("trust")
+    x = builders.features(ROWS, seed=21)
+    files = {"model": builders.mlp(folder / "mlp.onnx"),
+             "h5": builders.write_h5(folder / "x.h5", features=x),
+             "other": builders.write_h5(folder / "other.h5", features=x[::-1].copy()),
+             "parquet": builders.write_parquet(folder / "x.parquet", x, np.arange(ROWS),
+                                               row_group_size=100)}
+    for batch in (4, 40):
+        files[f"clean{batch}"] = folder / f"clean{batch}.h5"
+        result = mpiscore(2, *job(files, files[f"clean{batch}"], batch))
+        assert result.returncode == 0, result.stderr
+    return files
+
+
+def job(files: dict[str, Path], out: Path, batch: int = 40, *extra: object) -> list[object]:
+    return ["--model", files["model"], "--input", files["h5"], "--output", out,
+            "--mini-batch-size", batch, "--intra-op-threads", 1, *extra]
+
+
+def background(faults: str, ranks: int, *args: object) -> subprocess.Popen:
+    command = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpiscore", "score",
+               "--progress-seconds", "60", *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MPISCORE_FAULTS": faults})
+
+
+def journaled(out: Path) -> int:
+    path = Path(f"{out}.run/journal.txt")
+    return max(0, len(path.read_bytes().split(b"\n")) - 2) if path.exists() else 0
+
+
+def wait_for(process: subprocess.Popen, out: Path, batches: int) -> None:
+    deadline = time.monotonic() + 60
+    while journaled(out) < batches:
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail(f"job did not get going: {process.communicate()[1]}")
+        time.sleep(0.01)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=90)
+    return process.returncode, stderr
+
+
+def rank_pids(out: Path) -> dict[int, int]:
+    """The MPI rank processes (not their scoring processes) of the job writing ``out``."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mpiscore" in argv and b"score" in argv and str(out).encode() in argv:
+            rank = [e for e in env if e.startswith(b"PMI_RANK=")]
+            if rank:
+                ranks[int(rank[0].split(b"=")[1])] = int(entry.name)
+    return ranks
+
+
+def identical(path: Path, clean: Path) -> None:
+    with h5py.File(path, "r") as got, h5py.File(clean, "r") as want:
+        assert got.attrs["mpiscore_status"] == "complete"
+        for name in ("logits", "label", "row_status"):
+            assert got[name][()].tobytes() == want[name][()].tobytes(), name
+
+
+def own_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("mpiscore:")]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_journal_torn_by_a_file_size_limit_then_resume_is_exact(data, tmp_path) -> None:
+    """The reported fault: rank 0's file size capped mid-run tore a journal record;
+    the resume then trusted a merged record and completed with rows of zeros."""
+    out = tmp_path / "y.h5"
+    process = background("sleep:0.02", 2, *job(data, out, 4))
+    wait_for(process, out, 200)
+    size = Path(f"{out}.run/journal.txt").stat().st_size
+    limit = size + 7  # inside the next record or two
+    resource.prlimit(rank_pids(out)[0], resource.RLIMIT_FSIZE, (limit, limit))
+    code, stderr = finish(process)
+    assert code == 6, stderr
+    lines = own_lines(stderr)
+    assert len(lines) == 1 and "journal.txt" in lines[0] and "EFBIG" in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    report = summary(Path(f"{out}.run"))
+    assert report["status"] == "failed" and report["error"] == "StorageError"
+    assert report["batches_failed"] == 0
+    result = mpiscore(2, *job(data, out, 4, "--resume"))
+    assert result.returncode == 0, result.stderr
+    identical(out, data["clean4"])
+
+
+@pytest.mark.parametrize("output", ["y.h5", "y.parquet"])
+def test_a_second_job_on_the_same_output_is_refused(data, tmp_path, output) -> None:
+    out = tmp_path / output
+    first = background("sleep:0.1", 2, *job(data, out))
+    wait_for(first, out, 2)
+    holder = rank_pids(out)[0]
+    second = mpiscore(1, *job(data, out, 40, "--overwrite"))
+    assert second.returncode == 6, second.stderr
+    [line] = error_lines(second)
+    assert "in use by another mpiscore job" in line and f"pid {holder}" in line
+    code, stderr = finish(first)
+    assert code == 0, stderr
+    if output.endswith(".h5"):
+        identical(out, data["clean40"])
+    else:
+        table = ds.dataset(out).to_table()
+        with h5py.File(data["clean40"], "r") as want:
+            assert table["label"].to_numpy().tobytes() == want["label"][()].tobytes()
+    assert not Path(f"{out}.lock").exists() and not Path(f"{out}.run/lock").exists()
+
+
+def test_the_lock_of_a_killed_job_is_taken_over(data, tmp_path) -> None:
+    out = tmp_path / "y.h5"
+    process = background("sleep:0.05", 2, *job(data, out))
+    wait_for(process, out, 3)
+    os.kill(rank_pids(out)[0], signal.SIGKILL)
+    finish(process)
+    assert Path(f"{out}.lock").exists()  # left behind by the kill
+    result = mpiscore(2, *job(data, out, 40, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert "died" in result.stderr and "taking it over" in result.stderr
+    identical(out, data["clean40"])
+
+
+def test_overwrite_never_deletes_an_input_or_a_foreign_directory(data, tmp_path) -> None:
+    source = tmp_path / "x.h5"
+    shutil.copy(data["h5"], source)
+    before = source.read_bytes()
+    result = mpiscore(1, "--model", data["model"], "--input", source, "--output", source,
+                      "--overwrite")
+    assert result.returncode == 6 and "input" in error_lines(result)[0], result.stderr
+    assert source.read_bytes() == before
+    folder = tmp_path / "isdir.h5"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me")
+    result = mpiscore(1, *job(data, folder, 40, "--overwrite"))
+    assert result.returncode == 6 and "did not write" in error_lines(result)[0]
+    assert (folder / "precious.txt").read_text() == "keep me"
+    result = mpiscore(1, "--model", data["model"], "--input", data["parquet"], "--columns",
+                      "f*", "--output", tmp_path, "--overwrite")  # a folder holding an input
+    assert result.returncode == 6 and "did not write" in error_lines(result)[0]
+    assert data["parquet"].exists()
+
+
+def test_a_partial_output_needs_resume_or_overwrite(data, tmp_path) -> None:
+    out = tmp_path / "y.h5"
+    process = background("sleep:0.05", 2, *job(data, out))
+    wait_for(process, out, 3)
+    process.send_signal(signal.SIGTERM)
+    assert finish(process)[0] == 75
+    partial = Path(f"{out}.partial").read_bytes()
+    result = mpiscore(2, *job(data, out))
+    assert result.returncode == 6, result.stderr
+    [line] = error_lines(result)
+    assert "--resume to finish it" in line and "--overwrite to discard it" in line
+    assert Path(f"{out}.partial").read_bytes() == partial  # untouched
+    assert mpiscore(2, *job(data, out, 40, "--overwrite")).returncode == 0
+    identical(out, data["clean40"])
+
+
+def test_an_input_rewritten_in_place_stops_the_job(data, tmp_path) -> None:
+    source = tmp_path / "x.h5"
+    shutil.copy(data["h5"], source)
+    inode = source.stat().st_ino
+    out = tmp_path / "y.h5"
+    args = job(data, out)
+    args[args.index(data["h5"])] = source
+    process = background("sleep:0.05", 2, *args)
+    wait_for(process, out, 3)
+    time.sleep(0.01)  # a later mtime even on coarse clocks
+    shutil.copyfile(data["other"], source)  # cp over it: same inode, other rows
+    assert source.stat().st_ino == inode
+    code, stderr = finish(process)
+    assert code == 3, stderr
+    lines = own_lines(stderr)
+    assert len(lines) == 1 and str(source) in lines[0] and "changed" in lines[0], stderr
+    assert not out.exists()
+    assert summary(Path(f"{out}.run"))["error"] == "InputChanged"
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A real 1 MiB filesystem (tmpfs), so writes meet a real ENOSPC."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_job_at_once_and_resume_finishes(data, tmp_path,
+                                                               small_disk) -> None:
+    filler = small_disk / "filler"
+    free = shutil.disk_usage(small_disk).free
+    filler.write_bytes(b"\0" * (free - 28 * 1024))  # room for the file's head and a few batches
+    out, run_dir = small_disk / "y.h5", tmp_path / "run"
+    started = time.monotonic()
+    result = mpiscore(2, *job(data, out, 40, "--run-dir", run_dir))
+    assert result.returncode == 6, result.stderr
+    assert time.monotonic() - started < 30
+    [line] = error_lines(result)
+    assert "StorageError" in line and "ENOSPC" in line and str(out) in line
+    report = summary(run_dir)
+    assert report["batches_failed"] == 0 and report["error"] == "StorageError"
+    assert "ENOSPC" in report["stop_reason"] and report["batches_done"] < report["batches"]
+    filler.unlink()
+    result = mpiscore(2, *job(data, out, 40, "--run-dir", run_dir, "--resume"))
+    assert result.returncode == 0, result.stderr
+    identical(out, data["clean40"])
+
+
+def test_a_full_run_directory_is_one_line_and_exit_6(data, tmp_path, small_disk) -> None:
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 4096))
+    result = mpiscore(2, *job(data, tmp_path / "y.h5", 40, "--run-dir", small_disk / "run"))
+    assert result.returncode == 6, result.stderr
+    [line] = error_lines(result)
+    assert "ENOSPC" in line and "Traceback" not in result.stderr
+
+
+def test_sighup_drains_like_sigterm(data, tmp_path) -> None:
+    out = tmp_path / "y.h5"
+    process = background("sleep:0.05", 2, *job(data, out))
+    wait_for(process, out, 3)
+    for pid in rank_pids(out).values():  # what a closed terminal sends its processes
+        os.kill(pid, signal.SIGHUP)
+    code, stderr = finish(process)
+    assert code == 75, stderr
+    assert summary(Path(f"{out}.run"))["status"] == "stopped"
+    result = mpiscore(2, *job(data, out, 40, "--resume"))
+    assert result.returncode == 0, result.stderr
+    identical(out, data["clean40"])
