@@ -121,7 +121,12 @@ class ScorerPool:
         """
         if self.preparing is None:
             self.preparing = PrepareRequest(config, self.settings, LockOwner.here())
-            self.procs[0].conn.send(self.preparing)
+            try:
+                self.procs[0].conn.send(self.preparing)
+            except OSError:  # it died starting (killed, out of memory): one fresh try
+                self.procs[0].kill()
+                self.procs[0] = ScorerProcess()
+                self.procs[0].conn.send(self.preparing)
 
     def prepared(self) -> tuple[Job, set[int]]:
         """The job :meth:`prepare` asked for, and the batches an interrupted run already
@@ -146,7 +151,10 @@ class ScorerPool:
         self.spec = spec
         for index, proc in enumerate(self.procs):
             prepared = index == 0 and self.preparing is not None
-            proc.conn.send(replace(spec, model_bytes=None) if prepared else spec)
+            try:
+                proc.conn.send(replace(spec, model_bytes=None) if prepared else spec)
+            except OSError:  # it died since it started: a fresh one, given the model
+                self._replace(index)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not all(p.ready for p in self.procs):
             if time.monotonic() > deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -97,14 +98,34 @@ class Progress:
                      100 * self.rows / max(1, self.total_rows), rate, eta)
 
 
+class _RankLogFile(logging.FileHandler):
+    """A rank's log file that a full disk or a file-size limit silences instead of
+    filling stderr with logging's tracebacks: the job's own errors name the storage."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            super().close()
+
+
 def start_logging(run_dir: Path, rank: int, size: int, host: str, to_stderr: bool
                   ) -> list[logging.Handler]:
-    """Per-rank log file in ``run_dir/logs``; rank 0 also logs to stderr."""
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    """Per-rank log file in ``run_dir/logs`` (none where the disk refuses one: the job
+    then stops on that disk's error itself); rank 0 also logs to stderr."""
     fmt = logging.Formatter(f"%(asctime)s rank {rank}/{size} {host}:%(process)d "
                             "%(levelname)s %(message)s")
-    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "logs" /
-                                                           f"rank-{rank:05d}.log")]
+    handlers: list[logging.Handler] = []
+    with contextlib.suppress(OSError):
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        handlers.append(_RankLogFile(run_dir / "logs" / f"rank-{rank:05d}.log"))
     if to_stderr:
         handlers.append(logging.StreamHandler())
     for handler in handlers:
