@@ -1,0 +1,79 @@
+"""Job locks: taken atomically, refused while their job lives, taken over once it is gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+
+from mpiscore.errors import OutputError
+from mpiscore.lock import STALE_SECONDS, LockOwner, acquire, lock_paths
+
+
+def paths(tmp_path: Path) -> tuple[Path, ...]:
+    return lock_paths(tmp_path / "y.h5", tmp_path / "y.h5.run")
+
+
+def held_by(path: Path, owner: LockOwner, age: float = 0.0) -> None:
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(asdict(owner)))
+    os.utime(path, (time.time() - age, time.time() - age))
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_acquire_and_release_leave_nothing(tmp_path: Path) -> None:
+    lock = acquire(paths(tmp_path), LockOwner.here())
+    assert all(p.exists() for p in lock.paths)
+    assert json.loads(lock.paths[0].read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not any(p.exists() for p in lock.paths)
+    assert not (tmp_path / "y.h5.run").exists()  # made for the lock, and empty
+
+
+def test_a_live_job_is_named_and_nothing_is_taken(tmp_path: Path) -> None:
+    other = replace(LockOwner.here(), pid=os.getppid(), slurm_job_id="4242", token="other")
+    held_by(paths(tmp_path)[1], other)
+    with pytest.raises(OutputError, match=r"in use by another mpiscore job \(Slurm job 4242, "
+                       rf"pid {os.getppid()} on"):
+        acquire(paths(tmp_path), LockOwner.here())
+    assert not paths(tmp_path)[0].exists()  # the first lock, taken, was given back
+
+
+def test_stale_locks_are_taken_over(tmp_path: Path) -> None:
+    me = LockOwner.here()
+    dead = replace(me, pid=dead_pid(), token="dead")
+    held_by(paths(tmp_path)[0], dead)
+    acquire(paths(tmp_path), me).release()
+    far = replace(me, host="nid00042", token="far")
+    held_by(paths(tmp_path)[0], far, age=STALE_SECONDS + 5)
+    acquire(paths(tmp_path), me).release()
+    held_by(paths(tmp_path)[0], far)  # another node, still refreshing: alive
+    with pytest.raises(OutputError, match="nid00042"):
+        acquire(paths(tmp_path), me)
+
+
+def test_a_requeued_slurm_job_takes_its_own_lock(tmp_path: Path) -> None:
+    me = replace(LockOwner.here(), slurm_job_id="77")
+    held_by(paths(tmp_path)[0], replace(me, host="nid00001", pid=1, token="before"))
+    acquire(paths(tmp_path), me).release()
+
+
+def test_refresh_notices_a_lock_taken_over(tmp_path: Path) -> None:
+    lock = acquire(paths(tmp_path), LockOwner.here())
+    held_by(lock.paths[0], replace(lock.owner, token="thief"))
+    lock.refreshed = time.monotonic() - 1000
+    with pytest.raises(OutputError, match="taken over"):
+        lock.refresh()
+    lock.release()
+    assert lock.paths[0].exists()  # not ours to remove
