@@ -1,0 +1,128 @@
+#!/bin/bash
+# A throw-away single-node Slurm on localhost, for the tests in tests/slurm.
+#
+#   tests/slurm/cluster.sh start DIR   install Debian's slurm/munge if missing, write a config
+#                                      under DIR, start munged, slurmctld and slurmd, wait
+#                                      until the node is idle; prints DIR/slurm.conf
+#   tests/slurm/cluster.sh stop DIR    stop the daemons started in DIR (by their pid files)
+#
+# Clients find the cluster with SLURM_CONF=DIR/slurm.conf. Runs as root, no systemd.
+# Ports are picked free, so several clusters (CI sessions) can share one machine.
+# Exit status 0: running. Anything else: not available, with the reason on stderr.
+set -euo pipefail
+
+action=${1:?usage: cluster.sh start|stop DIR}
+dir=$(realpath -m "${2:?usage: cluster.sh start|stop DIR}")
+WAIT_SECONDS=${SLURM_TEST_WAIT:-60}
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+stop() {
+    local name pid
+    for name in slurmd slurmctld munged; do
+        [ -f "$dir/$name.pid" ] || continue
+        pid=$(cat "$dir/$name.pid")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        rm -f "$dir/$name.pid"
+    done
+}
+
+install() {
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null &&
+        command -v sbatch >/dev/null && command -v munged >/dev/null && return 0
+    [ "$(id -u)" -eq 0 ] || die "slurm is not installed and installing it needs root"
+    command -v apt-get >/dev/null || die "slurm is not installed and there is no apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q slurmctld slurmd slurm-client munge >"$dir/apt.log" 2>&1 || {
+        apt-get update -q >>"$dir/apt.log" 2>&1 &&
+            apt-get install -y -q slurmctld slurmd slurm-client munge >>"$dir/apt.log" 2>&1
+    } || die "apt-get install slurmctld slurmd slurm-client munge failed (see $dir/apt.log)"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+configure() {
+    local host node port_ctld port_d
+    host=$(hostname -s)
+    # slurmd -C: "NodeName=... CPUs=... RealMemory=..."; memory is left out (not enforced)
+    node=$(slurmd -C | head -1 | sed -e 's/ RealMemory=[0-9]*//')
+    port_ctld=$(free_port)
+    port_d=$(free_port)
+    mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
+    chmod 711 "$dir" "$dir/munge"
+    cat >"$dir/slurm.conf" <<EOF
+ClusterName=mpiscore-test
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$port_ctld
+SlurmdPort=$port_d
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=10
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/slurmctld.log
+SlurmdLogFile=$dir/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SwitchType=switch/none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
+JobRequeue=1
+ReturnToService=2
+KillWait=10
+InactiveLimit=0
+MinJobAge=300
+SlurmctldTimeout=30
+SlurmdTimeout=30
+$node NodeAddr=127.0.0.1 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+    echo "$host" >"$dir/host"
+}
+
+start() {
+    mkdir -p "$dir"
+    stop  # a cluster left over in DIR
+    install
+    configure
+    # munged refuses keys readable by others; its own key, not the system's
+    dd if=/dev/urandom bs=1 count=1024 of="$dir/munge/munge.key" status=none
+    chmod 400 "$dir/munge/munge.key"
+    munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.socket" \
+        --pid-file="$dir/munged.pid" --log-file="$dir/munged.log" \
+        --seed-file="$dir/munge/munge.seed" >"$dir/munged.out" 2>&1 ||
+        die "munged did not start: $(tail -3 "$dir/munged.out" "$dir/munged.log" 2>/dev/null)"
+    export SLURM_CONF=$dir/slurm.conf
+    slurmctld -f "$SLURM_CONF" -i >"$dir/slurmctld.out" 2>&1 ||
+        die "slurmctld did not start: $(tail -5 "$dir/slurmctld.log" 2>/dev/null)"
+    slurmd -f "$SLURM_CONF" >"$dir/slurmd.out" 2>&1 ||
+        die "slurmd did not start: $(tail -5 "$dir/slurmd.log" 2>/dev/null)"
+    local deadline=$((SECONDS + WAIT_SECONDS)) state=""
+    while [ $SECONDS -lt $deadline ]; do
+        state=$(sinfo -h -N -o '%T' 2>/dev/null | head -1 || true)
+        [ "$state" = idle ] && { echo "$SLURM_CONF"; return 0; }
+        sleep 0.5
+    done
+    stop
+    die "the node did not become idle in ${WAIT_SECONDS}s (state: ${state:-none}); logs in $dir"
+}
+
+case $action in
+    start) start ;;
+    stop) stop ;;
+    *) die "usage: cluster.sh start|stop DIR" ;;
+esac

@@ -1,0 +1,211 @@
+"""The batch scripts in slurm/, submitted for real to a single-node Slurm (conftest.py).
+
+Each test submits a script from slurm/ as a user would, parameterised by its
+environment variables for small test data, and checks what the job left: the
+MPI world size in summary.json, the output against onnxruntime or against an
+uninterrupted run (bitwise, after stop -> requeue -> resume), and the job's
+state and restart count in Slurm.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests import builders
+from tests.mpi.launch import mpiscore
+
+SCRIPTS = Path(__file__).parents[2] / "slurm"
+ROWS, BATCH = 6000, 50  # 120 batches
+ARGS = f"--mini-batch-size {BATCH} --intra-op-threads 1 --progress-seconds 60"
+JOB_SECONDS = 120  # the longest a short job may take on a loaded machine
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("slurm-data")
+    x = builders.features(ROWS, seed=5)
+    files = {"model": builders.mlp(folder / "mlp.onnx"),
+             "h5": builders.write_h5(folder / "x.h5", features=x), "clean": folder / "clean.h5"}
+    result = mpiscore(2, "--model", files["model"], "--input", files["h5"], "--output",
+                      files["clean"], *ARGS.split())
+    assert result.returncode == 0, result.stderr
+    return files
+
+
+def job_env(data: dict[str, Path], output: Path, **extra: object) -> dict[str, object]:
+    return {"MODEL": data["model"], "INPUT": data["h5"], "OUTPUT": output,
+            "MPISCORE_ARGS": ARGS, **extra}
+
+
+def summary(output: Path) -> dict:
+    return json.loads((output.with_name(output.name + ".run") / "summary.json").read_text())
+
+
+def datasets(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as handle:
+        assert handle.attrs["mpiscore_status"] == "complete"
+        return {name: handle[name][()] for name in handle if not name.startswith("_")}
+
+
+def assert_identical(got: Path, want: Path) -> None:
+    a, b = datasets(got), datasets(want)
+    assert sorted(a) == sorted(b)
+    for name in b:
+        assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
+
+
+def assert_scored(output: Path, data: dict[str, Path], rows: slice = slice(None)) -> None:
+    with h5py.File(data["h5"], "r") as handle:
+        x = handle["features"][rows]
+    want = ort.InferenceSession(str(data["model"]), providers=["CPUExecutionProvider"]
+                                ).run(["logits"], {"features": x})[0]
+    got = datasets(output)
+    assert not got["row_status"].any()
+    np.testing.assert_allclose(got["logits"], want, rtol=1e-5, atol=1e-6)
+
+
+def log(folder: Path) -> str:
+    return "".join(path.read_text() for path in sorted(folder.glob("*.out")))
+
+
+def wait_for_batches(output: Path, batches: int, timeout: float = JOB_SECONDS) -> None:
+    """Until the job's journal lists ``batches`` batches (it runs and has written some)."""
+    journal = output.with_name(output.name + ".run") / "journal.txt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) > batches:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{journal}: fewer than {batches} batches after {timeout:.0f}s")
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_score_sbatch_launchers(slurm, data, tmp_path, launcher) -> None:
+    out = tmp_path / "y.h5"
+    job = slurm.submit(SCRIPTS / "score.sbatch", "-n", 2, "-c", 1, "-o", "job.out",
+                       cwd=tmp_path, LAUNCHER=launcher, **job_env(data, out))
+    info = slurm.wait(job, JOB_SECONDS)
+    assert info["JobState"] == "COMPLETED", log(tmp_path)
+    assert summary(out)["ranks"] == 2
+    assert_scored(out, data)
+
+
+def test_resubmitted_complete_job_exits_0(slurm, data, tmp_path) -> None:
+    out = tmp_path / "y.h5"
+    env = job_env(data, out)
+    for _ in range(2):
+        job = slurm.submit(SCRIPTS / "score.sbatch", "-n", 2, "-c", 1, "-o", "job.out",
+                           "--open-mode=append", cwd=tmp_path, **env)
+        assert slurm.wait(job, JOB_SECONDS)["JobState"] == "COMPLETED", log(tmp_path)
+    assert "already complete" in log(tmp_path)
+    assert_identical(out, data["clean"])
+
+
+def test_threads_follow_cpus_per_task(slurm, data, tmp_path) -> None:
+    """-n 1 -c 1 on a node with more CPUs: one ONNX Runtime thread, not one per core."""
+    out = tmp_path / "y.h5"
+    env = job_env(data, out, MPISCORE_ARGS=f"--mini-batch-size {BATCH}")
+    job = slurm.submit(SCRIPTS / "score.sbatch", "-n", 1, "-c", 1, "-o", "job.out",
+                       cwd=tmp_path, **env)
+    assert slurm.wait(job, JOB_SECONDS)["JobState"] == "COMPLETED", log(tmp_path)
+    ranks = summary(out)["per_rank"]
+    assert [r["intra_op_threads"] for r in ranks] == [1]
+
+
+def test_plain_srun_singletons_are_caught(slurm, data, tmp_path) -> None:
+    """srun without a working --mpi starts N 1-rank jobs: each stops at once, one line."""
+    out = tmp_path / "y.h5"
+    job = slurm.submit(SCRIPTS / "score.sbatch", "-n", 2, "-c", 1, "-o", "job.out",
+                       cwd=tmp_path, MPI_PLUGIN="none", **job_env(data, out))
+    info = slurm.wait(job, JOB_SECONDS)
+    text = log(tmp_path)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0", text
+    lines = [line for line in text.splitlines() if line.startswith("mpiscore:")]
+    assert len(lines) == 1 and "--mpi=pmi2" in lines[0] and "srun --mpi=list" in lines[0], text
+    assert "Traceback" not in text
+    assert not out.exists() and not out.with_name("y.h5.partial").exists()
+
+
+def test_job_array_one_output_per_task(slurm, data, tmp_path) -> None:
+    with h5py.File(data["h5"], "r") as handle:
+        x = handle["features"][()]
+    parts = [builders.write_h5(tmp_path / f"part{i}.h5", features=x[i * 1000:(i + 1) * 1000])
+             for i in range(3)]
+    (tmp_path / "inputs.txt").write_text("".join(f"{p}\n" for p in parts))
+    job = slurm.submit(SCRIPTS / "array.sbatch", "--array=0-2", "-n", 1, "-c", 1,
+                       cwd=tmp_path, MODEL=data["model"], MPISCORE_ARGS=ARGS)
+    for task in range(3):
+        info = slurm.wait(f"{job}_{task}", JOB_SECONDS)  # type: ignore[arg-type]
+        assert info["JobState"] == "COMPLETED", log(tmp_path)
+    for task in range(3):
+        assert_scored(tmp_path / "scores" / f"scores-{task}.h5",
+                      {**data, "h5": parts[task]})
+    assert sorted(p.name for p in (tmp_path / "scores").glob("*.h5")) == [
+        "scores-0.h5", "scores-1.h5", "scores-2.h5"]
+
+
+def test_stop_signal_requeues_and_resumes_identically(slurm, data, tmp_path) -> None:
+    """The warning signal (or preemption) as Slurm sends it, to the tasks only:
+    drain, exit 75, requeue, --resume, output bitwise identical."""
+    out = tmp_path / "y.h5"
+    job = slurm.submit(SCRIPTS / "long.sbatch", "-n", 2, "-c", 1, "-o", "job.out",
+                       cwd=tmp_path, MPISCORE_FAULTS="sleep:0.15", STOP_GRACE=20,
+                       **job_env(data, out))
+    wait_for_batches(out, 4)
+    assert slurm.run("scancel", "--signal=TERM", job).returncode == 0
+    info = slurm.wait(job, 2 * JOB_SECONDS, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    text = log(tmp_path)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, text
+    assert "exit 75" in text and "requeued" in text and "--resume" in text
+    assert "Traceback" not in text
+    assert_identical(out, data["clean"])
+
+
+@pytest.mark.timeout(360)
+def test_walltime_stop_requeues_and_resumes_identically(slurm, data, tmp_path) -> None:
+    """A 1-minute job whose work takes ~45 s of a 1-minute limit: SIGTERM@50 comes
+    10-40 s in (Slurm checks limits every 30 s), the job drains and requeues itself,
+    as often as needed, and the resumed output is identical to an uninterrupted run."""
+    out = tmp_path / "y.h5"
+    job = slurm.submit(SCRIPTS / "long.sbatch", "-n", 2, "-c", 1, "-o", "job.out",
+                       "--time=1", "--signal=TERM@50", cwd=tmp_path, STOP_GRACE=5,
+                       MPISCORE_FAULTS="sleep:0.75", **job_env(data, out))
+    info = slurm.wait(job, 300, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    text = log(tmp_path)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, text
+    assert "requeued" in text and "Traceback" not in text
+    assert_identical(out, data["clean"])
+
+
+def test_scancel_is_not_overridden(slurm, data, tmp_path) -> None:
+    out = tmp_path / "y.h5"
+    job = slurm.submit(SCRIPTS / "long.sbatch", "-n", 2, "-c", 1, "-o", "job.out",
+                       cwd=tmp_path, MPISCORE_FAULTS="sleep:0.15", **job_env(data, out))
+    wait_for_batches(out, 2)
+    assert slurm.run("scancel", job).returncode == 0
+    info = slurm.wait(job, JOB_SECONDS, {"CANCELLED", "COMPLETED", "FAILED"})
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0"
+    time.sleep(3)  # the script has ended: a requeue would show by now
+    info = slurm.job(job)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", log(tmp_path)
+    assert not out.exists()
+
+
+def test_restart_cap(slurm, data, tmp_path) -> None:
+    out = tmp_path / "y.h5"
+    job = slurm.submit(SCRIPTS / "long.sbatch", "-n", 1, "-c", 1, "-o", "job.out",
+                       cwd=tmp_path, MPISCORE_FAULTS="sleep:0.15", MAX_RESTARTS=0,
+                       **job_env(data, out))
+    wait_for_batches(out, 2)
+    assert slurm.run("scancel", "--signal=TERM", job).returncode == 0
+    info = slurm.wait(job, JOB_SECONDS, {"CANCELLED", "COMPLETED", "FAILED"})
+    text = log(tmp_path)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "75:0", text
+    assert info["Restarts"] == "0" and "MAX_RESTARTS" in text
