@@ -36,7 +36,19 @@ from .model import model_digest, read_model
 from .plan import Batch
 from .pool import ScorerPool, ScorerSpec, start_pool
 from .protocol import Coordinator, Message, RankWorker, serve, work
-from .report import LOG, Progress, RankStats, RunReport, start_logging, stop_logging, write_json
+from .report import (
+    LOG,
+    Progress,
+    RankStats,
+    RunReport,
+    early_stderr,
+    log_start,
+    plural,
+    start_logging,
+    stop_early_stderr,
+    stop_logging,
+    write_json,
+)
 from .schedule import FailurePolicy, Scheduler
 from .signals import StopSignals
 from .transport import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname
@@ -56,24 +68,39 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
     """
     started = time.perf_counter()
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
+    early_stderr(rank, size, hostname())  # rank 0 says what it does from the start
     pool = pool or start_pool(config, comm)
     job = None
     try:
         job, done, model = _broadcast_job(config, comm, rank, pool)
         host = hostname()
         where = f"rank {rank} of {size} ({host})"
+        stop_early_stderr()
         handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
         try:
+            if rank == 0:
+                _log_plan(job)
             pool.start(ScorerSpec(job, model, pool.settings, where,
-                                  FaultPlan.parse(config.faults)))
+                                  FaultPlan.parse(config.faults), records_death=rank == 0))
             return _score(job, pool, done, comm, rank, size, started)
         finally:
             stop_logging(handlers)
     finally:
+        stop_early_stderr()
         if job is not None and rank == 0:
             job.lock.release()
         pool.close()
         pool.reap()
+
+
+def _log_plan(job: Job) -> None:
+    plan = job.plan
+    LOG.info("planned %s of <= %s rows (%s, %s); %s %s; starting the scoring sessions",
+             plural(len(plan.batches), "batch", "batches"), f"{plan.batch_rows:,}",
+             plural(plan.total_rows, "row"), plural(len(plan.files), "file"),
+             "reopened" if job.config.resume else "created", job.target.partial)
+    for warning in job.warnings:
+        LOG.warning("%s", warning)
 
 
 def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerPool
@@ -84,7 +111,9 @@ def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerP
     outcome: tuple[Job, set[int], bytes] | BaseException | None = None
     if rank == 0:
         try:
-            pool.prepare(config)  # asked already if the CLI started the pool
+            if pool.preparing is None:  # else the CLI asked already, and said so
+                log_start(config, 1 if comm is None else comm.Get_size(), pool.size)
+            pool.prepare(config)
             model = read_model(config.model)  # while the scoring process prepares
             job, done = pool.prepared()
             try:
@@ -134,9 +163,10 @@ def _score(job: Job, pool: ScorerPool, done: set[int], comm: Any | None, rank: i
     spec = pool.spec
     assert spec is not None
     ready = time.perf_counter()
-    LOG.info("%d scoring processes with %d intra-op threads each; %d batches of <= %d rows",
-             pool.size, spec.settings.intra_op_threads, len(job.plan.batches),
-             job.plan.batch_rows)
+    LOG.info("scoring: %s on this rank, %s each; %s of <= %s rows in all",
+             plural(pool.size, "scoring process", "scoring processes"),
+             plural(spec.settings.intra_op_threads, "intra-op thread"),
+             plural(len(job.plan.batches), "batch", "batches"), f"{job.plan.batch_rows:,}")
     worker = RankWorker(pool, lambda message: None, config.window_for(pool.size), rank,
                         spec.faults, config.stop_grace)
     scheduler = None
@@ -309,9 +339,14 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
         first = f"{scheduler.stop_reason}; also " if scheduler.stop_error else ""
         return replace(report, status="failed", error=scheduler.stop_error or type(error).__name__,
                        stop_reason=f"{first}{error} ({output} {kept})")
-    LOG.info("%s: %d rows scored by this run in %.2fs on %d rank(s), %.0f rows/s; %d of %d "
-             "batches written, %d failed -> %s", status, rows, wall, size, rows / wall,
-             len(scheduler.completed), len(job.plan.batches), len(failed), output)
+    in_output = sum(b.rows for b in job.plan.batches if b.batch_id in scheduler.completed)
+    earlier = in_output - rows
+    LOG.info("%s: %s scored by this run in %.2fs on %s (%s rows/s); %s holds %s of %s "
+             "batches, %s of %s rows%s, %d failed", status, plural(rows, "row"), wall,
+             plural(size, "rank"), f"{rows / wall:,.0f}", output,
+             f"{len(scheduler.completed):,}", f"{len(job.plan.batches):,}",
+             f"{in_output:,}", f"{job.plan.total_rows:,}",
+             f" ({earlier:,} from an earlier run)" if earlier > 0 else "", len(failed))
     return report
 
 
@@ -319,7 +354,7 @@ def _raise_unless_complete(report: RunReport) -> None:
     if report.status == "stopped":
         raise Interrupted(f"stopped ({report.stop_reason}); {report.batches_done} of "
                           f"{report.batches} batches written to {report.output}; rerun with "
-                          "--resume to finish", collective=True)
+                          "--resume (resume=True) to finish", collective=True)
     if report.status != "failed":
         return
     if report.error == "ScoringError":

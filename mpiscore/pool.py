@@ -75,6 +75,7 @@ class ScorerSpec:
     settings: ScorerSettings
     where: str
     faults: FaultPlan
+    records_death: bool = False  # rank 0's: if the rank dies, say so in summary.json
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ class ScorerProcess:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-S", "-c", _CHILD, f"{read_fd},{write_fd}", *paths],
-                pass_fds=[read_fd, write_fd], stdin=subprocess.DEVNULL)
+                pass_fds=[read_fd, write_fd], stdin=subprocess.DEVNULL,
+                start_new_session=True)  # out of the rank's group: see scorer.py
         finally:
             os.close(read_fd)
             os.close(write_fd)

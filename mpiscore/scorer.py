@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import queue
 import resource
@@ -31,6 +32,7 @@ from .pipeline import BatchProcessor, Loaded, Prepared
 from .plan import Batch
 from .pool import SYNC_GROUP, PrepareRequest, ScorerSpec, StageTimes
 from .prepare import prepare
+from .report import write_json
 from .score import Scorer, open_session
 
 
@@ -71,6 +73,8 @@ def scorer_main(conn: Channel) -> None:
     spec: ScorerSpec | None = item
     if spec is None:  # the job never started (set-up failed): nothing to do
         return
+    if spec.records_death:
+        _record_death_of_rank(spec)
     try:
         processor = _processor(spec, session)
     except BaseException as exc:
@@ -307,7 +311,27 @@ def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, MpiscoreError) else f"{type(exc).__name__}: {exc}"
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its rank dies (no orphaned scorers)."""
+def _die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``signum`` to this process when its rank dies (no orphans)."""
     with contextlib.suppress(OSError):  # not Linux: orphans end at their pipe's EOF
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+
+
+def _record_death_of_rank(spec: ScorerSpec) -> None:
+    """On rank 0, die with the rank as before, but first record in ``summary.json`` that
+    the job died, so that it does not say "running" for ever after a hard kill (the
+    launcher SIGKILLs every rank when one dies, so no rank can say it)."""
+    summary = spec.job.config.resolved_run_dir / "summary.json"
+
+    def record(signum: int, frame: object) -> None:
+        with contextlib.suppress(Exception):  # dying anyway: nothing must stop the exit
+            if json.loads(summary.read_text()).get("status") == "running":
+                write_json(summary, {
+                    "status": "died", "output": str(spec.job.target.partial),
+                    "stop_reason": f"{spec.where} was killed while the job ran (by a "
+                    "signal, out of memory, or by the MPI launcher after another rank "
+                    "died); the output stays partial: rerun with --resume"})
+        os._exit(1)
+
+    signal.signal(signal.SIGUSR1, record)
+    _die_with_parent(signal.SIGUSR1)

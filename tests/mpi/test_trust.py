@@ -151,13 +151,19 @@ def test_a_second_job_on_the_same_output_is_refused(data, tmp_path, output) -> N
     assert not Path(f"{out}.lock").exists() and not Path(f"{out}.run/lock").exists()
 
 
-def test_the_lock_of_a_killed_job_is_taken_over(data, tmp_path) -> None:
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_killed_job_says_it_died_and_its_lock_is_taken_over(data, tmp_path, killed) -> None:
     out = tmp_path / "y.h5"
     process = background("sleep:0.05", 2, *job(data, out))
     wait_for(process, out, 3)
-    os.kill(rank_pids(out)[0], signal.SIGKILL)
+    os.kill(rank_pids(out)[killed], signal.SIGKILL)
     finish(process)
     assert Path(f"{out}.lock").exists()  # left behind by the kill
+    deadline = time.monotonic() + 10  # written by rank 0's scoring process as it goes
+    while summary(Path(f"{out}.run"))["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    report = summary(Path(f"{out}.run"))
+    assert report["status"] == "died" and "rank 0 of 2" in report["stop_reason"]
     result = mpiscore(2, *job(data, out, 40, "--resume"))
     assert result.returncode == 0, result.stderr
     assert "died" in result.stderr and "taking it over" in result.stderr
@@ -194,7 +200,8 @@ def test_a_partial_output_needs_resume_or_overwrite(data, tmp_path) -> None:
     result = mpiscore(2, *job(data, out))
     assert result.returncode == 6, result.stderr
     [line] = error_lines(result)
-    assert "--resume to finish it" in line and "--overwrite to discard it" in line
+    assert "--resume (resume=True) to finish it" in line
+    assert "--overwrite (overwrite=True) to discard it" in line
     assert Path(f"{out}.partial").read_bytes() == partial  # untouched
     assert mpiscore(2, *job(data, out, 40, "--overwrite")).returncode == 0
     identical(out, data["clean40"])
