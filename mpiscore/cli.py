@@ -8,6 +8,7 @@ once, so no other rank waits forever.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -27,9 +28,11 @@ from .config import (
     split_names,
 )
 from .errors import ConfigError, MpiscoreError
+from .placement import check_world
 from .pool import start_pool
 from .process import ScorerProcess
-from .transport import finalize, world
+from .report import early_stderr, log_start, stop_early_stderr
+from .transport import finalize, hostname, world
 
 ABORT_GRACE_SECONDS = 0.5
 
@@ -44,7 +47,40 @@ def _auto(value: str, option: str) -> int | None:
         raise ConfigError(f"{option} {value!r}: expected a number or auto") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
+QUIET_OPTIONS = {"-h", "--help", "--version"}
+
+
+def launcher_rank() -> int:
+    """This process's rank as its launcher (MPICH, PMIx, Open MPI, Slurm) set it, before
+    MPI is initialised; 0 when not launched as a rank."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+class _Main(click.Group):
+    """Click's own messages (usage errors, --help, --version) come before mpiscore's
+    handling: under mpiexec only rank 0 prints them, every rank exits with their code."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if launcher_rank() == 0 or kwargs.get("standalone_mode") is False:
+            return super().main(*args, **kwargs)
+        argv = kwargs.get("args", args[0] if args else None)
+        if QUIET_OPTIONS & set(sys.argv[1:] if argv is None else argv):
+            sys.exit(0)  # rank 0 prints the help or version
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.ClickException as exc:
+            code = exc.exit_code
+        except click.Abort:
+            code = 1
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mpiscore")
 def main() -> None:
     """Score an ONNX model over HDF5 or Parquet data with MPI."""
@@ -57,24 +93,35 @@ def main() -> None:
               help="Input file, glob or Parquet directory; HDF5 dataset after a colon. Repeatable.")
 @click.option("--output", required=True, type=click.Path(path_type=Path),
               help="Output .h5 file or Parquet dataset directory.")
-@click.option("--input-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto")
-@click.option("--output-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto")
+@click.option("--input-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto",
+              show_default=True, help="Input format; auto = from the suffix (.h5, .hdf5 or "
+              ".parquet, or a directory).")
+@click.option("--output-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto",
+              show_default=True, help="Output format; auto = HDF5 for .h5/.hdf5, else a Parquet "
+              "dataset directory.")
 @click.option("--map", "mapping", multiple=True, metavar="INPUT=SOURCE",
-              help="Model input fed by an HDF5 dataset or comma-separated Parquet columns.")
+              help="Model input fed by an HDF5 dataset or comma-separated Parquet columns "
+              "[default: the dataset named like the input, or the file's only one]. Repeatable.")
 @click.option("--columns",
-              help="Parquet feature columns, comma-separated, globs allowed (default: numeric).")
-@click.option("--keep-columns", help="Parquet columns carried to the output, e.g. id.")
-@click.option("--rename", multiple=True, metavar="OUTPUT=NAME", help="Rename a model output.")
+              help="Parquet feature columns, comma-separated, globs allowed [default: a column "
+              "named like the model input, else the only fixed-size-list column].")
+@click.option("--keep-columns", help="Parquet columns carried to the output, e.g. id "
+              "[default: none].")
+@click.option("--rename", multiple=True, metavar="OUTPUT=NAME",
+              help="Rename a model output [default: the ONNX output names]. Repeatable.")
 @click.option("--mini-batch-size", default="4MiB", show_default=True,
               help="Rows per batch (4096) or input bytes per batch (64MB, 1GiB).")
 @click.option("--run-dir", type=click.Path(path_type=Path),
               help="Plan, summary and logs [default: OUTPUT.run].")
-@click.option("--overwrite", is_flag=True, help="Replace existing output.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output (only one mpiscore wrote) [default: refuse].")
 @click.option("--intra-op-threads", default="auto", show_default=True,
-              help="ONNX Runtime threads per scorer; auto = cores / ranks on the node.")
-@click.option("--inter-op-threads", default=1, show_default=True)
+              help="ONNX Runtime threads per scoring process; auto = the rank's cores / its "
+              "scoring processes.")
+@click.option("--inter-op-threads", default=1, show_default=True,
+              help="ONNX Runtime threads running independent parts of the graph in parallel.")
 @click.option("--graph-optimization", type=click.Choice(GRAPH_OPTIMIZATION_LEVELS),
-              default="all", show_default=True)
+              default="all", show_default=True, help="ONNX Runtime graph optimization level.")
 @click.option("--providers", default="CPUExecutionProvider", show_default=True,
               help="Execution providers in order of preference, comma-separated.")
 @click.option("--spin/--no-spin", default=False, show_default=True,
@@ -93,15 +140,17 @@ def main() -> None:
 @click.option("--error-threshold", default=0, show_default=True,
               help="Batches that may fail for good before the job stops; -1 = any number.")
 @click.option("--allowed-failed-percent", type=float,
-              help="Share of rows that may fail for good before the job stops.")
+              help="Share of rows (%) that may fail for good before the job stops "
+              "[default: no limit by share].")
 @click.option("--on-nan", type=click.Choice(["error", "pass"]), default="error",
               show_default=True, help="NaN/inf in float input: fail the batch, or score it.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted job (same --output, "
-              "--run-dir), skipping the batches its journal lists.")
+              "--run-dir), skipping the batches its journal lists [default: start afresh].")
 @click.option("--stop-grace", default=30.0, show_default=True,
               help="Seconds after SIGTERM for running batches to finish before they are left "
               "for --resume.")
-@click.option("--progress-seconds", default=10.0, show_default=True)
+@click.option("--progress-seconds", default=10.0, show_default=True,
+              help="Seconds between rank 0's progress lines (rows/s, ETA) on stderr.")
 @click.pass_obj
 def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...],
           output: Path, input_format: str, output_format: str, mapping: tuple[str, ...],
@@ -112,9 +161,22 @@ def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...
           batch_timeout: float | None, error_threshold: int,
           allowed_failed_percent: float | None, on_nan: str, resume: bool,
           stop_grace: float, progress_seconds: float) -> None:
-    """Score MODEL over INPUT, writing one output row per input row to OUTPUT."""
+    """Score MODEL over INPUT, writing one output row per input row to OUTPUT.
+
+    \b
+    Examples:
+      mpiexec -n 64 mpiscore score --model model.onnx \\
+          --input 'data/*.h5:/features' --output scores.h5
+      mpiexec -n 2 mpiscore score --model model.onnx --input data.parquet \\
+          --columns 'f*' --keep-columns id --output scores.parquet
+      srun mpiscore score --model model.onnx --input 'data/*.h5' \\
+          --output scores.h5 --resume    # finish an interrupted job
+    """
     comm = world()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    early_stderr(rank, size, hostname())  # stderr lines before the run directory exists
     try:
+        check_world(size)  # srun without a working --mpi: N copies of 1 rank
         config = JobConfig(
             model=model, inputs=tuple(parse_input_spec(i) for i in inputs), output=output,
             input_format=input_format, output_format=output_format,  # type: ignore[arg-type]
@@ -133,7 +195,8 @@ def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
     pool = start_pool(config, comm, early or [])
     try:
-        if comm.Get_rank() == 0:  # its first scoring process checks the job meanwhile
+        if rank == 0:  # its first scoring process checks the job meanwhile
+            log_start(config, size, pool.size)
             pool.prepare(config)
         from .api import run  # heavy (h5py): imported while the scoring processes start
 
@@ -143,6 +206,8 @@ def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=exc.collective)
     except Exception:
         _fail(comm, traceback.format_exc().rstrip(), 1, collective=False)
+    finally:
+        stop_early_stderr()
 
 
 def _fail(comm: Any, message: str, code: int, collective: bool) -> NoReturn:

@@ -35,6 +35,7 @@ class Job:
     attrs: dict[str, Any]
     fingerprint: dict[str, Any]
     lock: JobLock  # held by rank 0 for the job's life
+    warnings: tuple[str, ...] = ()  # found while preparing; rank 0 logs them once
 
     @property
     def written_fields(self) -> list[Field]:

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def changed_input(stamp: dict[str, Any], index: int | None = None) -> str | None
             what = "size" if now["bytes"] != recorded["bytes"] else "modification time"
             return (f"{recorded['path']}: input file changed while the job ran ({what} "
                     "differs); its rows may mix old and new data, so the output stays "
-                    "partial; score it again with --overwrite")
+                    "partial; score it again with --overwrite (overwrite=True)")
     return None
 
 
@@ -70,25 +71,88 @@ def _file_stamp(path: str) -> dict[str, Any]:
 
 
 def check_resumable(run_dir: Path, current: dict[str, Any]) -> None:
-    """Refuse to resume unless the recorded fingerprint matches ``current``; say what differs."""
+    """Refuse to resume unless the recorded fingerprint matches ``current``; say what
+    differs, in words."""
     path = run_dir / FINGERPRINT
     if not path.exists():
         raise ConfigError(f"--resume: {path} not found; nothing to resume in --run-dir {run_dir}")
     recorded = json.loads(path.read_text())
-    for key, what in (("model_sha256", "the model changed"), ("inputs", "the input files changed"),
-                      ("plan", "the mini-batch plan changed"), ("output", "the output changed")):
-        if recorded.get(key) != current[key]:
-            raise ConfigError(f"--resume refused: {what} since the interrupted run "
-                              f"({_difference(recorded.get(key), current[key])}); "
-                              "run without --resume (and with --overwrite) to start over")
+    changes = _difference(recorded, current)
+    if changes:
+        raise ConfigError(f"--resume refused: since the interrupted run, {'; '.join(changes)}; "
+                          "to start over, use --overwrite instead of --resume "
+                          "(overwrite=True, resume=False)")
 
 
-def _difference(before: Any, after: Any) -> str:
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        for old, new in zip(before, after, strict=True):
-            if old != new:
-                return f"was {old}, now {new}"
-    return f"was {before}, now {after}"
+def _difference(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, one phrase per change ("... then, ... now")."""
+    changes = []
+    if before.get("model_sha256") != after["model_sha256"]:
+        changes.append(f"the model changed: SHA-256 {str(before.get('model_sha256'))[:12]}... "
+                       f"then, {after['model_sha256'][:12]}... now")
+    changes += _input_changes(before.get("inputs") or [], after["inputs"])
+    old, new = before.get("plan") or {}, after["plan"]
+    if old.get("batch_rows") != new["batch_rows"]:
+        changes.append(f"the mini-batch size changed: {old.get('batch_rows')} rows per batch "
+                       f"then, {new['batch_rows']} now")
+    elif old.get("batches") != new["batches"]:
+        changes.append(f"the batch plan changed: {old.get('batches')} batches then, "
+                       f"{new['batches']} now (the inputs' rows, chunks or row groups changed)")
+    elif old != new:
+        changes.append(f"the batch plan changed: the same {new['batches']} batches, cut at "
+                       "other rows (the inputs' chunks or row groups changed)")
+    old, new = before.get("output") or {}, after["output"]
+    for key, what in (("path", "the output"), ("format", "the output format")):
+        if old.get(key) != new[key]:
+            changes.append(f"{what} changed: {old.get(key)} then, {new[key]} now")
+    if old.get("fields") != new["fields"]:
+        changes.append(f"the output columns changed: {_fields(old.get('fields') or [])} then, "
+                       f"{_fields(new['fields'])} now")
+    return changes
+
+
+def _input_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str]:
+    paths = [f["path"] for f in after]
+    if [f["path"] for f in before] != paths:
+        gone = [f["path"] for f in before if f["path"] not in paths]
+        added = [p for p in paths if p not in {f["path"] for f in before}]
+        detail = "; ".join([*([f"dropped {_cut(gone)}"] if gone else []),
+                            *([f"added {_cut(added)}"] if added else [])]) or "in another order"
+        return [f"the input files changed: {len(before)} file{'s' * (len(before) != 1)} then, "
+                f"{len(after)} now ({detail})"]
+    changed = [f"input {new['path']} changed: {_stamp_change(old, new)}"
+               for old, new in zip(before, after, strict=True) if old != new]
+    return changed[:3] + ([f"... and {len(changed) - 3} more input files"]
+                          if len(changed) > 3 else [])
+
+
+def _stamp_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    parts = []
+    if old["bytes"] != new["bytes"]:
+        parts.append(f"{old['bytes']:,} bytes then, {new['bytes']:,} now")
+    if old["mtime_ns"] != new["mtime_ns"]:
+        then, now = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["mtime_ns"] / 1e9))
+                     for s in (old, new))
+        if then == now:
+            then, now = (f"{then}.{s['mtime_ns'] % 10**9:09d}" for s in (old, new))
+        parts.append(f"modified {then} then, {now} now")
+    return "; ".join(parts)
+
+
+def _fields(fields: list[list[Any]]) -> str:
+    """``label (int64), logits (float32 x 2)``: output columns in words."""
+    import numpy as np  # the rank has it loaded by now (outputs, readers)
+
+    def one(name: str, dtype: str, shape: list[int]) -> str:
+        kind = np.dtype(dtype).name if dtype[1:2] != "S" else "string"
+        return f"{name} ({' x '.join([kind, *map(str, shape)])})"
+
+    return _cut([one(*field) for field in fields]) or "none"
+
+
+def _cut(items: list[str], shown: int = 5) -> str:
+    text = ", ".join(items[:shown])
+    return f"{text} ... and {len(items) - shown} more" if len(items) > shown else text
 
 
 def completed(run_dir: Path, token: str, batches: int) -> set[int]:

@@ -62,8 +62,8 @@ def tensor_spec(node: object, model: str) -> TensorSpec:
     """Describe an ONNX Runtime ``NodeArg``; non-tensor types cannot be scored in bulk."""
     name, ort_type, shape = node.name, node.type, node.shape  # type: ignore[attr-defined]
     if ort_type not in ORT_TYPES:
-        raise ModelError(f"{model}: {name!r} has type {ort_type}; mpiscore handles numeric "
-                         "tensors only (export classifiers without ZipMap, e.g. zipmap=False)")
+        raise ModelError(f"{model}: input {name!r} has type {ort_type}; mpiscore feeds "
+                         "numeric tensor inputs only")
     dims = tuple(d if isinstance(d, int) and d > 0 else None for d in (shape or ()))
     return TensorSpec(name, ORT_TYPES[ort_type], dims)
 
@@ -116,8 +116,8 @@ def _row_shape(where: str, spec: TensorSpec, field: Field) -> tuple[int, ...]:
     if field.flat and fixed and math.prod(wanted) == math.prod(field.shape):  # type: ignore[arg-type]
         return tuple(wanted)  # type: ignore[arg-type]
     shown = tuple("N" if w is None else w for w in spec.shape)
-    raise ModelError(f"{where}: data rows have shape {field.shape} (rank {len(field.shape) + 1} "
-                     f"with the batch), model wants {shown}")
+    raise ModelError(f"{where}: data rows have shape {field.shape} ({len(field.shape) + 1}-D "
+                     f"with the batch), model wants {shown} ({len(shown)}-D)")
 
 
 @dataclass(frozen=True)

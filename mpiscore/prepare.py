@@ -33,6 +33,7 @@ from .lock import JobLock, LockOwner, acquire, lock_paths
 from .model import bind_inputs, model_digest, output_fields, tensor_spec
 from .outputs import label_width
 from .plan import Plan, make_plan
+from .report import size_text
 from .score import Scorer
 
 
@@ -59,7 +60,8 @@ def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSessio
     source = resolve_input(config, inputs)
     files, fields, kept = describe(source)
     if sum(f.rows for f in files) == 0:
-        raise InputError(f"{', '.join(f.path for f in files[:3])}: input has no rows")
+        more = f" ... and {len(files) - 3} more files" if len(files) > 3 else ""
+        raise InputError(f"{', '.join(f.path for f in files[:3])}{more}: input has no rows")
     bindings = bind_inputs(str(config.model), inputs, fields, config.session.cast)
     row_nbytes = sum(field.row_nbytes for field in fields.values())
     plan = make_plan(files, config.batch_size.rows_for(row_nbytes))
@@ -85,8 +87,28 @@ def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSessio
     else:
         offsets, done = target.create(outputs, kept, plan, attrs), set()
     job = Job(config, sha256, source, plan, bindings, tuple(outputs[:-1]),
-              tuple(probe), tuple(kept), target, offsets, attrs, stamp, lock)
+              tuple(probe), tuple(kept), target, offsets, attrs, stamp, lock,
+              tuple(filter(None, [small_batches(config, plan, row_nbytes)])))
     return job, done
+
+
+SMALL_BATCH_BYTES = 64 * 1024  # below this, or SMALL_BATCH_ROWS rows, a batch is mostly overhead
+SMALL_BATCH_ROWS = 64
+BATCH_OVERHEAD_SECONDS = 1e-3  # a batch's fixed cost: dispatch, read, session run, write, flush
+
+
+def small_batches(config: JobConfig, plan: Plan, row_nbytes: int) -> str | None:
+    """A warning when the chosen batch size makes a large job mostly per-batch overhead."""
+    rows, batches = plan.batch_rows, len(plan.batches)
+    nbytes = rows * row_nbytes
+    if (nbytes >= SMALL_BATCH_BYTES and rows >= SMALL_BATCH_ROWS) or batches < 1000:
+        return None
+    chosen = config.batch_size.rows or f"{config.batch_size.nbytes}B"
+    return (f"--mini-batch-size {chosen}: batches of {rows:,} row{'s' * (rows != 1)} "
+            f"({size_text(nbytes)} of input) make {batches:,} batches, each with a fixed cost "
+            f"(~{BATCH_OVERHEAD_SECONDS * 1e3:.0f} ms: dispatch, read, session run, write, "
+            f"flush), ~{batches * BATCH_OVERHEAD_SECONDS:,.0f}s in all; pass "
+            "--mini-batch-size 4MiB (the default) or more")
 
 
 def _probe(scorer: Scorer, source: InputSource, plan: Plan) -> tuple[dict[str, Any], int]:

@@ -8,6 +8,10 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import JobConfig
 
 LOG = logging.getLogger("mpiscore")
 
@@ -139,3 +143,53 @@ def stop_logging(handlers: list[logging.Handler]) -> None:
     for handler in handlers:
         LOG.removeHandler(handler)
         handler.close()
+
+
+EARLY_HANDLER = "mpiscore-early"
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``1 scoring process``, ``2 scoring processes``, ``1,200 rows``."""
+    return f"{count:,} {one if count == 1 else many or one + 's'}"
+
+
+def early_stderr(rank: int, size: int, host: str) -> None:
+    """Rank 0's progress lines on stderr from the start, before the run directory (and
+    the rank's log file) exists; :func:`stop_early_stderr` hands over to :func:`start_logging`.
+    Idempotent; other ranks say nothing here (their lines go to their log files)."""
+    if rank != 0 or any(h.get_name() == EARLY_HANDLER for h in LOG.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.set_name(EARLY_HANDLER)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank}/{size} {host}:%(process)d "
+                                           "%(levelname)s %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+
+
+def stop_early_stderr() -> None:
+    for handler in [h for h in LOG.handlers if h.get_name() == EARLY_HANDLER]:
+        LOG.removeHandler(handler)
+
+
+def log_start(config: JobConfig, size: int, procs: int) -> None:
+    """The job's first lines (rank 0), while its first scoring process prepares it."""
+    model = config.model
+    inputs = [f"{s.pattern}:{s.dataset}" if s.dataset else s.pattern for s in config.inputs]
+    LOG.info("starting %s x %s", plural(size, "rank"),
+             plural(procs, "scoring process", "scoring processes"))
+    try:
+        megabytes = f" ({size_text(model.stat().st_size)})"
+    except OSError:
+        megabytes = ""  # the check names what is wrong with it
+    shown = ", ".join(inputs[:3]) + (f" ... and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+    LOG.info("loading model %s%s, checking the input %s, planning the batches", model,
+             megabytes, shown)
+
+
+def size_text(nbytes: float) -> str:
+    """``12.3 MiB``, ``512 bytes``."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:,.1f} {unit}"
+    return f"{nbytes:.0f} bytes"

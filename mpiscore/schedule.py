@@ -32,7 +32,8 @@ class FailurePolicy:
     def exceeded(self, failed_batches: int, failed_rows: int, total_rows: int) -> str | None:
         """Why the failures so far are too many, or None while within budget."""
         if 0 <= self.error_threshold < failed_batches:
-            return (f"{failed_batches} batches failed for good, more than "
+            return (f"{failed_batches} batch{'es' * (failed_batches != 1)} failed for good, "
+                    "more than "
                     f"--error-threshold {self.error_threshold}")
         if self.allowed_failed_percent is not None and \
                 100 * failed_rows > self.allowed_failed_percent * total_rows:

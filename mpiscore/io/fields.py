@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from ..plan import Batch
+
+
+def nearest_first(name: str, names: Sequence[str], shown: int = 8) -> str:
+    """``f9, f1, f0 ... and 14 more``: the names closest to a wrong ``name`` first (for a
+    typo), then the rest in their order; says when the list is cut."""
+    close = difflib.get_close_matches(name, names, n=shown, cutoff=0.6)
+    ordered = [*close, *(n for n in names if n not in close)]
+    text = ", ".join(ordered[:shown]) or "none"
+    return f"{text} ... and {len(ordered) - shown} more" if len(ordered) > shown else text
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
 from ..transport import barrier
-from .fields import Columns, Field
+from .fields import Columns, Field, nearest_first
 
 STATUS_ATTR = "mpiscore_status"
 
@@ -67,7 +67,7 @@ def default_dataset(path: str, input_name: str) -> str:
     if len(names) == 1:
         return names[0]
     raise InputError(
-        f"{path}: holds {len(names)} datasets ({', '.join(names[:5]) or 'none'}); "
+        f"{path}: holds {len(names)} datasets ({nearest_first('/' + input_name, names)}); "
         f"name one as {path}:/dataset or with --map {input_name}=/dataset")
 
 
@@ -81,7 +81,11 @@ def _open_input(path: str) -> h5py.File:
 def _dataset(handle: h5py.File, path: str, name: str) -> h5py.Dataset:
     node = handle.get(name)
     if not isinstance(node, h5py.Dataset):
-        raise InputError(f"{path}:{name}: no such dataset")
+        names: list[str] = []
+        handle.visititems(lambda key, obj: names.append("/" + key)
+                          if isinstance(obj, h5py.Dataset) else None)
+        raise InputError(f"{path}:{name}: no such dataset; the file holds "
+                         f"{nearest_first(name, names)}")
     if node.ndim < 1 or node.dtype.kind not in "biuf":
         raise InputError(f"{path}:{name}: expected a numeric array with rows, "
                          f"found shape {node.shape} dtype {node.dtype}")
@@ -91,7 +95,9 @@ def _dataset(handle: h5py.File, path: str, name: str) -> h5py.Dataset:
 def _common_rows(path: str, datasets: list[tuple[str, h5py.Dataset]]) -> int:
     rows = {ds.name: ds.shape[0] for _, ds in datasets}
     if len(set(rows.values())) > 1:
-        raise InputError(f"{path}: mapped datasets differ in row count: {rows}")
+        counts = ", ".join(f"{name} {count:,}" for name, count in rows.items())
+        raise InputError(f"{path}: mapped datasets differ in row count ({counts}); map "
+                         "datasets with one row per input row")
     return next(iter(rows.values()))
 
 

@@ -32,7 +32,7 @@ from ..errors import ConfigError, InputError, OutputError
 from ..plan import Batch, SourceFile
 from ..report import LOG
 from ..transport import barrier
-from .fields import Columns, Field, ParquetSelection
+from .fields import Columns, Field, ParquetSelection, nearest_first
 
 STAGING = "_staging"  # inside OUTPUT.partial only: files being written, and our marker
 METADATA_KEY = "mpiscore"  # key-value metadata of every part file: provenance, shapes
@@ -58,7 +58,8 @@ def match_columns(path: str, schema: pa.Schema, patterns: Sequence[str]) -> tupl
         found = [n for n in schema.names if fnmatch.fnmatchcase(n, pattern)] \
             if glob.has_magic(pattern) else [pattern]
         if not found:
-            raise InputError(f"{path}: no column matches {pattern!r}")
+            raise InputError(f"{path}: no column matches {pattern!r}; columns: "
+                             f"{nearest_first(pattern, schema.names, 12)}")
         names.extend(n for n in found if n not in names)
     return tuple(names)
 
@@ -163,7 +164,8 @@ def _open_input(path: str) -> pq.ParquetFile:
 def _column(path: str, schema: pa.Schema, name: str) -> pa.Field:
     index = schema.get_field_index(name)
     if index < 0:
-        raise InputError(f"{path}: no column {name!r} (columns: {', '.join(schema.names[:12])})")
+        raise InputError(f"{path}: no column {name!r}; columns: "
+                         f"{nearest_first(name, schema.names, 12)}")
     return schema.field(index)
 
 
@@ -359,7 +361,7 @@ class ParquetWriter:
         missing = [b.batch_id for b in self.batches if b.batch_id not in present]
         if missing:
             raise OutputError(f"{self.partial}: part files of batches {_cut(missing)} are "
-                              "missing; rerun with --resume to write them")
+                              "missing; rerun with --resume (resume=True) to write them")
         try:
             discard_staged(self.partial)
             (self.partial / STAGING).rmdir()

@@ -155,11 +155,13 @@ class OutputTarget:
 
     def _check_replaceable(self) -> None:
         if self.final.exists() and not self.overwrite:
-            raise OutputError(f"{self.final}: output exists; pass --overwrite to replace it")
+            raise OutputError(f"{self.final}: output exists; pass --overwrite (overwrite=True) to "
+                              "replace it")
         if self.partial.exists() and not self.overwrite:
             raise OutputError(
                 f"{self.partial}: an interrupted run's partial output is here; rerun with "
-                "--resume to finish it, or with --overwrite to discard it and start over")
+                "--resume (resume=True) to finish it, or with --overwrite (overwrite=True) to "
+                "discard it and start over")
         for path in (self.final, self.partial):
             if (path.exists() or path.is_symlink()) and not _ours(path):
                 kind = "a directory" if path.is_dir() else "a file"

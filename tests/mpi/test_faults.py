@@ -233,7 +233,7 @@ def test_resume_refused_when_model_or_input_changed(data, tmp_path) -> None:
     result = mpiscore(2, *job_args(changed, out, "--resume"))
     assert result.returncode == 2 and "the input files changed" in error_lines(result)[0]
     result = mpiscore(2, *job_args(data, out, "--resume", "--mini-batch-size", 50))
-    assert result.returncode == 2 and "plan changed" in error_lines(result)[0]
+    assert result.returncode == 2 and "the mini-batch size changed" in error_lines(result)[0]
 
 
 def test_nan_input_policy(data, tmp_path) -> None:

@@ -26,10 +26,11 @@ def test_resume_checks_say_what_changed(tmp_path: Path) -> None:
     check_resumable(tmp_path, stamp(data))
     with pytest.raises(ConfigError, match="the model changed"):
         check_resumable(tmp_path, stamp(data, model="def"))
-    with pytest.raises(ConfigError, match="plan changed"):
+    with pytest.raises(ConfigError, match="the mini-batch size changed: 10 rows per batch "
+                       "then, 20 now"):
         check_resumable(tmp_path, stamp(data, batch_rows=20))
     data.write_text("version two")
-    with pytest.raises(ConfigError, match="the input files changed"):
+    with pytest.raises(ConfigError, match=f"input {data} changed: 2 bytes then, 11 now"):
         check_resumable(tmp_path, stamp(data))
 
 

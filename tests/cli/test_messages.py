@@ -1,0 +1,79 @@
+"""What the command says: help, click's own errors once per job, the first lines, the last."""
+
+from __future__ import annotations
+
+import click
+from click.testing import CliRunner
+
+from mpiscore.cli import main, score
+from tests import builders
+
+
+def invoke(*args: object, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def test_every_option_has_help_and_default() -> None:
+    for param in score.params:
+        if not isinstance(param, click.Option) or param.name == "help":
+            continue
+        assert param.help, f"{param.opts[0]} has no help text"
+        assert param.show_default or param.required or "[default:" in param.help, \
+            f"{param.opts[0]} does not say its default"
+
+
+def test_help_shows_examples_with_their_line_breaks() -> None:
+    result = invoke("score", "--help")
+    assert result.exit_code == 0
+    assert "Examples:" in result.output
+    assert "  mpiexec -n 64 mpiscore score --model model.onnx \\\n" in result.output
+    assert "--progress-seconds FLOAT        Seconds between" in result.output
+
+
+def test_usage_error_printed_by_launcher_rank_0_only() -> None:
+    args = ("score", "--modle", "m.onnx", "--input", "x.h5", "--output", "y.h5")
+    for variable in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        quiet = invoke(*args, env={variable: "1"})
+        assert quiet.exit_code == 2 and quiet.output == "", variable
+    loud = invoke(*args, env={"PMI_RANK": "0"})
+    assert loud.exit_code == 2 and "No such option '--modle'" in loud.output
+    assert invoke("score", "--help", env={"PMI_RANK": "3"}).output == ""
+
+
+def test_first_lines_and_last_line_of_a_resumed_job(tmp_path) -> None:
+    model = builders.mlp(tmp_path / "m.onnx")
+    path = builders.write_h5(tmp_path / "x.h5", features=builders.features(100))
+    out = tmp_path / "y.h5"
+    args = ("score", "--model", model, "--input", path, "--output", out,
+            "--mini-batch-size", 10, "--max-retries", 0, "--intra-op-threads", 1)
+    failed = invoke(*args, env={"MPISCORE_FAULTS": "raise-always:5"})
+    assert failed.exit_code == 5, failed.output
+    lines = failed.stderr.splitlines()
+    first = next(i for i, line in enumerate(lines) if "starting 1 rank x 1 scoring process" in line)
+    assert "INFO loading model" in lines[first + 1] and "(1.1 KiB)" in lines[first + 1]
+    assert f"checking the input {path}" in lines[first + 1]
+    assert any(f"planned 10 batches of <= 10 rows (100 rows, 1 file); created {out}.partial"
+               in line for line in lines)
+    assert any("scoring: 1 scoring process on this rank, 1 intra-op thread each" in line
+               for line in lines)
+    [last] = [line for line in lines if "INFO failed:" in line]
+    assert f"; {out}.partial holds " in last and "1 failed" in last
+    assert "1 batch failed for good, more than --error-threshold 0" in failed.output
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    [last] = [line for line in resumed.stderr.splitlines() if "INFO complete:" in line]
+    assert "scored by this run" in last and "from an earlier run" in last, last
+    assert f"; {out} holds 10 of 10 batches, 100 of 100 rows (" in last, last
+    assert "reopened" in resumed.stderr
+
+
+def test_small_batches_warn_once(tmp_path) -> None:
+    model = builders.mlp(tmp_path / "m.onnx")
+    path = builders.write_h5(tmp_path / "x.h5", features=builders.features(2000))
+    result = invoke("score", "--model", model, "--input", path, "--output", tmp_path / "y.h5",
+                    "--mini-batch-size", 1)
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert "--mini-batch-size 1: batches of 1 row (32 bytes of input) make 2,000 batches" \
+        in warning
+    assert "--mini-batch-size 4MiB" in warning
