@@ -28,6 +28,7 @@ from .config import (
     split_names,
 )
 from .errors import ConfigError, MpiscoreError
+from .placement import check_world
 from .pool import start_pool
 from .process import ScorerProcess
 from .report import early_stderr, log_start, stop_early_stderr
@@ -175,6 +176,7 @@ def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...
     rank, size = comm.Get_rank(), comm.Get_size()
     early_stderr(rank, size, hostname())  # stderr lines before the run directory exists
     try:
+        check_world(size)  # srun without a working --mpi: N copies of 1 rank
         config = JobConfig(
             model=model, inputs=tuple(parse_input_spec(i) for i in inputs), output=output,
             input_format=input_format, output_format=output_format,  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+from .placement import cores_per_rank
 from .pool import SCORING_DEPTH, SYNC_GROUP
 
 Format = Literal["auto", "hdf5", "parquet"]
@@ -107,15 +108,6 @@ def detect_format(path: str, declared: Format, what: str) -> Literal["hdf5", "pa
     raise ConfigError(
         f"{what} {path}: cannot tell the format from the suffix {suffix!r}; "
         f"use {HDF5_SUFFIXES[0]} or .parquet, or pass {what}-format hdf5 or parquet")
-
-
-def cores_per_rank(ranks_on_node: int) -> int:
-    """Cores one rank may use: its binding if the launcher bound it (srun --cpu-bind),
-    else an equal share of the node's cores among the ranks on it (mpiexec unbound)."""
-    usable = len(os.sched_getaffinity(0))
-    if usable < (os.cpu_count() or usable):
-        return usable
-    return max(1, usable // ranks_on_node)
 
 
 def gpus_per_node() -> int:

@@ -1,0 +1,70 @@
+"""Where a rank runs: its cores from the launcher, Slurm and the cgroup cpuset, and
+whether the launcher wired the ranks into one MPI world.
+
+Probing the machine and the batch system is not configuration (config.py holds the
+user's options); this module reads what the launcher and Slurm say about the
+allocation, and nothing else does.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ConfigError
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def cores_per_rank(ranks_on_node: int) -> int:
+    """Cores one rank may use without oversubscribing its node's share of the job.
+
+    Under Slurm, ``SLURM_CPUS_ON_NODE`` is what the job holds on this node and
+    ``SLURM_CPUS_PER_TASK`` (when given) what each task may use. A rank whose CPU
+    affinity covers the job's whole share of the node was not bound by its
+    launcher (a cgroup cpuset, or task/none's every CPU): that share is divided
+    among the ranks of the node. A rank bound to fewer CPUs (``srun
+    --cpu-bind``, ``mpiexec -bind-to``) uses those. Outside Slurm, an unbound
+    rank gets an equal share of the node's cores.
+    """
+    usable = len(os.sched_getaffinity(0))
+    on_node, per_task = _env_int("SLURM_CPUS_ON_NODE"), _env_int("SLURM_CPUS_PER_TASK")
+    if on_node is None:
+        if usable < (os.cpu_count() or usable):
+            return usable
+        return max(1, usable // ranks_on_node)
+    if usable >= on_node:  # not bound: the node's share is every rank's
+        usable = max(1, min(usable, on_node) // ranks_on_node)
+    return min(usable, per_task) if per_task else usable
+
+
+def unwired_copies(world_size: int) -> str | None:
+    """Why this process must not score alone, or None.
+
+    ``srun`` without an MPI plugin that suits the MPI library (``MpiDefault=none``,
+    or ``--mpi=pmix`` for MPICH) starts every task as a 1-rank MPI world of its
+    own: N copies that would race on one output. The step's task count
+    (``SLURM_STEP_NUM_TASKS``) tells them apart from one rank of a real world.
+    """
+    tasks = _env_int("SLURM_STEP_NUM_TASKS")
+    if world_size != 1 or tasks is None or tasks < 2:
+        return None
+    return (f"srun started {tasks} separate copies of mpiscore, each an MPI job of 1 rank "
+            "(Slurm's MPI plugin did not connect them, so they would race on one output); "
+            "launch with srun --mpi=pmi2 (MPICH, Intel MPI) or --mpi=pmix (Open MPI), as "
+            "`srun --mpi=list` offers, or with mpiexec -n $SLURM_NTASKS inside the "
+            "allocation")
+
+
+def check_world(world_size: int) -> None:
+    """Stop unwired copies (see :func:`unwired_copies`) before they touch anything: the
+    step's first task raises the ConfigError (exit 2) with the fix, in one line; the
+    other copies leave with the same code silently, so it is printed once per job."""
+    message = unwired_copies(world_size)
+    if message is None:
+        return
+    if os.environ.get("SLURM_PROCID", "0") != "0":
+        raise SystemExit(ConfigError.exit_code)
+    raise ConfigError(message)

@@ -1,0 +1,71 @@
+"""Cores per rank from the launcher's binding, Slurm's allocation and the cpuset; the
+N-singletons mistake of a plain srun."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mpiscore.placement import cores_per_rank, unwired_copies
+
+SLURM = ("SLURM_CPUS_ON_NODE", "SLURM_CPUS_PER_TASK", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID")
+
+
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch):
+    """Set the CPUs this process may use, the node's, and Slurm's variables."""
+
+    def set_up(usable: int, cpus: int, **slurm: int) -> None:
+        for name in SLURM:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(usable)))
+        monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+        for name, value in slurm.items():
+            monkeypatch.setenv(f"SLURM_{name.upper()}", str(value))
+
+    return set_up
+
+
+def test_outside_slurm_unbound_ranks_share_and_bound_ranks_keep_theirs(machine) -> None:
+    machine(8, 8)
+    assert cores_per_rank(2) == 4
+    machine(3, 16)
+    assert cores_per_rank(4) == 3
+
+
+def test_cpus_per_task_caps_an_unbound_rank(machine) -> None:
+    """task/none: every rank sees all 16 CPUs, the job holds 1 of them (-n 1 -c 1)."""
+    machine(16, 16, cpus_on_node=1, cpus_per_task=1)
+    assert cores_per_rank(1) == 1
+    machine(16, 16, cpus_on_node=8, cpus_per_task=4)
+    assert cores_per_rank(2) == 4
+
+
+def test_a_cpuset_shared_by_the_ranks_of_a_node_is_divided(machine) -> None:
+    """task/cgroup without binding: each of 4 ranks sees the job's 8 CPUs of 64."""
+    machine(8, 64, cpus_on_node=8)
+    assert cores_per_rank(4) == 2
+    machine(8, 64, cpus_on_node=8, cpus_per_task=2)
+    assert cores_per_rank(4) == 2
+    machine(8, 64, cpus_on_node=8)
+    assert cores_per_rank(1) == 8
+
+
+def test_a_rank_bound_by_srun_uses_its_binding(machine) -> None:
+    machine(2, 64, cpus_on_node=8, cpus_per_task=2)  # --cpu-bind=cores
+    assert cores_per_rank(4) == 2
+
+
+def test_plain_srun_singletons_are_named(machine) -> None:
+    machine(2, 2, step_num_tasks=2)
+    message = unwired_copies(1)
+    assert message is not None and "--mpi=pmi2" in message and "srun --mpi=list" in message
+    assert unwired_copies(2) is None  # a real world of 2 ranks
+
+
+def test_one_task_or_no_slurm_is_fine(machine) -> None:
+    machine(2, 2)
+    assert unwired_copies(1) is None
+    machine(2, 2, step_num_tasks=1)
+    assert unwired_copies(1) is None
