@@ -70,18 +70,25 @@ class JobLock:
     created: tuple[Path, ...] = ()  # directories made to hold a lock: gone with it if empty
     refreshed: float = field(default_factory=time.monotonic)
 
-    def refresh(self) -> None:
-        """Every REFRESH_SECONDS: check the locks are still ours and mark them alive."""
+    def refresh(self, taken: bool = True) -> None:
+        """Every REFRESH_SECONDS: check the locks are still ours and mark them alive.
+
+        ``taken=False`` while the job is still being set up (its locks may not be
+        taken yet, or be another job's): mark alive only those that are ours."""
         if time.monotonic() - self.refreshed < REFRESH_SECONDS:
             return
         self.refreshed = time.monotonic()
         now = time.time()
         for path in self.paths:
             holder = _holder(path)
-            if holder is not None and holder.token != self.owner.token:
-                raise OutputError(f"{path}: the lock was taken over by another job "
-                                  f"({holder.describe()}); this job stops, its output "
-                                  "partial")
+            if holder is None:  # removed by hand: nothing to mark
+                continue
+            if holder.token != self.owner.token:
+                if taken:
+                    raise OutputError(f"{path}: the lock was taken over by another job "
+                                      f"({holder.describe()}); this job stops, its output "
+                                      "partial")
+                continue
             with contextlib.suppress(OSError):  # a missed beat is harmless; many are not
                 os.utime(path, (now, now))
 

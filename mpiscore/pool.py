@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .channel import wait
 from .errors import ScoringError
-from .lock import LockOwner
+from .lock import JobLock, LockOwner, lock_paths
 from .plan import Batch
 from .process import ScorerProcess
 from .transport import node_local
@@ -133,8 +133,11 @@ class ScorerPool:
         """The job :meth:`prepare` asked for, and the batches an interrupted run already
         wrote; raises the error the checks found."""
         assert self.preparing is not None, "prepare() first"
-        first, model = self.procs[0], self.preparing.config.model
+        first, config = self.procs[0], self.preparing.config
+        model = config.model
+        lock = JobLock(lock_paths(config.output, config.resolved_run_dir), self.preparing.owner)
         while not wait([first.conn], 1.0):
+            lock.refresh(taken=False)  # planning 10,000 files may take minutes: stay alive
             if not first.alive():
                 break
         try:
