@@ -10,6 +10,7 @@
      |    +-- StorageError   the disk is full, over quota, read-only or failing (exit 6):
      |                       the job stops at once, resumable; never a batch's failure
      +-- Interrupted         stopped by a signal; resumable with --resume (exit 75)
+     +-- AlreadyComplete     this very job's output is complete already: nothing to do (exit 0)
 
 Messages name the object and where: ``data/x.h5:/features rows 0-4095: ...``.
 """
@@ -112,6 +113,16 @@ class Interrupted(MpiscoreError):
     """
 
     exit_code = 75
+
+
+class AlreadyComplete(MpiscoreError):
+    """The output is complete and the run directory's fingerprint is this job's (same
+    model, inputs, plan and output): a requeued or resubmitted job has nothing to do.
+
+    Exit code 0: the job's work is done, so a batch script or workflow goes on.
+    """
+
+    exit_code = 0
 
 
 def error_class(name: str) -> type[MpiscoreError]:

@@ -10,6 +10,7 @@ onnxruntime); rank 0 broadcasts the resulting Job to every rank.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +18,7 @@ import onnxruntime as ort
 
 from . import __version__
 from .config import JobConfig
-from .errors import InputError
+from .errors import AlreadyComplete, InputError
 from .io.fields import ROW_STATUS
 from .io.registry import (
     InputSource,
@@ -28,7 +29,7 @@ from .io.registry import (
     resolve_input,
 )
 from .job import Job
-from .journal import check_resumable, completed, fingerprint, journal_token
+from .journal import FINGERPRINT, check_resumable, completed, fingerprint, journal_token
 from .lock import JobLock, LockOwner, acquire, lock_paths
 from .model import bind_inputs, model_digest, output_fields, tensor_spec
 from .outputs import label_width
@@ -71,7 +72,6 @@ def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSessio
                                   scorer.columns, label_width(model_bytes))
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
-    target.check(outputs, kept, config.resume, [f.path for f in files])
     sha256 = model_digest(model_bytes)
     attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
@@ -79,6 +79,11 @@ def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSessio
     stamp = fingerprint(sha256, [f.path for f in files], plan.to_json()["batches"],
                         plan.batch_rows, str(config.output), target.format,
                         [(f.name, f.dtype, f.shape) for f in outputs + kept])
+    if not config.overwrite and _already_complete(config, target, stamp):
+        raise AlreadyComplete(
+            f"{target.final}: already complete, from the same model, inputs and plan "
+            f"({config.resolved_run_dir / FINGERPRINT}); nothing to do")
+    target.check(outputs, kept, config.resume, [f.path for f in files])
     if config.resume:
         check_resumable(config.resolved_run_dir, stamp)
         offsets = target.reopen(outputs, kept)
@@ -109,6 +114,19 @@ def small_batches(config: JobConfig, plan: Plan, row_nbytes: int) -> str | None:
             f"(~{BATCH_OVERHEAD_SECONDS * 1e3:.0f} ms: dispatch, read, session run, write, "
             f"flush), ~{batches * BATCH_OVERHEAD_SECONDS:,.0f}s in all; pass "
             "--mini-batch-size 4MiB (the default) or more")
+
+
+def _already_complete(config: JobConfig, target: OutputTarget, stamp: dict[str, Any]) -> bool:
+    """Whether this very job finished before: its output is complete (no partial beside
+    it) and the run directory's fingerprint is this job's. A requeued or resubmitted
+    job then has nothing to do; another job's output still needs --overwrite."""
+    if not target.final.exists() or target.partial.exists():
+        return False
+    try:
+        recorded = json.loads((config.resolved_run_dir / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and all(recorded.get(key) == stamp[key] for key in stamp)
 
 
 def _probe(scorer: Scorer, source: InputSource, plan: Plan) -> tuple[dict[str, Any], int]:
