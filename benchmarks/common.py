@@ -15,6 +15,13 @@ HERE = Path(__file__).resolve().parent
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
 
 
+def example_data(scratch: Path, rows: int) -> Path:
+    """The README example's data (examples/make_data.py), ``rows`` rows, in ``scratch``."""
+    subprocess.run([sys.executable, str(HERE.parent / "examples" / "make_data.py"), "--rows",
+                    str(rows), "--out", str(scratch)], check=True, capture_output=True)
+    return scratch / "blobs.h5"
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0))
 

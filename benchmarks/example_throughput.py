@@ -10,12 +10,10 @@ and ratios to the plain loop (plain_loop.py) are printed as JSON, then a table.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import HERE, interleaved, mpiscore_command, plain_loop_command, report
+from common import HERE, example_data, interleaved, mpiscore_command, plain_loop_command, report
 
 EXAMPLES = HERE.parent / "examples"
 MODEL = EXAMPLES / "mlp_classifier.onnx"
@@ -29,9 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mpiscore-bench-") as tmp:
         scratch = Path(tmp)
-        subprocess.run([sys.executable, str(EXAMPLES / "make_data.py"), "--rows", str(args.rows),
-                        "--out", str(scratch)], check=True, capture_output=True)
-        data = scratch / "blobs.h5"
+        data = example_data(scratch, args.rows)
         jobs = {"plain_onnxruntime_loop": plain_loop_command(MODEL, data, scratch / "plain.h5",
                                                              BATCH_ROWS)}
         for ranks in (1, 2):

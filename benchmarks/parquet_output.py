@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import HERE, interleaved, mpiscore_command, report
+from common import HERE, example_data, interleaved, mpiscore_command, report
 
 EXAMPLES = HERE.parent / "examples"
 MODEL = EXAMPLES / "mlp_classifier.onnx"
@@ -35,9 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mpiscore-bench-") as tmp:
         scratch = Path(tmp)
-        subprocess.run([sys.executable, str(EXAMPLES / "make_data.py"), "--rows", str(args.rows),
-                        "--out", str(scratch)], check=True, capture_output=True)
-        data = scratch / "blobs.h5"
+        data = example_data(scratch, args.rows)
         jobs = {f"{kind}_output": mpiscore_command(args.ranks, MODEL, data,
                                                    scratch / f"out.{suffix}",
                                                    args.mini_batch_size)

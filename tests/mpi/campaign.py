@@ -46,7 +46,7 @@ import h5py
 import pyarrow.dataset as ds
 
 from tests import builders
-from tests.mpi.launch import MPIEXEC
+from tests.mpi.launch import MPIEXEC, rank_pids
 
 ROWS, BATCH = 1200, 40
 FAULTS = ("kill-rank", "kill-scorer", "kill-mpiexec", "signal", "fsize-rank0", "fsize-scorer",
@@ -198,17 +198,7 @@ def _limit(pid: int, size: int) -> None:
 
 def _processes(out: Path) -> tuple[dict[int, int], list[int]]:
     """The job's rank processes by rank, and its scoring processes."""
-    ranks, children = {}, []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if str(out).encode() in argv and b"score" in argv:
-            rank = [e for e in env if e.startswith(b"PMI_RANK=")]
-            if rank:
-                ranks[int(rank[0].split(b"=")[1])] = int(entry.name)
+    ranks, children = rank_pids(out), []
     for entry in Path("/proc").iterdir():
         try:
             stat = (entry / "stat").read_text()

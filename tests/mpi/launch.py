@@ -23,3 +23,19 @@ def mpiscore(ranks: int, *args: object, timeout: float = TIMEOUT_SECONDS,
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The lines mpiscore itself printed about the failure."""
     return [line for line in result.stderr.splitlines() if line.startswith("mpiscore:")]
+
+
+def rank_pids(out: Path) -> dict[int, int]:
+    """The MPI rank processes (not their scoring processes) of the job writing ``out``."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mpiscore" in argv and b"score" in argv and str(out).encode() in argv:
+            rank = [e for e in env if e.startswith(b"PMI_RANK=")]
+            if rank:
+                ranks[int(rank[0].split(b"=")[1])] = int(entry.name)
+    return ranks

@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests import builders
-from tests.mpi.launch import MPIEXEC, error_lines, mpiscore
+from tests.mpi.launch import MPIEXEC, error_lines, mpiscore, rank_pids
 
 ROWS = 1200
 
@@ -74,22 +74,6 @@ def wait_for(process: subprocess.Popen, out: Path, batches: int) -> None:
 def finish(process: subprocess.Popen) -> tuple[int, str]:
     _, stderr = process.communicate(timeout=90)
     return process.returncode, stderr
-
-
-def rank_pids(out: Path) -> dict[int, int]:
-    """The MPI rank processes (not their scoring processes) of the job writing ``out``."""
-    ranks = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mpiscore" in argv and b"score" in argv and str(out).encode() in argv:
-            rank = [e for e in env if e.startswith(b"PMI_RANK=")]
-            if rank:
-                ranks[int(rank[0].split(b"=")[1])] = int(entry.name)
-    return ranks
 
 
 def identical(path: Path, clean: Path) -> None:
