@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, ModelError
-from .io.fields import Field
+from .io.fields import Field, nearest_first
 
 RESERVED = "row_status"  # io.fields.ROW_STATUS, written beside every output
 
@@ -85,7 +85,8 @@ def bind_inputs(model: str, inputs: list[TensorSpec], fields: dict[str, Field],
     if missing or extra:
         raise ModelError(
             f"{model}: model inputs {', '.join(s.name for s in inputs)} vs data for "
-            f"{', '.join(fields)}: missing {missing or 'none'}, unknown {extra or 'none'}; "
+            f"{', '.join(fields)}: missing {', '.join(missing) or 'none'}, unknown "
+            f"{', '.join(extra) or 'none'}; "
             "map each input with --map NAME=SOURCE")
     return tuple(_bind(model, spec, fields[spec.name], cast) for spec in inputs)
 
@@ -154,8 +155,9 @@ def output_fields(outputs: dict[str, np.ndarray], rename: dict[str, str],
     sources = {column.output for column in columns.values()}
     unknown = sorted(set(rename) - sources)
     if unknown:
-        raise ModelError(f"{model}: --rename names unknown outputs {unknown}; "
-                         f"outputs are {list(dict.fromkeys(c.output for c in columns.values()))}")
+        outputs = list(dict.fromkeys(c.output for c in columns.values()))
+        raise ModelError(f"{model}: --rename {', '.join(unknown)}: not an output of the model; "
+                         f"its outputs: {nearest_first(unknown[0], outputs)}")
     names = [f.name for f in fields]
     clashes = sorted({n for n in names if names.count(n) > 1} | ({RESERVED} & set(names)))
     if clashes:

@@ -260,8 +260,9 @@ class RankWorker:
             return
         abandoned = self.pool.abandon()
         if abandoned:
-            LOG.warning("abandoning %d batches still running %.0fs after the stop",
-                        len(abandoned), self.stop_grace)
+            LOG.warning("abandoning %d batch%s still running %.0fs after the stop (they are "
+                        "left for --resume)", len(abandoned), "es" * (len(abandoned) != 1),
+                        self.stop_grace)
             self.send_up(Returned(tuple(batch.batch_id for batch in abandoned)))
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import click
+import numpy as np
 from click.testing import CliRunner
 
 from mpiscore.cli import main, score
@@ -77,3 +81,21 @@ def test_small_batches_warn_once(tmp_path) -> None:
     assert "--mini-batch-size 1: batches of 1 row (32 bytes of input) make 2,000 batches" \
         in warning
     assert "--mini-batch-size 4MiB" in warning
+
+
+def test_readme_reads_hdf5_output_into_pandas(tmp_path, monkeypatch) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    snippet = readme.split("pd.read_hdf", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    model = builders.mlp(tmp_path / "m.onnx")
+    data = builders.features(30)
+    path = builders.write_h5(tmp_path / "x.h5", features=data)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("score", "--model", model, "--input", path, "--output", "scores.h5")
+    assert result.exit_code == 0, result.output
+    names: dict = {}
+    exec(textwrap.dedent(snippet), names)  # the README's own code
+    want = builders.reference(model, features=data)
+    np.testing.assert_array_equal(names["df"]["label"], want["label"])
+    np.testing.assert_array_equal(np.stack(names["df"]["logits"]), want["logits"])
+    assert list(names["wide"].columns) == ["label", "row_status", "logits_0", "logits_1",
+                                           "logits_2"]
