@@ -6,10 +6,14 @@ own start-up: the job's critical path is then the slower of the two, not their s
 At the end the rank leaves without the interpreter's teardown.
 """
 
-import ctypes
-import sys
+from .signals import catch_early
 
-from .process import ScorerProcess
+catch_early()  # first: a signal during start-up is recorded, never a death (signals.py)
+
+import ctypes  # noqa: E402
+import sys  # noqa: E402
+
+from .process import ScorerProcess  # noqa: E402
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # scorer.py. ``-S`` skips the site module (~10 ms): the paths it would add are given.
 _CHILD = ("import sys; sys.path[:] = sys.argv[2:]; "
           "from mpiscore.scorer import main; main(*map(int, sys.argv[1].split(',')))")
+_STOPS = {signal.SIGTERM, signal.SIGINT}  # the scoring process ignores them (scorer.py)
 # Where this package lies, for a parent that finds it by an import hook (editable installs).
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,12 +37,17 @@ class ScorerProcess:
     def __init__(self) -> None:
         self.conn, (read_fd, write_fd) = pipe()
         paths = sys.path if _PACKAGE_ROOT in sys.path else [*sys.path, _PACKAGE_ROOT]
+        # The child starts with SIGTERM/SIGINT blocked (a mask survives exec) until it
+        # ignores them: a stop signal sent to every process of the job while the child
+        # still imports (Slurm signals the whole step) must not kill it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-S", "-c", _CHILD, f"{read_fd},{write_fd}", *paths],
                 pass_fds=[read_fd, write_fd], stdin=subprocess.DEVNULL,
                 start_new_session=True)  # out of the rank's group: see scorer.py
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_fd)
             os.close(write_fd)
         self.ready = False

@@ -40,6 +40,7 @@ def main(read_fd: int, write_fd: int) -> None:
     """Entry of a scoring process; the descriptors are its end of the channel to the rank."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # process.py
     _die_with_parent()
     try:
         scorer_main(Channel(read_fd, write_fd))

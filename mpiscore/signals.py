@@ -20,6 +20,25 @@ from types import FrameType
 from typing import Any
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_early: list[str] = []  # signals that came before StopSignals took over (this process only)
+
+
+def catch_early() -> None:
+    """The first stage, installed by the entry point before anything else is imported:
+    a signal during start-up (imports, MPI start-up, planning, model loading) is only
+    recorded, so it can never kill the rank with a traceback or leave a half-made
+    job; :class:`StopSignals` takes it over when scoring starts, and the job stops
+    cleanly there (exit 75, resumable). A second signal stops at once, as later."""
+    for signum in HANDLED:
+        signal.signal(signum, _record_early)
+
+
+def _record_early(signum: int, frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    if _early:
+        os.write(2, f"mpiscore: second {name} during start-up: stopping now\n".encode())
+        os._exit(128 + signum)
+    _early.append(f"{name} during start-up")
 
 
 class StopSignals:
@@ -33,6 +52,8 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         for signum in HANDLED:
             self.previous[signum] = signal.signal(signum, self._handle)
+        if _early and self.received is None:  # came during start-up: stop now
+            self.received = f"{_early[0]} on {self.where}"
         return self
 
     def __exit__(self, *exc: object) -> None:
