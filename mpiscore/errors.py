@@ -99,7 +99,8 @@ def storage_error(path: object, exc: OSError, doing: str) -> OutputError:
     """The one-line error for a failed write of ``path``: a StorageError, naming the
     errno, when the storage refused it; else an OutputError."""
     code = errno.errorcode.get(exc.errno or 0, "")
-    reason = f"{exc.strerror or exc} ({code})" if code else f"{exc.strerror or exc}"
+    text = " ".join(str(exc.strerror or exc).split())  # one line, even for HDF5's messages
+    reason = f"{text} ({code})" if code else text
     if exc.errno in STORAGE_ERRNOS:
         return StorageError(f"{path}: {doing}: {reason}; free space (or raise the quota or "
                             "limit), then rerun with --resume")

@@ -44,6 +44,8 @@ def main(read_fd: int, write_fd: int) -> None:
     _die_with_parent()
     try:
         scorer_main(Channel(read_fd, write_fd))
+    except BrokenPipeError:  # the rank is gone (killed): it has nobody to tell
+        _exit(1)
     except BaseException:
         traceback.print_exc()
         _exit(1)

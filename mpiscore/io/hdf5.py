@@ -13,9 +13,12 @@ every rank has finished; only then is it marked complete and renamed.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,17 +275,42 @@ def create(partial: Path, fields: list[Field], rows: int, attrs: dict[str, Any],
            plan_rows: np.ndarray) -> dict[str, int]:
     """Create the output file with pre-allocated contiguous datasets (rank 0 only).
 
-    Returns each dataset's byte offset in the file, where ranks write its rows.
+    Returns each dataset's byte offset in the file, where ranks write its rows. The
+    file is made under a temporary name and renamed once whole, so a full disk or a
+    kill never leaves a ``.partial`` that is not a recognisable mpiscore output.
     """
-    try:
-        with h5py.File(partial, "w") as handle:
-            offsets = {field.name: _allocate(handle, field, rows) for field in fields}
-            handle.attrs.update({STATUS_ATTR: "incomplete", **attrs})
-            handle.create_dataset("_mpiscore/plan", data=plan_rows)
-            handle["_mpiscore/plan"].attrs["columns"] = "batch_id,file_index,start,stop"
-    except OSError as exc:
-        raise storage_error(partial, exc, "cannot create HDF5 output") from exc
+    making = partial.with_name(partial.name + ".creating")
+    failure = None
+    with _quiet_h5py_cleanup():
+        try:
+            with h5py.File(making, "w") as handle:
+                offsets = {field.name: _allocate(handle, field, rows) for field in fields}
+                handle.attrs.update({STATUS_ATTR: "incomplete", **attrs})
+                handle.create_dataset("_mpiscore/plan", data=plan_rows)
+                handle["_mpiscore/plan"].attrs["columns"] = "batch_id,file_index,start,stop"
+            os.replace(making, partial)
+        except OSError as exc:
+            making.unlink(missing_ok=True)
+            failure = storage_error(partial, exc, "cannot create HDF5 output")
+            exc.__traceback__ = None  # let go of h5py's objects here, inside the quiet hook
+    if failure is not None:
+        raise failure
     return offsets
+
+
+@contextlib.contextmanager
+def _quiet_h5py_cleanup() -> Iterator[None]:
+    """When a write fails (a full disk), h5py's objects fail again as they are freed and
+    print tracebacks (Cython reports them through both hooks): the error raised says it
+    once, so those are dropped (collected here, while the hooks are ours)."""
+    hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = lambda unraisable: None
+    sys.excepthook = lambda *exc_info: None
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook, sys.excepthook = hooks
 
 
 def _allocate(handle: h5py.File, field: Field, rows: int) -> int:

@@ -266,3 +266,19 @@ def test_sighup_drains_like_sigterm(data, tmp_path) -> None:
     result = mpiscore(2, *job(data, out, 40, "--resume"))
     assert result.returncode == 0, result.stderr
     identical(out, data["clean40"])
+
+
+def test_a_disk_full_while_creating_the_output_leaves_nothing_behind(data, tmp_path,
+                                                                      small_disk) -> None:
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 8 * 1024))
+    out = small_disk / "y.h5"
+    result = mpiscore(2, *job(data, out, 40, "--run-dir", tmp_path / "run"))
+    assert result.returncode == 6, result.stderr
+    [line] = error_lines(result)
+    assert "ENOSPC" in line and "Traceback" not in result.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    filler.unlink()
+    result = mpiscore(2, *job(data, out, 40, "--run-dir", tmp_path / "run"))  # as first asked
+    assert result.returncode == 0, result.stderr
+    identical(out, data["clean40"])

@@ -77,3 +77,16 @@ def test_refresh_notices_a_lock_taken_over(tmp_path: Path) -> None:
         lock.refresh()
     lock.release()
     assert lock.paths[0].exists()  # not ours to remove
+
+
+def test_a_zombie_holder_is_gone(tmp_path: Path) -> None:
+    """A rank whose launcher was killed can linger as a zombie nobody reaps."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    me = LockOwner.here()
+    held_by(paths(tmp_path)[0], replace(me, pid=child.pid, token="zombie"))
+    acquire(paths(tmp_path), me).release()
+    child.wait()
