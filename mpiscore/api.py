@@ -31,6 +31,7 @@ from .faults import FaultPlan
 from .io.fields import fill_columns
 from .io.registry import open_reader
 from .job import Job
+from .jobfile import write_config
 from .journal import FINGERPRINT, Journal, changed_input, journal_token
 from .model import model_digest, read_model
 from .plan import Batch
@@ -147,6 +148,7 @@ def _create_run_dir(job: Job) -> None:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "plan.json", {**job.attrs, **job.plan.to_json()})
         write_json(run_dir / FINGERPRINT, job.fingerprint)
+        write_config(run_dir, job.config)  # rerun or resume it: --config RUN_DIR/config.toml
         # replaced when the job ends; until then no earlier summary remains
         owner = job.lock.owner
         write_json(run_dir / "summary.json",

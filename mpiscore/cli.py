@@ -18,16 +18,9 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .config import (
-    GRAPH_OPTIMIZATION_LEVELS,
-    JobConfig,
-    SessionConfig,
-    parse_batch_size,
-    parse_input_spec,
-    parse_pairs,
-    split_names,
-)
-from .errors import ConfigError, MpiscoreError
+from .config import GRAPH_OPTIMIZATION_LEVELS, config_from_options
+from .errors import MpiscoreError
+from .jobfile import option_kinds, read_job_file
 from .placement import check_world
 from .pool import start_pool
 from .process import ScorerProcess
@@ -37,14 +30,28 @@ from .transport import finalize, hostname, world
 ABORT_GRACE_SECONDS = 0.5
 
 
-def _auto(value: str, option: str) -> int | None:
-    """``auto`` -> None (decided per node), else the number."""
-    if value == "auto":
-        return None
+class OneLineError(click.ClickException):
+    """An MpiscoreError found while click parses the options (a bad job file): one line,
+    the error's exit code."""
+
+    def __init__(self, error: MpiscoreError) -> None:
+        super().__init__(str(error))
+        self.error, self.exit_code = error, error.exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"mpiscore: {type(self.error).__name__}: {self.error}", err=True)
+
+
+def _job_file(ctx: click.Context, path: Path | None) -> None:
+    """``--config job.toml``: its values become the options' defaults, so any option
+    given on the command line wins (click's ParameterSource.DEFAULT_MAP)."""
+    if path is None:
+        return
     try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{option} {value!r}: expected a number or auto") from None
+        values = read_job_file(path, option_kinds(ctx.command.params))
+    except MpiscoreError as exc:
+        raise OneLineError(exc) from exc
+    ctx.default_map = {**(ctx.default_map or {}), **values}
 
 
 RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
@@ -151,16 +158,13 @@ def main() -> None:
               "for --resume.")
 @click.option("--progress-seconds", default=10.0, show_default=True,
               help="Seconds between rank 0's progress lines (rows/s, ETA) on stderr.")
+@click.option("--config", type=click.Path(path_type=Path), is_eager=True,
+              callback=lambda ctx, param, value: _job_file(ctx, value), expose_value=False,
+              help="A TOML job file: keys are these options' names with _ for - "
+              "(mini_batch_size = 4096, input = [\"a.h5:/x\"]); options given here win "
+              "[default: none].")
 @click.pass_obj
-def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...],
-          output: Path, input_format: str, output_format: str, mapping: tuple[str, ...],
-          columns: str | None, keep_columns: str | None, rename: tuple[str, ...],
-          mini_batch_size: str, run_dir: Path | None, overwrite: bool, intra_op_threads: str,
-          inter_op_threads: int, graph_optimization: str, providers: str, spin: bool,
-          cast: str, procs_per_rank: str, window: int | None, max_retries: int,
-          batch_timeout: float | None, error_threshold: int,
-          allowed_failed_percent: float | None, on_nan: str, resume: bool,
-          stop_grace: float, progress_seconds: float) -> None:
+def score(early: list[ScorerProcess] | None, **options: Any) -> None:
     """Score MODEL over INPUT, writing one output row per input row to OUTPUT.
 
     \b
@@ -177,20 +181,8 @@ def score(early: list[ScorerProcess] | None, model: Path, inputs: tuple[str, ...
     early_stderr(rank, size, hostname())  # stderr lines before the run directory exists
     try:
         check_world(size)  # srun without a working --mpi: N copies of 1 rank
-        config = JobConfig(
-            model=model, inputs=tuple(parse_input_spec(i) for i in inputs), output=output,
-            input_format=input_format, output_format=output_format,  # type: ignore[arg-type]
-            mapping=parse_pairs(mapping, "--map"), columns=split_names(columns),
-            keep_columns=split_names(keep_columns), rename=parse_pairs(rename, "--rename"),
-            batch_size=parse_batch_size(mini_batch_size), run_dir=run_dir, overwrite=overwrite,
-            session=SessionConfig(_auto(intra_op_threads, "--intra-op-threads"), inter_op_threads,
-                                  graph_optimization, split_names(providers), spin,
-                                  cast),  # type: ignore[arg-type]
-            procs_per_rank=_auto(procs_per_rank, "--procs-per-rank"), window=window,
-            max_retries=max_retries,
-            batch_timeout=batch_timeout, error_threshold=error_threshold,
-            allowed_failed_percent=allowed_failed_percent, on_nan=on_nan,  # type: ignore[arg-type]
-            resume=resume, stop_grace=stop_grace, progress_seconds=progress_seconds)
+        options["input"], options["map"] = options.pop("inputs"), options.pop("mapping")
+        config = config_from_options(options)
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
         _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
     pool = start_pool(config, comm, early or [])

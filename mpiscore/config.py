@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -234,3 +235,103 @@ class JobConfig:
     @property
     def resolved_output_format(self) -> Literal["hdf5", "parquet"]:
         return detect_format(str(self.output), self.output_format, "--output")
+
+
+def auto_number(value: object, option: str) -> int | None:
+    """``auto`` -> None (decided per node), else the number."""
+    if value == "auto":
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ConfigError(f"{option} {value!r}: expected a number or auto") from None
+
+
+def batch_size_text(size: BatchSize) -> int | str:
+    """A BatchSize as ``--mini-batch-size`` takes it: rows, or bytes in the largest unit
+    that divides them (``4MiB``)."""
+    if size.rows is not None:
+        return size.rows
+    assert size.nbytes is not None
+    for unit in ("GiB", "MiB", "KiB", "GB", "MB", "KB"):
+        if size.nbytes % _SIZE_UNITS[unit.upper()] == 0:
+            return f"{size.nbytes // _SIZE_UNITS[unit.upper()]}{unit}"
+    return f"{size.nbytes}B"
+
+
+def _pairs(option: str) -> Callable[[list[str]], tuple[tuple[str, str], ...]]:
+    return lambda values: parse_pairs(tuple(values), option)
+
+
+# option key (the option's name with ``_``) -> (JobConfig field, how to convert the value)
+_JOB_OPTIONS = {
+    "model": ("model", Path), "output": ("output", Path),
+    "input": ("inputs", lambda values: tuple(parse_input_spec(v) for v in values)),
+    "input_format": ("input_format", str), "output_format": ("output_format", str),
+    "map": ("mapping", _pairs("--map")), "columns": ("columns", split_names),
+    "keep_columns": ("keep_columns", split_names), "rename": ("rename", _pairs("--rename")),
+    "mini_batch_size": ("batch_size", lambda v: parse_batch_size(str(v))),
+    "run_dir": ("run_dir", Path), "overwrite": ("overwrite", bool),
+    "procs_per_rank": ("procs_per_rank", lambda v: auto_number(v, "--procs-per-rank")),
+    "window": ("window", int), "max_retries": ("max_retries", int),
+    "batch_timeout": ("batch_timeout", float), "error_threshold": ("error_threshold", int),
+    "allowed_failed_percent": ("allowed_failed_percent", float), "on_nan": ("on_nan", str),
+    "resume": ("resume", bool), "stop_grace": ("stop_grace", float),
+    "progress_seconds": ("progress_seconds", float),
+}
+_SESSION_OPTIONS = {
+    "intra_op_threads": ("intra_op_threads",
+                         lambda v: auto_number(v, "--intra-op-threads")),
+    "inter_op_threads": ("inter_op_threads", int),
+    "graph_optimization": ("graph_optimization", str),
+    "providers": ("providers", split_names), "spin": ("allow_spinning", bool),
+    "cast": ("cast", str),
+}
+OPTION_KEYS = (*_JOB_OPTIONS, *_SESSION_OPTIONS)
+
+
+def config_from_options(options: dict[str, object]) -> JobConfig:
+    """A JobConfig from ``mpiscore score`` option values, as the command line or a job
+    file gives them (keys: the option names with ``_``, e.g. ``input``, ``map``,
+    ``mini_batch_size``); absent or None values take JobConfig's defaults."""
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}")
+    for required in ("model", "input", "output"):
+        if options.get(required) in (None, (), []):
+            raise ConfigError(f"no --{required} given")
+    job = {name: convert(options[key]) for key, (name, convert) in _JOB_OPTIONS.items()
+           if options.get(key) is not None}
+    session = {name: convert(options[key]) for key, (name, convert) in _SESSION_OPTIONS.items()
+               if options.get(key) is not None}
+    return JobConfig(**job, session=SessionConfig(**session))  # type: ignore[arg-type]
+
+
+def options_of(config: JobConfig) -> dict[str, object]:
+    """The option values that make ``config`` (the inverse of :func:`config_from_options`;
+    None for options left unset)."""
+    session = config.session
+    return {
+        "model": str(config.model),
+        "input": [f"{s.pattern}:{s.dataset}" if s.dataset else s.pattern
+                  for s in config.inputs],
+        "output": str(config.output), "input_format": config.input_format,
+        "output_format": config.output_format,
+        "map": [f"{name}={source}" for name, source in config.mapping],
+        "columns": ",".join(config.columns) or None,
+        "keep_columns": ",".join(config.keep_columns) or None,
+        "rename": [f"{name}={new}" for name, new in config.rename],
+        "mini_batch_size": batch_size_text(config.batch_size),
+        "run_dir": None if config.run_dir is None else str(config.run_dir),
+        "overwrite": config.overwrite,
+        "intra_op_threads": session.intra_op_threads or "auto",
+        "inter_op_threads": session.inter_op_threads,
+        "graph_optimization": session.graph_optimization,
+        "providers": ",".join(session.providers), "spin": session.allow_spinning,
+        "cast": session.cast, "procs_per_rank": config.procs_per_rank or "auto",
+        "window": config.window, "max_retries": config.max_retries,
+        "batch_timeout": config.batch_timeout, "error_threshold": config.error_threshold,
+        "allowed_failed_percent": config.allowed_failed_percent, "on_nan": config.on_nan,
+        "resume": config.resume, "stop_grace": config.stop_grace,
+        "progress_seconds": config.progress_seconds,
+    }

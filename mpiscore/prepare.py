@@ -11,6 +11,7 @@ onnxruntime); rank 0 broadcasts the resulting Job to every rank.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -76,8 +77,10 @@ def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSessio
     attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
              "batches": len(plan.batches), "rows": plan.total_rows}
-    stamp = fingerprint(sha256, [f.path for f in files], plan.to_json()["batches"],
-                        plan.batch_rows, str(config.output), target.format,
+    # absolute paths: the same files, however spelled (RUN_DIR/config.toml has them absolute)
+    stamp = fingerprint(sha256, [os.path.abspath(f.path) for f in files],
+                        plan.to_json()["batches"], plan.batch_rows,
+                        os.path.abspath(config.output), target.format,
                         [(f.name, f.dtype, f.shape) for f in outputs + kept])
     if not config.overwrite and _already_complete(config, target, stamp):
         raise AlreadyComplete(
