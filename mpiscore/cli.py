@@ -8,10 +8,12 @@ once, so no other rank waits forever.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -200,6 +202,28 @@ def score(early: list[ScorerProcess] | None, **options: Any) -> None:
         _fail(comm, traceback.format_exc().rstrip(), 1, collective=False)
     finally:
         stop_early_stderr()
+
+
+@main.command("inspect")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts [default: text].")
+def inspect_command(path: str, as_json: bool) -> None:
+    """What PATH holds: an .onnx model (inputs, outputs, opsets, producer, size, execution
+    providers), an HDF5 file (datasets, shapes, dtypes, chunks, compression) or Parquet
+    files, directories or globs (schema, rows, row groups, files). Needs no MPI."""
+    from .inspect import describe, inspect_path
+
+    info = _or_exit(lambda: inspect_path(path))
+    click.echo(json.dumps(info, indent=2) if as_json else describe(info))
+
+
+def _or_exit(step: Callable[[], Any]) -> Any:
+    """Run a command's step; an MpiscoreError is one line on stderr and its exit code."""
+    try:
+        return step()
+    except MpiscoreError as exc:
+        click.echo(f"mpiscore: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(exc.exit_code)
 
 
 def _fail(comm: Any, message: str, code: int, collective: bool) -> NoReturn:
