@@ -239,3 +239,64 @@ def _fail(comm: Any, message: str, code: int, collective: bool) -> NoReturn:
         comm.Abort(code)
     sys.exit(code)
 
+
+SLURM_FIELDS = ("output", "run_dir", "stop_grace", "procs_per_rank", "intra_op_threads",
+                "overwrite")  # SlurmJob fields; the other score options travel as given
+
+
+@main.command()
+@click.option("--nodes", default=1, show_default=True, help="Nodes (#SBATCH --nodes).")
+@click.option("--ntasks-per-node", type=int,
+              help="Ranks per node [default: one per GPU, else 1].")
+@click.option("--cpus-per-task", type=int, help="CPUs per rank; --intra-op-threads becomes "
+              "these / --procs-per-rank unless given [default: the partition's].")
+@click.option("--gpus-per-node", type=int, help="GPUs per node (one rank per GPU; add "
+              "--providers CUDAExecutionProvider,CPUExecutionProvider) [default: none].")
+@click.option("--time", "walltime", metavar="D-HH:MM:SS",
+              help="Walltime limit per run [default: the partition's].")
+@click.option("--partition", help="Slurm partition [default: the site's].")
+@click.option("--account", help="Slurm account [default: yours].")
+@click.option("--mpi", metavar="PLUGIN", help="srun --mpi plugin, see `srun --mpi=list` "
+              "[default: pmi2].")
+@click.option("--launcher", type=click.Choice(["srun", "mpiexec"]), default="srun",
+              show_default=True, help="How the ranks start: srun --mpi=PLUGIN, or the MPI's "
+              "mpiexec inside the allocation.")
+@click.option("--max-restarts", default=10, show_default=True,
+              help="Requeues after walltime stops before the job gives up.")
+@click.option("--submit", is_flag=True, help="Submit it with sbatch and print the job id "
+              "[default: print the script].")
+@click.pass_context
+def slurm(ctx: click.Context, nodes: int, ntasks_per_node: int | None,
+          cpus_per_task: int | None, gpus_per_node: int | None, walltime: str | None,
+          partition: str | None, account: str | None, mpi: str | None, launcher: str,
+          max_restarts: int, submit: bool, **options: Any) -> None:
+    """Write a Slurm batch script for the job the score options describe (printed, or
+    submitted with --submit): it stops before its walltime, requeues and resumes.
+
+    \b
+    Examples:
+      mpiscore slurm --nodes 2 --ntasks-per-node 4 --cpus-per-task 8 --time 1-00:00:00 \\
+          --model model.onnx --input 'data/*.h5:/features' --output scores.h5 > job.sbatch
+      mpiscore slurm --time 12:00:00 --launcher mpiexec --model model.onnx \\
+          --input data.parquet --columns 'f*' --output scores.parquet --submit
+    """
+    from . import slurm as batch
+
+    source = click.core.ParameterSource.DEFAULT
+    given = [name for name in options if name not in SLURM_FIELDS
+             and ctx.get_parameter_source(name) not in (source, None)]
+    try:
+        job = batch.SlurmJob(
+            batch.command_line(score.params, options, given), options["output"],
+            options["run_dir"], options["stop_grace"], options["procs_per_rank"],
+            options["intra_op_threads"], options["overwrite"], nodes, ntasks_per_node,
+            cpus_per_task, gpus_per_node, walltime, partition, account, launcher,
+            mpi, max_restarts)
+        script = batch.render_script(job)
+        click.echo(batch.submit(script) if submit else script, nl=submit)
+    except MpiscoreError as exc:
+        click.echo(f"mpiscore: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+slurm.params += score.params  # every score option, as score has it

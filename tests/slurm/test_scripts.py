@@ -10,6 +10,7 @@ state and restart count in Slurm.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -209,3 +210,29 @@ def test_restart_cap(slurm, data, tmp_path) -> None:
     text = log(tmp_path)
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "75:0", text
     assert info["Restarts"] == "0" and "MAX_RESTARTS" in text
+
+
+@pytest.mark.timeout(90)
+def test_mpiscore_slurm_script_stops_requeues_and_resumes(slurm, data, tmp_path) -> None:
+    """`mpiscore slurm` output as a user would submit it (paths with spaces): a stop
+    signal to the tasks, drain, requeue, --resume, and the output bitwise identical."""
+    folder = tmp_path / "job dir"
+    (folder / "out dir").mkdir(parents=True)
+    out = folder / "out dir" / "y.h5"
+    command = [slurm.env["MPISCORE"], "slurm", "--ntasks-per-node", 2, "--cpus-per-task", 1,
+               "--time", "0-00:03:00", "--launcher", "mpiexec", "--stop-grace", 5,
+               "--model", data["model"], "--input", data["h5"], "--output", "out dir/y.h5",
+               "--mini-batch-size", BATCH, "--progress-seconds", 60]
+    rendered = subprocess.run([str(c) for c in command], capture_output=True, text=True,
+                              timeout=30, cwd=folder, env=slurm.env)  # relative paths: folder's
+    assert rendered.returncode == 0 and rendered.stdout.startswith("#!/bin/bash"), rendered
+    (folder / "job.sbatch").write_text(rendered.stdout)
+    job = slurm.submit(folder / "job.sbatch", cwd=folder, MPISCORE_FAULTS="sleep:0.15")
+    wait_for_batches(out, 4)
+    assert slurm.run("scancel", "--signal=TERM", job).returncode == 0
+    info = slurm.wait(job, 80, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    text = log(folder)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, text
+    assert "requeued" in text and "--resume" in text and "Traceback" not in text
+    assert summary(out)["ranks"] == 2
+    assert_identical(out, data["clean"])
