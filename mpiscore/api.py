@@ -52,6 +52,7 @@ from .report import (
 )
 from .schedule import FailurePolicy, Scheduler
 from .signals import StopSignals
+from .status import StatusFile
 from .transport import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname
 
 
@@ -230,16 +231,22 @@ def _coordinate(job: Job, done: set[int], worker: RankWorker, comm: Any | None, 
         if scheduler.stop_error != "StorageError":  # a journal that failed takes no more
             _halting_on(scheduler, lambda: journal.record(batch.batch_id))
         progress(batch.rows)
+        status.tick()
 
     def between_messages() -> str | None:
         _halting_on(scheduler, job.lock.refresh)
+        status.tick()  # RUN_DIR/status.json every STATUS_SECONDS: a time check
         return stop_requested()
 
     coordinator = Coordinator(scheduler, list(range(size)), send, on_complete)
+    status = StatusFile(config.resolved_run_dir, scheduler, progress, coordinator.heard, size,
+                        job.plan.total_rows, len(job.plan.batches))
+    status.write("running")
     try:
         serve(coordinator, worker, inbox, outbox, remote, between_messages)
     finally:
         _halting_on(scheduler, journal.close)
+        status.write(_status(scheduler))  # summary.json has the last word
     if scheduler.stop_reason is None and (change := changed_input(job.fingerprint)):
         scheduler.halt(change, "InputChanged")
     return scheduler

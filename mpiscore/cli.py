@@ -38,7 +38,8 @@ class OneLineError(click.ClickException):
 
     def __init__(self, error: MpiscoreError) -> None:
         super().__init__(str(error))
-        self.error, self.exit_code = error, error.exit_code
+        self.error = error
+        self.exit_code = error.exit_code  # type: ignore[misc]  # click sets it per instance too
 
     def show(self, file: Any = None) -> None:
         click.echo(f"mpiscore: {type(self.error).__name__}: {self.error}", err=True)
@@ -216,6 +217,31 @@ def inspect_command(path: str, as_json: bool) -> None:
     info = _or_exit(lambda: inspect_path(path))
     click.echo(json.dumps(info, indent=2) if as_json else describe(info))
 
+
+
+@main.command("status")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts [default: text].")
+@click.option("--watch", is_flag=True, help="Refresh every 2 s until the job ends; Ctrl-C "
+              "leaves [default: print once].")
+def status_command(run_dir: Path, as_json: bool, watch: bool) -> None:
+    """How far the job of RUN_DIR is: state, rows, rows/s, ETA, batches, ranks. Reads only
+    the run directory's files, so it works from any node, after the job too."""
+    from .status import RUNNING, STATUS_SECONDS, describe_status, job_status
+
+    try:
+        while True:
+            info = _or_exit(lambda: job_status(run_dir))
+            if watch and not as_json and sys.stdout.isatty():
+                click.clear()
+            click.echo(json.dumps(info) if as_json else describe_status(info))
+            if not watch or info["state"] not in RUNNING:
+                return
+            time.sleep(STATUS_SECONDS)
+            if not as_json and not sys.stdout.isatty():
+                click.echo()
+    except KeyboardInterrupt:
+        return
 
 def _or_exit(step: Callable[[], Any]) -> Any:
     """Run a command's step; an MpiscoreError is one line on stderr and its exit code."""

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .placement import cores_per_rank
@@ -264,7 +264,7 @@ def _pairs(option: str) -> Callable[[list[str]], tuple[tuple[str, str], ...]]:
 
 
 # option key (the option's name with ``_``) -> (JobConfig field, how to convert the value)
-_JOB_OPTIONS = {
+_JOB_OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "model": ("model", Path), "output": ("output", Path),
     "input": ("inputs", lambda values: tuple(parse_input_spec(v) for v in values)),
     "input_format": ("input_format", str), "output_format": ("output_format", str),
@@ -279,7 +279,7 @@ _JOB_OPTIONS = {
     "resume": ("resume", bool), "stop_grace": ("stop_grace", float),
     "progress_seconds": ("progress_seconds", float),
 }
-_SESSION_OPTIONS = {
+_SESSION_OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "intra_op_threads": ("intra_op_threads",
                          lambda v: auto_number(v, "--intra-op-threads")),
     "inter_op_threads": ("inter_op_threads", int),

@@ -126,8 +126,10 @@ class Coordinator:
         self.on_complete = on_complete
         self.wants = dict.fromkeys(ranks, 0)
         self.draining = False
+        self.heard: dict[int, float] = {}  # rank -> when its last message came (status.json)
 
     def handle(self, rank: int, message: Message) -> None:
+        self.heard[rank] = time.time()
         if isinstance(message, Request):
             self.wants[rank] += message.count
         elif isinstance(message, Completed):

@@ -1,0 +1,81 @@
+"""``mpiscore status`` on run directories built by hand: bad ones, and a stopped heartbeat."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from mpiscore.cli import main
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, ["status", *map(str, args)])
+
+
+def running_job(run_dir: Path, age: float, pid: int | None = None) -> None:
+    """A run directory as a job leaves it while running, last touched ``age`` s ago."""
+    run_dir.mkdir()
+    pid = os.getpid() if pid is None else pid
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"status": "running", "host": socket.gethostname(), "pid": pid}))
+    (run_dir / "status.json").write_text(json.dumps(
+        {"state": "running", "rows_done": 40, "rows": 100, "rows_per_second": 10.0,
+         "eta_seconds": 6.0, "batches_done": 4, "batches": 10, "batches_failed": 0,
+         "batches_retried": 1, "ranks": [{"rank": 0, "last_heard": time.time() - age,
+                                          "batches_in_flight": [4, 5]}],
+         "pid": pid, "updated_at": time.time() - age}))
+    (run_dir / "lock").write_text("{}")
+    then = time.time() - age
+    for name in ("status.json", "lock", "summary.json"):
+        os.utime(run_dir / name, (then, then))
+
+
+def test_a_running_job(tmp_path) -> None:
+    running_job(tmp_path / "run", age=1)
+    result = invoke(tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["state"] == "running" and info["rows_done"] == 40 and info["eta_seconds"] == 6
+    said = invoke(tmp_path / "run").output
+    assert said.startswith("running: 40 of 100 rows (40.0%), 10 rows/s, ETA 6.0s")
+    assert "batches: 4 of 10 done, 0 failed, 1 retried" in said
+    assert "rank 0: last heard" in said and "2 batches in flight (4, 5)" in said
+
+
+def test_no_heartbeat_for_too_long(tmp_path) -> None:
+    running_job(tmp_path / "run", age=600)
+    info = json.loads(invoke(tmp_path / "run", "--json").output)
+    assert info["state"] == "heartbeat-stopped" and info["eta_seconds"] is None
+    assert abs(info["heartbeat_at"] - (time.time() - 600)) < 5
+    assert "heartbeat stopped at " in invoke(tmp_path / "run").output
+
+
+def test_rank_0_gone_on_this_host(tmp_path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    running_job(tmp_path / "run", age=1, pid=int(gone.stdout))
+    assert json.loads(invoke(tmp_path / "run", "--json").output)["state"] == \
+        "heartbeat-stopped"
+
+
+def test_not_a_run_directory(tmp_path) -> None:
+    for path, says in ((tmp_path / "absent", "no such directory"),
+                       (tmp_path, "no job status here")):
+        result = invoke(path)
+        assert result.exit_code == 3, result.output
+        [line] = result.output.splitlines()
+        assert line.startswith("mpiscore: InputError: ") and says in line
+
+
+def test_a_run_that_never_started_scoring(tmp_path) -> None:
+    (tmp_path / "plan.json").write_text(json.dumps({"rows": 10, "batches": 1}))
+    result = invoke(tmp_path)
+    assert result.exit_code == 3
+    assert "whose job started scoring" in result.output
