@@ -34,14 +34,17 @@ from .job import Job
 from .jobfile import write_config
 from .journal import FINGERPRINT, Journal, changed_input, journal_token
 from .model import model_digest, read_model
+from .placement import slurm_ids
 from .plan import Batch
 from .pool import ScorerPool, ScorerSpec, start_pool
 from .protocol import Coordinator, Message, RankWorker, serve, work
 from .report import (
+    HISTORY,
     LOG,
     Progress,
     RankStats,
     RunReport,
+    append_history,
     early_stderr,
     log_start,
     plural,
@@ -155,7 +158,9 @@ def _create_run_dir(job: Job) -> None:
         write_json(run_dir / "summary.json",
                    {"status": "running", "output": str(job.config.output),
                     "host": owner.host, "pid": owner.pid, "slurm_job_id": owner.slurm_job_id,
-                    "lock": [str(path) for path in job.lock.paths]})
+                    "slurm": slurm_ids(), "lock": [str(path) for path in job.lock.paths]})
+        if not job.config.resume:  # a fresh job: its own runs only (report.append_history)
+            (run_dir / HISTORY).unlink(missing_ok=True)
     except OSError as exc:
         raise storage_error(run_dir, exc, "cannot write the run directory") from exc
 
@@ -338,9 +343,10 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
                        str(run_dir), job.plan.total_rows, rows, len(job.plan.batches),
                        len(scheduler.completed), len(failed),
                        sum(b.rows for b in scheduler.failed.values()), size,
-                       wall, ready - started, rows / wall, stats)
+                       wall, ready - started, rows / wall, stats, slurm=slurm_ids())
     try:
         write_json(run_dir / "failed_batches.json", {"failed": failed})
+        report = replace(report, job=append_history(run_dir, report))  # this run appended
         write_json(run_dir / "summary.json", report.to_json())
     except OSError as exc:
         error = storage_error(run_dir / "summary.json", exc, "cannot write the job's summary")

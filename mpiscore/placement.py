@@ -68,3 +68,27 @@ def check_world(world_size: int) -> None:
     if os.environ.get("SLURM_PROCID", "0") != "0":
         raise SystemExit(ConfigError.exit_code)
     raise ConfigError(message)
+
+
+SLURM_IDS = (("job_id", "SLURM_JOB_ID"), ("array_job_id", "SLURM_ARRAY_JOB_ID"),
+             ("array_task_id", "SLURM_ARRAY_TASK_ID"), ("restart_count", "SLURM_RESTART_COUNT"))
+
+
+def slurm_ids() -> dict[str, str | int] | None:
+    """The Slurm job this process runs in (job id, array job and task ids, restart count:
+    0 on a job's first run), for the run directory's records; None outside Slurm."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    ids: dict[str, str | int] = {key: os.environ[name] for key, name in SLURM_IDS
+                                 if os.environ.get(name)}
+    ids["restart_count"] = int(str(ids.get("restart_count", "0")).strip() or 0)
+    return ids
+
+
+def describe_slurm(ids: dict[str, str | int]) -> str:
+    """``Slurm job 123 (array 120_3), run 2 (restart 1)``."""
+    array = (f" (array {ids['array_job_id']}_{ids['array_task_id']})"
+             if "array_task_id" in ids else "")
+    restarts = int(ids.get("restart_count", 0))
+    again = f", run {restarts + 1} (restart {restarts})" if restarts else ""
+    return f"Slurm job {ids['job_id']}{array}{again}"

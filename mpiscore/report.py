@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .placement import describe_slurm, slurm_ids
+
 if TYPE_CHECKING:
     from .config import JobConfig
 
@@ -65,9 +67,60 @@ class RunReport:
     setup_seconds: float
     rows_per_second: float
     per_rank: list[RankStats]
+    slurm: dict | None = None  # placement.slurm_ids(): job, array and restart ids
+    job: dict | None = None  # the job's totals over its runs (history.jsonl), this one included
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+HISTORY = "history.jsonl"
+
+
+def append_history(run_dir: Path, report: RunReport) -> dict:
+    """Add this run's line to ``RUN_DIR/history.jsonl`` (one JSON object per run of the
+    job: requeues and resumes append, a fresh job starts it anew); the job's totals.
+
+    A torn line (a run killed while appending) is skipped, never merged with the next:
+    each line is written whole, after a newline."""
+    path = run_dir / HISTORY
+    firsts = [s.first_batch_seconds for s in report.per_rank
+              if s.first_batch_seconds is not None]
+    entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": report.status,
+             "stop_reason": report.stop_reason, "rows_scored": report.rows_scored,
+             "batches_done": report.batches_done, "wall_seconds": report.wall_seconds,
+             "setup_seconds": report.setup_seconds,
+             "first_batch_seconds": max(firsts) if firsts else None, "ranks": report.ranks,
+             "slurm": report.slurm}
+    runs = [*read_history(path), entry]
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        text = b""
+    with path.open("a") as handle:
+        handle.write(("\n" if text and not text.endswith(b"\n") else "")
+                     + json.dumps(entry) + "\n")
+    return {"runs": len(runs), "wall_seconds": sum(r["wall_seconds"] for r in runs),
+            "rows_scored": sum(r["rows_scored"] for r in runs),
+            "history": str(path)}
+
+
+def read_history(path: Path) -> list[dict]:
+    """The runs ``history.jsonl`` lists, skipping lines that are not whole."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    runs = []
+    for line in lines:
+        try:
+            run = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(run, dict) and isinstance(run.get("wall_seconds"), (int, float)) and \
+                isinstance(run.get("rows_scored"), int):
+            runs.append(run)
+    return runs
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -136,6 +189,9 @@ def start_logging(run_dir: Path, rank: int, size: int, host: str, to_stderr: boo
         handler.setFormatter(fmt)
         LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
+    ids = slurm_ids()
+    if ids:  # each rank log's first line says which Slurm job (and run of it) wrote it
+        LOG.info("%s", describe_slurm(ids))
     return handlers
 
 

@@ -1,0 +1,42 @@
+"""Run history (report.append_history) and the Slurm ids (placement.slurm_ids)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from mpiscore.placement import describe_slurm, slurm_ids
+from mpiscore.report import HISTORY, RunReport, append_history, read_history
+
+
+def report(rows: int, wall: float) -> RunReport:
+    return RunReport("stopped", "SIGTERM", None, None, "y.h5.partial", "y.h5.run", 1000, rows,
+                     10, 3, 0, 0, 2, wall, 0.5, rows / wall, [], slurm={"job_id": "7"})
+
+
+def test_runs_append_and_a_torn_line_is_skipped(tmp_path) -> None:
+    assert append_history(tmp_path, report(300, 2.0))["runs"] == 1
+    with (tmp_path / HISTORY).open("a") as handle:
+        handle.write('{"status": "comp')  # a run killed while appending its line
+    totals = append_history(tmp_path, replace(report(700, 3.0), status="complete"))
+    assert (totals["runs"], totals["rows_scored"], totals["wall_seconds"]) == (2, 1000, 5.0)
+    runs = read_history(tmp_path / HISTORY)
+    assert [r["status"] for r in runs] == ["stopped", "complete"]
+    assert runs[1]["slurm"] == {"job_id": "7"} and runs[1]["setup_seconds"] == 0.5
+    assert json.loads((tmp_path / HISTORY).read_text().splitlines()[-1])["rows_scored"] == 700
+
+
+def test_slurm_ids(monkeypatch) -> None:
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                 "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    assert slurm_ids() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "125")
+    assert slurm_ids() == {"job_id": "125", "restart_count": 0}
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "120")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    ids = slurm_ids()
+    assert ids == {"job_id": "125", "array_job_id": "120", "array_task_id": "5",
+                   "restart_count": 2}
+    assert describe_slurm(ids) == "Slurm job 125 (array 120_5), run 3 (restart 2)"
