@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from mpiscore.cli import main, score
 from mpiscore.config import OPTION_KEYS, config_from_options, options_of
-from mpiscore.jobfile import dump_toml, option_kinds
+from mpiscore.jobfile import dump_toml, option_kinds, read_job_file
 from tests import builders
 
 ROWS = 50
@@ -113,3 +113,10 @@ def test_options_round_trip_through_toml() -> None:
     assert loaded == written
     assert config_from_options(loaded) == config
     assert tomllib.loads(dump_toml({"x": math.inf}))["x"] == math.inf
+
+
+def test_the_example_job_file_is_valid() -> None:
+    example = Path(__file__).parents[2] / "examples" / "job.toml"
+    values = read_job_file(example, option_kinds(score.params))
+    assert values["model"] == str(example.parent / "mlp_classifier.onnx")
+    assert Path(values["model"]).exists()
