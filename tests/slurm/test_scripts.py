@@ -236,3 +236,26 @@ def test_mpiscore_slurm_script_stops_requeues_and_resumes(slurm, data, tmp_path)
     assert "requeued" in text and "--resume" in text and "Traceback" not in text
     assert summary(out)["ranks"] == 2
     assert_identical(out, data["clean"])
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sbatch")))
+def test_scripts_are_valid_bash(script) -> None:
+    done = subprocess.run(["bash", "-n", str(SCRIPTS / script)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("script, options, ranks", [
+    ("multinode.sbatch", ["-N", 1, "--ntasks-per-node", 1, "-c", 2], 1),  # 1 rank x 2 procs
+    ("per-core.sbatch", ["-N", 1, "--ntasks-per-node", 2, "-c", 1], 2)])
+def test_layout_scripts(slurm, data, tmp_path, script, options, ranks) -> None:
+    """The multi-node and per-core layouts on the test node: the world size, one thread
+    per scoring process, and the right output."""
+    out = tmp_path / "y.h5"
+    job = slurm.submit(SCRIPTS / script, *options, "-o", "job.out", cwd=tmp_path, PROCS=2,
+                       **job_env(data, out, MPISCORE_ARGS=f"--mini-batch-size {BATCH}"))
+    assert slurm.wait(job, JOB_SECONDS)["JobState"] == "COMPLETED", log(tmp_path)
+    info = summary(out)
+    assert info["ranks"] == ranks and info["slurm"]["job_id"] == str(job)
+    assert [r["intra_op_threads"] for r in info["per_rank"]] == [1] * ranks
+    assert_scored(out, data)
