@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import OutputError, storage_error
+from .placement import slurm_ids
 from .report import LOG
 
 REFRESH_SECONDS = 15.0
@@ -48,10 +49,10 @@ class LockOwner:
     @classmethod
     def here(cls) -> LockOwner:
         """This process, as the owner of a job starting now."""
-        job_id = os.environ.get("SLURM_JOB_ID")
-        array = os.environ.get("SLURM_ARRAY_TASK_ID")
-        if job_id and array:
-            job_id = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job_id)}_{array}"
+        ids = slurm_ids() or {}
+        job_id = str(ids["job_id"]) if "job_id" in ids else None
+        if "array_task_id" in ids:  # one output per array task: each its own job
+            job_id = f"{ids.get('array_job_id', job_id)}_{ids['array_task_id']}"
         return cls(socket.gethostname(), os.getpid(), job_id, time.time(),
                    os.urandom(8).hex())
 
