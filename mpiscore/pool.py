@@ -156,7 +156,8 @@ class ScorerPool:
         for index, proc in enumerate(self.procs):
             prepared = index == 0 and self.preparing is not None
             try:
-                proc.conn.send(replace(spec, model_bytes=None) if prepared else spec)
+                proc.conn.send(replace(spec, model_bytes=None) if prepared else
+                               spec if index == 0 else replace(spec, records_death=False))
             except OSError:  # it died since it started: a fresh one, given the model
                 self._replace(index)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -253,7 +254,9 @@ class ScorerPool:
     def _replace(self, index: int) -> None:
         self.procs[index].kill()
         self.procs[index] = ScorerProcess()
-        self.procs[index].conn.send(self.spec)
+        assert self.spec is not None
+        self.procs[index].conn.send(self.spec if index == 0 else
+                                    replace(self.spec, records_death=False))
         self.restarts += 1
 
     def abandon(self) -> list[Batch]:

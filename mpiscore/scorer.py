@@ -321,19 +321,23 @@ def _die_with_parent(signum: int = signal.SIGKILL) -> None:
 
 
 def _record_death_of_rank(spec: ScorerSpec) -> None:
-    """On rank 0, die with the rank as before, but first record in ``summary.json`` that
-    the job died, so that it does not say "running" for ever after a hard kill (the
-    launcher SIGKILLs every rank when one dies, so no rank can say it)."""
+    """On rank 0's first scoring process, die with the rank as before, but first say in
+    one line, and record in ``summary.json``, that the job died, so that it does not
+    end in silence and say "running" for ever after a hard kill. The launcher
+    SIGKILLs every rank when one dies, so no rank can say it; this process, in a
+    session of its own, outlives its rank long enough, and its stderr still reaches
+    the launcher's output."""
     summary = spec.job.config.resolved_run_dir / "summary.json"
 
     def record(signum: int, frame: object) -> None:
         with contextlib.suppress(Exception):  # dying anyway: nothing must stop the exit
             if json.loads(summary.read_text()).get("status") == "running":
-                write_json(summary, {
-                    "status": "died", "output": str(spec.job.target.partial),
-                    "stop_reason": f"{spec.where} was killed while the job ran (by a "
-                    "signal, out of memory, or by the MPI launcher after another rank "
-                    "died); the output stays partial: rerun with --resume"})
+                reason = (f"{spec.where} was killed while the job ran (by a signal, out "
+                          "of memory, or by the MPI launcher after another rank died); "
+                          f"{spec.job.target.partial} stays partial: rerun with --resume")
+                write_json(summary, {"status": "died", "output": str(spec.job.target.partial),
+                                     "stop_reason": reason})
+                os.write(2, f"mpiscore: the job died: {reason}\n".encode())
         os._exit(1)
 
     signal.signal(signal.SIGUSR1, record)

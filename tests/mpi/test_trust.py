@@ -141,7 +141,9 @@ def test_a_killed_job_says_it_died_and_its_lock_is_taken_over(data, tmp_path, ki
     process = background("sleep:0.05", 2, *job(data, out))
     wait_for(process, out, 3)
     os.kill(rank_pids(out)[killed], signal.SIGKILL)
-    finish(process)
+    _, stderr = finish(process)
+    [line] = own_lines(stderr)  # said once, by rank 0's scoring process, which outlives it
+    assert "the job died: rank 0 of 2" in line and "--resume" in line
     assert Path(f"{out}.lock").exists()  # left behind by the kill
     deadline = time.monotonic() + 10  # written by rank 0's scoring process as it goes
     while summary(Path(f"{out}.run"))["status"] == "running" and time.monotonic() < deadline:
