@@ -5,8 +5,8 @@
 The same float32 rows x 16 array, in batches. Sequential: one process writes it
 with h5py (or pyarrow, row group per batch) and reads it back. mpiscore:
 ``mpiexec -n RANKS`` ranks share the batches round-robin and use mpiscore's
-own writers (HDF5: pre-allocated file, ``pwrite``; Parquet: staged files merged
-in parallel), flushed to storage every ``SYNC_GROUP`` batches as scoring
+own writers (HDF5: pre-allocated file, ``pwrite``; Parquet: one part file per
+batch, written once), flushed to storage every ``SYNC_GROUP`` batches as scoring
 processes do, and readers. MB/s of the data, JSON then a table; the sequential
 runs do not fsync, mpiscore's do.
 """
