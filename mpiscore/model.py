@@ -155,9 +155,9 @@ def output_fields(outputs: dict[str, np.ndarray], rename: dict[str, str],
     sources = {column.output for column in columns.values()}
     unknown = sorted(set(rename) - sources)
     if unknown:
-        outputs = list(dict.fromkeys(c.output for c in columns.values()))
+        known = list(dict.fromkeys(c.output for c in columns.values()))
         raise ModelError(f"{model}: --rename {', '.join(unknown)}: not an output of the model; "
-                         f"its outputs: {nearest_first(unknown[0], outputs)}")
+                         f"its outputs: {nearest_first(unknown[0], known)}")
     names = [f.name for f in fields]
     clashes = sorted({n for n in names if names.count(n) > 1} | ({RESERVED} & set(names)))
     if clashes:
