@@ -21,6 +21,7 @@ local disks), where ``flock`` is often not coherent across nodes:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -154,7 +155,8 @@ def _claim(path: Path, owner: LockOwner) -> None:
         except OSError as exc:
             raise storage_error(path, exc, "cannot create the job's lock file") from exc
         try:
-            os.write(fd, record)
+            if os.write(fd, record) != len(record):  # the disk just filled up
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(fd)
         except OSError as exc:
             os.close(fd)
@@ -170,9 +172,13 @@ def _take_over_if_stale(path: Path, owner: LockOwner) -> None:
     """Remove the lock at ``path`` if its job is gone, saying so; else refuse the job."""
     holder = _holder(path)
     why = _why_stale(path, holder, owner)
+    target = path.with_suffix("") if path.name.endswith(".lock") else path.parent
+    if why is None and holder is None:
+        raise OutputError(f"{target}: another job is taking its lock {path} right now (or "
+                          "left it unreadable); retry in a few seconds, or delete it if no "
+                          "job uses this output")
     if why is None:
         assert holder is not None
-        target = path.with_suffix("") if path.name.endswith(".lock") else path.parent
         raise OutputError(
             f"{target}: in use by another mpiscore job ({holder.describe()}; lock {path}); "
             "wait for it to end or choose another --output/--run-dir (if that job is "

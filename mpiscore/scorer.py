@@ -42,13 +42,7 @@ def main(read_fd: int, write_fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # process.py
     _die_with_parent()
-    try:
-        scorer_main(Channel(read_fd, write_fd))
-    except BrokenPipeError:  # the rank is gone (killed): it has nobody to tell
-        _exit(1)
-    except BaseException:
-        traceback.print_exc()
-        _exit(1)
+    _die_quietly_if_rank_gone(lambda: scorer_main(Channel(read_fd, write_fd)))
     _exit(0)
 
 
@@ -149,11 +143,7 @@ class _ReadAhead:
         self.free_readers.release()
 
     def _run(self) -> None:
-        try:
-            self._read_all()
-        except BaseException:  # a bug: die, so the rank sees it and retries the batch
-            traceback.print_exc()
-            _exit(1)
+        _die_quietly_if_rank_gone(self._read_all)
 
     def _read_all(self) -> None:
         slot = 0
@@ -209,6 +199,9 @@ class _WriteBehind:
         self.thread.join()
 
     def _run(self) -> None:
+        _die_quietly_if_rank_gone(self._write_all)
+
+    def _write_all(self) -> None:
         while True:
             try:
                 item = self.queue.get(timeout=self._until_sync())
@@ -296,6 +289,19 @@ def _next_item(conn: Channel) -> Any:
         return conn.recv()
     except EOFError:  # the rank is gone
         return None
+
+
+def _die_quietly_if_rank_gone(work: Any) -> None:
+    """Run ``work`` (the process's or a thread's); on an error, end the process so the
+    rank sees it (and retries its batches), with the traceback of a bug, or quietly
+    when the pipe to the rank broke because the rank is gone."""
+    try:
+        work()
+    except BrokenPipeError:
+        _exit(1)
+    except BaseException:
+        traceback.print_exc()
+        _exit(1)
 
 
 def _failed(batch: Batch, exc: BaseException) -> tuple:

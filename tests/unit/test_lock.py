@@ -90,3 +90,12 @@ def test_a_zombie_holder_is_gone(tmp_path: Path) -> None:
     held_by(paths(tmp_path)[0], replace(me, pid=child.pid, token="zombie"))
     acquire(paths(tmp_path), me).release()
     child.wait()
+
+
+def test_a_lock_being_written_is_not_taken_and_says_so(tmp_path: Path) -> None:
+    lock = paths(tmp_path)[0]
+    lock.write_text("")  # created by another job, its record not written yet
+    with pytest.raises(OutputError, match=r"taking its lock .* right now"):
+        acquire(paths(tmp_path), LockOwner.here())
+    os.utime(lock, (time.time() - 60, time.time() - 60))  # never written: left by a kill
+    acquire(paths(tmp_path), LockOwner.here()).release()
