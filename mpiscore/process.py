@@ -59,7 +59,8 @@ class ScorerProcess:
         if not self.scoring:
             self.started = time.monotonic()
         self.scoring.append(batch)
-        self.conn.send((batch, attempt))
+        with contextlib.suppress(OSError):  # it just died: the pool's next poll finds it
+            self.conn.send((batch, attempt))  # and retries or hands back what it held
 
     @property
     def busy(self) -> bool:
