@@ -157,8 +157,8 @@ def _create_run_dir(job: Job) -> None:
         owner = job.lock.owner
         write_json(run_dir / "summary.json",
                    {"status": "running", "output": str(job.config.output),
-                    "host": owner.host, "pid": owner.pid, "slurm_job_id": owner.slurm_job_id,
-                    "slurm": slurm_ids(), "lock": [str(path) for path in job.lock.paths]})
+                    "host": owner.host, "pid": owner.pid, "slurm": slurm_ids(),
+                    "lock": [str(path) for path in job.lock.paths]})
         if not job.config.resume:  # a fresh job: its own runs only (report.append_history)
             (run_dir / HISTORY).unlink(missing_ok=True)
     except OSError as exc:

@@ -197,7 +197,7 @@ def _why_stale(path: Path, holder: LockOwner | None, owner: LockOwner) -> str | 
     if holder is None:  # half-written by a job killed while taking it, or not ours
         return f"left it unreadable {age:.0f}s ago" if age > REFRESH_SECONDS else None
     same_process = holder.host == owner.host and holder.pid == owner.pid
-    if holder.host == owner.host and not same_process and not _alive(holder.pid):
+    if holder.host == owner.host and not same_process and not pid_alive(holder.pid):
         return f"({holder.describe()}) died: its process is gone"
     if holder.slurm_job_id and holder.slurm_job_id == owner.slurm_job_id and \
             not same_process:
@@ -215,7 +215,7 @@ def _holder(path: Path) -> LockOwner | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` of this host still runs (a zombie, whose parent was
     killed and which nobody reaps, does not)."""
     try:

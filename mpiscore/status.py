@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .lock import STALE_SECONDS
+from .lock import STALE_SECONDS, pid_alive
 from .report import Progress, plural, write_json
 from .schedule import Scheduler
 
@@ -133,14 +133,8 @@ def _stopped(summary: dict[str, Any], heartbeat: float | None, now: float) -> bo
     or its rank 0 is seen gone (checkable on its own host only)."""
     if heartbeat is None or now - heartbeat > STALE_SECONDS:
         return True
-    if summary.get("host") == socket.gethostname() and isinstance(summary.get("pid"), int):
-        try:
-            os.kill(summary["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass
-    return False
+    return (summary.get("host") == socket.gethostname() and isinstance(summary.get("pid"), int)
+            and not pid_alive(summary["pid"]))
 
 
 def _load(path: Path) -> dict[str, Any] | None:
