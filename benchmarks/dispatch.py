@@ -36,7 +36,7 @@ class InstantPool:
         self.slots[proc] = batch
 
     def poll(self, timeout: float) -> list:
-        from mpiscore.pool import Outcome, StageTimes
+        from mpiscore.rank.pool import Outcome, StageTimes
 
         done = [Outcome(b, True, times=StageTimes(0.0, 0.0, 0.0)) for b in self.slots if b]
         self.slots = [None] * len(self.slots)
@@ -52,9 +52,9 @@ def run_rank(batches: int, window: int, rank0_scores: bool) -> None:
     from mpi4py import MPI
 
     from mpiscore.plan import SourceFile, make_plan
-    from mpiscore.protocol import Coordinator, RankWorker, serve, work
+    from mpiscore.rank.coordinator import Coordinator, RankWorker, serve, work
+    from mpiscore.rank.world import MpiCoordinatorLink, MpiWorkerLink
     from mpiscore.schedule import Scheduler
-    from mpiscore.transport import MpiCoordinatorLink, MpiWorkerLink
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()

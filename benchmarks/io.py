@@ -64,8 +64,8 @@ def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
     from mpiscore.io import hdf5, parquet
     from mpiscore.io.fields import Field, ParquetSelection
     from mpiscore.plan import SourceFile, make_plan
-    from mpiscore.pool import SYNC_GROUP
-    from mpiscore.transport import barrier, broadcast
+    from mpiscore.rank.pool import SYNC_GROUP
+    from mpiscore.rank.world import barrier, broadcast
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()

@@ -6,14 +6,14 @@ own start-up: the job's critical path is then the slower of the two, not their s
 At the end the rank leaves without the interpreter's teardown.
 """
 
-from .signals import catch_early
+from .rank.signals import catch_early
 
 catch_early()  # first: a signal during start-up is recorded, never a death (signals.py)
 
 import ctypes  # noqa: E402
 import sys  # noqa: E402
 
-from .process import ScorerProcess  # noqa: E402
+from .rank.process import ScorerProcess  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def _leave(code: int | str | None) -> None:
     handlers, which MPI's launcher needs to see the rank end cleanly (``os._exit``
     would skip them, and MPICH's launcher then kills the job).
     """
-    from .transport import shutdown
+    from .rank.world import shutdown
 
     if isinstance(code, str):
         print(code, file=sys.stderr)

@@ -36,8 +36,11 @@ from .journal import FINGERPRINT, Journal, changed_input, journal_token
 from .model import model_digest, read_model
 from .placement import slurm_ids
 from .plan import Batch
-from .pool import ScorerPool, ScorerSpec, start_pool
-from .protocol import Coordinator, Message, RankWorker, serve, work
+from .rank.coordinator import Coordinator, Message, RankWorker, serve, work
+from .rank.pool import ScorerPool, ScorerSpec, start_pool
+from .rank.signals import StopSignals
+from .rank.status import StatusFile
+from .rank.world import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname
 from .report import (
     HISTORY,
     LOG,
@@ -54,9 +57,6 @@ from .report import (
     write_json,
 )
 from .schedule import FailurePolicy, Scheduler
-from .signals import StopSignals
-from .status import StatusFile
-from .transport import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname
 
 
 def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = None

@@ -24,10 +24,10 @@ from .config import GRAPH_OPTIMIZATION_LEVELS, config_from_options
 from .errors import MpiscoreError
 from .jobfile import option_kinds, read_job_file
 from .placement import check_world
-from .pool import start_pool
-from .process import ScorerProcess
+from .rank.pool import start_pool
+from .rank.process import ScorerProcess
+from .rank.world import finalize, hostname, world
 from .report import early_stderr, log_start, stop_early_stderr
-from .transport import finalize, hostname, world
 
 ABORT_GRACE_SECONDS = 0.5
 
@@ -227,7 +227,7 @@ def inspect_command(path: str, as_json: bool) -> None:
 def status_command(run_dir: Path, as_json: bool, watch: bool) -> None:
     """How far the job of RUN_DIR is: state, rows, rows/s, ETA, batches, ranks. Reads only
     the run directory's files, so it works from any node, after the job too."""
-    from .status import RUNNING, STATUS_SECONDS, describe_status, job_status
+    from .rank.status import RUNNING, STATUS_SECONDS, describe_status, job_status
 
     try:
         while True:

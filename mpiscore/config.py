@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .placement import cores_per_rank
-from .pool import SCORING_DEPTH, SYNC_GROUP
+from .rank.pool import SCORING_DEPTH, SYNC_GROUP
 
 Format = Literal["auto", "hdf5", "parquet"]
 CastPolicy = Literal["safe", "same_kind", "unsafe"]

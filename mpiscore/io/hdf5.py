@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
-from ..transport import barrier
+from ..rank.world import barrier
 from .fields import Columns, Field, nearest_first
 
 STATUS_ATTR = "mpiscore_status"

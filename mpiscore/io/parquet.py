@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, InputError, OutputError
 from ..plan import Batch, SourceFile
+from ..rank.world import barrier
 from ..report import LOG
-from ..transport import barrier
 from .fields import Columns, Field, ParquetSelection, nearest_first
 
 STAGING = "_staging"  # inside OUTPUT.partial only: files being written, and our marker

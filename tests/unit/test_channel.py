@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from mpiscore.channel import Channel, pipe, wait
+from mpiscore.wire import Channel, pipe, wait
 
 
 def connected() -> tuple[Channel, Channel]:

@@ -20,8 +20,8 @@ from mpiscore.io.fields import Field, nearest_first
 from mpiscore.journal import FINGERPRINT, check_resumable, fingerprint
 from mpiscore.model import TensorSpec, _row_shape
 from mpiscore.plan import SourceFile, make_plan
-from mpiscore.prepare import small_batches
 from mpiscore.report import plural, write_json
+from mpiscore.scoring.prepare import small_batches
 
 
 def stamp(files: list[Path], batch_rows: int = 100, fields=(("y", "<f4", (2,)),),

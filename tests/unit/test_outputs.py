@@ -18,7 +18,7 @@ from mpiscore.errors import ConfigError, ScoringError
 from mpiscore.io import parquet
 from mpiscore.io.fields import Field, fill_columns
 from mpiscore.model import Column, output_fields
-from mpiscore.outputs import OutputConverter, OutputKind, label_width
+from mpiscore.scoring.outputs import OutputConverter, OutputKind, label_width
 from tests import builders, sklearn_models
 from tests.sklearn_models import STRING_CLASSES
 

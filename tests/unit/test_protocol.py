@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mpiscore.plan import Batch, SourceFile, make_plan
-from mpiscore.protocol import (
+from mpiscore.rank.coordinator import (
     Assign,
     Completed,
     Coordinator,

@@ -13,7 +13,7 @@ from mpiscore.config import ScorerSettings, SessionConfig
 from mpiscore.errors import ConfigError, ModelError, ScoringError
 from mpiscore.io.fields import Field
 from mpiscore.model import InputBinding, bind_inputs, tensor_spec
-from mpiscore.score import Scorer, open_session
+from mpiscore.scoring.onnx import Scorer, open_session
 from tests import builders
 
 SETTINGS = ScorerSettings(SessionConfig(), 1)

@@ -13,8 +13,6 @@ import h5py
 import numpy as np
 import pytest
 
-from mpiscore import scorer
-from mpiscore.channel import Channel, pipe
 from mpiscore.config import BatchSize, InputSpec, JobConfig
 from mpiscore.faults import FaultPlan
 from mpiscore.io.fields import Columns
@@ -22,11 +20,13 @@ from mpiscore.io.hdf5 import Hdf5Writer
 from mpiscore.job import Job
 from mpiscore.lock import LockOwner
 from mpiscore.model import read_model
-from mpiscore.pipeline import BatchProcessor
 from mpiscore.plan import Batch
-from mpiscore.pool import SYNC_GROUP, ScorerSpec
-from mpiscore.prepare import prepare
-from mpiscore.score import open_session
+from mpiscore.rank.pool import SYNC_GROUP, ScorerSpec
+from mpiscore.scoring import main as scorer
+from mpiscore.scoring.onnx import open_session
+from mpiscore.scoring.pipeline import BatchProcessor
+from mpiscore.scoring.prepare import prepare
+from mpiscore.wire import Channel, pipe
 from tests import builders
 
 

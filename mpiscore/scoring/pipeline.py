@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputChanged, InputError, MpiscoreError
-from .io.fields import ROW_STATUS, Columns, Field, Reader, Writer
-from .journal import changed_input
-from .plan import Batch
-from .pool import StageTimes
-from .score import Scorer
+from ..errors import InputChanged, InputError, MpiscoreError
+from ..io.fields import ROW_STATUS, Columns, Field, Reader, Writer
+from ..journal import changed_input
+from ..plan import Batch
+from ..rank.pool import StageTimes
+from .onnx import Scorer
 
 
 @dataclass(frozen=True)

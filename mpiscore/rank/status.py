@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .lock import STALE_SECONDS, pid_alive
-from .report import Progress, plural, write_json
-from .schedule import Scheduler
+from ..errors import InputError
+from ..lock import STALE_SECONDS, pid_alive
+from ..report import Progress, plural, write_json
+from ..schedule import Scheduler
 
 STATUS_FILE = "status.json"
 STATUS_SECONDS = 2.0

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from .config import ScorerSettings
-from .errors import ConfigError, ModelError, ScoringError
-from .model import InputBinding, TensorSpec, tensor_spec
+from ..config import ScorerSettings
+from ..errors import ConfigError, ModelError, ScoringError
+from ..model import InputBinding, TensorSpec, tensor_spec
 from .outputs import Column, OutputConverter, output_kinds
 
 OPTIMIZATION = {

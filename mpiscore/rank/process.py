@@ -17,15 +17,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .channel import pipe
+from ..wire import pipe
 
 if TYPE_CHECKING:
-    from .plan import Batch
+    from ..plan import Batch
 
 # The child's command: the parent's sys.path (as multiprocessing's spawn does), then
 # scorer.py. ``-S`` skips the site module (~10 ms): the paths it would add are given.
 _CHILD = ("import sys; sys.path[:] = sys.argv[2:]; "
-          "from mpiscore.scorer import main; main(*map(int, sys.argv[1].split(',')))")
+          "from mpiscore.scoring.main import main; main(*map(int, sys.argv[1].split(',')))")
 _STOPS = {signal.SIGTERM, signal.SIGINT}  # the scoring process ignores them (scorer.py)
 # Where this package lies, for a parent that finds it by an import hook (editable installs).
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,11 +17,11 @@ from typing import Any
 
 import onnxruntime as ort
 
-from . import __version__
-from .config import JobConfig
-from .errors import AlreadyComplete, InputError
-from .io.fields import ROW_STATUS
-from .io.registry import (
+from .. import __version__
+from ..config import JobConfig
+from ..errors import AlreadyComplete, InputError
+from ..io.fields import ROW_STATUS
+from ..io.registry import (
     InputSource,
     OutputTarget,
     describe,
@@ -29,14 +29,14 @@ from .io.registry import (
     open_reader,
     resolve_input,
 )
-from .job import Job
-from .journal import FINGERPRINT, check_resumable, completed, fingerprint, journal_token
-from .lock import JobLock, LockOwner, acquire, lock_paths
-from .model import bind_inputs, model_digest, output_fields, tensor_spec
+from ..job import Job
+from ..journal import FINGERPRINT, check_resumable, completed, fingerprint, journal_token
+from ..lock import JobLock, LockOwner, acquire, lock_paths
+from ..model import bind_inputs, model_digest, output_fields, tensor_spec
+from ..plan import Plan, make_plan
+from ..report import size_text
+from .onnx import Scorer
 from .outputs import label_width
-from .plan import Plan, make_plan
-from .report import size_text
-from .score import Scorer
 
 
 def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession,

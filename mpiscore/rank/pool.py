@@ -22,17 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .channel import wait
-from .errors import ScoringError
-from .lock import JobLock, LockOwner, lock_paths
-from .plan import Batch
+from ..errors import ScoringError
+from ..lock import JobLock, LockOwner, lock_paths
+from ..plan import Batch
+from ..wire import wait
 from .process import ScorerProcess
-from .transport import node_local
+from .world import node_local
 
 if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
-    from .config import JobConfig, ScorerSettings
-    from .faults import FaultPlan
-    from .job import Job
+    from ..config import JobConfig, ScorerSettings
+    from ..faults import FaultPlan
+    from ..job import Job
 
 START_TIMEOUT_SECONDS = 600.0
 CLOSE_TIMEOUT_SECONDS = 10.0

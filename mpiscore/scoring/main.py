@@ -24,16 +24,16 @@ from typing import Any
 
 import onnxruntime as ort
 
-from .channel import Channel
-from .errors import InputChanged, MpiscoreError, is_storage_failure
-from .io.registry import open_reader
-from .model import read_model
+from ..errors import InputChanged, MpiscoreError, is_storage_failure
+from ..io.registry import open_reader
+from ..model import read_model
+from ..plan import Batch
+from ..rank.pool import SYNC_GROUP, PrepareRequest, ScorerSpec, StageTimes
+from ..report import write_json
+from ..wire import Channel
+from .onnx import Scorer, open_session
 from .pipeline import BatchProcessor, Loaded, Prepared
-from .plan import Batch
-from .pool import SYNC_GROUP, PrepareRequest, ScorerSpec, StageTimes
 from .prepare import prepare
-from .report import write_json
-from .score import Scorer, open_session
 
 
 def main(read_fd: int, write_fd: int) -> None:

@@ -32,12 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from .faults import FaultPlan
-from .plan import Batch
+from ..faults import FaultPlan
+from ..plan import Batch
+from ..report import LOG
+from ..schedule import Attempt, Scheduler
 from .pool import Outcome, StageTimes
-from .report import LOG
-from .schedule import Attempt, Scheduler
-from .transport import Backoff
+from .world import Backoff
 
 
 @dataclass(frozen=True)
