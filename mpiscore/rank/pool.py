@@ -20,19 +20,19 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ScoringError
 from ..lock import JobLock, LockOwner, lock_paths
 from ..plan import Batch
 from ..wire import wait
 from .process import ScorerProcess
-from .world import node_local
 
 if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
     from ..config import JobConfig, ScorerSettings
     from ..faults import FaultPlan
     from ..job import Job
+    from .world import World
 
 START_TIMEOUT_SECONDS = 600.0
 CLOSE_TIMEOUT_SECONDS = 10.0
@@ -87,11 +87,11 @@ class PrepareRequest:
     owner: LockOwner  # rank 0's process, which holds the job's locks
 
 
-def start_pool(config: JobConfig, comm: Any | None,
+def start_pool(config: JobConfig, world: World,
                started: Sequence[ScorerProcess] = ()) -> ScorerPool:
     """This rank's scoring processes for ``config``: as many as the layout gives each rank
     of its node, with the session settings of the rank's place on the node."""
-    local_rank, ranks_on_node = node_local(comm)
+    local_rank, ranks_on_node = world.node_local()
     return ScorerPool(config.layout(ranks_on_node)[0], config.batch_timeout,
                       config.scorer_settings(local_rank, ranks_on_node), started)
 
