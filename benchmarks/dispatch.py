@@ -4,9 +4,10 @@
 
 Launches itself under ``mpiexec -n RANKS`` (oversubscribed on a small machine:
 that is the point, the ranks only wait). Every rank runs mpiscore's real
-rank-worker loop and MPI links, with an instant "pool" that finishes each batch
-the moment it is submitted, so the coordinator on rank 0 (which also "scores"
-its share) is the only limit. Prints JSON, then a line.
+worker loop and MPI links, rank 0 wired as the job wires it (coordinator.wire),
+with an instant "pool" that finishes each batch the moment it is submitted, so
+the coordinator on rank 0 (which also "scores" its share) is the only limit.
+Prints JSON, then a line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 
@@ -49,39 +49,33 @@ class InstantPool:
 
 
 def run_rank(batches: int, window: int, rank0_scores: bool) -> None:
-    from mpi4py import MPI
-
     from mpiscore.plan import SourceFile, make_plan
-    from mpiscore.rank.coordinator import Coordinator, RankWorker, serve, work
-    from mpiscore.rank.world import MpiCoordinatorLink, MpiWorkerLink
+    from mpiscore.rank.coordinator import wire
+    from mpiscore.rank.worker import RankWorker, work
+    from mpiscore.rank.world import MpiWorld
     from mpiscore.schedule import Scheduler
 
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    world = MpiWorld.comm_world()
+    rank, size = world.rank, world.size
     own_window = window if rank or rank0_scores or size == 1 else 0  # 0: rank 0 only dispatches
-    worker = RankWorker(InstantPool(max(1, window - 1)), lambda m: None, own_window, rank)
-    comm.Barrier()
+
+    def worker(link) -> RankWorker:
+        return RankWorker(InstantPool(max(1, window - 1)), link, own_window, rank)
+
+    world.barrier()
     started = time.perf_counter()
     if rank == 0:
         plan = make_plan([SourceFile("none", batches)], 1)
         scheduler = Scheduler.for_batches(plan.batches, plan.total_rows)
-        inbox: deque = deque()
-        outbox: deque = deque()
-        remote = MpiCoordinatorLink(comm) if size > 1 else None
-        worker.send_up = outbox.append
-
-        def send(to: int, message) -> None:
-            inbox.append(message) if to == 0 else remote.send(to, message)
-
-        serve(Coordinator(scheduler, list(range(size)), send), worker, inbox, outbox, remote,
-              lambda: None)
+        rank_zero = wire(scheduler, world, worker)  # as the job wires it
+        rank_zero.serve(lambda: None)
+        own = rank_zero.worker
     else:
-        link = MpiWorkerLink(comm)
-        worker.send_up = link.send
-        work(worker, link, lambda: None)
+        own = worker(world.worker_link())
+        work(own, lambda: None)
     seconds = time.perf_counter() - started
     cpu = time.process_time()
-    counts = comm.gather((worker.stats.batches, cpu), root=0)
+    counts = world.gather((own.stats.batches, cpu))
     if rank == 0:
         print(json.dumps({"benchmark": "dispatch", "ranks": size, "window": window,
                           "rank0_scores": rank0_scores,
@@ -105,10 +99,10 @@ def main() -> None:
         except BaseException:
             import traceback
 
-            from mpi4py import MPI
+            from mpiscore.rank.world import MpiWorld
 
             traceback.print_exc()
-            MPI.COMM_WORLD.Abort(1)  # never leave the other ranks waiting
+            MpiWorld.comm_world().abort(1)  # never leave the other ranks waiting
         return
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
     result = subprocess.run([mpiexec, "-n", str(args.ranks), sys.executable, __file__,

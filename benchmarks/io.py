@@ -59,16 +59,14 @@ def sequential(rows: int, batch_rows: int, scratch: Path) -> dict[str, float]:
 
 def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
     """One rank of the parallel run: mpiscore's writers and readers on its share."""
-    from mpi4py import MPI
-
     from mpiscore.io import hdf5, parquet
     from mpiscore.io.fields import Field, ParquetSelection
     from mpiscore.plan import SourceFile, make_plan
-    from mpiscore.rank.pool import SYNC_GROUP
-    from mpiscore.rank.world import barrier, broadcast
+    from mpiscore.tuning import SYNC_GROUP
+    from mpiscore.rank.world import MpiWorld
 
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    world = MpiWorld.comm_world()
+    rank, size = world.rank, world.size
     x = data(rows)
     fields = [Field("x", "<f4", (WIDTH,))]
     plan = make_plan([SourceFile("x", rows)], batch_rows)
@@ -76,14 +74,14 @@ def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
     seconds: dict[str, float] = {}
 
     def timed(name: str, work) -> None:
-        barrier(comm)
+        world.barrier()
         started = time.perf_counter()
         work()
-        barrier(comm)
+        world.barrier()
         seconds[name] = time.perf_counter() - started
 
     h5, partial = scratch / "par.h5", scratch / "par.h5.partial"
-    offsets = broadcast(comm, hdf5.create(partial, fields, rows, {}, np.zeros((1, 4)))
+    offsets = world.broadcast(hdf5.create(partial, fields, rows, {}, np.zeros((1, 4)))
                         if rank == 0 else None)
 
     def write_synced(writer) -> None:
@@ -93,7 +91,7 @@ def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
                 writer.sync()
         writer.sync()
         writer.close()
-        writer.finish(comm, complete=True)
+        writer.finish(world, complete=True)
 
     def write_hdf5() -> None:
         write_synced(hdf5.Hdf5Writer(partial, h5, fields, offsets))

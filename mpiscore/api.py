@@ -2,7 +2,7 @@
 
 Rank 0's first scoring process prepares the job (every check happens there,
 before scoring) and rank 0 broadcasts it or the error. Every rank starts its
-scoring processes; rank 0 runs the coordinator and its own rank worker in one
+scoring processes; rank 0 runs the coordinator and its own worker in one
 loop, the other ranks run theirs. At the end all ranks finish the output together: complete (and
 renamed), or left partial with its journal for ``--resume``. Errors raise on
 the rank that saw them; deciding to abort the MPI job is left to the entry
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from .config import JobConfig
@@ -28,40 +26,40 @@ from .errors import (
     storage_error,
 )
 from .faults import FaultPlan
-from .io.fields import fill_columns
-from .io.registry import open_reader
+from .io.fill import write_fills
 from .job import Job
-from .jobfile import write_config
-from .journal import FINGERPRINT, Journal, changed_input, journal_token
+from .journal import Journal, changed_input, journal_token
 from .model import model_digest, read_model
-from .placement import slurm_ids
+from .placement import slurm_ids, window_for
 from .plan import Batch
-from .rank.coordinator import Coordinator, Message, RankWorker, serve, work
+from .rank.coordinator import wire
 from .rank.pool import ScorerPool, ScorerSpec, start_pool
+from .rank.run_dir import create_run_dir, record_run
 from .rank.signals import StopSignals
 from .rank.status import StatusFile
-from .rank.world import MpiCoordinatorLink, MpiWorkerLink, broadcast, gather, hostname
+from .rank.worker import RankWorker, work
+from .rank.world import WorkerLink, World, as_world
 from .report import (
-    HISTORY,
     LOG,
     Progress,
     RankStats,
     RunReport,
-    append_history,
     early_stderr,
     log_start,
     plural,
     start_logging,
     stop_early_stderr,
     stop_logging,
-    write_json,
 )
 from .schedule import FailurePolicy, Scheduler
 
 
-def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = None
+def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None = None
         ) -> RunReport:
     """Score the job on every rank of ``comm`` (or in this process alone); the job's report.
+
+    ``comm``: an mpi4py communicator, a ``rank.world.World``, or None for this
+    process alone.
 
     ``pool``: scoring processes this rank started earlier with ``pool.start_pool``
     (the CLI starts them before its heavy imports, so their start-up overlaps); by
@@ -72,13 +70,14 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
     stays partial and ``--resume`` finishes it.
     """
     started = time.perf_counter()
-    rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-    early_stderr(rank, size, hostname())  # rank 0 says what it does from the start
-    pool = pool or start_pool(config, comm)
+    world = as_world(comm)
+    rank, size = world.rank, world.size
+    early_stderr(rank, size, world.hostname())  # rank 0 says what it does from the start
+    pool = pool or start_pool(config, world)
     job = None
     try:
-        job, done, model = _broadcast_job(config, comm, rank, pool)
-        host = hostname()
+        job, done, model = _broadcast_job(config, world, pool)
+        host = world.hostname()
         where = f"rank {rank} of {size} ({host})"
         stop_early_stderr()
         handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
@@ -87,7 +86,7 @@ def run(config: JobConfig, comm: Any | None = None, pool: ScorerPool | None = No
                 _log_plan(job)
             pool.start(ScorerSpec(job, model, pool.settings, where,
                                   FaultPlan.parse(config.faults), records_death=rank == 0))
-            return _score(job, pool, done, comm, rank, size, started)
+            return _score(job, pool, done, world, started)
         finally:
             stop_logging(handlers)
     finally:
@@ -108,29 +107,29 @@ def _log_plan(job: Job) -> None:
         LOG.warning("%s", warning)
 
 
-def _broadcast_job(config: JobConfig, comm: Any | None, rank: int, pool: ScorerPool
+def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool
                    ) -> tuple[Job, set[int], bytes]:
     """Rank 0 prepares the job (in its first scoring process) and reads the model;
     every rank gets the job, the batches done before and the model, or raises
     rank 0's error."""
     outcome: tuple[Job, set[int], bytes] | BaseException | None = None
-    if rank == 0:
+    if world.rank == 0:
         try:
             if pool.preparing is None:  # else the CLI asked already, and said so
-                log_start(config, 1 if comm is None else comm.Get_size(), pool.size)
+                log_start(config, world.size, pool.size)
             pool.prepare(config)
             model = read_model(config.model)  # while the scoring process prepares
             job, done = pool.prepared()
             try:
                 _check_same_model(job, model)
-                _create_run_dir(job)
+                create_run_dir(job)
             except BaseException:
                 job.lock.release()
                 raise
             outcome = job, done, model
         except Exception as exc:
             outcome = exc
-    outcome = broadcast(comm, outcome)
+    outcome = world.broadcast(outcome)
     if isinstance(outcome, MpiscoreError):
         raise outcome.as_collective()
     if isinstance(outcome, BaseException):
@@ -146,27 +145,8 @@ def _check_same_model(job: Job, model: bytes) -> None:
                          "start it again")
 
 
-def _create_run_dir(job: Job) -> None:
-    run_dir = job.config.resolved_run_dir
-    try:
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "plan.json", {**job.attrs, **job.plan.to_json()})
-        write_json(run_dir / FINGERPRINT, job.fingerprint)
-        write_config(run_dir, job.config)  # rerun or resume it: --config RUN_DIR/config.toml
-        # replaced when the job ends; until then no earlier summary remains
-        owner = job.lock.owner
-        write_json(run_dir / "summary.json",
-                   {"status": "running", "output": str(job.config.output),
-                    "host": owner.host, "pid": owner.pid, "slurm": slurm_ids(),
-                    "lock": [str(path) for path in job.lock.paths]})
-        if not job.config.resume:  # a fresh job: its own runs only (report.append_history)
-            (run_dir / HISTORY).unlink(missing_ok=True)
-    except OSError as exc:
-        raise storage_error(run_dir, exc, "cannot write the run directory") from exc
-
-
-def _score(job: Job, pool: ScorerPool, done: set[int], comm: Any | None, rank: int, size: int,
-           started: float) -> RunReport:
+def _score(job: Job, pool: ScorerPool, done: set[int], world: World, started: float
+           ) -> RunReport:
     config = job.config
     spec = pool.spec
     assert spec is not None
@@ -175,40 +155,45 @@ def _score(job: Job, pool: ScorerPool, done: set[int], comm: Any | None, rank: i
              plural(pool.size, "scoring process", "scoring processes"),
              plural(spec.settings.intra_op_threads, "intra-op thread"),
              plural(len(job.plan.batches), "batch", "batches"), f"{job.plan.batch_rows:,}")
-    worker = RankWorker(pool, lambda message: None, config.window_for(pool.size), rank,
-                        spec.faults, config.stop_grace)
+
+    def worker(link: WorkerLink) -> RankWorker:
+        return RankWorker(pool, link, window_for(config, pool.size), world.rank, spec.faults,
+                          config.stop_grace)
+
     scheduler = None
     loop_started, loop_cpu = time.perf_counter(), time.process_time()
     with StopSignals(spec.where) as signals:
-        if rank == 0:
-            scheduler = _coordinate(job, done, worker, comm, size, signals.requested)
+        if world.rank == 0:
+            scheduler, own = _coordinate(job, done, world, worker, signals.requested)
         else:
-            link = MpiWorkerLink(comm)
-            worker.send_up = link.send
-            work(worker, link, signals.requested)
+            own = worker(world.worker_link())
+            work(own, signals.requested)
     loop = (time.perf_counter() - loop_started, time.process_time() - loop_cpu)
     pool.close()
-    status = broadcast(comm, _status(scheduler) if rank == 0 else None)
-    finish_error = _finish_output(job, scheduler, comm, status)
-    stats = _rank_stats(worker, rank, spec, started, ready, loop)
-    every_rank = gather(comm, (stats, finish_error))  # collective: on every rank, no branch
+    status = world.broadcast(_status(scheduler) if world.rank == 0 else "")
+    finish_error = _finish_output(job, scheduler, world, status)
+    stats = _rank_stats(own, pool, world, spec, (started, ready), loop)
+    every_rank = world.gather((stats, finish_error))  # collective: on every rank, no branch
     report = None
-    if rank == 0:
+    if world.rank == 0:
         assert scheduler is not None and every_rank is not None
         errors = [error for _, error in every_rank if error is not None]
         if errors:  # the output could not be finished: it stays partial
             scheduler.halt(errors[0][1], errors[0][0])
             status = _status(scheduler)
-        report = _report(job, scheduler, status, [s for s, _ in every_rank], size, started,
-                         ready)
-    report = broadcast(comm, report)
+        report = _report(job, scheduler, status, [s for s, _ in every_rank], world.size,
+                         (started, ready))
+    report = world.broadcast(report)
+    assert report is not None
     _raise_unless_complete(report)
     return report
 
 
-def _coordinate(job: Job, done: set[int], worker: RankWorker, comm: Any | None, size: int,
-                stop_requested: Any) -> Scheduler:
-    """Rank 0: coordinate every rank, and score with its own processes in the same loop."""
+def _coordinate(job: Job, done: set[int], world: World,
+                worker: Callable[[WorkerLink], RankWorker],
+                stop_requested: Callable[[], str | None]) -> tuple[Scheduler, RankWorker]:
+    """Rank 0: coordinate every rank, and score with its own processes in the same loop;
+    the scheduler as the job ended, and rank 0's own worker."""
     config = job.config
     todo = [b for b in job.plan.batches if b.batch_id not in done]
     policy = FailurePolicy(config.max_retries, config.error_threshold,
@@ -217,20 +202,9 @@ def _coordinate(job: Job, done: set[int], worker: RankWorker, comm: Any | None, 
     scheduler.completed.update(done)
     if done:
         LOG.info("resuming: %d of %d batches already written", len(done), len(job.plan.batches))
-    remote = MpiCoordinatorLink(comm) if size > 1 else None
-    inbox: deque[Message] = deque()
-    outbox: deque[Message] = deque()
-    worker.send_up = outbox.append
     journal = Journal(config.resolved_run_dir, journal_token(job.fingerprint),
                       len(job.plan.batches), fresh=not config.resume)
     progress = Progress(sum(b.rows for b in todo), len(todo), config.progress_seconds)
-
-    def send(rank: int, message: Message) -> None:
-        if rank == 0:
-            inbox.append(message)
-        else:
-            assert remote is not None
-            remote.send(rank, message)
 
     def on_complete(batch: Batch) -> None:
         if scheduler.stop_error != "StorageError":  # a journal that failed takes no more
@@ -243,18 +217,18 @@ def _coordinate(job: Job, done: set[int], worker: RankWorker, comm: Any | None, 
         status.tick()  # RUN_DIR/status.json every STATUS_SECONDS: a time check
         return stop_requested()
 
-    coordinator = Coordinator(scheduler, list(range(size)), send, on_complete)
-    status = StatusFile(config.resolved_run_dir, scheduler, progress, coordinator.heard, size,
-                        job.plan.total_rows, len(job.plan.batches))
+    rank_zero = wire(scheduler, world, worker, on_complete)
+    status = StatusFile(config.resolved_run_dir, scheduler, progress, rank_zero.coordinator.heard,
+                        world.size, job.plan.total_rows, len(job.plan.batches))
     status.write("running")
     try:
-        serve(coordinator, worker, inbox, outbox, remote, between_messages)
+        rank_zero.serve(between_messages)
     finally:
         _halting_on(scheduler, journal.close)
         status.write(_status(scheduler))  # summary.json has the last word
     if scheduler.stop_reason is None and (change := changed_input(job.fingerprint)):
         scheduler.halt(change, "InputChanged")
-    return scheduler
+    return scheduler, rank_zero.worker
 
 
 def _halting_on(scheduler: Scheduler, step: Callable[[], None]) -> None:
@@ -273,7 +247,7 @@ def _status(scheduler: Scheduler | None) -> str:
     return "failed" if scheduler.stop_error is not None else "stopped"
 
 
-def _finish_output(job: Job, scheduler: Scheduler | None, comm: Any | None, status: str
+def _finish_output(job: Job, scheduler: Scheduler | None, world: World, status: str
                    ) -> tuple[str, str] | None:
     """Fill the rows of failed batches (rank 0), then finish the output on every rank.
 
@@ -284,12 +258,13 @@ def _finish_output(job: Job, scheduler: Scheduler | None, comm: Any | None, stat
     failure = None
     try:
         if scheduler is not None and status == "complete" and scheduler.failed:
-            _write_fills(job, list(scheduler.failed.values()), writer)
+            write_fills(writer, job.source, list(scheduler.failed.values()), job.outputs,
+                        job.kept)
     except MpiscoreError as exc:
         failure = exc
     writer.close()
     try:  # collective: every rank takes part, even one that failed above
-        writer.finish(comm, complete=status == "complete" and failure is None)
+        writer.finish(world, complete=status == "complete" and failure is None)
     except MpiscoreError as exc:
         failure = failure or exc
     except OSError as exc:
@@ -297,63 +272,45 @@ def _finish_output(job: Job, scheduler: Scheduler | None, comm: Any | None, stat
     return None if failure is None else (type(failure).__name__, str(failure))
 
 
-def _write_fills(job: Job, batches: list[Batch], writer: Any) -> None:
-    """Failed rows get fill values and row_status 1; carried columns are kept where readable."""
-    reader = open_reader(job.source)
-    try:
-        for batch in batches:
-            columns: dict[str, Any] = fill_columns(list(job.outputs), batch.rows)
-            try:
-                columns.update(reader.read(batch)[1])
-            except MpiscoreError:
-                columns.update(fill_columns(list(job.kept), batch.rows))
-            writer.write(batch, columns)
-        writer.sync()
-    finally:
-        reader.close()
-
-
-def _rank_stats(worker: RankWorker, rank: int, spec: ScorerSpec, started: float,
-                ready: float, loop: tuple[float, float]) -> RankStats:
+def _rank_stats(worker: RankWorker, pool: ScorerPool, world: World, spec: ScorerSpec,
+                times: tuple[float, float], loop: tuple[float, float]) -> RankStats:
+    """This rank's share; ``times``: when the run started and when scoring could."""
     s = worker.stats
     own = resource.getrusage(resource.RUSAGE_SELF)
-    pool = worker.pool
-    first = None if s.first_batch_done is None else s.first_batch_done - started
-    return RankStats(rank, hostname(), s.batches, s.rows, s.failures, s.read, s.score, s.write,
-                     own.ru_utime + own.ru_stime, pool.cpu_seconds,  # type: ignore[attr-defined]
-                     pool.peak_rss_mib, *loop, ready - started, first,  # type: ignore[attr-defined]
-                     pool.restarts,  # type: ignore[attr-defined]
-                     spec.settings.intra_op_threads)
+    started, ready = times
+    return RankStats(
+        rank=world.rank, host=world.hostname(), batches=s.batches, rows=s.rows,
+        failures=s.failures, read_seconds=s.read, score_seconds=s.score,
+        write_seconds=s.write, driver_cpu_seconds=own.ru_utime + own.ru_stime,
+        scorer_cpu_seconds=pool.cpu_seconds, scorer_peak_rss_mib=pool.peak_rss_mib,
+        loop_seconds=loop[0], loop_cpu_seconds=loop[1], startup_seconds=ready - started,
+        first_batch_seconds=None if s.first_batch_done is None else s.first_batch_done - started,
+        scorer_restarts=pool.restarts, intra_op_threads=spec.settings.intra_op_threads)
 
 
 def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
-            size: int, started: float, ready: float) -> RunReport:
-    """The job's summary, written to the run directory (rank 0). A summary that cannot
-    be written ends the job with a StorageError/OutputError naming it, as ``error``."""
+            size: int, times: tuple[float, float]) -> RunReport:
+    """The job's summary, written to the run directory (rank 0; run_dir.record_run)."""
+    started, ready = times
     wall = time.perf_counter() - started
     rows = sum(s.rows for s in stats)
-    run_dir = job.config.resolved_run_dir
-    failed = [{"batch_id": b.batch_id, "file": job.plan.files[b.file_index].path,
-               "file_rows": [b.start, b.stop], "rows": [b.global_start, b.global_stop],
-               "attempts": [vars(a) for a in scheduler.attempts[b.batch_id]]}
-              for b in scheduler.failed.values()]
-    first = failed[0]["attempts"][-1]["error"] if failed else None
+    failed: list[dict[str, Any]] = [
+        {"batch_id": b.batch_id, "file": job.plan.files[b.file_index].path,
+         "file_rows": [b.start, b.stop], "rows": [b.global_start, b.global_stop],
+         "attempts": [vars(a) for a in scheduler.attempts[b.batch_id]]}
+        for b in scheduler.failed.values()]
     output = job.target.final if status == "complete" else job.target.partial
-    report = RunReport(status, scheduler.stop_reason, scheduler.stop_error, first, str(output),
-                       str(run_dir), job.plan.total_rows, rows, len(job.plan.batches),
-                       len(scheduler.completed), len(failed),
-                       sum(b.rows for b in scheduler.failed.values()), size,
-                       wall, ready - started, rows / wall, stats, slurm=slurm_ids())
-    try:
-        write_json(run_dir / "failed_batches.json", {"failed": failed})
-        report = replace(report, job=append_history(run_dir, report))  # this run appended
-        write_json(run_dir / "summary.json", report.to_json())
-    except OSError as exc:
-        error = storage_error(run_dir / "summary.json", exc, "cannot write the job's summary")
-        kept = "is complete" if status == "complete" else "stays partial"
-        first = f"{scheduler.stop_reason}; also " if scheduler.stop_error else ""
-        return replace(report, status="failed", error=scheduler.stop_error or type(error).__name__,
-                       stop_reason=f"{first}{error} ({output} {kept})")
+    report, written = record_run(job.config.resolved_run_dir, RunReport(
+        status=status, stop_reason=scheduler.stop_reason, error=scheduler.stop_error,
+        first_failure=failed[0]["attempts"][-1]["error"] if failed else None,
+        output=str(output), run_dir=str(job.config.resolved_run_dir),
+        rows=job.plan.total_rows, rows_scored=rows, batches=len(job.plan.batches),
+        batches_done=len(scheduler.completed), batches_failed=len(failed),
+        rows_failed=sum(b.rows for b in scheduler.failed.values()), ranks=size,
+        wall_seconds=wall, setup_seconds=ready - started, rows_per_second=rows / wall,
+        per_rank=stats, slurm=slurm_ids()), failed)
+    if not written:
+        return report
     in_output = sum(b.rows for b in job.plan.batches if b.batch_id in scheduler.completed)
     earlier = in_output - rows
     LOG.info("%s: %s scored by this run in %.2fs on %s (%s rows/s); %s holds %s of %s "

@@ -26,7 +26,7 @@ from .jobfile import option_kinds, read_job_file
 from .placement import check_world
 from .rank.pool import start_pool
 from .rank.process import ScorerProcess
-from .rank.world import finalize, hostname, world
+from .rank.world import MpiWorld, World
 from .report import early_stderr, log_start, stop_early_stderr
 
 ABORT_GRACE_SECONDS = 0.5
@@ -179,28 +179,28 @@ def score(early: list[ScorerProcess] | None, **options: Any) -> None:
       srun mpiscore score --model model.onnx --input 'data/*.h5' \\
           --output scores.h5 --resume    # finish an interrupted job
     """
-    comm = world()
-    rank, size = comm.Get_rank(), comm.Get_size()
-    early_stderr(rank, size, hostname())  # stderr lines before the run directory exists
+    world = MpiWorld.comm_world()
+    rank, size = world.rank, world.size
+    early_stderr(rank, size, world.hostname())  # stderr lines before the run directory exists
     try:
         check_world(size)  # srun without a working --mpi: N copies of 1 rank
         options["input"], options["map"] = options.pop("inputs"), options.pop("mapping")
         config = config_from_options(options)
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
-        _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
-    pool = start_pool(config, comm, early or [])
+        _fail(world, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
+    pool = start_pool(config, world, early or [])
     try:
         if rank == 0:  # its first scoring process checks the job meanwhile
             log_start(config, size, pool.size)
             pool.prepare(config)
         from .api import run  # heavy (h5py): imported while the scoring processes start
 
-        run(config, comm, pool)
-        finalize(comm)
+        run(config, world, pool)
+        world.finalize()
     except MpiscoreError as exc:
-        _fail(comm, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=exc.collective)
+        _fail(world, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=exc.collective)
     except Exception:
-        _fail(comm, traceback.format_exc().rstrip(), 1, collective=False)
+        _fail(world, traceback.format_exc().rstrip(), 1, collective=False)
     finally:
         stop_early_stderr()
 
@@ -252,17 +252,19 @@ def _or_exit(step: Callable[[], Any]) -> Any:
         sys.exit(exc.exit_code)
 
 
-def _fail(comm: Any, message: str, code: int, collective: bool) -> NoReturn:
-    rank, size = comm.Get_rank(), comm.Get_size()
+def _fail(world: World, message: str, code: int, collective: bool) -> NoReturn:
+    """Say the error once per job and exit with its code: an error every rank saw, from
+    rank 0, leaving cleanly; one this rank alone saw, from it, aborting every rank."""
+    rank, size = world.rank, world.size
     if not collective or rank == 0:
         prefix = "" if collective or size == 1 else f"[rank {rank} of {size}] "
         click.echo(f"mpiscore: {prefix}{message}", err=True)
     sys.stderr.flush()
     if collective:
-        finalize(comm)
+        world.finalize()
     elif size > 1:
         time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward the line before the kill
-        comm.Abort(code)
+        world.abort(code)
     sys.exit(code)
 
 

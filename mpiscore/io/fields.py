@@ -99,6 +99,15 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
+class Ranks(Protocol):
+    """What finishing an output needs of the world of ranks (rank.world.World has it)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    def barrier(self) -> None: ...
+
+
 class Writer(Protocol):
     """Writes batches' output rows at their place; every rank finishes it together.
 
@@ -113,4 +122,4 @@ class Writer(Protocol):
 
     def close(self) -> None: ...
 
-    def finish(self, comm: object | None, complete: bool) -> None: ...
+    def finish(self, ranks: Ranks, complete: bool) -> None: ...

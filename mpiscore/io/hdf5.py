@@ -28,8 +28,7 @@ import numpy as np
 
 from ..errors import InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
-from ..rank.world import barrier
-from .fields import Columns, Field, nearest_first
+from .fields import Columns, Field, Ranks, nearest_first
 
 STATUS_ATTR = "mpiscore_status"
 
@@ -233,7 +232,7 @@ class RawRows:
         pieces = self._pieces(start, start + len(out))
         if pieces is None:
             return False
-        raw = memoryview(out.reshape(-1).view(np.uint8))
+        raw = out.reshape(-1).view(np.uint8).data  # a memoryview
         for offset, first, stop in pieces:
             _pread_all(self.fd, raw[(first - start) * self.row_nbytes:
                                     (stop - start) * self.row_nbytes], offset)
@@ -393,10 +392,10 @@ class Hdf5Writer:
             os.close(self.fd)
             self.fd = -1
 
-    def finish(self, comm: Any | None, complete: bool) -> None:
+    def finish(self, ranks: Ranks, complete: bool) -> None:
         """After every rank is done: rank 0 marks the file complete and renames it."""
-        barrier(comm)
-        if complete and (comm is None or comm.Get_rank() == 0):
+        ranks.barrier()
+        if complete and ranks.rank == 0:
             with h5py.File(self.partial, "r+") as handle:
                 handle.attrs[STATUS_ATTR] = "complete"
             os.replace(self.partial, self.final)
@@ -420,7 +419,7 @@ def _fixed_utf8(column: object, field: Field, where: str) -> np.ndarray:
 
 
 def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
-    raw = memoryview(data.reshape(-1).view(np.uint8))
+    raw = data.reshape(-1).view(np.uint8).data  # a memoryview
     written = 0
     while written < len(raw):
         written += os.pwrite(fd, raw[written:], offset + written)

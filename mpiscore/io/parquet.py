@@ -30,9 +30,8 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, InputError, OutputError
 from ..plan import Batch, SourceFile
-from ..rank.world import barrier
 from ..report import LOG
-from .fields import Columns, Field, ParquetSelection, nearest_first
+from .fields import Columns, Field, ParquetSelection, Ranks, nearest_first
 
 STAGING = "_staging"  # inside OUTPUT.partial only: files being written, and our marker
 METADATA_KEY = "mpiscore"  # key-value metadata of every part file: provenance, shapes
@@ -341,13 +340,13 @@ class ParquetWriter:
     def close(self) -> None:
         """Nothing stays open between batches."""
 
-    def finish(self, comm: Any | None, complete: bool) -> None:
+    def finish(self, ranks: Ranks, complete: bool) -> None:
         """After every rank is done: rank 0 checks every batch's file, then commits.
 
         An incomplete job leaves the part files as they are, for --resume.
         """
-        barrier(comm)
-        if complete and (comm is None or comm.Get_rank() == 0):
+        ranks.barrier()
+        if complete and ranks.rank == 0:
             self._commit()
 
     def _commit(self) -> None:

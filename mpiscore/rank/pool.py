@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import ScoringError
 from ..lock import JobLock, LockOwner, lock_paths
+from ..placement import layout, scorer_settings
 from ..plan import Batch
+from ..tuning import SCORING_DEPTH
 from ..wire import wait
 from .process import ScorerProcess
 
@@ -36,12 +38,6 @@ if TYPE_CHECKING:  # this module stays light: the rank imports it before anythin
 
 START_TIMEOUT_SECONDS = 600.0
 CLOSE_TIMEOUT_SECONDS = 10.0
-# Batches a process holds before writing: the one it scores, and the next, which its
-# reader thread reads meanwhile, so it never waits for its rank between batches.
-SCORING_DEPTH = 2
-# Written batches that one flush to storage makes durable together (scorer.py), at
-# most; so many are held after writing until they are reported done.
-SYNC_GROUP = 4
 
 
 @dataclass(frozen=True)
@@ -92,8 +88,8 @@ def start_pool(config: JobConfig, world: World,
     """This rank's scoring processes for ``config``: as many as the layout gives each rank
     of its node, with the session settings of the rank's place on the node."""
     local_rank, ranks_on_node = world.node_local()
-    return ScorerPool(config.layout(ranks_on_node)[0], config.batch_timeout,
-                      config.scorer_settings(local_rank, ranks_on_node), started)
+    return ScorerPool(layout(config, ranks_on_node).procs, config.batch_timeout,
+                      scorer_settings(config, local_rank, ranks_on_node), started)
 
 
 class ScorerPool:

@@ -1,10 +1,17 @@
-"""Moving protocol messages between ranks with MPI point-to-point, and the few collectives.
+"""The world of ranks: who this rank is, the few collectives, and the links that carry messages.
 
-With the collectives below, the only place mpiscore talks MPI. Waiting never spins a
-core: MPI is polled with a matched probe, and between polls the caller sleeps
-(or waits on its scoring processes) for a delay that grows from 10 us to 1 ms
-while nothing arrives, so an idle coordinator or worker costs almost no CPU
-while the scoring processes on its node work.
+One small interface, :class:`World`, with two implementations: :class:`MpiWorld`
+wraps an mpi4py communicator (this is the only module that imports mpi4py),
+:class:`LocalWorld` is this process alone, without MPI. Messages between the
+coordinator and the workers travel over links: MPI point-to-point between
+ranks, and :class:`Loopback` in process, which carries rank 0's messages to and
+from its own worker, and every rank's in the unit tests (the test double ships
+with the library, as httpx's MockTransport does).
+
+Waiting never spins a core: MPI is polled with a matched probe, and between
+polls the caller sleeps (or waits on its scoring processes) for a delay that
+grows from 10 us to 1 ms while nothing arrives, so an idle coordinator or
+worker costs almost no CPU while the scoring processes on its node work.
 """
 
 from __future__ import annotations
@@ -12,9 +19,15 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from typing import Any
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .messages import Message
 
 MAX_SLEEP_SECONDS = 1e-3
+T = TypeVar("T")
 
 
 class Backoff:
@@ -34,8 +47,217 @@ class Backoff:
         time.sleep(self.next_delay())
 
 
-class MpiCoordinatorLink:
+class CoordinatorLink(Protocol):
     """Rank 0's end: messages from any worker rank, and to each of them."""
+
+    def poll(self) -> tuple[int, Message] | None: ...
+
+    def send(self, rank: int, message: Message) -> None: ...
+
+
+class WorkerLink(Protocol):
+    """A worker's end: messages to and from the coordinator."""
+
+    def poll(self) -> Message | None: ...
+
+    def send(self, message: Message) -> None: ...
+
+
+class Links(Protocol):
+    """What wiring rank 0 needs of its world: how many ranks, and the link to the others."""
+
+    @property
+    def size(self) -> int: ...
+
+    def coordinator_link(self) -> CoordinatorLink | None: ...
+
+
+class Loopback:
+    """In-process links between a coordinator and ``size`` worker ranks: deques, not MPI.
+
+    Safe between threads (a deque's append and popleft are atomic, and each
+    queue has one reader), so tests can run every rank's real loop in a thread.
+    """
+
+    def __init__(self, size: int = 1) -> None:
+        self.size = size
+        self.up: deque[tuple[int, Message]] = deque()
+        self.down: list[deque[Message]] = [deque() for _ in range(size)]
+
+    def coordinator_link(self) -> Loopback | None:
+        """The links to ranks other than 0, as :meth:`World.coordinator_link` gives them."""
+        return self if self.size > 1 else None
+
+    def worker_link(self, rank: int) -> LoopbackEnd:
+        return LoopbackEnd(self, rank)
+
+    def poll(self) -> tuple[int, Message] | None:
+        return self.up.popleft() if self.up else None
+
+    def send(self, rank: int, message: Message) -> None:
+        self.down[rank].append(message)
+
+
+class LoopbackEnd:
+    """One worker rank's end of a :class:`Loopback`."""
+
+    def __init__(self, loopback: Loopback, rank: int) -> None:
+        self.up, self.down, self.rank = loopback.up, loopback.down[rank], rank
+
+    def poll(self) -> Message | None:
+        return self.down.popleft() if self.down else None
+
+    def send(self, message: Message) -> None:
+        self.up.append((self.rank, message))
+
+
+class World(ABC):
+    """This rank, how many there are, and what they do together.
+
+    Every rank calls a collective (barrier, broadcast, gather) at the same point.
+    """
+
+    rank: int
+    size: int
+
+    @abstractmethod
+    def barrier(self) -> None:
+        """Wait for every rank without spinning a core."""
+
+    @abstractmethod
+    def broadcast(self, value: T) -> T:
+        """Rank 0's ``value``, on every rank."""
+
+    @abstractmethod
+    def gather(self, value: T) -> list[T] | None:
+        """One value per rank, on rank 0 (None elsewhere)."""
+
+    @abstractmethod
+    def abort(self, code: int) -> None:
+        """End every rank of the job now, with ``code``."""
+
+    @abstractmethod
+    def finalize(self) -> None:
+        """Leave the world cleanly, reporting a failure to do so here."""
+
+    @abstractmethod
+    def node_local(self) -> tuple[int, int]:
+        """This rank's index among the ranks of its node, and how many share the node."""
+
+    @abstractmethod
+    def coordinator_link(self) -> CoordinatorLink | None:
+        """Rank 0's link to the other ranks; None when it is alone."""
+
+    @abstractmethod
+    def worker_link(self) -> WorkerLink:
+        """A rank's link to the coordinator on rank 0 (ranks other than 0: rank 0's own
+        worker is linked to its coordinator in process)."""
+
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+
+class LocalWorld(World):
+    """This process alone: rank 0 of 1, collectives return at once, no MPI."""
+
+    rank, size = 0, 1
+
+    def barrier(self) -> None:
+        return
+
+    def broadcast(self, value: T) -> T:
+        return value
+
+    def gather(self, value: T) -> list[T] | None:
+        return [value]
+
+    def abort(self, code: int) -> None:
+        sys.exit(code)
+
+    def finalize(self) -> None:
+        return
+
+    def node_local(self) -> tuple[int, int]:
+        return 0, 1
+
+    def coordinator_link(self) -> CoordinatorLink | None:
+        return None
+
+    def worker_link(self) -> WorkerLink:
+        raise RuntimeError("a world of one rank has no link to another")
+
+
+class MpiWorld(World):
+    """The ranks of an mpi4py communicator."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+
+    @classmethod
+    def comm_world(cls) -> MpiWorld:
+        """MPI_COMM_WORLD (initialising MPI on first use)."""
+        from mpi4py import MPI
+
+        return cls(MPI.COMM_WORLD)
+
+    def barrier(self) -> None:
+        """MPICH's own barrier busy-polls: poll a non-blocking one, sleeping in between."""
+        request = self.comm.Ibarrier()
+        backoff = Backoff()
+        while not request.Test():
+            backoff.wait()
+
+    def broadcast(self, value: T) -> T:
+        """The ranks first meet in a sleeping barrier: rank 0 may take a while to produce
+        ``value`` (opening thousands of input files), and MPICH's blocking broadcast
+        would have the other ranks spin on their cores meanwhile."""
+        self.barrier()
+        result: T = self.comm.bcast(value, root=0)
+        return result
+
+    def gather(self, value: T) -> list[T] | None:
+        result: list[T] | None = self.comm.gather(value, root=0)
+        return result
+
+    def abort(self, code: int) -> None:
+        self.comm.Abort(code)
+
+    def finalize(self) -> None:
+        """Finalize MPI now in a multi-rank job, so a failure to finalize (such as a message
+        left unreceived) is reported here instead of being lost at interpreter exit, where
+        MPICH's launcher would then kill the other ranks. A single rank finalizes at exit."""
+        from mpi4py import MPI
+
+        if self.size > 1 and not MPI.Is_finalized():
+            MPI.Finalize()
+
+    def node_local(self) -> tuple[int, int]:
+        from mpi4py import MPI
+
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return local.Get_rank(), local.Get_size()
+        finally:
+            local.Free()
+
+    def coordinator_link(self) -> CoordinatorLink | None:
+        return MpiCoordinatorLink(self.comm) if self.size > 1 else None
+
+    def worker_link(self) -> WorkerLink:
+        return MpiWorkerLink(self.comm)
+
+
+def as_world(comm: object | None) -> World:
+    """A World as ``run(config, comm)`` takes it: a World, an mpi4py communicator, or
+    None for this process alone."""
+    if comm is None:
+        return LocalWorld()
+    return comm if isinstance(comm, World) else MpiWorld(comm)
+
+
+class MpiCoordinatorLink:
+    """Rank 0's end over MPI: messages from any worker rank, and to each of them."""
 
     def __init__(self, comm: Any) -> None:
         from mpi4py import MPI
@@ -43,48 +265,31 @@ class MpiCoordinatorLink:
         self.comm, self.status = comm, MPI.Status()
         self.any_source, self.any_tag = MPI.ANY_SOURCE, MPI.ANY_TAG
 
-    def poll(self) -> tuple[int, Any] | None:
+    def poll(self) -> tuple[int, Message] | None:
         pending = self.comm.improbe(self.any_source, self.any_tag, self.status)
         if pending is None:
             return None
         source = self.status.Get_source()
         return source, pending.recv()
 
-    def send(self, rank: int, message: Any) -> None:
+    def send(self, rank: int, message: Message) -> None:
         self.comm.send(message, dest=rank, tag=message.tag)
 
 
 class MpiWorkerLink:
-    """A worker rank's end: messages to and from the coordinator on rank 0."""
+    """A worker rank's end over MPI: messages to and from the coordinator on rank 0."""
 
     def __init__(self, comm: Any, coordinator: int = 0) -> None:
         from mpi4py import MPI
 
         self.comm, self.coordinator, self.any_tag = comm, coordinator, MPI.ANY_TAG
 
-    def poll(self) -> Any | None:
+    def poll(self) -> Message | None:
         pending = self.comm.improbe(self.coordinator, self.any_tag)
         return None if pending is None else pending.recv()
 
-    def send(self, message: Any) -> None:
+    def send(self, message: Message) -> None:
         self.comm.send(message, dest=self.coordinator, tag=message.tag)
-
-
-def world() -> Any:
-    """MPI_COMM_WORLD (initialising MPI on first use)."""
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
-
-
-def finalize(comm: Any) -> None:
-    """Finalize MPI now in a multi-rank job, so a failure to finalize (such as a message
-    left unreceived) is reported here instead of being lost at interpreter exit, where
-    MPICH's launcher would then kill the other ranks. A single rank finalizes at exit."""
-    from mpi4py import MPI
-
-    if comm.Get_size() > 1 and not MPI.Is_finalized():
-        MPI.Finalize()
 
 
 def shutdown() -> None:
@@ -96,48 +301,3 @@ def shutdown() -> None:
 
     if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.Finalize()
-
-
-def node_local(comm: Any) -> tuple[int, int]:
-    """This rank's index among the ranks of its node, and how many share the node."""
-    if comm is None:
-        return 0, 1
-    from mpi4py import MPI
-
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return local.Get_rank(), local.Get_size()
-    finally:
-        local.Free()
-
-
-def hostname() -> str:
-    return socket.gethostname()
-
-
-def broadcast(comm: Any | None, value: Any) -> Any:
-    """Send rank 0's ``value`` to every rank (a no-op without MPI).
-
-    The ranks first meet in a sleeping barrier: rank 0 may take a while to
-    produce ``value`` (opening thousands of input files), and MPICH's blocking
-    broadcast would have the other ranks spin on their cores meanwhile.
-    """
-    if comm is None:
-        return value
-    barrier(comm)
-    return comm.bcast(value, root=0)
-
-
-def gather(comm: Any | None, value: Any) -> list[Any] | None:
-    """Collect one value per rank on rank 0 (None elsewhere)."""
-    return [value] if comm is None else comm.gather(value, root=0)
-
-
-def barrier(comm: Any | None) -> None:
-    """Wait for all ranks without spinning a core (MPICH's barrier busy-polls)."""
-    if comm is None:
-        return
-    request = comm.Ibarrier()
-    backoff = Backoff()
-    while not request.Test():
-        backoff.wait()

@@ -28,8 +28,9 @@ from ..errors import InputChanged, MpiscoreError, is_storage_failure
 from ..io.registry import open_reader
 from ..model import read_model
 from ..plan import Batch
-from ..rank.pool import SYNC_GROUP, PrepareRequest, ScorerSpec, StageTimes
+from ..rank.pool import PrepareRequest, ScorerSpec, StageTimes
 from ..report import write_json
+from ..tuning import SYNC_GROUP
 from ..wire import Channel
 from .onnx import Scorer, open_session
 from .pipeline import BatchProcessor, Loaded, Prepared

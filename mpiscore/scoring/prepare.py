@@ -72,7 +72,7 @@ def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSessio
     model_outputs = output_fields(probe, dict(config.rename), probe_rows, str(config.model),
                                   scorer.columns, label_width(model_bytes))
     outputs = [*model_outputs, ROW_STATUS]
-    target = OutputTarget(config.resolved_output_format, config.output, config.overwrite)
+    target = OutputTarget.of(config)
     sha256 = model_digest(model_bytes)
     attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,

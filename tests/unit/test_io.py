@@ -1,4 +1,4 @@
-"""io/: HDF5 and Parquet readers and writers (without MPI: comm=None), and input expansion."""
+"""io/: HDF5 and Parquet readers and writers (without MPI: a LocalWorld), and input expansion."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from mpiscore.io import hdf5, parquet
 from mpiscore.io.fields import ROW_STATUS, Field, ParquetSelection, fill_columns
 from mpiscore.io.sources import expand
 from mpiscore.plan import Batch, SourceFile, make_plan
+from mpiscore.rank.world import LocalWorld
 from tests import builders
 
 
@@ -251,7 +252,7 @@ def test_hdf5_writer_batches_in_any_order_give_the_right_file(tmp_path: Path) ->
     with h5py.File(partial, "r") as handle:
         assert handle.attrs[hdf5.STATUS_ATTR] == "incomplete"
     assert not final.exists()
-    writer.finish(None, complete=True)
+    writer.finish(LocalWorld(), complete=True)
     assert final.exists() and not partial.exists()
     with h5py.File(final, "r") as handle:
         assert handle.attrs[hdf5.STATUS_ATTR] == "complete"
@@ -269,7 +270,7 @@ def test_hdf5_incomplete_finish_leaves_the_partial_file(tmp_path: Path) -> None:
     writer.write(batches[1], {n: a[batches[1].global_start:batches[1].global_stop]
                               for n, a in expected.items()})
     writer.close()
-    writer.finish(None, complete=False)
+    writer.finish(LocalWorld(), complete=False)
     assert partial.exists() and not final.exists()
     with h5py.File(partial, "r") as handle:
         assert handle.attrs[hdf5.STATUS_ATTR] == "incomplete"
@@ -498,7 +499,7 @@ def test_parquet_writer_out_of_order_batches_read_back_in_row_order(tmp_path: Pa
     writer, partial, final = parquet_output(tmp_path, plan.batches)
     expected = write_all(writer, shuffled(plan.batches), plan.total_rows)
     assert not final.exists()
-    writer.finish(None, complete=True)
+    writer.finish(LocalWorld(), complete=True)
     assert final.is_dir() and not partial.exists()
     assert sorted(os.listdir(final)) == part_names(plan.batches)  # only Parquet files
     check_table(ds.dataset(final).to_table(), expected)
@@ -517,7 +518,7 @@ def test_parquet_finish_renames_and_rewrites_nothing(tmp_path: Path) -> None:
     writer, partial, final = parquet_output(tmp_path, plan.batches)
     expected = write_all(writer, shuffled(plan.batches), 60)
     inodes = {name: os.stat(partial / name).st_ino for name in part_names(plan.batches)}
-    writer.finish(None, complete=True)
+    writer.finish(LocalWorld(), complete=True)
     assert {name: os.stat(final / name).st_ino for name in inodes} == inodes
     check_table(ds.dataset(final).to_table(), expected)
 
@@ -538,7 +539,7 @@ def test_parquet_incomplete_finish_keeps_written_batches(tmp_path: Path) -> None
     plan = make_plan([SourceFile("a.parquet", 20)], 5)
     writer, partial, final = parquet_output(tmp_path, plan.batches)
     write_all(writer, [plan.batches[3], plan.batches[1]], 20)
-    writer.finish(None, complete=False)
+    writer.finish(LocalWorld(), complete=False)
     assert not final.exists()
     assert parquet.written_batches(partial) == {1, 3}
 
@@ -565,7 +566,7 @@ def test_parquet_leftovers_of_a_killed_process_are_discarded(tmp_path: Path) -> 
     left = partial / parquet.STAGING / "part-000000002.parquet.99999.tmp"
     left.write_bytes(b"half a batch")
     expected = write_all(writer, list(plan.batches), 20)
-    writer.finish(None, complete=True)
+    writer.finish(LocalWorld(), complete=True)
     assert sorted(os.listdir(final)) == part_names(plan.batches)
     check_table(ds.dataset(final).to_table(), expected)
 
@@ -590,7 +591,7 @@ def test_parquet_finish_refuses_a_missing_batch(tmp_path: Path) -> None:
     (partial / "part-000000002.parquet").unlink()
     with pytest.raises(OutputError, match=r"part files of batches 2 are missing; rerun with "
                                           "--resume"):
-        writer.finish(None, complete=True)
+        writer.finish(LocalWorld(), complete=True)
     assert partial.is_dir() and not final.exists()
 
 
@@ -602,7 +603,7 @@ def test_parquet_finish_says_what_it_does_when_it_takes_time(
     writer, _, final = parquet_output(tmp_path, plan.batches)
     write_all(writer, list(plan.batches), 20)
     with caplog.at_level("INFO", logger="mpiscore"):
-        writer.finish(None, complete=True)
+        writer.finish(LocalWorld(), complete=True)
     assert f"checking the 4 part files of {final}.partial, then renaming it" in caplog.text
 
 
@@ -614,7 +615,7 @@ def test_owned_recognises_only_our_outputs(tmp_path: Path) -> None:
     (partial / parquet.STAGING / "part-000000003.parquet.7.tmp").write_bytes(b"")
     assert parquet.owned(partial)  # part files and a half-written one
     write_all(writer, list(plan.batches[2:]), 20)
-    writer.finish(None, complete=True)
+    writer.finish(LocalWorld(), complete=True)
     assert parquet.owned(final)
     assert not parquet.owned(tmp_path / "missing")
     assert not parquet.owned(final / "part-000000000.parquet")  # a file, not an output
@@ -630,7 +631,7 @@ def test_owned_refuses_directories_holding_anything_else(tmp_path: Path, intrude
     plan = make_plan([SourceFile("a.parquet", 10)], 5)
     writer, _, final = parquet_output(tmp_path, plan.batches)
     write_all(writer, list(plan.batches), 10)
-    writer.finish(None, complete=True)
+    writer.finish(LocalWorld(), complete=True)
     if intruder == "empty":
         for name in os.listdir(final):
             (final / name).unlink()

@@ -13,10 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mpiscore.config import BatchSize, InputSpec, JobConfig, detect_format
+from mpiscore.config import BatchSize, InputSpec, JobConfig
 from mpiscore.errors import ConfigError, InputError, ModelError
 from mpiscore.io import hdf5, parquet
 from mpiscore.io.fields import Field, nearest_first
+from mpiscore.io.registry import detect_format
 from mpiscore.journal import FINGERPRINT, check_resumable, fingerprint
 from mpiscore.model import TensorSpec, _row_shape
 from mpiscore.plan import SourceFile, make_plan

@@ -1,36 +1,28 @@
-"""protocol.py: the real ``serve`` (rank 0) and ``work`` (other ranks) loops, in threads.
+"""coordinator.py and worker.py: the real loops of rank 0 and of the other ranks, in threads.
 
-Messages travel through in-process queues instead of MPI; each rank's scoring
-processes are a fake pool that "scores" a batch by recording it. Every thread
-is joined with a timeout, so a protocol bug fails the test instead of hanging it.
+Rank 0 is wired by ``coordinator.wire``, as the job wires it; messages between
+ranks travel through the library's in-process ``world.Loopback`` instead of
+MPI; each rank's scoring processes are a fake pool that "scores" a batch by
+recording it. Every thread is joined with a timeout, so a protocol bug fails
+the test instead of hanging it.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from mpiscore.plan import Batch, SourceFile, make_plan
-from mpiscore.rank.coordinator import (
-    Assign,
-    Completed,
-    Coordinator,
-    Failed,
-    Finished,
-    Message,
-    Outcome,
-    RankWorker,
-    StageTimes,
-    Stop,
-    serve,
-    work,
-)
+from mpiscore.rank.coordinator import wire
+from mpiscore.rank.messages import Assign, Completed, Failed, Finished, Message, Stop
+from mpiscore.rank.pool import Outcome, StageTimes
+from mpiscore.rank.worker import RankWorker, work
+from mpiscore.rank.world import Loopback, WorkerLink
 from mpiscore.schedule import FailurePolicy, Scheduler
 
 TIMEOUT = 10.0
@@ -103,51 +95,24 @@ class FakePool:
         return taken
 
 
-class Hub:
-    """Queues standing in for MPI point-to-point messages between rank 0 and the others."""
+class RecordedLink:
+    """A worker's link that records what the worker receives and reports."""
 
-    def __init__(self, ranks: list[int], record: Record) -> None:
-        self.up: queue.Queue[tuple[int, Message]] = queue.Queue()
-        self.down: dict[int, queue.Queue[Message]] = {r: queue.Queue() for r in ranks}
-        self.record = record
-
-    def coordinator_link(self) -> CoordinatorEnd:
-        return CoordinatorEnd(self)
-
-    def worker_link(self, rank: int) -> WorkerEnd:
-        return WorkerEnd(self, rank)
-
-
-class CoordinatorEnd:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
-    def poll(self) -> tuple[int, Message] | None:
-        try:
-            return self.hub.up.get_nowait()
-        except queue.Empty:
-            return None
-
-    def send(self, rank: int, message: Message) -> None:
-        self.hub.down[rank].put(message)
-
-
-class WorkerEnd:
-    def __init__(self, hub: Hub, rank: int) -> None:
-        self.hub, self.rank = hub, rank
-        hub.record.received[rank] = []
+    def __init__(self, link: WorkerLink, rank: int, record: Record) -> None:
+        self.link, self.rank, self.record = link, rank, record
+        record.received[rank] = []
 
     def poll(self) -> Message | None:
-        try:
-            message = self.hub.down[self.rank].get_nowait()
-        except queue.Empty:
-            return None
-        self.hub.record.received[self.rank].append(message)
+        message = self.link.poll()
+        if message is not None:
+            self.record.received[self.rank].append(message)
+            if isinstance(message, Assign):
+                self.record.assigned(self.rank)
         return message
 
     def send(self, message: Message) -> None:
-        self.hub.record.reported(self.rank, message)
-        self.hub.up.put((self.rank, message))
+        self.record.reported(self.rank, message)
+        self.link.send(message)
 
 
 @dataclass
@@ -176,44 +141,24 @@ def run_job(ranks: int = 4, batches: int = 40, window: int = 2, procs: int = 1,
             policy: FailurePolicy | None = None, seconds: float = 2e-4,
             stop_on: Callable[[int, Record], str | None] = lambda rank, record: None
             ) -> Outcomes:
-    """Rank 0 serves in one thread, ranks 1.. work in theirs, as api._coordinate wires them."""
+    """Rank 0 serves in one thread, ranks 1.. work in theirs, all linked in process."""
     record = Record()
     plan = make_plan([SourceFile("a.h5", 5 * batches)], 5)
     scheduler = Scheduler.for_batches(plan.batches, plan.total_rows, policy)
-    hub = Hub(list(range(1, ranks)), record)
-    remote = hub.coordinator_link() if ranks > 1 else None
+    hub = Loopback(ranks)
     errors: dict[int, BaseException] = {}
+
+    def worker(rank: int, link: WorkerLink) -> RankWorker:
+        return RankWorker(FakePool(rank, procs, record, fails, seconds),
+                          RecordedLink(link, rank, record), window, rank)
 
     threads = []
     for rank in range(1, ranks):
-        link = hub.worker_link(rank)
-        worker = RankWorker(FakePool(rank, procs, record, fails, seconds), link.send, window,
-                            rank)
+        own = worker(rank, hub.worker_link(rank))
         threads.append(start_thread(
-            lambda worker=worker, link=link, rank=rank: work(
-                worker, link, lambda: stop_on(rank, record)), rank, errors))
-
-    inbox: deque[Message] = deque()
-    outbox: deque[Message] = deque()
-
-    def send_up(message: Message) -> None:
-        record.reported(0, message)
-        outbox.append(message)
-
-    def send(rank: int, message: Message) -> None:
-        if isinstance(message, Assign):
-            record.assigned(rank)
-        if rank == 0:
-            inbox.append(message)
-        else:
-            assert remote is not None
-            remote.send(rank, message)
-
-    local = RankWorker(FakePool(0, procs, record, fails, seconds), send_up, window, 0)
-    coordinator = Coordinator(scheduler, list(range(ranks)), send)
-    threads.append(start_thread(
-        lambda: serve(coordinator, local, inbox, outbox, remote, lambda: stop_on(0, record)),
-        0, errors))
+            lambda own=own, rank=rank: work(own, lambda: stop_on(rank, record)), rank, errors))
+    rank_zero = wire(scheduler, hub, lambda link: worker(0, link))
+    threads.append(start_thread(lambda: rank_zero.serve(lambda: stop_on(0, record)), 0, errors))
     deadline = time.monotonic() + TIMEOUT
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
@@ -313,16 +258,15 @@ def test_stop_requested_on_a_worker_rank_drains_every_rank() -> None:
 
 
 def test_finished_is_the_last_message_of_every_worker() -> None:
-    record = Record()
-    hub = Hub([1], record)
-    link = hub.worker_link(1)
-    worker = RankWorker(FakePool(1, 1, record, lambda r, b, a: False, 0.0), link.send, 2, 1)
-    hub.down[1].put(Stop())
+    hub = Loopback(2)
+    worker = RankWorker(FakePool(1, 1, Record(), lambda r, b, a: False, 0.0), hub.worker_link(1),
+                        2, 1)
+    hub.send(1, Stop())
     errors: dict[int, BaseException] = {}
-    thread = start_thread(lambda: work(worker, link, lambda: None), 1, errors)
+    thread = start_thread(lambda: work(worker, lambda: None), 1, errors)
     thread.join(TIMEOUT)
     assert not thread.is_alive() and not errors
     sent = []
-    while not hub.up.empty():
-        sent.append(hub.up.get_nowait())
+    while (received := hub.poll()) is not None:
+        sent.append(received)
     assert sent[-1] == (1, Finished())

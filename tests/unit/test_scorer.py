@@ -20,12 +20,14 @@ from mpiscore.io.hdf5 import Hdf5Writer
 from mpiscore.job import Job
 from mpiscore.lock import LockOwner
 from mpiscore.model import read_model
+from mpiscore.placement import scorer_settings
 from mpiscore.plan import Batch
-from mpiscore.rank.pool import SYNC_GROUP, ScorerSpec
+from mpiscore.rank.pool import ScorerSpec
 from mpiscore.scoring import main as scorer
 from mpiscore.scoring.onnx import open_session
 from mpiscore.scoring.pipeline import BatchProcessor
 from mpiscore.scoring.prepare import prepare
+from mpiscore.tuning import SYNC_GROUP
 from mpiscore.wire import Channel, pipe
 from tests import builders
 
@@ -61,7 +63,7 @@ def scoring_process_parts(tmp_path: Path) -> tuple[Path, np.ndarray, Job, BatchP
     source = builders.write_h5(tmp_path / "x.h5", chunks=10, features=data)
     config = JobConfig(model=model, inputs=(InputSpec(str(source), "/features"),),
                        output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
-    settings = config.scorer_settings(0, 1)
+    settings = scorer_settings(config, 0, 1)
     model_bytes = read_model(model)
     job, _ = prepare(config, model_bytes, open_session(model_bytes, str(model), settings),
                      LockOwner.here())
