@@ -62,8 +62,8 @@ def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
     from mpiscore.io import hdf5, parquet
     from mpiscore.io.fields import Field, ParquetSelection
     from mpiscore.plan import SourceFile, make_plan
-    from mpiscore.tuning import SYNC_GROUP
     from mpiscore.rank.world import MpiWorld
+    from mpiscore.tuning import SYNC_GROUP
 
     world = MpiWorld.comm_world()
     rank, size = world.rank, world.size

@@ -1,8 +1,11 @@
 """Frozen configuration of a scoring job, and all validation of user options.
 
-CLI flags become one :class:`JobConfig`, built on every rank from the same
-arguments and passed down explicitly; nothing else in mpiscore keeps settings.
-Environment variables are read here only.
+CLI flags and job files become one :class:`JobConfig`, built on every rank from the
+same arguments and passed down explicitly; nothing else in mpiscore keeps settings.
+Pure data: what the machine offers (cores, GPUs) and what each rank makes of it is
+placement.py's, which formats exist is io/registry.py's. ``MPISCORE_FAULTS`` is
+read here; what describes the machine (``MPISCORE_GPUS_PER_NODE``, the launcher's
+and Slurm's variables) in placement.py.
 """
 
 from __future__ import annotations
@@ -15,14 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .placement import cores_per_rank
-from .rank.pool import SCORING_DEPTH, SYNC_GROUP
 
 Format = Literal["auto", "hdf5", "parquet"]
 CastPolicy = Literal["safe", "same_kind", "unsafe"]
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
@@ -97,35 +96,12 @@ def split_names(text: str | None) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def detect_format(path: str, declared: Format, what: str) -> Literal["hdf5", "parquet"]:
-    """Pick HDF5 or Parquet from ``declared`` or from the file suffix."""
-    if declared != "auto":
-        return declared
-    suffix = Path(path).suffix.lower()
-    if suffix in HDF5_SUFFIXES:
-        return "hdf5"
-    if suffix in PARQUET_SUFFIXES or Path(path).is_dir() or not suffix:
-        return "parquet"
-    raise ConfigError(
-        f"{what} {path}: cannot tell the format from the suffix {suffix!r}; "
-        f"use {HDF5_SUFFIXES[0]} or .parquet, or pass {what}-format hdf5 or parquet")
-
-
-def gpus_per_node() -> int:
-    """GPUs visible to this process, from CUDA_VISIBLE_DEVICES or MPISCORE_GPUS_PER_NODE."""
-    explicit = os.environ.get("MPISCORE_GPUS_PER_NODE")
-    if explicit:
-        return max(1, int(explicit))
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    return max(1, len([d for d in visible.split(",") if d.strip()]))
-
-
 @dataclass(frozen=True)
 class SessionConfig:
     """ONNX Runtime settings of each scoring session.
 
     ``intra_op_threads=None`` means "the rank's cores divided by its scoring
-    processes" (see JobConfig.layout); output is bitwise reproducible only for
+    processes" (placement.layout); output is bitwise reproducible only for
     equal thread settings.
     """
 
@@ -151,7 +127,11 @@ class SessionConfig:
 
 @dataclass(frozen=True)
 class ScorerSettings:
-    """What a scoring session needs besides the model; resolved per rank."""
+    """What a scoring session needs besides the model: the user's session options and
+    what placement.scorer_settings resolved for one rank (threads, GPU).
+
+    Pure data that crosses the pipe to every scoring process, so it lives with the
+    other job data here rather than in placement.py, which probes the machine."""
 
     session: SessionConfig
     intra_op_threads: int
@@ -203,38 +183,10 @@ class JobConfig:
         if self.columns and self.mapping:
             raise ConfigError("--columns and --map exclude each other: use --map NAME=col1,col2")
 
-    def layout(self, ranks_on_node: int) -> tuple[int, int]:
-        """Scoring processes per rank and ONNX Runtime threads per process.
-
-        The rank's cores are shared out without oversubscription: ``auto``
-        processes means one per core (or per ``--intra-op-threads`` cores), and
-        unset threads means the rank's cores divided by its processes.
-        """
-        cores = cores_per_rank(ranks_on_node)
-        threads = self.session.intra_op_threads
-        procs = self.procs_per_rank or max(1, cores // (threads or 1))
-        return procs, threads or max(1, cores // procs)
-
-    def scorer_settings(self, local_rank: int, ranks_on_node: int) -> ScorerSettings:
-        """The session settings of a rank's scoring processes: threads from the layout,
-        and a GPU of the node's by local rank."""
-        return ScorerSettings(self.session, self.layout(ranks_on_node)[1],
-                              local_rank % gpus_per_node())
-
-    def window_for(self, procs: int) -> int:
-        """Batches a rank keeps assigned: per scoring process one being scored, the next
-        in its pipe, and those written and waiting for their group's flush to storage
-        (pool.SYNC_GROUP, the one being written included), plus one queued at the rank."""
-        return self.window or (SCORING_DEPTH + SYNC_GROUP) * procs + 1
-
     @property
     def resolved_run_dir(self) -> Path:
         """The run directory: ``--run-dir``, or ``<output>.run`` beside the output."""
         return self.run_dir or self.output.with_name(self.output.name + ".run")
-
-    @property
-    def resolved_output_format(self) -> Literal["hdf5", "parquet"]:
-        return detect_format(str(self.output), self.output_format, "--output")
 
 
 def auto_number(value: object, option: str) -> int | None:

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import HDF5_SUFFIXES, PARQUET_SUFFIXES
 from .errors import InputError
+from .io.sources import HDF5_SUFFIXES, PARQUET_SUFFIXES, dataset_files
 from .report import size_text
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -207,11 +207,7 @@ def _parquet_files(path: str) -> list[str]:
     files: list[str] = []
     for entry in paths:
         if os.path.isdir(entry):
-            for root, dirs, names in os.walk(entry):
-                dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
-                files += [os.path.join(root, n) for n in sorted(names)
-                          if not n.startswith(("_", "."))
-                          and Path(n).suffix.lower() in PARQUET_SUFFIXES]
+            files += dataset_files(entry, PARQUET_SUFFIXES)
         elif os.path.isfile(entry):
             files.append(entry)
         else:

@@ -1,16 +1,21 @@
-"""Where a rank runs: its cores from the launcher, Slurm and the cgroup cpuset, and
-whether the launcher wired the ranks into one MPI world.
+"""Where a rank runs: its cores from the launcher, Slurm and the cgroup cpuset, its GPU,
+how its cores are shared among its scoring processes, and whether the launcher wired
+the ranks into one MPI world.
 
 Probing the machine and the batch system is not configuration (config.py holds the
-user's options); this module reads what the launcher and Slurm say about the
-allocation, and nothing else does.
+user's options, identical on every rank); this module reads what the launcher and
+Slurm say about the allocation, and turns the options into each rank's layout. Nothing
+else probes the machine.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
+from .config import JobConfig, ScorerSettings
 from .errors import ConfigError
+from .tuning import SCORING_DEPTH, SYNC_GROUP
 
 
 def _env_int(name: str) -> int | None:
@@ -38,6 +43,50 @@ def cores_per_rank(ranks_on_node: int) -> int:
     if usable >= on_node:  # not bound: the node's share is every rank's
         usable = max(1, min(usable, on_node) // ranks_on_node)
     return min(usable, per_task) if per_task else usable
+
+
+def gpus_per_node() -> int:
+    """GPUs visible to this process, from CUDA_VISIBLE_DEVICES or MPISCORE_GPUS_PER_NODE."""
+    explicit = os.environ.get("MPISCORE_GPUS_PER_NODE")
+    if explicit:
+        return max(1, int(explicit))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return max(1, len([d for d in visible.split(",") if d.strip()]))
+
+
+class Layout(NamedTuple):
+    """A rank's scoring processes and the ONNX Runtime threads of each."""
+
+    procs: int
+    threads: int
+
+
+def layout(config: JobConfig, ranks_on_node: int) -> Layout:
+    """How a rank of ``ranks_on_node`` shares its cores among its scoring processes.
+
+    The rank's cores are shared out without oversubscription: ``auto``
+    processes means one per core (or per ``--intra-op-threads`` cores), and
+    unset threads means the rank's cores divided by its processes.
+    """
+    cores = cores_per_rank(ranks_on_node)
+    threads = config.session.intra_op_threads
+    procs = config.procs_per_rank or max(1, cores // (threads or 1))
+    return Layout(procs, threads or max(1, cores // procs))
+
+
+def scorer_settings(config: JobConfig, local_rank: int, ranks_on_node: int) -> ScorerSettings:
+    """The session settings of a rank's scoring processes: threads from the layout,
+    and a GPU of the node's by local rank."""
+    return ScorerSettings(config.session, layout(config, ranks_on_node).threads,
+                          local_rank % gpus_per_node())
+
+
+def window_for(config: JobConfig, procs: int) -> int:
+    """Batches a rank keeps assigned: per scoring process those it holds (SCORING_DEPTH:
+    one being scored, the next in its pipe) and those written and waiting for their
+    group's flush to storage (SYNC_GROUP, the one being written included), plus one
+    queued at the rank; ``--window`` overrides it."""
+    return config.window or (SCORING_DEPTH + SYNC_GROUP) * procs + 1
 
 
 def unwired_copies(world_size: int) -> str | None:

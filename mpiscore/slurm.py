@@ -25,11 +25,10 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError
+from .tuning import DEFAULT_STARTUP_SECONDS, FINISH_SECONDS
 
 TEMPLATE = "long.sbatch"
 SETTINGS_END = "# ---- end of settings:"
-DEFAULT_STARTUP_SECONDS = 60  # start-up took 4-37 s on a loaded node: without a measurement
-FINISH_SECONDS = 15  # journal, summary and closing the output after the drain
 LAUNCHERS = ("srun", "mpiexec")
 TIME_FORMATS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 

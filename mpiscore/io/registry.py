@@ -1,4 +1,11 @@
-"""Pick the reader and writer for a job's formats; the only place that knows both."""
+"""The table of input and output formats: each kind registers a source or a sink, and
+a job reaches its format only through this table (h5py's driver table).
+
+A new format is one module holding its SourceKind or SinkKind, and one
+``register_source`` or ``register_sink`` call below; kinds.py holds HDF5 and
+Parquet. A job carries only the kind's name and what the kind resolved, so both
+travel to every rank and scoring process as plain data.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +13,112 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
-from ..config import JobConfig, detect_format, split_names
+from ..config import JobConfig
 from ..errors import ConfigError, ModelError, OutputError
 from ..plan import Plan, SourceFile
-from . import hdf5
-from .fields import Field, ParquetSelection, Reader, Writer
+from .fields import Field, Reader, Writer
+from .kinds import Hdf5SinkKind, Hdf5SourceKind, ParquetSinkKind, ParquetSourceKind, Resolved
 from .sources import expand
 
 if TYPE_CHECKING:
     from ..model import TensorSpec
 
 
-def _parquet() -> ModuleType:
-    """The Parquet module, imported only by jobs that use Parquet (pyarrow takes ~0.1 s)."""
-    from . import parquet
+class SourceKind(Protocol):
+    """An input format: what its ``--input`` paths resolve to, and what that gives (files
+    and fields to plan on rank 0, a reader in each scoring process)."""
 
-    return parquet
+    label: str  # the format's name in messages
+    suffixes: tuple[str, ...]  # --input-format auto takes a path with one of these for it
+    directories: bool  # and a directory, or a path without a suffix
+
+    def resolve(self, config: JobConfig, paths: Resolved, inputs: list[TensorSpec]
+                ) -> Any: ...
+
+    def describe(self, resolved: Any) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
+        """Files, model-input fields and carried fields."""
+
+    def open_reader(self, resolved: Any) -> Reader: ...
+
+    def names(self, resolved: Any) -> list[str]:
+        """The input files and datasets or columns, for provenance."""
+
+
+class SinkKind(Protocol):
+    """An output format: checks, creation on rank 0, resuming, and a writer per process."""
+
+    suffixes: tuple[str, ...]  # as SourceKind's, for --output-format auto
+    directories: bool
+
+    def check(self, kept: list[Field]) -> None:
+        """Refuse carried columns the format cannot hold."""
+
+    def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,
+               attrs: dict[str, Any]) -> dict[str, int]:
+        """Create the partial output (rank 0); returns what writers need (byte offsets)."""
+
+    def reopen(self, partial: Path, fields: list[Field], kept: list[Field]) -> dict[str, int]:
+        """What :meth:`create` returned, from an interrupted run's partial output."""
+
+    def written(self, partial: Path, journal: set[int]) -> set[int]:
+        """Of the batches the journal lists, those whose output is still there to keep."""
+
+    def open_writer(self, partial: Path, final: Path, fields: list[Field], kept: list[Field],
+                    plan: Plan, offsets: dict[str, int], attrs: dict[str, Any]) -> Writer: ...
+
+    def owned(self, path: Path) -> bool:
+        """Whether ``path`` is an output or partial output of this kind that mpiscore wrote."""
+
+
+SOURCES: dict[str, SourceKind] = {}
+SINKS: dict[str, SinkKind] = {}
+
+
+def register_source(kind: str, source: SourceKind) -> None:
+    """Make ``--input-format KIND`` read with ``source``."""
+    SOURCES[kind] = source
+
+
+def register_sink(kind: str, sink: SinkKind) -> None:
+    """Make ``--output-format KIND`` write with ``sink``."""
+    SINKS[kind] = sink
+
+
+register_source("hdf5", Hdf5SourceKind())
+register_source("parquet", ParquetSourceKind())
+register_sink("hdf5", Hdf5SinkKind())
+register_sink("parquet", ParquetSinkKind())
+
+
+def detect_format(path: str, declared: str, what: str) -> str:
+    """The kind of ``path``: ``declared``, or the one whose suffixes (or directories) it
+    has. ``what`` is the option, ``--input`` or ``--output``: it picks sources or sinks."""
+    table: dict[str, SourceKind] | dict[str, SinkKind] = SOURCES if what == "--input" else SINKS
+    if declared != "auto":
+        if declared not in table:
+            raise ConfigError(f"{what}-format {declared!r}: choose one of {', '.join(table)}")
+        return declared
+    suffix = Path(path).suffix.lower()
+    for kind, impl in table.items():
+        if suffix in impl.suffixes:
+            return kind
+    for kind, impl in table.items():
+        if impl.directories and (Path(path).is_dir() or not suffix):
+            return kind
+    known = " or ".join(impl.suffixes[0] for impl in table.values() if impl.suffixes)
+    raise ConfigError(
+        f"{what} {path}: cannot tell the format from the suffix {suffix!r}; "
+        f"use {known}, or pass {what}-format {' or '.join(table)}")
 
 
 @dataclass(frozen=True)
-class Hdf5Input:
-    sources: tuple[hdf5.Hdf5Source, ...]
+class InputSource:
+    """A job's input: its kind, and what the kind resolved the ``--input``s to."""
 
-
-@dataclass(frozen=True)
-class ParquetInput:
-    paths: tuple[str, ...]
-    selection: ParquetSelection
-
-
-InputSource = Hdf5Input | ParquetInput
+    kind: str
+    resolved: Any
 
 
 def resolve_input(config: JobConfig, inputs: list[TensorSpec]) -> InputSource:
@@ -51,65 +129,29 @@ def resolve_input(config: JobConfig, inputs: list[TensorSpec]) -> InputSource:
     """
     input_names = [spec.name for spec in inputs]
     specs = [(spec, path) for spec in config.inputs for path in expand(spec)]
-    formats = {detect_format(path, config.input_format, "--input") for _, path in specs}
-    if len(formats) > 1:
-        raise ConfigError("--input mixes HDF5 and Parquet files; score them in separate jobs")
+    kinds = {detect_format(path, config.input_format, "--input") for _, path in specs}
+    if len(kinds) > 1:
+        mixed = " and ".join(impl.label for kind, impl in SOURCES.items() if kind in kinds)
+        raise ConfigError(f"--input mixes {mixed} files; score them in separate jobs")
     if len(input_names) > 1 and not config.mapping:
         raise ModelError(f"{config.model}: the model has inputs {', '.join(input_names)}; "
                          "say where each comes from with --map NAME=SOURCE")
-    if formats == {"hdf5"}:
-        if config.columns or config.keep_columns:
-            raise ConfigError("--columns and --keep-columns apply to Parquet input only")
-        return Hdf5Input(tuple(hdf5.Hdf5Source(path, _datasets(config, spec.dataset, path,
-                                                               input_names))
-                               for spec, path in specs))
-    paths = tuple(path for _, path in specs)
-    return ParquetInput(paths, _selection(config, paths[0], inputs))
-
-
-def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str]
-              ) -> tuple[tuple[str, str], ...]:
-    if config.mapping:
-        return tuple((name, "/" + target.lstrip("/")) for name, target in config.mapping)
-    return ((names[0], dataset or hdf5.default_dataset(path, names[0])),)
-
-
-def _selection(config: JobConfig, first: str, inputs: list[TensorSpec]) -> ParquetSelection:
-    """--map, else --columns, else the one column that cannot be a wrong guess (never
-    "every numeric column": that scored id and label columns as features)."""
-    parquet = _parquet()
-    if config.mapping:
-        features = tuple((name, split_names(cols)) for name, cols in config.mapping)
-    else:
-        schema = parquet.read_schema(first)
-        spec = inputs[0]
-        columns = parquet.match_columns(first, schema, config.columns) if config.columns \
-            else parquet.default_columns(first, schema, spec.name, spec.shape[1:],
-                                         config.keep_columns)
-        features = ((spec.name, columns),)
-    return ParquetSelection(features, config.keep_columns)
+    kind = kinds.pop()
+    return InputSource(kind, SOURCES[kind].resolve(config, specs, inputs))
 
 
 def describe(source: InputSource) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
     """Files, model-input fields and carried fields of the input (rank 0)."""
-    if isinstance(source, Hdf5Input):
-        files, fields = hdf5.describe(source.sources)
-        return files, fields, []
-    files, fields, kept = _parquet().describe(source.paths, source.selection)
-    return files, fields, list(kept.values())
+    return SOURCES[source.kind].describe(source.resolved)
 
 
 def open_reader(source: InputSource) -> Reader:
-    if isinstance(source, Hdf5Input):
-        return hdf5.Hdf5Reader(source.sources)
-    return _parquet().ParquetReader(source.paths, source.selection)
+    return SOURCES[source.kind].open_reader(source.resolved)
 
 
 def input_names(source: InputSource) -> list[str]:
     """The input files and datasets or columns, for provenance."""
-    if isinstance(source, Hdf5Input):
-        return [f"{s.path}:{ds}" for s in source.sources for _, ds in s.datasets]
-    return list(source.paths)
+    return SOURCES[source.kind].names(source.resolved)
 
 
 @dataclass(frozen=True)
@@ -120,9 +162,19 @@ class OutputTarget:
     final: Path
     overwrite: bool
 
+    @classmethod
+    def of(cls, config: JobConfig) -> OutputTarget:
+        """The output of ``config``, its kind from ``--output-format`` or the path."""
+        return cls(detect_format(str(config.output), config.output_format, "--output"),
+                   config.output, config.overwrite)
+
     @property
     def partial(self) -> Path:
         return self.final.with_name(self.final.name + ".partial")
+
+    @property
+    def sink(self) -> SinkKind:
+        return SINKS[self.format]
 
     def check(self, outputs: list[Field], kept: list[Field], resume: bool,
               inputs: list[str]) -> None:
@@ -147,11 +199,7 @@ class OutputTarget:
             raise OutputError(f"{self.final}: directory {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"{self.final}: directory {parent} is not writable")
-        if self.format == "hdf5":
-            bad = [f.name for f in kept if np.dtype(f.dtype).kind not in "biuf"]
-            if bad:
-                raise ConfigError(f"--keep-columns {','.join(bad)}: not numeric, so they "
-                                  "cannot go to HDF5 output; write Parquet output instead")
+        self.sink.check(kept)
 
     def _check_replaceable(self) -> None:
         if self.final.exists() and not self.overwrite:
@@ -176,32 +224,21 @@ class OutputTarget:
         for stale in (self.final, self.partial):
             if stale.exists() or stale.is_symlink():
                 remove(stale)
-        if self.format == "hdf5":
-            plan_rows = np.array([[b.batch_id, b.file_index, b.start, b.stop]
-                                  for b in plan.batches], dtype=np.int64)
-            return hdf5.create(self.partial, fields + kept, plan.total_rows, attrs, plan_rows)
-        _parquet().create(self.partial)
-        return {}
+        return self.sink.create(self.partial, fields, kept, plan, attrs)
 
     def reopen(self, fields: list[Field], kept: list[Field]) -> dict[str, int]:
         """Offsets into the partial output of an interrupted run (for --resume)."""
-        return hdf5.offsets(self.partial, fields + kept) if self.format == "hdf5" else {}
+        return self.sink.reopen(self.partial, fields, kept)
 
     def written(self, journal: set[int]) -> set[int]:
         """Of the batches the journal lists, those whose output is still there to keep."""
-        if self.format == "hdf5":
-            return journal
-        parquet = _parquet()
-        parquet.discard_staged(self.partial)  # half-written by processes of the cut-short run
-        return journal & parquet.written_batches(self.partial)
+        return self.sink.written(self.partial, journal)
 
     def open_writer(self, fields: list[Field], kept: list[Field], plan: Plan,
                     offsets: dict[str, int], attrs: dict[str, Any]) -> Writer:
         """A writer for a scoring process (write, close) or a rank (finish)."""
-        if self.format == "hdf5":
-            return hdf5.Hdf5Writer(self.partial, self.final, fields + kept, offsets)
-        return _parquet().ParquetWriter(self.partial, self.final, fields, kept, plan.batches,
-                                        attrs)
+        return self.sink.open_writer(self.partial, self.final, fields, kept, plan, offsets,
+                                     attrs)
 
 
 def _refuse_an_input(path: Path, inputs: list[str]) -> None:
@@ -220,7 +257,7 @@ def _ours(path: Path) -> bool:
     """Whether ``path`` is an output or partial output that mpiscore wrote."""
     if path.is_symlink():
         return False
-    return hdf5.owned(path) if path.is_file() else _parquet().owned(path)
+    return any(sink.owned(path) for sink in SINKS.values())
 
 
 def remove(path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from mpiscore.config import (
     InputSpec,
     JobConfig,
     SessionConfig,
-    detect_format,
     parse_batch_size,
     parse_input_spec,
     parse_pairs,
@@ -105,32 +103,6 @@ def test_split_names() -> None:
     assert split_names(None) == () and split_names("") == ()
 
 
-# ---- formats -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("path", "expected"), [
-    ("x.h5", "hdf5"), ("x.HDF5", "hdf5"), ("x.hdf", "hdf5"), ("x.he5", "hdf5"),
-    ("x.parquet", "parquet"), ("x.pq", "parquet"), ("dataset", "parquet")])
-def test_format_from_suffix(path: str, expected: str) -> None:
-    assert detect_format(path, "auto", "--input") == expected
-
-
-def test_directory_is_parquet(tmp_path: Path) -> None:
-    directory = tmp_path / "table.v1"
-    directory.mkdir()
-    assert detect_format(str(directory), "auto", "--input") == "parquet"
-
-
-def test_declared_format_wins() -> None:
-    assert detect_format("x.h5", "parquet", "--input") == "parquet"
-    assert detect_format("x.csv", "hdf5", "--input") == "hdf5"
-
-
-def test_unknown_suffix_raises_naming_the_option() -> None:
-    with pytest.raises(ConfigError, match=r"--output x\.csv: .*'\.csv'"):
-        detect_format("x.csv", "auto", "--output")
-
-
 # ---- JobConfig / SessionConfig -------------------------------------------------------------
 
 
@@ -160,45 +132,6 @@ def test_run_dir_defaults_beside_the_output() -> None:
     assert job().resolved_run_dir == Path("out/scores.h5.run")
     assert job(output=Path("scores")).resolved_run_dir == Path("scores.run")
     assert job(run_dir=Path("/tmp/r")).resolved_run_dir == Path("/tmp/r")
-
-
-def test_window_defaults_to_six_per_process_plus_one() -> None:
-    """2 scoring, up to 4 written and waiting for their group's flush, per process."""
-    assert job().window_for(1) == 7
-    assert job().window_for(4) == 25
-    assert job(window=2).window_for(4) == 2
-
-
-def cores(monkeypatch: pytest.MonkeyPatch, usable: int, machine: int) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(usable)))
-    monkeypatch.setattr(os, "cpu_count", lambda: machine)
-
-
-def test_unbound_ranks_share_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
-    cores(monkeypatch, 8, 8)
-    assert job(procs_per_rank=None).layout(2) == (4, 1)  # 4 cores each: 4 procs x 1 thread
-    assert job(procs_per_rank=1).layout(2) == (1, 4)
-    assert job(procs_per_rank=2).layout(1) == (2, 4)
-    auto = job(procs_per_rank=None, session=SessionConfig(intra_op_threads=2))
-    assert auto.layout(2) == (2, 2)
-
-
-def test_bound_rank_uses_its_binding(monkeypatch: pytest.MonkeyPatch) -> None:
-    cores(monkeypatch, 3, 16)  # the launcher bound this rank to 3 of 16 cores
-    assert job(procs_per_rank=None).layout(4) == (3, 1)
-    assert job(procs_per_rank=1).layout(4) == (1, 3)
-
-
-def test_layout_never_gives_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    cores(monkeypatch, 2, 2)
-    assert job(procs_per_rank=None).layout(8) == (1, 1)
-    assert job(procs_per_rank=4).layout(1) == (4, 1)
-
-
-def test_output_format_from_output_path() -> None:
-    assert job().resolved_output_format == "hdf5"
-    assert job(output=Path("o.parquet")).resolved_output_format == "parquet"
-    assert job(output=Path("o.h5"), output_format="parquet").resolved_output_format == "parquet"
 
 
 def test_faults_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -667,20 +667,6 @@ def test_glob_is_sorted(tmp_path: Path) -> None:
                                                          for n in ("a.h5", "b.h5", "c.h5")]
 
 
-def test_directory_skips_hidden_and_underscore_files(tmp_path: Path) -> None:
-    table = tmp_path / "table"
-    for name in ("b.parquet", "a.parquet", "_SUCCESS", "_meta.parquet", ".hidden.parquet",
-                 "notes.txt", "_staging/c.parquet", ".tmp/d.parquet", "year=1/e.pq"):
-        touch(table / name)
-    assert expand(InputSpec(str(table))) == [str(table / n) for n in ("a.parquet", "b.parquet",
-                                                                     "year=1/e.pq")]
-
-
-def test_directory_suffixes_in_any_case(tmp_path: Path) -> None:
-    touch(tmp_path / "t" / "A.PARQUET")
-    assert expand(InputSpec(str(tmp_path / "t"))) == [str(tmp_path / "t" / "A.PARQUET")]
-
-
 def test_single_file(tmp_path: Path) -> None:
     path = touch(tmp_path / "x.h5")
     assert expand(InputSpec(str(path), "/features")) == [str(path)]
@@ -694,12 +680,6 @@ def test_missing_path_raises(tmp_path: Path) -> None:
 def test_glob_matching_nothing_raises(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="matches no files"):
         expand(InputSpec(str(tmp_path / "*.h5")))
-
-
-def test_directory_without_parquet_raises(tmp_path: Path) -> None:
-    touch(tmp_path / "table" / "_SUCCESS")
-    with pytest.raises(InputError, match=r"holds no \.parquet files"):
-        expand(InputSpec(str(tmp_path / "table")))
 
 
 def test_fill_values() -> None:

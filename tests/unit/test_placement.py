@@ -1,13 +1,23 @@
-"""Cores per rank from the launcher's binding, Slurm's allocation and the cpuset; the
-N-singletons mistake of a plain srun."""
+"""Cores per rank from the launcher's binding, Slurm's allocation and the cpuset; how a
+rank shares them among its scoring processes, its GPU and its window; the N-singletons
+mistake of a plain srun."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from mpiscore.placement import cores_per_rank, unwired_copies
+from mpiscore.config import InputSpec, JobConfig, SessionConfig
+from mpiscore.placement import (
+    cores_per_rank,
+    gpus_per_node,
+    layout,
+    scorer_settings,
+    unwired_copies,
+    window_for,
+)
 
 SLURM = ("SLURM_CPUS_ON_NODE", "SLURM_CPUS_PER_TASK", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID")
 
@@ -55,6 +65,51 @@ def test_a_cpuset_shared_by_the_ranks_of_a_node_is_divided(machine) -> None:
 def test_a_rank_bound_by_srun_uses_its_binding(machine) -> None:
     machine(2, 64, cpus_on_node=8, cpus_per_task=2)  # --cpu-bind=cores
     assert cores_per_rank(4) == 2
+
+
+def job(**changes: object) -> JobConfig:
+    return JobConfig(Path("m.onnx"), (InputSpec("x.h5"),), Path("o.h5"),
+                     **changes)  # type: ignore[arg-type]
+
+
+def test_unbound_ranks_share_the_node(machine) -> None:
+    machine(8, 8)
+    assert layout(job(procs_per_rank=None), 2) == (4, 1)  # 4 cores each: 4 procs x 1 thread
+    assert layout(job(procs_per_rank=1), 2) == (1, 4)
+    assert layout(job(procs_per_rank=2), 1) == (2, 4)
+    auto = job(procs_per_rank=None, session=SessionConfig(intra_op_threads=2))
+    assert layout(auto, 2) == (2, 2)
+
+
+def test_bound_rank_uses_its_binding(machine) -> None:
+    machine(3, 16)  # the launcher bound this rank to 3 of 16 cores
+    assert layout(job(procs_per_rank=None), 4) == (3, 1)
+    assert layout(job(procs_per_rank=1), 4) == (1, 3)
+
+
+def test_layout_never_gives_zero(machine) -> None:
+    machine(2, 2)
+    assert layout(job(procs_per_rank=None), 8) == (1, 1)
+    assert layout(job(procs_per_rank=4), 1) == (4, 1)
+
+
+def test_window_defaults_to_six_per_process_plus_one() -> None:
+    """2 scoring, up to 4 written and waiting for their group's flush, per process."""
+    assert window_for(job(), 1) == 7
+    assert window_for(job(), 4) == 25
+    assert window_for(job(window=2), 4) == 2
+
+
+def test_a_rank_takes_a_gpu_of_its_node_by_local_rank(
+        machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    machine(8, 8)
+    monkeypatch.delenv("MPISCORE_GPUS_PER_NODE", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert gpus_per_node() == 2
+    settings = scorer_settings(job(procs_per_rank=2), 3, 4)
+    assert (settings.device_id, settings.intra_op_threads) == (1, 1)
+    monkeypatch.setenv("MPISCORE_GPUS_PER_NODE", "4")
+    assert scorer_settings(job(), 3, 4).device_id == 3
 
 
 def test_plain_srun_singletons_are_named(machine) -> None:

@@ -1,0 +1,190 @@
+"""The built-in kinds of input and output, HDF5 and Parquet, as the registry drives them.
+
+Each class adapts its format module (hdf5.py, parquet.py) to the registry's
+SourceKind or SinkKind; registry.py registers them. Parquet is imported only by
+jobs that use it (pyarrow takes ~0.1 s); HDF5 is imported with the registry, as
+before, so a rank's h5py import overlaps its scoring process's start.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import InputSpec, JobConfig, split_names
+from ..errors import ConfigError, InputError
+from ..plan import Plan, SourceFile
+from . import hdf5
+from .fields import Field, ParquetSelection, Reader, Writer
+from .sources import HDF5_SUFFIXES, PARQUET_SUFFIXES, dataset_files
+
+if TYPE_CHECKING:
+    from ..model import TensorSpec
+
+Resolved = list[tuple[InputSpec, str]]  # each path with the --input that named it
+
+
+def _parquet() -> ModuleType:
+    from . import parquet
+
+    return parquet
+
+
+class Hdf5SourceKind:
+    """HDF5 input: one or more datasets of each file, by --map or the model input's name."""
+
+    label: str = "HDF5"
+    suffixes: tuple[str, ...] = HDF5_SUFFIXES
+    directories: bool = False
+
+    def resolve(self, config: JobConfig, paths: Resolved, inputs: list[TensorSpec]
+                ) -> tuple[hdf5.Hdf5Source, ...]:
+        if config.columns or config.keep_columns:
+            raise ConfigError("--columns and --keep-columns apply to Parquet input only")
+        names = [spec.name for spec in inputs]
+        return tuple(hdf5.Hdf5Source(path, _datasets(config, spec.dataset, path, names))
+                     for spec, path in paths)
+
+    def describe(self, sources: tuple[hdf5.Hdf5Source, ...]
+                 ) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
+        files, fields = hdf5.describe(sources)
+        return files, fields, []
+
+    def open_reader(self, sources: tuple[hdf5.Hdf5Source, ...]) -> Reader:
+        return hdf5.Hdf5Reader(sources)
+
+    def names(self, sources: tuple[hdf5.Hdf5Source, ...]) -> list[str]:
+        return [f"{s.path}:{ds}" for s in sources for _, ds in s.datasets]
+
+
+def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str]
+              ) -> tuple[tuple[str, str], ...]:
+    if config.mapping:
+        return tuple((name, "/" + target.lstrip("/")) for name, target in config.mapping)
+    return ((names[0], dataset or hdf5.default_dataset(path, names[0])),)
+
+
+@dataclass(frozen=True)
+class ParquetInput:
+    """Parquet input, resolved: its files, and the columns feeding each model input."""
+
+    paths: tuple[str, ...]
+    selection: ParquetSelection
+
+
+class ParquetSourceKind:
+    """Parquet input: files, globs or dataset directories, by --map, --columns or the one
+    column that cannot be a wrong guess."""
+
+    label: str = "Parquet"
+    suffixes: tuple[str, ...] = PARQUET_SUFFIXES
+    directories: bool = True  # a directory, or a path without a suffix, is a Parquet dataset
+
+    def resolve(self, config: JobConfig, paths: Resolved, inputs: list[TensorSpec]
+                ) -> ParquetInput:
+        files = tuple(file for _, path in paths for file in _files(path))
+        return ParquetInput(files, _selection(config, files[0], inputs))
+
+    def describe(self, source: ParquetInput
+                 ) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
+        files, fields, kept = _parquet().describe(source.paths, source.selection)
+        return files, fields, list(kept.values())
+
+    def open_reader(self, source: ParquetInput) -> Reader:
+        return _parquet().ParquetReader(source.paths, source.selection)
+
+    def names(self, source: ParquetInput) -> list[str]:
+        return list(source.paths)
+
+
+def _files(path: str) -> list[str]:
+    if not os.path.isdir(path):
+        return [path]
+    found = dataset_files(path, PARQUET_SUFFIXES)
+    if not found:
+        raise InputError(f"--input {path}: directory holds no .parquet files")
+    return found
+
+
+def _selection(config: JobConfig, first: str, inputs: list[TensorSpec]) -> ParquetSelection:
+    """--map, else --columns, else the one column that cannot be a wrong guess (never
+    "every numeric column": that scored id and label columns as features)."""
+    parquet = _parquet()
+    if config.mapping:
+        features = tuple((name, split_names(cols)) for name, cols in config.mapping)
+    else:
+        schema = parquet.read_schema(first)
+        spec = inputs[0]
+        columns = parquet.match_columns(first, schema, config.columns) if config.columns \
+            else parquet.default_columns(first, schema, spec.name, spec.shape[1:],
+                                         config.keep_columns)
+        features = ((spec.name, columns),)
+    return ParquetSelection(features, config.keep_columns)
+
+
+class Hdf5SinkKind:
+    """HDF5 output: one file of pre-allocated datasets, created on rank 0, whose row
+    ranges every scoring process writes in place."""
+
+    suffixes: tuple[str, ...] = HDF5_SUFFIXES
+    directories: bool = False
+
+    def check(self, kept: list[Field]) -> None:
+        bad = [f.name for f in kept if np.dtype(f.dtype).kind not in "biuf"]
+        if bad:
+            raise ConfigError(f"--keep-columns {','.join(bad)}: not numeric, so they "
+                              "cannot go to HDF5 output; write Parquet output instead")
+
+    def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,
+               attrs: dict[str, Any]) -> dict[str, int]:
+        plan_rows = np.array([[b.batch_id, b.file_index, b.start, b.stop]
+                              for b in plan.batches], dtype=np.int64)
+        return hdf5.create(partial, fields + kept, plan.total_rows, attrs, plan_rows)
+
+    def reopen(self, partial: Path, fields: list[Field], kept: list[Field]) -> dict[str, int]:
+        return hdf5.offsets(partial, fields + kept)
+
+    def written(self, partial: Path, journal: set[int]) -> set[int]:
+        return journal  # a journaled batch's rows were flushed before it was journaled
+
+    def open_writer(self, partial: Path, final: Path, fields: list[Field], kept: list[Field],
+                    plan: Plan, offsets: dict[str, int], attrs: dict[str, Any]) -> Writer:
+        return hdf5.Hdf5Writer(partial, final, fields + kept, offsets)
+
+    def owned(self, path: Path) -> bool:
+        return path.is_file() and hdf5.owned(path)
+
+
+class ParquetSinkKind:
+    """Parquet output: a directory of one part file per batch (parquet.ParquetWriter)."""
+
+    suffixes: tuple[str, ...] = PARQUET_SUFFIXES
+    directories: bool = True
+
+    def check(self, kept: list[Field]) -> None:
+        """Any column type can be carried to Parquet."""
+
+    def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,
+               attrs: dict[str, Any]) -> dict[str, int]:
+        _parquet().create(partial)
+        return {}
+
+    def reopen(self, partial: Path, fields: list[Field], kept: list[Field]) -> dict[str, int]:
+        return {}
+
+    def written(self, partial: Path, journal: set[int]) -> set[int]:
+        parquet = _parquet()
+        parquet.discard_staged(partial)  # half-written by processes of the cut-short run
+        return journal & parquet.written_batches(partial)
+
+    def open_writer(self, partial: Path, final: Path, fields: list[Field], kept: list[Field],
+                    plan: Plan, offsets: dict[str, int], attrs: dict[str, Any]) -> Writer:
+        return _parquet().ParquetWriter(partial, final, fields, kept, plan.batches, attrs)
+
+    def owned(self, path: Path) -> bool:
+        return path.is_dir() and _parquet().owned(path)
