@@ -1,6 +1,8 @@
-"""Readers and writers, one module per format, behind small shared interfaces.
+"""Readers and writers, one module per format, registered by kind behind small interfaces.
 
-``fields.py`` describes columns of data (what readers find, what writers
-create); ``sources.py`` expands ``--input`` globs; ``hdf5.py`` and
-``parquet.py`` read and write their format; ``registry.py`` picks one.
+``registry.py`` is the table of kinds (``register_source``, ``register_sink``) and
+the only way a job reaches its format; ``kinds.py`` registers HDF5 and Parquet over
+``hdf5.py`` and ``parquet.py``, which read and write their format; ``fields.py``
+describes columns of data (what readers find, what writers create) and the Reader
+and Writer interfaces; ``sources.py`` expands ``--input`` patterns.
 """
