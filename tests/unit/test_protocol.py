@@ -9,21 +9,26 @@ the test instead of hanging it.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+import mpiscore
 from mpiscore.plan import Batch, SourceFile, make_plan
 from mpiscore.rank.coordinator import wire
 from mpiscore.rank.messages import Assign, Completed, Failed, Finished, Message, Stop
 from mpiscore.rank.pool import Outcome, StageTimes
 from mpiscore.rank.worker import RankWorker, work
-from mpiscore.rank.world import Loopback, WorkerLink
+from mpiscore.rank.world import LocalWorld, Loopback, WorkerLink, as_world
 from mpiscore.schedule import FailurePolicy, Scheduler
+
+PACKAGE = Path(mpiscore.__file__).parent
 
 TIMEOUT = 10.0
 TIMES = StageTimes(0.0, 0.0, 0.0)
@@ -270,3 +275,18 @@ def test_finished_is_the_last_message_of_every_worker() -> None:
     while (received := hub.poll()) is not None:
         sent.append(received)
     assert sent[-1] == (1, Finished())
+
+
+def test_a_world_of_one_process() -> None:
+    world = as_world(None)
+    assert isinstance(world, LocalWorld) and as_world(world) is world
+    assert (world.rank, world.size, world.node_local()) == (0, 1, (0, 1))
+    assert world.broadcast("x") == "x" and world.gather(3) == [3]
+    assert world.coordinator_link() is None
+    world.barrier()
+
+
+def test_only_the_world_imports_mpi4py() -> None:
+    importing = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                 if re.search(r"^\s*(from|import) mpi4py", path.read_text(), re.MULTILINE)}
+    assert importing == {"rank/world.py"}
