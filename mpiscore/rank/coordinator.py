@@ -43,18 +43,17 @@ class Coordinator:
     def __init__(self, scheduler: Scheduler, ranks: list[int], local: CoordinatorLink,
                  remote: CoordinatorLink | None,
                  on_complete: Callable[[Batch], None] = lambda batch: None) -> None:
-        self.scheduler, self.ranks, self.local, self.remote = scheduler, ranks, local, remote
+        self.scheduler, self.ranks = scheduler, ranks
+        self.links = {rank: local if rank == 0 else remote for rank in ranks}
         self.on_complete = on_complete
         self.wants = dict.fromkeys(ranks, 0)
         self.draining = False
         self.heard: dict[int, float] = {}  # rank -> when its last message came (status.json)
 
     def send(self, rank: int, message: Message) -> None:
-        if rank == 0:
-            self.local.send(0, message)
-        else:
-            assert self.remote is not None
-            self.remote.send(rank, message)
+        link = self.links[rank]
+        assert link is not None, f"no link to rank {rank}"
+        link.send(rank, message)
 
     def handle(self, rank: int, message: Message) -> None:
         self.heard[rank] = time.time()
@@ -160,12 +159,14 @@ class RankZero:
 
     def _pump(self) -> bool:
         """Deliver every waiting message, rank 0's own first; True if there were any."""
-        coordinator, worker, local, remote = self.coordinator, self.worker, self.local, self.remote
+        coordinator, worker, remote = self.coordinator, self.worker, self.remote
+        local = self.local.up[0]  # rank 0's own worker's messages, read in place: busiest path
+        to_worker = worker.link.poll
         moved = False
         while True:
-            if (received := local.poll()) is not None:
-                coordinator.handle(*received)
-            elif (message := worker.link.poll()) is not None:
+            if local:
+                coordinator.handle(0, local.popleft())
+            elif (message := to_worker()) is not None:
                 if not isinstance(message, Stop):
                     worker.handle(message)
             elif remote is not None and (received := remote.poll()) is not None:

@@ -24,6 +24,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .messages import Message
 
 MAX_SLEEP_SECONDS = 1e-3
@@ -77,11 +79,12 @@ class Loopback:
 
     Safe between threads (a deque's append and popleft are atomic, and each
     queue has one reader), so tests can run every rank's real loop in a thread.
+    One queue each way per rank: a worker's send is then a bare ``deque.append``.
     """
 
     def __init__(self, size: int = 1) -> None:
         self.size = size
-        self.up: deque[tuple[int, Message]] = deque()
+        self.up: list[deque[Message]] = [deque() for _ in range(size)]
         self.down: list[deque[Message]] = [deque() for _ in range(size)]
 
     def coordinator_link(self) -> Loopback | None:
@@ -92,7 +95,10 @@ class Loopback:
         return LoopbackEnd(self, rank)
 
     def poll(self) -> tuple[int, Message] | None:
-        return self.up.popleft() if self.up else None
+        for rank, up in enumerate(self.up):
+            if up:
+                return rank, up.popleft()
+        return None
 
     def send(self, rank: int, message: Message) -> None:
         self.down[rank].append(message)
@@ -102,13 +108,11 @@ class LoopbackEnd:
     """One worker rank's end of a :class:`Loopback`."""
 
     def __init__(self, loopback: Loopback, rank: int) -> None:
-        self.up, self.down, self.rank = loopback.up, loopback.down[rank], rank
+        self.down, self.rank = loopback.down[rank], rank
+        self.send: Callable[[Message], None] = loopback.up[rank].append
 
     def poll(self) -> Message | None:
         return self.down.popleft() if self.down else None
-
-    def send(self, message: Message) -> None:
-        self.up.append((self.rank, message))
 
 
 class World(ABC):
