@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import CastPolicy
 from .errors import ConfigError, ModelError
 from .io.fields import Field, nearest_first
 
@@ -78,7 +79,7 @@ class InputBinding:
 
 
 def bind_inputs(model: str, inputs: list[TensorSpec], fields: dict[str, Field],
-                cast: str) -> tuple[InputBinding, ...]:
+                cast: CastPolicy) -> tuple[InputBinding, ...]:
     """Check every model input against its data field; say exactly what does not fit."""
     missing = [spec.name for spec in inputs if spec.name not in fields]
     extra = sorted(set(fields) - {spec.name for spec in inputs})
@@ -91,7 +92,7 @@ def bind_inputs(model: str, inputs: list[TensorSpec], fields: dict[str, Field],
     return tuple(_bind(model, spec, fields[spec.name], cast) for spec in inputs)
 
 
-def _bind(model: str, spec: TensorSpec, field: Field, cast: str) -> InputBinding:
+def _bind(model: str, spec: TensorSpec, field: Field, cast: CastPolicy) -> InputBinding:
     where = f"{field.where} -> {model} input {spec.name!r}"
     data, wanted = np.dtype(field.dtype), np.dtype(spec.dtype)
     if not np.can_cast(data, wanted, casting=cast):
