@@ -113,3 +113,35 @@ def reference(model: Path, **inputs: np.ndarray) -> dict[str, np.ndarray]:
                   for i in range(0, rows, fixed)]
         return {n: np.concatenate([p[j] for p in pieces])[:rows] for j, n in enumerate(names)}
     return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+# Outputs against the reference: one rule. ONNX Runtime's kernels may sum in another
+# order for another batch size than the reference's one run, so floats agree to
+# float32 rounding (rtol 1e-5); integers and strings exactly.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, name: str = "") -> None:
+    """One output column against the reference's."""
+    if np.asarray(want).dtype.kind in "fc":
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=name)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def assert_matches(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """Every output, with the reference's names, shapes and dtypes, and close values."""
+    assert sorted(got) == sorted(want)
+    for name, expected in want.items():
+        assert got[name].shape == expected.shape, name
+        assert got[name].dtype == expected.dtype, name
+        assert_close(got[name], expected, name)
+
+
+def read_h5(path: Path) -> dict[str, np.ndarray]:
+    """Output datasets of a complete file, after checking every row is marked scored."""
+    with h5py.File(path, "r") as handle:
+        assert handle.attrs["mpiscore_status"] == "complete"
+        got = {name: handle[name][()] for name in handle if not name.startswith("_")}
+    assert not got.pop("row_status").any()
+    return got

@@ -59,7 +59,7 @@ def test_no_heartbeat_for_too_long(tmp_path) -> None:
 
 def test_rank_0_gone_on_this_host(tmp_path) -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, timeout=30)
     running_job(tmp_path / "run", age=1, pid=int(gone.stdout))
     assert json.loads(invoke(tmp_path / "run", "--json").output)["state"] == \
         "heartbeat-stopped"

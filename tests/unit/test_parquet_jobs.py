@@ -50,9 +50,7 @@ def scores(out: Path) -> dict[str, np.ndarray]:
 
 
 def assert_scored_like(out: Path, model: Path, data: np.ndarray) -> None:
-    got, want = scores(out), builders.reference(model, features=data)
-    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(got["label"], want["label"])
+    builders.assert_matches(scores(out), builders.reference(model, features=data))
 
 
 # ---- which columns are features (issue 10, item 1) ------------------------------------------
@@ -198,8 +196,8 @@ def test_output_directory_holds_only_part_files_with_provenance(finished) -> Non
 
 def check_frame(ids: list, logits: np.ndarray, labels: np.ndarray, want: dict) -> None:
     assert list(ids) == list(np.arange(ROWS) * 7 + 11)
-    np.testing.assert_allclose(logits, want["logits"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(labels, want["label"])
+    builders.assert_close(logits, want["logits"], "logits")
+    builders.assert_close(labels, want["label"], "label")
 
 
 def test_pyarrow_dataset_reads_one_table_in_row_order(finished) -> None:
