@@ -5,10 +5,13 @@
      +-- InputError          missing or malformed input files, datasets, columns (exit 3)
      |    +-- InputChanged   an input file was modified while the job ran (exit 3)
      +-- ModelError          unreadable model, or a model that does not fit the data (exit 4)
-     +-- ScoringError        ONNX Runtime failed on a batch (exit 5)
+     +-- ScoringError        a batch could not be scored; more such than the error budget
+     |                       allows end the job (exit 5)
      +-- OutputError         output exists, is not writable or could not be written (exit 6)
      |    +-- StorageError   the disk is full, over quota, read-only or failing (exit 6):
      |                       the job stops at once, resumable; never a batch's failure
+     +-- ScoringProcessError a scoring process died loading the model, idle or starting,
+     |                       or did not start in time: infrastructure, not the budget (exit 7)
      +-- Interrupted         stopped by a signal; resumable with --resume (exit 75)
      +-- AlreadyComplete     this very job's output is complete already: nothing to do (exit 0)
 
@@ -67,6 +70,18 @@ class ScoringError(MpiscoreError):
     """Scoring a batch failed."""
 
     exit_code = 5
+
+
+class ScoringProcessError(MpiscoreError):
+    """A scoring process failed outside any batch: it died while loading the model,
+    while idle or while starting, could not set up, or did not start in time.
+
+    Its own exit code (7), apart from ScoringError's error budget (5): a batch
+    script can tell a node or installation problem, worth a resubmission
+    elsewhere, from data the model cannot score.
+    """
+
+    exit_code = 7
 
 
 class OutputError(MpiscoreError):

@@ -1,7 +1,8 @@
 """Fault injection for testing the failure paths with real processes (MPISCORE_FAULTS).
 
 A comma-separated list of ``ACTION:TARGET``; batch actions fire in the scoring
-process before it reads the batch, on the batch's first try only unless noted:
+process once its reader thread has read the batch (or failed to), just before the
+batch is scored, on the batch's first try only unless noted:
 
     raise:B        batch B raises on its first try (then succeeds when retried)
     raise-always:B batch B raises on every try
@@ -45,7 +46,7 @@ class FaultPlan:
         return cls(tuple(actions))
 
     def before_batch(self, batch_id: int, attempt: int) -> None:
-        """Called by the scoring process before it reads a batch."""
+        """Called by the scoring loop with a batch just read, before scoring it."""
         for action, target in self.actions:
             if action == "sleep":
                 time.sleep(target)

@@ -1,9 +1,29 @@
-"""Pickled messages over a pair of pipes: how a rank and each of its scoring processes talk.
+"""The pipes between a rank and each of its scoring processes: the channel, and every
+message that crosses it, both ends of each exchange side by side.
+
+    exchange  rank sends (rank/pool.py)   scoring process answers (scoring/main.py)
+    --------  --------------------------  --------------------------------------------
+    prepare   PrepareRequest              JobPrepared | PrepareFailed
+              (rank 0's first process only, before the job exists)
+    start     ScorerSpec                  Ready | StartFailed
+    score     Score (at most              Scored (read and scored: now being written),
+              tuning.SCORING_DEPTH        then Done (durable, flushed with up to
+              not yet Scored)             tuning.SYNC_GROUP others) | BatchFailed
+    close     Close                       Closed (what the process used)
+
+A scoring process handles the exchanges in that order and never sends unasked;
+a peer that is gone shows as the end of its pipe (``EOFError``), which a
+scoring process takes as ``Close``. Any other message is a bug of the other
+end: ``recv_at_rank`` and ``recv_in_scorer`` raise ``ProtocolError``.
 
 The part of ``multiprocessing.connection`` mpiscore uses, with nothing to
 import but the standard library's C modules: importing multiprocessing
 (sockets, tempfile, its own package) cost each process ~10 ms of its start-up,
 which is the job's critical path. A message is an 8-byte length and a pickle.
+Messages are typed, immutable ``NamedTuple`` classes rather than frozen dataclasses
+for the same reason (importing ``dataclasses`` loads ``inspect``: ~9 ms), and are
+told apart by class, never by position. Types of the core (Job, JobConfig...) are
+named for type checking only, so the rank can import this before anything heavy.
 """
 
 from __future__ import annotations
@@ -13,6 +33,151 @@ import pickle
 import select
 import struct
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+
+if TYPE_CHECKING:
+    from .config import JobConfig, ScorerSettings
+    from .faults import FaultPlan
+    from .job import Job
+    from .lock import LockOwner
+    from .plan import Batch
+
+
+# -- prepare: rank 0's first scoring process checks and plans the job (scoring/prepare.py)
+
+
+class PrepareRequest(NamedTuple):
+    """Asks rank 0's first scoring process to check, plan and create the job."""
+
+    config: JobConfig
+    settings: ScorerSettings
+    owner: LockOwner  # rank 0's process, which holds the job's locks
+
+
+class JobPrepared(NamedTuple):
+    """The checked job, and the batches an interrupted run already wrote."""
+
+    job: Job
+    done: set[int]
+
+
+class PrepareFailed(NamedTuple):
+    """What the checks found (an MpiscoreError), or a bug's traceback as a RuntimeError."""
+
+    error: Exception
+
+
+# -- start: every scoring process opens its reader, scorer and writer once
+
+
+class ScorerSpec(NamedTuple):
+    """What a scoring process needs, sent to it once at start."""
+
+    job: Job
+    model_bytes: bytes | None  # None for the process that prepared the job: it has a scorer
+    settings: ScorerSettings
+    where: str
+    faults: FaultPlan
+    records_death: bool = False  # rank 0's: if the rank dies, say so in summary.json
+
+
+class Ready(NamedTuple):
+    """The process is set up: it takes batches from now on."""
+
+
+class StartFailed(NamedTuple):
+    """Setting up failed (the scorer or the writer would not open)."""
+
+    error: str
+
+
+# -- score: a batch is read, scored, then written and flushed with others (scoring/main.py)
+
+
+class Score(NamedTuple):
+    """Score ``batch``; ``attempt`` counts its earlier tries (0 for the first)."""
+
+    batch: Batch
+    attempt: int
+
+
+class Scored(NamedTuple):
+    """The batch is read and scored and is being written: the process takes the next."""
+
+    batch_id: int
+
+
+class StageTimes(NamedTuple):
+    """Seconds one batch spent in each stage."""
+
+    read: float
+    score: float
+    write: float  # its share of the flush that made it durable included
+
+
+class Done(NamedTuple):
+    """The batch is written and durable."""
+
+    batch_id: int
+    times: StageTimes
+
+
+class BatchFailed(NamedTuple):
+    """The batch failed reading, scoring or writing; the process goes on."""
+
+    batch_id: int
+    error: str
+    traceback: str
+    fatal: str = ""  # the error class the job ends with, when it is not the batch's
+
+
+# -- close: the process closes its files and says what it used
+
+
+class Close(NamedTuple):
+    """No more batches: close the files and leave."""
+
+
+class Closed(NamedTuple):
+    """The files are closed; the process's CPU seconds and peak RSS."""
+
+    cpu_seconds: float
+    peak_rss_mib: float
+
+
+ToScorer: TypeAlias = PrepareRequest | ScorerSpec | Score | Close
+ToRank: TypeAlias = (JobPrepared | PrepareFailed | Ready | StartFailed | Scored | Done
+                     | BatchFailed | Closed)
+
+class ProtocolError(RuntimeError):
+    """A message the exchange does not allow: a bug of one end, never the user's."""
+
+
+def unexpected(message: object, expected: str) -> ProtocolError:
+    """The error for ``message`` arriving where only ``expected`` may."""
+    return ProtocolError(f"{type(message).__name__} received; expected {expected}")
+
+
+def recv_at_rank(channel: Channel) -> ToRank:
+    """The next message from a scoring process; ``EOFError``/``OSError`` if it is gone."""
+    message = channel.recv()
+    if not isinstance(message, ToRank):
+        raise unexpected(message, "a message to a rank")
+    return message
+
+
+def recv_in_scorer(channel: Channel) -> ToScorer:
+    """The next message from the rank; ``Close`` when the rank is gone."""
+    try:
+        message = channel.recv()
+    except EOFError:
+        return Close()
+    if not isinstance(message, ToScorer):
+        raise unexpected(message, "a message to a scoring process")
+    return message
+
+
+# -- the channel
 
 _LENGTH = struct.Struct("!Q")
 

@@ -1,13 +1,13 @@
 """The scoring processes of a rank: start, feed, watch, replace.
 
 Each rank drives ``procs`` scoring processes: fresh interpreters running
-scorer.py (never ``fork`` of an MPI process), the first started before the
+scoring/main.py (never ``fork`` of an MPI process), the first started before the
 rank even imports MPI (see __main__.py), so their interpreter start and
 imports (onnxruntime) overlap with the rank's own. Rank 0's first process also
-checks and plans the job (prepare.py), so no rank ever loads onnxruntime.
-A scoring process opens its own reader, ONNX Runtime session and writer
-once, then reads, scores and writes whole batches itself; only batch
-descriptors and small results cross the pipe, never arrays. A process that
+checks and plans the job (scoring/prepare.py), so no rank ever loads onnxruntime.
+A scoring process opens its own reader, scorer and writer once, then reads,
+scores and writes whole batches itself; only batch descriptors and small
+results cross the pipe (wire.py: the messages, exchange by exchange), never arrays. A process that
 dies (segfault, OOM kill) or runs past the batch timeout
 is killed and replaced, and its batch reported failed so the coordinator can
 retry it. Scoring processes ignore SIGINT/SIGTERM (their rank decides how to
@@ -19,34 +19,41 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import ScoringError
+from ..errors import ScoringProcessError
 from ..lock import JobLock, LockOwner, lock_paths
 from ..placement import layout, scorer_settings
 from ..plan import Batch
 from ..tuning import SCORING_DEPTH
-from ..wire import wait
+from ..wire import (
+    BatchFailed,
+    Close,
+    Closed,
+    Done,
+    JobPrepared,
+    PrepareFailed,
+    PrepareRequest,
+    Ready,
+    Scored,
+    ScorerSpec,
+    StageTimes,
+    StartFailed,
+    ToRank,
+    recv_at_rank,
+    unexpected,
+    wait,
+)
 from .process import ScorerProcess
 
 if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
     from ..config import JobConfig, ScorerSettings
-    from ..faults import FaultPlan
     from ..job import Job
     from .world import World
 
 START_TIMEOUT_SECONDS = 600.0
 CLOSE_TIMEOUT_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    """Seconds one batch spent in each stage."""
-
-    read: float
-    score: float
-    write: float
 
 
 @dataclass(frozen=True)
@@ -59,28 +66,7 @@ class Outcome:
     traceback: str = ""
     times: StageTimes | None = None
     returned: bool = False  # lost with a process killed for another batch: no try counted
-    fatal: str = ""  # the error is not the batch's (protocol.Failed.fatal)
-
-
-@dataclass(frozen=True)
-class ScorerSpec:
-    """What a scoring process needs, sent to it once at start."""
-
-    job: Job
-    model_bytes: bytes | None  # None for the process that prepared the job: it has a session
-    settings: ScorerSettings
-    where: str
-    faults: FaultPlan
-    records_death: bool = False  # rank 0's: if the rank dies, say so in summary.json
-
-
-@dataclass(frozen=True)
-class PrepareRequest:
-    """Asks rank 0's first scoring process to check, plan and create the job."""
-
-    config: JobConfig
-    settings: ScorerSettings
-    owner: LockOwner  # rank 0's process, which holds the job's locks
+    fatal: str = ""  # the error is not the batch's (messages.Failed.fatal)
 
 
 def start_pool(config: JobConfig, world: World,
@@ -137,30 +123,34 @@ class ScorerPool:
             if not first.alive():
                 break
         try:
-            kind, *answer = first.conn.recv()
+            answer = recv_at_rank(first.conn)
         except (EOFError, OSError):
             first.join(1)
-            raise ScoringError(f"{model}: the scoring process died while loading the "
-                               f"model and checking the job ({first.exit_text()})") from None
-        if kind == "prepare-failed":
-            raise answer[0]
-        return answer[0], answer[1]
+            raise ScoringProcessError(
+                f"{model}: the scoring process died while loading the model and checking "
+                f"the job ({first.exit_text()})") from None
+        match answer:
+            case JobPrepared(job, done):
+                return job, done
+            case PrepareFailed(error):
+                raise error
+        raise unexpected(answer, "JobPrepared or PrepareFailed")
 
     def start(self, spec: ScorerSpec) -> None:
-        """Hand every process the job and wait until each has its session ready."""
+        """Hand every process the job and wait until each has its scorer ready."""
         self.spec = spec
         for index, proc in enumerate(self.procs):
             prepared = index == 0 and self.preparing is not None
             try:
-                proc.conn.send(replace(spec, model_bytes=None) if prepared else
-                               spec if index == 0 else replace(spec, records_death=False))
+                proc.conn.send(spec._replace(model_bytes=None) if prepared else
+                               spec if index == 0 else spec._replace(records_death=False))
             except OSError:  # it died since it started: a fresh one, given the model
                 self._replace(index)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not all(p.ready for p in self.procs):
             if time.monotonic() > deadline:
-                raise ScoringError(f"{spec.where}: scoring processes did not start in "
-                                   f"{START_TIMEOUT_SECONDS:.0f}s")
+                raise ScoringProcessError(f"{spec.where}: scoring processes did not start "
+                                          f"in {START_TIMEOUT_SECONDS:.0f}s")
             self.poll(1.0)
 
     def submit_to(self, proc: ScorerProcess, batch: Batch, attempt: int) -> None:
@@ -200,17 +190,17 @@ class ScorerPool:
         return outcomes
 
     @staticmethod
-    def _receive_all(proc: ScorerProcess) -> list[tuple]:
+    def _receive_all(proc: ScorerProcess) -> list[ToRank]:
         messages = []
         with contextlib.suppress(EOFError, OSError):  # the process died: _lost reports it
             while proc.conn.poll():
-                messages.append(proc.conn.recv())
+                messages.append(recv_at_rank(proc.conn))
         return messages
 
     def _check_idle(self, proc: ScorerProcess) -> None:
         if not proc.alive():
-            raise ScoringError(f"{self.where}: a scoring process died while idle or "
-                               f"starting ({proc.exit_text()})")
+            raise ScoringProcessError(f"{self.where}: a scoring process died while idle or "
+                                      f"starting ({proc.exit_text()})")
 
     def _lost(self, proc: ScorerProcess) -> list[Outcome]:
         """The busy process's batches, if it died or overran the timeout (then it is killed).
@@ -231,28 +221,29 @@ class ScorerPool:
         return [Outcome(batches[0], False, why)] + [
             Outcome(b, False, why, returned=True) for b in batches[1:]]
 
-    def _message(self, proc: ScorerProcess, message: tuple) -> Outcome | None:
-        kind = message[0]
-        if kind == "ready":
-            proc.ready = True
-            return None
-        if kind == "init-failed":
-            raise ScoringError(f"{self.where}: scoring process failed to start: "
-                               f"{message[1]}")
-        batch = proc.take(message[1])
-        if kind == "scored":  # now being written; the process is free for the next batch
-            proc.writing.append(batch)
-            return None
-        if kind == "done":
-            return Outcome(batch, True, times=message[2])
-        return Outcome(batch, False, message[2], message[3], fatal=message[4])  # it stays
+    def _message(self, proc: ScorerProcess, message: ToRank) -> Outcome | None:
+        match message:
+            case Ready():
+                proc.ready = True
+            case StartFailed(error):
+                raise ScoringProcessError(f"{self.where}: scoring process failed to start: "
+                                          f"{error}")
+            case Scored(batch_id):  # now being written; the process is free for the next batch
+                proc.writing.append(proc.take(batch_id))
+            case Done(batch_id, times):
+                return Outcome(proc.take(batch_id), True, times=times)
+            case BatchFailed(batch_id, error, traceback, fatal):  # the process goes on
+                return Outcome(proc.take(batch_id), False, error, traceback, fatal=fatal)
+            case _:
+                raise unexpected(message, "Ready, StartFailed, Scored, Done or BatchFailed")
+        return None
 
     def _replace(self, index: int) -> None:
         self.procs[index].kill()
         self.procs[index] = ScorerProcess()
         assert self.spec is not None
         self.procs[index].conn.send(self.spec if index == 0 else
-                                    replace(self.spec, records_death=False))
+                                    self.spec._replace(records_death=False))
         self.restarts += 1
 
     def abandon(self) -> list[Batch]:
@@ -274,7 +265,7 @@ class ScorerPool:
         self.closing += procs
         for proc in procs:
             with contextlib.suppress(OSError):
-                proc.conn.send(None)
+                proc.conn.send(Close())
         deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
         for proc in procs:
             usage = _closing_message(proc, deadline)
@@ -298,7 +289,7 @@ def _closing_message(proc: ScorerProcess, deadline: float) -> tuple[float, float
     by ``deadline``; other messages left in its pipe are dropped."""
     with contextlib.suppress(EOFError, OSError):
         while proc.conn.poll(max(0.0, deadline - time.monotonic())):
-            message = proc.conn.recv()
-            if message[0] == "closed":
-                return message[1], message[2]
+            message = recv_at_rank(proc.conn)
+            if isinstance(message, Closed):
+                return message.cpu_seconds, message.peak_rss_mib
     return None

@@ -17,16 +17,16 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..wire import pipe
+from ..wire import Score, pipe
 
 if TYPE_CHECKING:
     from ..plan import Batch
 
 # The child's command: the parent's sys.path (as multiprocessing's spawn does), then
-# scorer.py. ``-S`` skips the site module (~10 ms): the paths it would add are given.
+# scoring/main.py. ``-S`` skips the site module (~10 ms): the paths it would add are given.
 _CHILD = ("import sys; sys.path[:] = sys.argv[2:]; "
           "from mpiscore.scoring.main import main; main(*map(int, sys.argv[1].split(',')))")
-_STOPS = {signal.SIGTERM, signal.SIGINT}  # the scoring process ignores them (scorer.py)
+_STOPS = {signal.SIGTERM, signal.SIGINT}  # the scoring process ignores them (scoring/main.py)
 # Where this package lies, for a parent that finds it by an import hook (editable installs).
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ class ScorerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-S", "-c", _CHILD, f"{read_fd},{write_fd}", *paths],
                 pass_fds=[read_fd, write_fd], stdin=subprocess.DEVNULL,
-                start_new_session=True)  # out of the rank's group: see scorer.py
+                start_new_session=True)  # out of the rank's group: see scoring/main.py
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_fd)
@@ -60,7 +60,7 @@ class ScorerProcess:
             self.started = time.monotonic()
         self.scoring.append(batch)
         with contextlib.suppress(OSError):  # it just died: the pool's next poll finds it
-            self.conn.send((batch, attempt))  # and retries or hands back what it held
+            self.conn.send(Score(batch, attempt))  # and retries or hands back what it held
 
     @property
     def busy(self) -> bool:

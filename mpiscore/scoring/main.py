@@ -1,9 +1,12 @@
 """The inside of a scoring process: set up once, then score batches while one thread
 reads the next and another writes (and flushes) the previous ones.
 
-Started by process.py as a fresh interpreter (``python -S -c``, given its end
-of the channel to the rank). It ignores SIGINT/SIGTERM (its rank decides how to stop)
-and dies with its rank (PR_SET_PDEATHSIG), so no scorer outlives a killed job.
+Started by rank/process.py as a fresh interpreter (``python -S -c``, given its end
+of the channel to the rank; the messages are wire.py's). It ignores SIGINT/SIGTERM
+(its rank decides how to stop) and dies with its rank (PR_SET_PDEATHSIG), so no
+scorer outlives a killed job. A bug, here or in the reader or writer thread,
+reaches the scoring loop and ends the process (the rank sees it and retries its
+batches); threads never end the process themselves.
 """
 
 from __future__ import annotations
@@ -19,22 +22,37 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable
 
-import onnxruntime as ort
-
+from ..config import ScorerSettings
 from ..errors import InputChanged, MpiscoreError, is_storage_failure
 from ..io.registry import open_reader
 from ..model import read_model
 from ..plan import Batch
-from ..rank.pool import PrepareRequest, ScorerSpec, StageTimes
 from ..report import write_json
 from ..tuning import SYNC_GROUP
-from ..wire import Channel
-from .onnx import Scorer, open_session
+from ..wire import (
+    BatchFailed,
+    Channel,
+    Close,
+    Closed,
+    Done,
+    JobPrepared,
+    PrepareFailed,
+    PrepareRequest,
+    Ready,
+    Score,
+    Scored,
+    ScorerSpec,
+    StageTimes,
+    StartFailed,
+    ToRank,
+    recv_in_scorer,
+    unexpected,
+)
 from .pipeline import BatchProcessor, Loaded, Prepared
 from .prepare import prepare
+from .scorers import Scorer, open_scorer
 
 
 def main(read_fd: int, write_fd: int) -> None:
@@ -43,7 +61,13 @@ def main(read_fd: int, write_fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # process.py
     _die_with_parent()
-    _die_quietly_if_rank_gone(lambda: scorer_main(Channel(read_fd, write_fd)))
+    try:
+        scorer_main(Channel(read_fd, write_fd))
+    except BrokenPipeError:  # the rank is gone: no one to tell
+        _exit(1)
+    except BaseException:  # a bug: its traceback; the rank sees the exit, retries the batches
+        traceback.print_exc()
+        _exit(1)
     _exit(0)
 
 
@@ -61,27 +85,29 @@ def scorer_main(conn: Channel) -> None:
 
     The process is started before the job is known, so its interpreter start
     and heavy imports overlap with the rank's. On rank 0, the first process is
-    first asked to prepare the job, and keeps that session for scoring.
+    first asked to prepare the job, and keeps that scorer for scoring.
     """
-    item = _next_item(conn)
-    session = None
-    if isinstance(item, PrepareRequest):
-        session = _prepare(conn, item)
-        item = _next_item(conn) if session is not None else None
-    spec: ScorerSpec | None = item
-    if spec is None:  # the job never started (set-up failed): nothing to do
+    message = recv_in_scorer(conn)
+    scorer = None
+    if isinstance(message, PrepareRequest):
+        scorer = _prepare(conn, message)
+        message = recv_in_scorer(conn) if scorer is not None else Close()
+    if isinstance(message, Close):  # the job never started (set-up failed): nothing to do
         return
+    if not isinstance(message, ScorerSpec):
+        raise unexpected(message, "ScorerSpec or Close")
+    spec = message
     if spec.records_death:
         _record_death_of_rank(spec)
     try:
-        processor = _processor(spec, session)
+        processor = _processor(spec, scorer)
     except BaseException as exc:
-        conn.send(("init-failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        conn.send(StartFailed(f"{type(exc).__name__}: {exc}"))
         return
     sender = _Sender(conn)
-    sender.send(("ready",))
-    writer = _WriteBehind(processor, sender)
+    sender.send(Ready())
     reads = _ReadAhead(conn, processor)
+    writer = _WriteBehind(processor, sender, reads.fail)
     while (item := reads.next(writer)) is not None:
         batch, attempt, loaded = item
         try:
@@ -94,13 +120,13 @@ def scorer_main(conn: Channel) -> None:
             continue
         finally:
             reads.done_with_last()
-        sender.send(("scored", batch.batch_id))  # free for the next batch while this one writes
+        sender.send(Scored(batch.batch_id))  # free for the next batch while this one writes
         writer.put(batch, prepared)
     writer.close()
     processor.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    sender.send(("closed", usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024))
-    _exit(0)  # now, while the session is still alive: not worth destroying
+    sender.send(Closed(usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024))
+    _exit(0)  # now, while the scorer is still alive: not worth destroying
 
 
 class _Sender:
@@ -109,7 +135,7 @@ class _Sender:
     def __init__(self, conn: Channel) -> None:
         self.conn, self.lock = conn, threading.Lock()
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: ToRank) -> None:
         with self.lock:
             self.conn.send(message)
 
@@ -119,13 +145,16 @@ class _ReadAhead:
 
     It takes batches from the rank's channel as they come. Its readers take
     turns, and one is used again only once the batch it read last is scored,
-    so a batch's arrays stay put while it is scored.
+    so a batch's arrays stay put while it is scored. Its queue is also where a
+    thread's bug (its own or the writer's, :meth:`fail`) reaches the scoring loop.
     """
 
     def __init__(self, conn: Channel, processor: BatchProcessor) -> None:
         self.conn, self.processor = conn, processor
-        self.loaded: queue.Queue[tuple[Batch, int, Loaded | BaseException] | None] = \
-            queue.Queue(maxsize=1)
+        # Unbounded, so that :meth:`fail` never blocks; the batches in it are bounded by
+        # the readers, each held until its batch is scored.
+        self.loaded: queue.Queue[tuple[Batch, int, Loaded | BaseException] | BaseException
+                                 | None] = queue.Queue()
         self.free_readers = threading.Semaphore(len(processor.readers))
         self.waiting_for_rank = False
         self.thread = threading.Thread(target=self._run, name="mpiscore-reader", daemon=True)
@@ -137,31 +166,43 @@ class _ReadAhead:
         those done without delay."""
         if self.loaded.empty() and self.waiting_for_rank:
             writer.sync_soon()
-        return self.loaded.get()
+        item = self.loaded.get()
+        if isinstance(item, BaseException):  # a reader's or writer's bug
+            raise item
+        return item
+
+    def fail(self, exc: BaseException) -> None:
+        """Have the scoring loop raise ``exc`` (a thread's bug) once it takes the batches
+        read before it; never blocks."""
+        self.loaded.put(exc)
 
     def done_with_last(self) -> None:
         """The batch last taken is scored (or failed): its reader may read again."""
         self.free_readers.release()
 
     def _run(self) -> None:
-        _die_quietly_if_rank_gone(self._read_all)
+        try:
+            self._read_all()
+        except BaseException as exc:  # a bug (an error reading a batch is the batch's)
+            self.fail(exc)
 
     def _read_all(self) -> None:
         slot = 0
         while True:
             self.waiting_for_rank = not self.conn.poll()
-            item = _next_item(self.conn)
+            message = recv_in_scorer(self.conn)
             self.waiting_for_rank = False
-            if item is None:
+            if isinstance(message, Close):
                 self.loaded.put(None)
                 return
-            batch, attempt = item
+            if not isinstance(message, Score):
+                raise unexpected(message, "Score or Close")
             self.free_readers.acquire()
             try:
-                loaded: Loaded | BaseException = self.processor.read(batch, slot)
+                loaded: Loaded | BaseException = self.processor.read(message.batch, slot)
             except Exception as exc:
                 loaded = exc
-            self.loaded.put((batch, attempt, loaded))
+            self.loaded.put((message.batch, message.attempt, loaded))
             slot = (slot + 1) % len(self.processor.readers)
 
 
@@ -176,8 +217,11 @@ class _WriteBehind:
     while another is written, which bounds memory.
     """
 
-    def __init__(self, processor: BatchProcessor, sender: _Sender) -> None:
-        self.processor, self.sender = processor, sender
+    def __init__(self, processor: BatchProcessor, sender: _Sender,
+                 fail: Callable[[BaseException], None]) -> None:
+        """``fail``: hands a bug of the writer thread to the scoring loop."""
+        self.processor, self.sender, self.fail = processor, sender, fail
+        self.failure: BaseException | None = None
         self.queue: queue.Queue[tuple[Batch, Prepared] | str | None] = queue.Queue(maxsize=1)
         self.unsynced: list[tuple[Batch, StageTimes]] = []  # written, in the writer thread
         self.oldest = 0.0  # when the first of ``unsynced`` was written
@@ -196,24 +240,34 @@ class _WriteBehind:
             self.put_since_sync = False
 
     def close(self) -> None:
+        """Write and flush what is left; raises the writer thread's bug, if it had one."""
         self.queue.put(None)
         self.thread.join()
+        if self.failure is not None:
+            raise self.failure
 
     def _run(self) -> None:
-        _die_quietly_if_rank_gone(self._write_all)
-
-    def _write_all(self) -> None:
+        """Take items until the last (None); after a bug, only take them, so that the
+        scoring loop never waits on a dead writer."""
         while True:
             try:
                 item = self.queue.get(timeout=self._until_sync())
             except queue.Empty:  # the oldest written batch has waited SYNC_SECONDS
                 item = _SYNC
-            if item is None or item == _SYNC:
-                self._sync()
-                if item is None:
-                    return
-            else:
-                self._write(*item)
+            if self.failure is None:
+                try:
+                    self._take(item)
+                except BaseException as exc:  # a bug, or the rank is gone (its pipe broke)
+                    self.failure, self.unsynced = exc, []
+                    self.fail(exc)
+            if item is None:
+                return
+
+    def _take(self, item: tuple[Batch, Prepared] | str | None) -> None:
+        if item is None or item == _SYNC:
+            self._sync()
+        else:
+            self._write(*item)
 
     def _until_sync(self) -> float | None:
         if not self.unsynced:
@@ -243,8 +297,8 @@ class _WriteBehind:
                 self.sender.send(_failed(batch, exc))
             return
         for batch, times in written:  # the flush's time shared out among its batches
-            self.sender.send(("done", batch.batch_id,
-                              replace(times, write=times.write + seconds / len(written))))
+            self.sender.send(Done(batch.batch_id,
+                                  times._replace(write=times.write + seconds / len(written))))
 
 
 _SYNC = "sync"  # in the writer's queue: flush what is written now
@@ -252,60 +306,45 @@ READ_AHEAD = 2  # readers taking turns: the next batch is read while one is scor
 SYNC_SECONDS = 0.1  # the longest a written batch waits for its group's flush
 
 
-def _prepare(conn: Channel, request: PrepareRequest) -> ort.InferenceSession | None:
+def _prepare(conn: Channel, request: PrepareRequest) -> Scorer | None:
     """Load the model and prepare the job (prepare.py), sending the job or the error
-    back; the session, kept for scoring, or None after an error."""
+    back; the scorer, kept for scoring, or None after an error."""
     config = request.config
     try:
         model_bytes = read_model(config.model)
-        session = open_session(model_bytes, str(config.model), request.settings)
-        job, done = prepare(config, model_bytes, session, request.owner)
+        scorer = _open_scorer(model_bytes, str(config.model), request.settings)
+        job, done = prepare(config, model_bytes, scorer, request.owner)
     except MpiscoreError as exc:
-        conn.send(("prepare-failed", exc))
+        conn.send(PrepareFailed(exc))
         return None
     except Exception:  # a bug: its traceback, so the rank can report it
-        conn.send(("prepare-failed", RuntimeError(traceback.format_exc())))
+        conn.send(PrepareFailed(RuntimeError(traceback.format_exc())))
         return None
-    conn.send(("prepared", job, done))
-    return session
+    conn.send(JobPrepared(job, done))
+    return scorer
 
 
-def _processor(spec: ScorerSpec, session: ort.InferenceSession | None) -> BatchProcessor:
-    """Reader, scorer and writer of this process; ``session``: one already open with
+def _processor(spec: ScorerSpec, scorer: Scorer | None) -> BatchProcessor:
+    """Reader, scorer and writer of this process; ``scorer``: one already open with
     the same settings (from preparing the job), else opened here."""
     job = spec.job
-    if session is None:
+    if scorer is None:
         assert spec.model_bytes is not None, "only the process that prepared gets no model"
-        session = open_session(spec.model_bytes, job.model_name, spec.settings)
+        scorer = _open_scorer(spec.model_bytes, job.model_name, spec.settings)
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
     readers = [open_reader(job.source) for _ in range(READ_AHEAD)]
-    return BatchProcessor(readers, Scorer(session, job.bindings, job.model_name),
-                          writer, job.outputs, job.output_sources, spec.where, job.config.on_nan,
-                          job.fingerprint)
+    return BatchProcessor(readers, scorer, job.bindings, writer, job.outputs,
+                          job.output_sources, spec.where, job.config.on_nan, job.fingerprint)
 
 
-def _next_item(conn: Channel) -> Any:
-    try:
-        return conn.recv()
-    except EOFError:  # the rank is gone
-        return None
+def _open_scorer(model_bytes: bytes, model: str, settings: ScorerSettings) -> Scorer:
+    """The job's scorer: "onnx", the one kind so far (the job names its kind once there
+    are more)."""
+    return open_scorer("onnx", model_bytes, model, settings)
 
 
-def _die_quietly_if_rank_gone(work: Any) -> None:
-    """Run ``work`` (the process's or a thread's); on an error, end the process so the
-    rank sees it (and retries its batches), with the traceback of a bug, or quietly
-    when the pipe to the rank broke because the rank is gone."""
-    try:
-        work()
-    except BrokenPipeError:
-        _exit(1)
-    except BaseException:
-        traceback.print_exc()
-        _exit(1)
-
-
-def _failed(batch: Batch, exc: BaseException) -> tuple:
+def _failed(batch: Batch, exc: BaseException) -> BatchFailed:
     """The message that reports ``batch`` failed; fatal (naming the error class the job
     ends with) when the storage refused a write or an input changed under the job."""
     if is_storage_failure(exc):
@@ -314,7 +353,7 @@ def _failed(batch: Batch, exc: BaseException) -> tuple:
         fatal = "InputChanged"
     else:
         fatal = ""
-    return ("failed", batch.batch_id, _describe(exc), traceback.format_exc(), fatal)
+    return BatchFailed(batch.batch_id, _describe(exc), traceback.format_exc(), fatal)
 
 
 def _describe(exc: BaseException) -> str:

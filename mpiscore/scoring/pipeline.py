@@ -13,9 +13,10 @@ import numpy as np
 from ..errors import InputChanged, InputError, MpiscoreError
 from ..io.fields import ROW_STATUS, Columns, Field, Reader, Writer
 from ..journal import changed_input
+from ..model import InputBinding
 from ..plan import Batch
-from ..rank.pool import StageTimes
-from .onnx import Scorer
+from ..wire import StageTimes
+from .scorers import Scorer
 
 
 @dataclass(frozen=True)
@@ -38,19 +39,22 @@ class Prepared:
 
 class BatchProcessor:
     """Reads, scores and writes a batch, each a step of its own so that they can overlap
-    for consecutive batches; names the batch and rank when one fails.
+    for consecutive batches; names the batch and rank when one fails. The scorer is
+    any kind (scorers/); its inputs are fitted to ``bindings`` first.
 
     ``readers`` take turns (reader ``slot``): a reader may reuse its buffers at
     its next read, so with two, one batch can be read while the previous one is
     scored.
     """
 
-    def __init__(self, readers: Sequence[Reader], scorer: Scorer, writer: Writer,
+    def __init__(self, readers: Sequence[Reader], scorer: Scorer,
+                 bindings: tuple[InputBinding, ...], writer: Writer,
                  outputs: tuple[Field, ...], output_sources: tuple[str, ...], where: str,
                  on_nan: str = "error", stamp: dict[str, Any] | None = None) -> None:
         """``stamp``: the job's fingerprint; an input file is checked against it each
         time reading moves on to it."""
         self.readers, self.scorer, self.writer = readers, scorer, writer
+        self.bindings = bindings
         self.stamp, self.file_index = stamp, -1
         self.renames = [(f.name, source) for f, source in zip(outputs, output_sources,
                                                                strict=True)]
@@ -71,7 +75,7 @@ class BatchProcessor:
         """Score a read batch: the output columns, ready to write."""
         with self._naming(batch):
             started = time.perf_counter()
-            outputs = self.scorer.score(loaded.arrays)
+            outputs = self.scorer.score(bound(loaded.arrays, self.bindings))
             status = {ROW_STATUS.name: np.zeros(batch.rows, dtype=np.uint8)}
             columns = {**loaded.kept, **{n: outputs[s] for n, s in self.renames}, **status}
             return Prepared(columns, loaded.read, time.perf_counter() - started)
@@ -115,6 +119,17 @@ class BatchProcessor:
         for reader in self.readers:
             reader.close()
         self.writer.close()
+
+
+def bound(arrays: dict[str, np.ndarray], bindings: tuple[InputBinding, ...]
+          ) -> dict[str, np.ndarray]:
+    """A batch's arrays as the scorer's inputs: per-row shape and dtype as bound."""
+    return {binding.name: _fit(arrays[binding.name], binding) for binding in bindings}
+
+
+def _fit(array: np.ndarray, binding: InputBinding) -> np.ndarray:
+    array = array.reshape((len(array), *binding.row_shape))
+    return np.ascontiguousarray(array, dtype=binding.dtype)
 
 
 def _refuse_non_finite(arrays: dict[str, np.ndarray]) -> None:

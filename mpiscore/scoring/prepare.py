@@ -4,7 +4,7 @@ Everything that can be wrong with the inputs, the model or the output is
 found here and reported once: files and datasets are opened, the model is
 bound to the data, one tiny probe batch is scored to learn the output shapes,
 and the output is created. Runs in rank 0's first scoring process, which
-loads the model anyway and keeps the session for scoring (so no rank loads
+loads the model anyway and keeps its scorer for scoring (so no rank loads
 onnxruntime); rank 0 broadcasts the resulting Job to every rank.
 """
 
@@ -14,8 +14,6 @@ import json
 import os
 from dataclasses import replace
 from typing import Any
-
-import onnxruntime as ort
 
 from .. import __version__
 from ..config import JobConfig
@@ -32,33 +30,33 @@ from ..io.registry import (
 from ..job import Job
 from ..journal import FINGERPRINT, check_resumable, completed, fingerprint, journal_token
 from ..lock import JobLock, LockOwner, acquire, lock_paths
-from ..model import bind_inputs, model_digest, output_fields, tensor_spec
+from ..model import InputBinding, bind_inputs, model_digest, output_fields
 from ..plan import Plan, make_plan
 from ..report import size_text
-from .onnx import Scorer
-from .outputs import label_width
+from .pipeline import bound
+from .scorers import Scorer
 
 
-def prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession,
+def prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
             owner: LockOwner) -> tuple[Job, set[int]]:
     """Check everything, plan the batches and create (or, to resume, reopen) the output.
 
-    ``session`` runs ``model_bytes``. Nothing on disk is touched before the job's
-    locks are taken for ``owner`` (rank 0), who holds them from then on. Returns
-    the job and the batches already written by an interrupted run (empty unless
-    ``--resume``).
+    ``scorer`` was opened on ``model_bytes`` (of whatever kind). Nothing on disk is
+    touched before the job's locks are taken for ``owner`` (rank 0), who holds them
+    from then on. Returns the job and the batches already written by an interrupted
+    run (empty unless ``--resume``).
     """
     lock = acquire(lock_paths(config.output, config.resolved_run_dir), owner)
     try:
-        return _prepare(config, model_bytes, session, lock)
+        return _prepare(config, model_bytes, scorer, lock)
     except BaseException:
         lock.release()
         raise
 
 
-def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSession,
+def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
              lock: JobLock) -> tuple[Job, set[int]]:
-    inputs = [tensor_spec(node, str(config.model)) for node in session.get_inputs()]
+    inputs = scorer.inputs
     source = resolve_input(config, inputs)
     files, fields, kept = describe(source)
     if sum(f.rows for f in files) == 0:
@@ -67,10 +65,9 @@ def _prepare(config: JobConfig, model_bytes: bytes, session: ort.InferenceSessio
     bindings = bind_inputs(str(config.model), inputs, fields, config.session.cast)
     row_nbytes = sum(field.row_nbytes for field in fields.values())
     plan = make_plan(files, config.batch_size.rows_for(row_nbytes))
-    scorer = Scorer(session, bindings, str(config.model))
-    probe, probe_rows = _probe(scorer, source, plan)
+    probe, probe_rows = _probe(scorer, bindings, source, plan)
     model_outputs = output_fields(probe, dict(config.rename), probe_rows, str(config.model),
-                                  scorer.columns, label_width(model_bytes))
+                                  scorer.columns, scorer.label_width)
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget.of(config)
     sha256 = model_digest(model_bytes)
@@ -132,7 +129,8 @@ def _already_complete(config: JobConfig, target: OutputTarget, stamp: dict[str, 
     return isinstance(recorded, dict) and all(recorded.get(key) == stamp[key] for key in stamp)
 
 
-def _probe(scorer: Scorer, source: InputSource, plan: Plan) -> tuple[dict[str, Any], int]:
+def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSource, plan: Plan
+           ) -> tuple[dict[str, Any], int]:
     """Score the first rows once, to check the model runs on this data and learn its outputs.
 
     Returns the outputs and how many rows were scored (the model's fixed batch, or 2).
@@ -144,4 +142,4 @@ def _probe(scorer: Scorer, source: InputSource, plan: Plan) -> tuple[dict[str, A
         arrays, _ = reader.read(replace(first, stop=first.start + rows))
     finally:
         reader.close()
-    return scorer.score(arrays), rows
+    return scorer.score(bound(arrays, bindings)), rows

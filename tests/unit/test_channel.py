@@ -1,4 +1,5 @@
-"""channel.py: pickled messages over a pipe pair, as between a rank and a scoring process."""
+"""wire.py: pickled messages over a pipe pair, as between a rank and a scoring process,
+and the typed messages each end accepts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import threading
 import numpy as np
 import pytest
 
-from mpiscore.wire import Channel, pipe, wait
+from mpiscore.plan import Batch
+from mpiscore.wire import (
+    Channel,
+    Close,
+    Done,
+    ProtocolError,
+    Score,
+    StageTimes,
+    pipe,
+    recv_at_rank,
+    recv_in_scorer,
+    wait,
+)
 
 
 def connected() -> tuple[Channel, Channel]:
@@ -60,3 +73,21 @@ def test_a_gone_peer_shows_as_eof_and_broken_pipe() -> None:
         ours.recv()
     with pytest.raises(BrokenPipeError):
         ours.send("anyone?")
+
+
+def test_each_end_takes_its_own_messages_and_refuses_any_other() -> None:
+    ours, theirs = connected()  # ours: the rank's end
+    batch = Batch(3, 0, 0, 10, 0)
+    ours.send(Score(batch, 1))
+    ours.send(("scored", 3))  # an untyped message: a bug, not a failed batch
+    theirs.send(Done(3, StageTimes(0.1, 0.2, 0.3)))
+    theirs.send(Score(batch, 0))  # a message for a scoring process sent to the rank
+    assert recv_in_scorer(theirs) == Score(batch, 1)
+    with pytest.raises(ProtocolError, match="tuple received; expected a message to a scoring"):
+        recv_in_scorer(theirs)
+    assert recv_at_rank(ours) == Done(3, StageTimes(0.1, 0.2, 0.3))
+    with pytest.raises(ProtocolError, match="Score received; expected a message to a rank"):
+        recv_at_rank(ours)
+    ours.close()
+    assert isinstance(recv_in_scorer(theirs), Close)  # the rank is gone: close
+    theirs.close()

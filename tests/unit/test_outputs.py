@@ -1,5 +1,6 @@
-"""outputs.py: classifiers exported by skl2onnx (ZipMap maps, string labels) and other
-non-tensor outputs, scored with mpiscore.run and compared with plain onnxruntime."""
+"""scorers/onnx_outputs.py: classifiers exported by skl2onnx (ZipMap maps, string
+labels) and other non-tensor outputs, scored with mpiscore.run and compared with
+plain onnxruntime."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mpiscore.errors import ConfigError, ScoringError
 from mpiscore.io import parquet
 from mpiscore.io.fields import Field, fill_columns
 from mpiscore.model import Column, output_fields
-from mpiscore.scoring.outputs import OutputConverter, OutputKind, label_width
+from mpiscore.scoring.scorers.onnx_outputs import OutputConverter, OutputKind, label_width
 from tests import builders, sklearn_models
 from tests.sklearn_models import STRING_CLASSES
 

@@ -1,4 +1,5 @@
-"""score.py: the Scorer against plain onnxruntime (tests.builders.reference)."""
+"""scoring/scorers/onnx.py: the "onnx" scorer against plain onnxruntime
+(tests.builders.reference), its inputs bound as a job binds them (pipeline.bound)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,30 @@ from onnx import TensorProto, helper
 from mpiscore.config import ScorerSettings, SessionConfig
 from mpiscore.errors import ConfigError, ModelError, ScoringError
 from mpiscore.io.fields import Field
-from mpiscore.model import InputBinding, bind_inputs, tensor_spec
-from mpiscore.scoring.onnx import Scorer, open_session
+from mpiscore.model import InputBinding, bind_inputs
+from mpiscore.scoring.pipeline import bound
+from mpiscore.scoring.scorers import open_scorer
+from mpiscore.scoring.scorers.onnx import OnnxScorer, open_session
 from tests import builders
 
 SETTINGS = ScorerSettings(SessionConfig(), 1)
 
 
+class Bound:
+    """An "onnx" scorer fed as the pipeline feeds it: arrays bound to its inputs first."""
+
+    def __init__(self, scorer: OnnxScorer, bindings: tuple[InputBinding, ...]) -> None:
+        self.scorer, self.bindings = scorer, bindings
+
+    def score(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.scorer.score(bound(arrays, self.bindings))
+
+
 def scorer(model: Path, fields: dict[str, Field], cast: str = "safe",
-           settings: ScorerSettings = SETTINGS) -> Scorer:
-    session = open_session(model.read_bytes(), model.name, settings)
-    inputs = [tensor_spec(node, model.name) for node in session.get_inputs()]
-    return Scorer(session, bind_inputs(model.name, inputs, fields, cast), model.name)
+           settings: ScorerSettings = SETTINGS) -> Bound:
+    opened = open_scorer("onnx", model.read_bytes(), model.name, settings)
+    assert isinstance(opened, OnnxScorer)
+    return Bound(opened, bind_inputs(model.name, opened.inputs, fields, cast))
 
 
 def features_field(width: int = 8, dtype: str = "<f4", flat: bool = False) -> dict[str, Field]:
@@ -41,7 +54,7 @@ def test_symbolic_batch_mlp_matches_reference(tmp_path: Path) -> None:
     model = builders.mlp(tmp_path / "mlp.onnx")
     data = builders.features(37, seed=4)
     s = scorer(model, features_field())
-    assert s.fixed_batch is None and s.output_names == ["logits", "label"]
+    assert s.scorer.fixed_batch is None and s.scorer.output_names == ["logits", "label"]
     assert_matches(s.score({"features": data}), builders.reference(model, features=data))
 
 
@@ -59,7 +72,7 @@ def test_fixed_batch_model_matches_reference(tmp_path: Path, batch: int, rows: i
     model = builders.mlp(tmp_path / "fixed.onnx", batch=batch)
     data = builders.features(rows, seed=batch + rows)
     s = scorer(model, features_field())
-    assert s.fixed_batch == batch
+    assert s.scorer.fixed_batch == batch
     got = s.score({"features": data})
     assert len(got["logits"]) == rows == len(got["label"])
     assert_matches(got, builders.reference(model, features=data))
@@ -113,10 +126,10 @@ def test_unknown_provider_raises_config_error() -> None:
 
 def test_onnxruntime_failure_becomes_scoring_error(tmp_path: Path) -> None:
     model = builders.mlp(tmp_path / "mlp.onnx")
-    session = open_session(model.read_bytes(), "mlp.onnx", SETTINGS)
+    opened = OnnxScorer.open(model.read_bytes(), "mlp.onnx", SETTINGS)
     wrong = (InputBinding("features", "float32", (5,)),)  # the model wants 8 per row
     with pytest.raises(ScoringError, match=r"mlp\.onnx: onnxruntime failed"):
-        Scorer(session, wrong, "mlp.onnx").score({"features": np.zeros((3, 5), np.float32)})
+        Bound(opened, wrong).score({"features": np.zeros((3, 5), np.float32)})
 
 
 @pytest.mark.parametrize("level", ["disable", "basic", "extended", "all"])

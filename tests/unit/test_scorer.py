@@ -1,4 +1,6 @@
-"""scorer.py's write-behind: written batches are flushed together and reported done only then.
+"""scoring/main.py's threads: read-ahead keeps a held batch's arrays, write-behind
+flushes written batches together and reports them done only then, and a bug in
+either thread reaches the scoring loop instead of ending the process from a thread.
 
 Real parts: a job prepared from a real model and HDF5 file, the scoring
 process's own BatchProcessor, and a real channel to read its reports from.
@@ -6,7 +8,8 @@ process's own BatchProcessor, and a real channel to read its reports from.
 
 from __future__ import annotations
 
-import time
+import queue
+import threading
 from pathlib import Path
 
 import h5py
@@ -22,14 +25,15 @@ from mpiscore.lock import LockOwner
 from mpiscore.model import read_model
 from mpiscore.placement import scorer_settings
 from mpiscore.plan import Batch
-from mpiscore.rank.pool import ScorerSpec
 from mpiscore.scoring import main as scorer
-from mpiscore.scoring.onnx import open_session
-from mpiscore.scoring.pipeline import BatchProcessor
+from mpiscore.scoring.pipeline import BatchProcessor, Loaded
 from mpiscore.scoring.prepare import prepare
+from mpiscore.scoring.scorers import open_scorer
 from mpiscore.tuning import SYNC_GROUP
-from mpiscore.wire import Channel, pipe
+from mpiscore.wire import Channel, Close, Done, ProtocolError, Score, ScorerSpec, pipe
 from tests import builders
+
+TIMEOUT = 10.0  # seconds any wait here may take before the test fails
 
 
 class SyncLog(Hdf5Writer):
@@ -65,31 +69,67 @@ def scoring_process_parts(tmp_path: Path) -> tuple[Path, np.ndarray, Job, BatchP
                        output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
     settings = scorer_settings(config, 0, 1)
     model_bytes = read_model(model)
-    job, _ = prepare(config, model_bytes, open_session(model_bytes, str(model), settings),
+    job, _ = prepare(config, model_bytes, open_scorer("onnx", model_bytes, str(model), settings),
                      LockOwner.here())
     spec = ScorerSpec(job, model_bytes, settings, "test", FaultPlan())
     return model, data, job, scorer._processor(spec, None)
+
+
+class WatchedReads:
+    """Notes each read as the reader thread starts it: the batch, its reader slot, and
+    which batches the scoring loop held then; a condition says when one is done."""
+
+    def __init__(self, processor: BatchProcessor) -> None:
+        self.read, self.processor = processor.read, processor
+        self.held: dict[int, int] = {}  # batch id -> slot, of batches taken and not scored
+        self.started: list[tuple[int, int, dict[int, int]]] = []
+        self.done: set[int] = set()
+        self.changed = threading.Condition()
+        processor.read = self  # type: ignore[method-assign]
+
+    def __call__(self, batch: Batch, slot: int = 0) -> Loaded:
+        with self.changed:
+            self.started.append((batch.batch_id, slot, dict(self.held)))
+        loaded = self.read(batch, slot)
+        with self.changed:
+            self.done.add(batch.batch_id)
+            self.changed.notify_all()
+        return loaded
+
+    def wait_for(self, batch_id: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: batch_id in self.done, TIMEOUT), batch_id
 
 
 def test_read_ahead_never_overwrites_the_batch_being_scored(tmp_path: Path) -> None:
     """The next batch is read while one is held; a reader is reused only once its batch
     is scored, so the held batch's arrays stay put (the HDF5 reader reuses buffers)."""
     _, data, job, processor = scoring_process_parts(tmp_path)
+    watched = WatchedReads(processor)
     ours, (read_fd, write_fd) = pipe()
     reads = scorer._ReadAhead(Channel(read_fd, write_fd), processor)
-    writer = scorer._WriteBehind(processor, scorer._Sender(ours))
-    for batch in job.plan.batches:
-        ours.send((batch, 0))
-    ours.send(None)
+    writer = scorer._WriteBehind(processor, scorer._Sender(ours), reads.fail)
+    batches = job.plan.batches
+    for batch in batches:
+        ours.send(Score(batch, 0))
+    ours.send(Close())
     taken = []
     while (item := reads.next(writer)) is not None:
         batch, attempt, loaded = item
-        time.sleep(0.05)  # time for the reader to go ahead as far as it may
+        with watched.changed:
+            watched.held[batch.batch_id] = next(
+                slot for b, slot, _ in watched.started if b == batch.batch_id)
+        if batch.batch_id + 1 < len(batches):  # the reader goes ahead as far as it may
+            watched.wait_for(batch.batch_id + 1)
         np.testing.assert_array_equal(loaded.arrays["features"],
                                       data[batch.global_start:batch.global_stop])
         taken.append((batch.batch_id, attempt))
+        with watched.changed:
+            del watched.held[batch.batch_id]
         reads.done_with_last()
-    assert taken == [(b.batch_id, 0) for b in job.plan.batches]
+    assert taken == [(b.batch_id, 0) for b in batches]
+    for batch_id, slot, held in watched.started:  # never into the slot of a held batch
+        assert slot not in held.values(), (batch_id, slot, held)
     writer.close()
     processor.close()
 
@@ -102,7 +142,9 @@ def test_written_batches_are_flushed_in_groups_and_reported_after(
     model, data, job, processor = scoring_process_parts(tmp_path)
     ours, (read_fd, write_fd) = pipe()
     processor.writer = log = SyncLog(processor.writer, ours)
-    writer = scorer._WriteBehind(processor, scorer._Sender(Channel(read_fd, write_fd)))
+    bugs: list[BaseException] = []
+    writer = scorer._WriteBehind(processor, scorer._Sender(Channel(read_fd, write_fd)),
+                                 bugs.append)
     batches = job.plan.batches  # 7 batches of 10 rows
     for batch in batches[:6]:
         writer.put(batch, processor.score(batch, processor.read(batch)))
@@ -111,11 +153,54 @@ def test_written_batches_are_flushed_in_groups_and_reported_after(
     writer.close()
     processor.close()
 
+    assert not bugs
     assert log.flushes == [[0, 1, 2, 3], [4, 5], [6]]
     assert not log.reported_before_first_flush
     reports = [ours.recv() for _ in batches]
-    assert [(kind, batch_id) for kind, batch_id, _ in reports] == \
-        [("done", b.batch_id) for b in batches]
+    assert all(isinstance(report, Done) for report in reports), reports
+    assert [report.batch_id for report in reports] == [b.batch_id for b in batches]
     with h5py.File(job.target.partial, "r") as handle:
         expected = builders.reference(model, features=data)
         np.testing.assert_allclose(handle["logits"][()], expected["logits"], rtol=1e-6)
+
+
+def test_a_reader_thread_bug_reaches_the_scoring_loop(tmp_path: Path) -> None:
+    """A message the reader cannot take is raised by the loop's next(), in this thread:
+    the process's main() then exits with its traceback; no thread ends the process."""
+    _, _, job, processor = scoring_process_parts(tmp_path)
+    ours, (read_fd, write_fd) = pipe()
+    reads = scorer._ReadAhead(Channel(read_fd, write_fd), processor)
+    writer = scorer._WriteBehind(processor, scorer._Sender(ours), reads.fail)
+    ours.send(Score(job.plan.batches[0], 0))
+    ours.send(ScorerSpec(job, None, None, "test", FaultPlan()))  # once only, before batches
+    item = reads.next(writer)
+    assert item is not None and item[0] == job.plan.batches[0]
+    reads.done_with_last()
+    with pytest.raises(ProtocolError, match="ScorerSpec received; expected Score or Close"):
+        reads.next(writer)
+    writer.close()
+    processor.close()
+
+
+class BrokenSender:
+    """A report that fails as a bug would: the writer thread cannot go on."""
+
+    def send(self, message: object) -> None:
+        raise RuntimeError("a bug in reporting")
+
+
+def test_a_writer_thread_bug_reaches_the_scoring_loop(tmp_path: Path) -> None:
+    """The writer hands its bug to the loop (fail), then only takes what the loop still
+    puts, so the loop never blocks on it; close() raises the bug."""
+    _, _, job, processor = scoring_process_parts(tmp_path)
+    bugs: queue.Queue[BaseException] = queue.Queue()
+    writer = scorer._WriteBehind(processor, BrokenSender(), bugs.put)  # type: ignore[arg-type]
+    first, *others = job.plan.batches
+    writer.put(first, processor.score(first, processor.read(first)))
+    writer.sync_soon()  # the flush reports Done: the bug
+    assert "a bug in reporting" in str(bugs.get(timeout=TIMEOUT))
+    for batch in others:  # more than the writer's queue holds
+        writer.put(batch, processor.score(batch, processor.read(batch)))
+    with pytest.raises(RuntimeError, match="a bug in reporting"):
+        writer.close()
+    processor.close()

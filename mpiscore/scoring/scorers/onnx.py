@@ -1,10 +1,10 @@
-"""The scorer: one ONNX Runtime session, created once, applied batch after batch.
+"""The "onnx" scorer: one ONNX Runtime session, created once, applied batch after batch.
 
 Thread counts are always set explicitly (ONNX Runtime otherwise sizes its
 pools from the whole machine and spins idle threads), and models with a
 fixed batch dimension are fed in sub-batches of that size, the last one
 padded with zeros and its padding dropped from the output. What the session
-returns becomes one NumPy array per output column here (outputs.py), so
+returns becomes one NumPy array per output column here (onnx_outputs.py), so
 ZipMap maps and string labels look like any other output downstream.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..config import ScorerSettings
-from ..errors import ConfigError, ModelError, ScoringError
-from ..model import InputBinding, TensorSpec, tensor_spec
-from .outputs import Column, OutputConverter, output_kinds
+from ...config import ScorerSettings
+from ...errors import ConfigError, ModelError, ScoringError
+from ...model import Column, TensorSpec, tensor_spec
+from .onnx_outputs import OutputConverter, label_width, output_kinds
 
 OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -62,26 +62,34 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-class Scorer:
-    """Scores batches of model inputs with one session."""
+class OnnxScorer:
+    """Scores batches of model inputs with one session (a scorers.Scorer)."""
 
-    def __init__(self, session: ort.InferenceSession, bindings: tuple[InputBinding, ...],
-                 model: str) -> None:
-        self.session, self.bindings, self.model = session, bindings, model
+    def __init__(self, session: ort.InferenceSession, model: str, model_bytes: bytes) -> None:
+        self.session, self.model, self.model_bytes = session, model, model_bytes
         self.inputs = [tensor_spec(node, model) for node in session.get_inputs()]
         self.output_names = [node.name for node in session.get_outputs()]
         self.converter = OutputConverter(output_kinds(session.get_outputs(), model), model)
         self.fixed_batch = _fixed_batch(self.inputs, model)
+
+    @classmethod
+    def open(cls, model_bytes: bytes, model: str, settings: ScorerSettings) -> OnnxScorer:
+        """The "onnx" kind's factory: a session with ``settings`` for ``model_bytes``."""
+        return cls(open_session(model_bytes, model, settings), model, model_bytes)
+
+    @property
+    def label_width(self) -> int:
+        """The longest class label in the model's nodes (read when the job is prepared)."""
+        return label_width(self.model_bytes)
 
     @property
     def columns(self) -> dict[str, Column]:
         """The ONNX output (and class) behind each column key of :meth:`score`'s result."""
         return self.converter.columns
 
-    def score(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Output columns for a batch, one row per input row, keyed by their default
-        names (``columns`` says where each comes from)."""
-        feeds = {b.name: _adapt(arrays[b.name], b) for b in self.bindings}
+    def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Output columns for a batch of bound inputs, one row per input row, keyed by
+        their default names (``columns`` says where each comes from)."""
         rows = len(next(iter(feeds.values())))
         if self.fixed_batch is None or self.fixed_batch == rows:
             return _Columns(self.model, self.converter.convert(self._run(feeds), rows))
@@ -123,11 +131,6 @@ def _fixed_batch(inputs: list[TensorSpec], model: str) -> int | None:
         shown = sorted(map(str, sizes))
         raise ModelError(f"{model}: inputs disagree on the batch dimension: {shown}")
     return sizes.pop() if sizes else None
-
-
-def _adapt(array: np.ndarray, binding: InputBinding) -> np.ndarray:
-    array = array.reshape((len(array), *binding.row_shape))
-    return np.ascontiguousarray(array, dtype=binding.dtype)
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError, ScoringError
-from ..model import ORT_TYPES, Column
+from ...errors import ModelError, ScoringError
+from ...model import ORT_TYPES, Column
 
 _TENSOR = re.compile(r"tensor\((\w+)\)")
 _SEQ_OF_MAPS = re.compile(r"seq\(map\((int64|string),tensor\((\w+)\)\)\)")

@@ -1,0 +1,74 @@
+"""What scores a batch, by kind: one small interface, and a table of the kinds.
+
+A scoring process opens one scorer for its life and hands it batch after
+batch (scoring/pipeline.py); nothing else in the process knows what kind it
+is. Each kind is a module here with a factory in ``SCORERS`` (h5py's table of
+file drivers is the model): "onnx" is an ONNX Runtime session (onnx.py).
+A factory imports its module when first called, so a process loads only the
+runtime of the kind its job uses. A new kind is one module and one entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from ...errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ...config import ScorerSettings
+    from ...model import Column, TensorSpec
+
+
+class Scorer(Protocol):
+    """Scores batches of model inputs; opened once per process by its kind's factory."""
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """What it takes, by name; the job binds the data to these once (model.py)."""
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The rows it insists on per call, if any (the probe scores so many)."""
+
+    @property
+    def label_width(self) -> int:
+        """Bytes of the longest string label it can output (0: the probe sizes strings)."""
+
+    @property
+    def columns(self) -> Mapping[str, Column]:
+        """The output (and class) behind each key of :meth:`score`'s result so far."""
+
+    def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Output columns for one batch of bound inputs, one row per input row."""
+
+
+ScorerFactory = Callable[[bytes, str, "ScorerSettings"], Scorer]
+"""Opens a scorer from the model's bytes, its name for messages and the session settings."""
+
+
+def _onnx(model_bytes: bytes, model: str, settings: ScorerSettings) -> Scorer:
+    from .onnx import OnnxScorer
+
+    return OnnxScorer.open(model_bytes, model, settings)
+
+
+SCORERS: dict[str, ScorerFactory] = {"onnx": _onnx}
+
+
+def register(kind: str, factory: ScorerFactory) -> None:
+    """Make ``open_scorer(kind, ...)`` call ``factory``."""
+    SCORERS[kind] = factory
+
+
+def open_scorer(kind: str, model_bytes: bytes, model: str, settings: ScorerSettings
+                ) -> Scorer:
+    """A scorer of ``kind`` for the model ``model_bytes`` (called ``model`` in messages)."""
+    try:
+        factory = SCORERS[kind]
+    except KeyError:
+        raise ConfigError(f"{model}: no scorer of kind {kind!r} (known: "
+                          f"{', '.join(sorted(SCORERS))})") from None
+    return factory(model_bytes, model, settings)
