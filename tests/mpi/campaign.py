@@ -35,7 +35,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -46,7 +45,7 @@ import h5py
 import pyarrow.dataset as ds
 
 from tests import builders
-from tests.mpi.launch import MPIEXEC, rank_pids
+from tests.mpi.launch import kill, mpiscore, rank_pids, start
 
 ROWS, BATCH = 1200, 40
 FAULTS = ("kill-rank", "kill-scorer", "kill-mpiexec", "signal", "fsize-rank0", "fsize-scorer",
@@ -87,17 +86,14 @@ class Campaign:
 
     def _clean(self, fmt: str) -> dict[str, bytes]:
         out = self.folder / f"clean.{fmt}"
-        done = subprocess.run(self.command(2, out, 1), capture_output=True, text=True,
-                              timeout=ATTEMPT_TIMEOUT)
+        done = mpiscore(2, *self.args(out, 1), timeout=ATTEMPT_TIMEOUT)
         assert done.returncode == 0, done.stderr
         return read_output(out)
 
-    def command(self, ranks: int, out: Path, procs: int, *extra: str) -> list[str]:
-        return [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpiscore", "score",
-                "--model", str(self.model), "--input", str(self.h5), "--output", str(out),
-                "--mini-batch-size", str(BATCH), "--intra-op-threads", "1",
-                "--procs-per-rank", str(procs), "--progress-seconds", "60",
-                "--stop-grace", "5", *extra]
+    def args(self, out: Path, procs: int, *extra: str) -> list[object]:
+        return ["--model", self.model, "--input", self.h5, "--output", out,
+                "--mini-batch-size", BATCH, "--intra-op-threads", 1,
+                "--procs-per-rank", procs, "--stop-grace", 5, *extra]
 
     def run(self, number: int) -> Run:
         fmt = self.rng.choice(("h5", "parquet"))
@@ -128,19 +124,14 @@ class Campaign:
     def _attempt(self, out: Path, run_dir: Path, fault: str | None, resume: bool) -> Attempt:
         extra = ["--run-dir", str(run_dir), *(["--resume"] if resume else ["--overwrite"])]
         ranks, procs = self.rng.randint(1, 3), self.rng.randint(1, 2)
-        env = {**os.environ, "MPISCORE_FAULTS": "sleep:0.03"}
-        process = subprocess.Popen(self.command(ranks, out, procs, *extra), env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   start_new_session=True)
+        process = start(ranks, *self.args(out, procs, *extra), faults="sleep:0.03")
         if fault not in (None, "full-disk"):
             time.sleep(self.rng.uniform(0.2, 2.5))
             _inject(fault, process, out, run_dir, self.rng)
         try:
             _, stderr = process.communicate(timeout=ATTEMPT_TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            _, stderr = process.communicate()
-            stderr += "\ncampaign: attempt HUNG and was killed"
+            stderr = kill(process) + "\ncampaign: attempt HUNG and was killed"
         _reap_orphans(out)
         lines = [line for line in stderr.splitlines() if line.startswith("mpiscore:")]
         traceback = "Traceback" in stderr
@@ -239,7 +230,7 @@ def read_output(out: Path) -> dict[str, bytes]:
 def _small_disk(mount: Path) -> Path | None:
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=30)
     return mount if done.returncode == 0 else None
 
 
@@ -260,7 +251,7 @@ def campaign(runs: int, seed: int) -> dict:
             results = [setup.run(number) for number in range(runs)]
         finally:
             if setup.disk is not None:
-                subprocess.run(["umount", "-l", str(setup.disk)], check=False)
+                subprocess.run(["umount", "-l", str(setup.disk)], check=False, timeout=30)
     return {"runs": runs, "seed": seed, "seconds": round(time.monotonic() - started, 1),
             "full_disk": setup.disk is not None,
             "outcomes": dict(Counter(r.outcome for r in results)),

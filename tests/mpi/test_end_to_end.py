@@ -13,26 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests import builders
+from tests.builders import assert_matches, read_h5
 from tests.mpi.launch import mpiscore
 
 ROWS = 1003  # deliberately not a multiple of any batch size used below
-
-
-def read_h5(path: Path) -> dict[str, np.ndarray]:
-    """Output datasets of a complete file, after checking every row is marked scored."""
-    with h5py.File(path, "r") as handle:
-        assert handle.attrs["mpiscore_status"] == "complete"
-        got = {name: handle[name][()] for name in handle if not name.startswith("_")}
-    assert not got.pop("row_status").any()
-    return got
-
-
-def assert_matches(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert sorted(got) == sorted(want)
-    for name, expected in want.items():
-        assert got[name].shape == expected.shape, name
-        assert got[name].dtype == expected.dtype, name
-        np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.fixture(scope="module")

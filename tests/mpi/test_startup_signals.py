@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests import builders
-from tests.mpi.launch import MPIEXEC, error_lines, mpiscore
+from tests.mpi.launch import descendants, error_lines, mpiscore
 
 
 @pytest.fixture(scope="module")
@@ -22,22 +21,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("startup")
     return {"model": builders.mlp(folder / "mlp.onnx"),
             "h5": builders.write_h5(folder / "x.h5", features=builders.features(2000, seed=4))}
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc), nearest first."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        found += (kids := children.get(todo.pop(0), []))
-        todo += kids
-    return found
 
 
 def catches_sigterm(pid: int) -> bool:
@@ -71,14 +54,11 @@ def ranks_of(process: subprocess.Popen, count: int, timeout: float = 30) -> list
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
-def test_sigterm_during_start_up_stops_cleanly(files, tmp_path, delay) -> None:
+def test_sigterm_during_start_up_stops_cleanly(files, tmp_path, delay, jobs) -> None:
     out = tmp_path / "y.h5"
     args = ["--model", files["model"], "--input", files["h5"], "--output", out,
             "--mini-batch-size", 100, "--intra-op-threads", 1]
-    process = subprocess.Popen(
-        [MPIEXEC, "-n", "2", sys.executable, "-m", "mpiscore", "score", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "MPISCORE_FAULTS": "sleep:0.2"})
+    process = jobs(2, *args, faults="sleep:0.2")
     ranks = ranks_of(process, 2)
     time.sleep(delay)
     for pid in ranks:  # as Slurm does: every task of the step

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from mpiscore.cli import main
 from tests import builders
-from tests.mpi.launch import mpiscore, rank_pids
-from tests.mpi.test_trust import background, finish, job, summary, wait_for
+from tests.mpi.launch import finish, kill, mpiscore, rank_pids, wait_for_batches
+from tests.mpi.test_trust import job, summary
 
 ROWS = 1200
 
@@ -49,10 +49,10 @@ def labels_right(out: Path, data: dict[str, Path]) -> None:
         np.testing.assert_array_equal(handle["label"][()], want["label"])
 
 
-def test_status_while_running_then_complete_and_watch(data, tmp_path) -> None:
+def test_status_while_running_then_complete_and_watch(data, tmp_path, jobs) -> None:
     out, run_dir = tmp_path / "y.h5", tmp_path / "y.h5.run"
-    process = background("sleep:0.05", 2, *job(data, out, 10))  # 120 batches, ~3 s
-    wait_for(process, out, 10)
+    process = jobs(2, *job(data, out, 10), faults="sleep:0.05")  # 120 batches, ~3 s
+    wait_for_batches(process, out, 10)
     deadline = time.monotonic() + 20
     while (info := status(run_dir))["rows_done"] == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -64,10 +64,14 @@ def test_status_while_running_then_complete_and_watch(data, tmp_path) -> None:
     assert all(time.time() - r["last_heard"] < 10 for r in info["ranks"])
     assert "running: " in text(run_dir) and "rank 1: last heard" in text(run_dir)
     watch = subprocess.Popen([sys.executable, "-m", "mpiscore", "status", "--watch", "--json",
-                              str(run_dir)], stdout=subprocess.PIPE, text=True)
-    code, stderr = finish(process)
-    assert code == 0, stderr
-    lines = watch.communicate(timeout=10)[0].splitlines()  # it ends with the job
+                              str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        code, stderr = finish(process)
+        assert code == 0, stderr
+        lines = watch.communicate(timeout=10)[0].splitlines()  # it ends with the job
+    finally:
+        kill(watch)
     assert watch.returncode == 0
     assert json.loads(lines[0])["state"] == "running"
     assert json.loads(lines[-1])["state"] == "complete"
@@ -78,10 +82,10 @@ def test_status_while_running_then_complete_and_watch(data, tmp_path) -> None:
     labels_right(out, data)
 
 
-def test_status_after_a_killed_job_then_resume_from_its_config(data, tmp_path) -> None:
+def test_status_after_a_killed_job_then_resume_from_its_config(data, tmp_path, jobs) -> None:
     out, run_dir = tmp_path / "y.h5", tmp_path / "y.h5.run"
-    process = background("sleep:0.05", 2, *job(data, out))
-    wait_for(process, out, 3)
+    process = jobs(2, *job(data, out), faults="sleep:0.05")
+    wait_for_batches(process, out, 3)
     killed = time.time()
     os.kill(rank_pids(out)[0], signal.SIGKILL)
     finish(process)

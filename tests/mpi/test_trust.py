@@ -14,7 +14,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests import builders
-from tests.mpi.launch import MPIEXEC, error_lines, mpiscore, rank_pids
+from tests.mpi.launch import error_lines, finish, mpiscore, rank_pids, wait_for_batches
 
 ROWS = 1200
 
@@ -50,32 +49,6 @@ def job(files: dict[str, Path], out: Path, batch: int = 40, *extra: object) -> l
             "--mini-batch-size", batch, "--intra-op-threads", 1, *extra]
 
 
-def background(faults: str, ranks: int, *args: object) -> subprocess.Popen:
-    command = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpiscore", "score",
-               "--progress-seconds", "60", *map(str, args)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "MPISCORE_FAULTS": faults})
-
-
-def journaled(out: Path) -> int:
-    path = Path(f"{out}.run/journal.txt")
-    return max(0, len(path.read_bytes().split(b"\n")) - 2) if path.exists() else 0
-
-
-def wait_for(process: subprocess.Popen, out: Path, batches: int) -> None:
-    deadline = time.monotonic() + 60
-    while journaled(out) < batches:
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            pytest.fail(f"job did not get going: {process.communicate()[1]}")
-        time.sleep(0.01)
-
-
-def finish(process: subprocess.Popen) -> tuple[int, str]:
-    _, stderr = process.communicate(timeout=90)
-    return process.returncode, stderr
-
-
 def identical(path: Path, clean: Path) -> None:
     with h5py.File(path, "r") as got, h5py.File(clean, "r") as want:
         assert got.attrs["mpiscore_status"] == "complete"
@@ -91,12 +64,12 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_journal_torn_by_a_file_size_limit_then_resume_is_exact(data, tmp_path) -> None:
+def test_journal_torn_by_a_file_size_limit_then_resume_is_exact(data, tmp_path, jobs) -> None:
     """The reported fault: rank 0's file size capped mid-run tore a journal record;
     the resume then trusted a merged record and completed with rows of zeros."""
     out = tmp_path / "y.h5"
-    process = background("sleep:0.02", 2, *job(data, out, 4))
-    wait_for(process, out, 200)
+    process = jobs(2, *job(data, out, 4), faults="sleep:0.02")
+    wait_for_batches(process, out, 200)
     size = Path(f"{out}.run/journal.txt").stat().st_size
     limit = size + 7  # inside the next record or two
     resource.prlimit(rank_pids(out)[0], resource.RLIMIT_FSIZE, (limit, limit))
@@ -115,10 +88,10 @@ def test_journal_torn_by_a_file_size_limit_then_resume_is_exact(data, tmp_path) 
 
 
 @pytest.mark.parametrize("output", ["y.h5", "y.parquet"])
-def test_a_second_job_on_the_same_output_is_refused(data, tmp_path, output) -> None:
+def test_a_second_job_on_the_same_output_is_refused(data, tmp_path, output, jobs) -> None:
     out = tmp_path / output
-    first = background("sleep:0.1", 2, *job(data, out))
-    wait_for(first, out, 2)
+    first = jobs(2, *job(data, out), faults="sleep:0.1")
+    wait_for_batches(first, out, 2)
     holder = rank_pids(out)[0]
     second = mpiscore(1, *job(data, out, 40, "--overwrite"))
     assert second.returncode == 6, second.stderr
@@ -136,10 +109,10 @@ def test_a_second_job_on_the_same_output_is_refused(data, tmp_path, output) -> N
 
 
 @pytest.mark.parametrize("killed", [0, 1])
-def test_a_killed_job_says_it_died_and_its_lock_is_taken_over(data, tmp_path, killed) -> None:
+def test_a_killed_job_says_it_died_and_its_lock_is_taken_over(data, tmp_path, killed, jobs) -> None:
     out = tmp_path / "y.h5"
-    process = background("sleep:0.05", 2, *job(data, out))
-    wait_for(process, out, 3)
+    process = jobs(2, *job(data, out), faults="sleep:0.05")
+    wait_for_batches(process, out, 3)
     os.kill(rank_pids(out)[killed], signal.SIGKILL)
     _, stderr = finish(process)
     [line] = own_lines(stderr)  # said once, by rank 0's scoring process, which outlives it
@@ -176,10 +149,10 @@ def test_overwrite_never_deletes_an_input_or_a_foreign_directory(data, tmp_path)
     assert data["parquet"].exists()
 
 
-def test_a_partial_output_needs_resume_or_overwrite(data, tmp_path) -> None:
+def test_a_partial_output_needs_resume_or_overwrite(data, tmp_path, jobs) -> None:
     out = tmp_path / "y.h5"
-    process = background("sleep:0.05", 2, *job(data, out))
-    wait_for(process, out, 3)
+    process = jobs(2, *job(data, out), faults="sleep:0.05")
+    wait_for_batches(process, out, 3)
     process.send_signal(signal.SIGTERM)
     assert finish(process)[0] == 75
     partial = Path(f"{out}.partial").read_bytes()
@@ -193,15 +166,15 @@ def test_a_partial_output_needs_resume_or_overwrite(data, tmp_path) -> None:
     identical(out, data["clean40"])
 
 
-def test_an_input_rewritten_in_place_stops_the_job(data, tmp_path) -> None:
+def test_an_input_rewritten_in_place_stops_the_job(data, tmp_path, jobs) -> None:
     source = tmp_path / "x.h5"
     shutil.copy(data["h5"], source)
     inode = source.stat().st_ino
     out = tmp_path / "y.h5"
     args = job(data, out)
     args[args.index(data["h5"])] = source
-    process = background("sleep:0.05", 2, *args)
-    wait_for(process, out, 3)
+    process = jobs(2, *args, faults="sleep:0.05")
+    wait_for_batches(process, out, 3)
     time.sleep(0.01)  # a later mtime even on coarse clocks
     shutil.copyfile(data["other"], source)  # cp over it: same inode, other rows
     assert source.stat().st_ino == inode
@@ -219,11 +192,11 @@ def small_disk(tmp_path) -> Path:
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
 def test_a_full_disk_stops_the_job_at_once_and_resume_finishes(data, tmp_path,
@@ -256,10 +229,10 @@ def test_a_full_run_directory_is_one_line_and_exit_6(data, tmp_path, small_disk)
     assert "ENOSPC" in line and "Traceback" not in result.stderr
 
 
-def test_sighup_drains_like_sigterm(data, tmp_path) -> None:
+def test_sighup_drains_like_sigterm(data, tmp_path, jobs) -> None:
     out = tmp_path / "y.h5"
-    process = background("sleep:0.05", 2, *job(data, out))
-    wait_for(process, out, 3)
+    process = jobs(2, *job(data, out), faults="sleep:0.05")
+    wait_for_batches(process, out, 3)
     for pid in rank_pids(out).values():  # what a closed terminal sends its processes
         os.kill(pid, signal.SIGHUP)
     code, stderr = finish(process)

@@ -69,7 +69,7 @@ def assert_scored(output: Path, data: dict[str, Path], rows: slice = slice(None)
                                 ).run(["logits"], {"features": x})[0]
     got = datasets(output)
     assert not got["row_status"].any()
-    np.testing.assert_allclose(got["logits"], want, rtol=1e-5, atol=1e-6)
+    builders.assert_close(got["logits"], want, "logits")
 
 
 def log(folder: Path) -> str:
