@@ -1,0 +1,48 @@
+"""Scoring processes never load mpi4py nor anything of mpiscore.rank (the rank's side
+of the boundary; tests/cli/test_cli.py checks the other side: ranks never load
+onnxruntime).
+
+A real job runs in this process with two real scoring processes, each started
+with an import watch put before their own command: every module a scoring
+process imports for the first time is offered to the watch, which notes the
+ones that matter in a file. Noting onnxruntime proves the watch ran there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mpiscore
+from mpiscore.rank import process
+from tests import builders
+
+WATCH = """
+import os, sys
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("mpi4py", "onnxruntime") or name.startswith(("mpi4py.", "mpiscore.rank")):
+            with open({log!r}, "a") as log:
+                log.write(f"{{os.getpid()}} {{name}}\\n")
+sys.meta_path.insert(0, Watch())
+"""
+
+
+def test_scoring_processes_never_load_mpi4py_or_rank_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "imports.txt"
+    monkeypatch.setattr(process, "_CHILD", f"exec({WATCH.format(log=str(log))!r}); "
+                        f"{process._CHILD}")
+    model = builders.mlp(tmp_path / "m.onnx")
+    path = builders.write_h5(tmp_path / "x.h5", features=builders.features(40))
+    out = tmp_path / "y.h5"
+    mpiscore.run(mpiscore.JobConfig(model=model, inputs=(mpiscore.InputSpec(str(path)),),
+                                    output=out, batch_size=mpiscore.BatchSize(rows=10),
+                                    procs_per_rank=2))
+    assert out.exists()
+    imported: dict[str, set[str]] = {}
+    for line in log.read_text().splitlines():
+        pid, name = line.split()
+        imported.setdefault(pid, set()).add(name)
+    assert list(imported.values()) == [{"onnxruntime"}] * 2, imported
