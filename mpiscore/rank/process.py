@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 _CHILD = ("import sys; sys.path[:] = sys.argv[2:]; "
           "from mpiscore.scoring.main import main; main(*map(int, sys.argv[1].split(',')))")
 _STOPS = {signal.SIGTERM, signal.SIGINT}  # the scoring process ignores them (scoring/main.py)
-# Where this package lies, for a parent that finds it by an import hook (editable installs).
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where this package lies (mpiscore/rank/process.py, three levels up), for a parent that
+# finds it by an import hook (editable installs).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ScorerProcess:

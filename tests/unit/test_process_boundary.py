@@ -46,3 +46,9 @@ def test_scoring_processes_never_load_mpi4py_or_rank_code(
         pid, name = line.split()
         imported.setdefault(pid, set()).add(name)
     assert list(imported.values()) == [{"onnxruntime"}] * 2, imported
+
+
+def test_scoring_processes_find_the_package_from_anywhere() -> None:
+    """Started with ``-S`` (no site, so no editable-install hook), a scoring process
+    finds mpiscore by the path its rank adds: the directory holding the package."""
+    assert (Path(process._PACKAGE_ROOT) / "mpiscore" / "__init__.py").is_file()
