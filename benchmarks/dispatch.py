@@ -36,7 +36,8 @@ class InstantPool:
         self.slots[proc] = batch
 
     def poll(self, timeout: float) -> list:
-        from mpiscore.rank.pool import Outcome, StageTimes
+        from mpiscore.rank.pool import Outcome
+        from mpiscore.wire import StageTimes
 
         done = [Outcome(b, True, times=StageTimes(0.0, 0.0, 0.0)) for b in self.slots if b]
         self.slots = [None] * len(self.slots)

@@ -33,7 +33,7 @@ from .model import model_digest, read_model
 from .placement import slurm_ids, window_for
 from .plan import Batch
 from .rank.coordinator import wire
-from .rank.pool import ScorerPool, ScorerSpec, start_pool
+from .rank.pool import ScorerPool, start_pool
 from .rank.run_dir import create_run_dir, record_run
 from .rank.signals import StopSignals
 from .rank.status import StatusFile
@@ -52,6 +52,7 @@ from .report import (
     stop_logging,
 )
 from .schedule import FailurePolicy, Scheduler
+from .wire import ScorerSpec
 
 
 def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None = None

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..plan import Batch
-    from .pool import Outcome, StageTimes
+    from ..wire import StageTimes
+    from .pool import Outcome
 
 Process = TypeVar("Process")
 

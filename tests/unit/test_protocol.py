@@ -23,10 +23,11 @@ import mpiscore
 from mpiscore.plan import Batch, SourceFile, make_plan
 from mpiscore.rank.coordinator import wire
 from mpiscore.rank.messages import Assign, Completed, Failed, Finished, Message, Stop
-from mpiscore.rank.pool import Outcome, StageTimes
+from mpiscore.rank.pool import Outcome
 from mpiscore.rank.worker import RankWorker, work
 from mpiscore.rank.world import LocalWorld, Loopback, WorkerLink, as_world
 from mpiscore.schedule import FailurePolicy, Scheduler
+from mpiscore.wire import StageTimes
 
 PACKAGE = Path(mpiscore.__file__).parent
 
