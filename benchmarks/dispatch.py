@@ -51,7 +51,7 @@ class InstantPool:
 
 def run_rank(batches: int, window: int, rank0_scores: bool) -> None:
     from mpiscore.plan import SourceFile, make_plan
-    from mpiscore.rank.coordinator import wire
+    from mpiscore.rank.coordinator import wire_rank_zero
     from mpiscore.rank.worker import RankWorker, work
     from mpiscore.rank.world import MpiWorld
     from mpiscore.schedule import Scheduler
@@ -68,7 +68,7 @@ def run_rank(batches: int, window: int, rank0_scores: bool) -> None:
     if rank == 0:
         plan = make_plan([SourceFile("none", batches)], 1)
         scheduler = Scheduler.for_batches(plan.batches, plan.total_rows)
-        rank_zero = wire(scheduler, world, worker)  # as the job wires it
+        rank_zero = wire_rank_zero(scheduler, world, worker)  # as the job wires it
         rank_zero.serve(lambda: None)
         own = rank_zero.worker
     else:

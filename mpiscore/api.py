@@ -32,7 +32,7 @@ from .journal import Journal, changed_input, journal_token
 from .model import model_digest, read_model
 from .placement import slurm_ids, window_for
 from .plan import Batch
-from .rank.coordinator import wire
+from .rank.coordinator import wire_rank_zero
 from .rank.pool import ScorerPool, start_pool
 from .rank.run_dir import create_run_dir, record_run
 from .rank.signals import StopSignals
@@ -218,7 +218,7 @@ def _coordinate(job: Job, done: set[int], world: World,
         status.tick()  # RUN_DIR/status.json every STATUS_SECONDS: a time check
         return stop_requested()
 
-    rank_zero = wire(scheduler, world, worker, on_complete)
+    rank_zero = wire_rank_zero(scheduler, world, worker, on_complete)
     status = StatusFile(config.resolved_run_dir, scheduler, progress, rank_zero.coordinator.heard,
                         world.size, job.plan.total_rows, len(job.plan.batches))
     status.write("running")

@@ -112,8 +112,9 @@ class Coordinator:
             self.send(rank, Stop())
 
 
-def wire(scheduler: Scheduler, links: Links, worker: Callable[[WorkerLink], RankWorker],
-         on_complete: Callable[[Batch], None] = lambda batch: None) -> RankZero:
+def wire_rank_zero(scheduler: Scheduler, links: Links,
+                   worker: Callable[[WorkerLink], RankWorker],
+                   on_complete: Callable[[Batch], None] = lambda batch: None) -> RankZero:
     """Rank 0, wired: the coordinator of ``links.size`` ranks, rank 0's own worker (built
     by ``worker`` on its in-process link), and the link to the other ranks if any."""
     local = Loopback()

@@ -21,7 +21,7 @@ import pytest
 
 import mpiscore
 from mpiscore.plan import Batch, SourceFile, make_plan
-from mpiscore.rank.coordinator import wire
+from mpiscore.rank.coordinator import wire_rank_zero
 from mpiscore.rank.messages import Assign, Completed, Failed, Finished, Message, Stop
 from mpiscore.rank.pool import Outcome
 from mpiscore.rank.worker import RankWorker, work
@@ -163,7 +163,7 @@ def run_job(ranks: int = 4, batches: int = 40, window: int = 2, procs: int = 1,
         own = worker(rank, hub.worker_link(rank))
         threads.append(start_thread(
             lambda own=own, rank=rank: work(own, lambda: stop_on(rank, record)), rank, errors))
-    rank_zero = wire(scheduler, hub, lambda link: worker(0, link))
+    rank_zero = wire_rank_zero(scheduler, hub, lambda link: worker(0, link))
     threads.append(start_thread(lambda: rank_zero.serve(lambda: stop_on(0, record)), 0, errors))
     deadline = time.monotonic() + TIMEOUT
     for thread in threads:
