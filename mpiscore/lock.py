@@ -32,9 +32,7 @@ from pathlib import Path
 from .errors import OutputError, storage_error
 from .placement import slurm_ids
 from .report import LOG
-
-REFRESH_SECONDS = 15.0
-STALE_SECONDS = 120.0  # eight missed refreshes: the job is gone, or its node is
+from .tuning import REFRESH_SECONDS, STALE_SECONDS
 
 
 @dataclass(frozen=True)

@@ -28,3 +28,36 @@ DEFAULT_STARTUP_SECONDS = 60
 # What a stopped job needs after its drain: journal, summary and closing the output;
 # part of how early Slurm is asked to signal the job (mpiscore slurm).
 FINISH_SECONDS = 15
+
+# How long a rank waits for its scoring processes to start (interpreter, onnxruntime,
+# the model's session): a 1 GB model on a loaded node's cold filesystem takes minutes.
+START_TIMEOUT_SECONDS = 600.0
+
+# How long a closing scoring process may take to say it closed before it is killed:
+# closing is flushing what was already written, well under a second normally.
+CLOSE_TIMEOUT_SECONDS = 10.0
+
+# Readers taking turns in a scoring process: the next batch is read while one is
+# scored, and a batch's arrays stay put while it is scored.
+READ_AHEAD = 2
+
+# The longest a written batch waits for its group's flush to storage (SYNC_GROUP):
+# what a short job's last batches, and the journal, lag behind the writes.
+SYNC_SECONDS = 0.1
+
+# A waiting rank sleeps between MPI polls from 10 us growing to this: 1 ms keeps the
+# reaction to a finished short batch within a millisecond at almost no CPU.
+MAX_SLEEP_SECONDS = 1e-3
+
+# A rank alone (no other ranks) waits on its scoring processes' pipes, which wake it
+# at once; this only bounds how late a stop signal is seen.
+LONE_RANK_WAIT_SECONDS = 0.05
+
+# How often rank 0 replaces RUN_DIR/status.json (mpiscore status): often enough to
+# watch, rare enough to cost nothing on a parallel filesystem.
+STATUS_SECONDS = 2.0
+
+# Rank 0 marks its locks alive this often; a lock not refreshed for STALE_SECONDS
+# (eight missed refreshes) is stale: its job is gone, or its node is.
+REFRESH_SECONDS = 15.0
+STALE_SECONDS = 120.0

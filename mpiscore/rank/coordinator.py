@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..plan import Batch
 from ..report import LOG
 from ..schedule import Attempt, Scheduler
+from ..tuning import LONE_RANK_WAIT_SECONDS
 from .messages import (
     Assign,
     Completed,
@@ -30,8 +31,6 @@ from .messages import (
 )
 from .worker import RankWorker
 from .world import Backoff, CoordinatorLink, Links, Loopback, WorkerLink
-
-LONE_RANK_WAIT_SECONDS = 0.05
 
 
 class Coordinator:

@@ -26,7 +26,7 @@ from ..errors import ScoringProcessError
 from ..lock import JobLock, LockOwner, lock_paths
 from ..placement import layout, scorer_settings
 from ..plan import Batch
-from ..tuning import SCORING_DEPTH
+from ..tuning import CLOSE_TIMEOUT_SECONDS, SCORING_DEPTH, START_TIMEOUT_SECONDS
 from ..wire import (
     BatchFailed,
     Close,
@@ -52,8 +52,6 @@ if TYPE_CHECKING:  # this module stays light: the rank imports it before anythin
     from ..job import Job
     from .world import World
 
-START_TIMEOUT_SECONDS = 600.0
-CLOSE_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)

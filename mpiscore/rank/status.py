@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..lock import STALE_SECONDS, pid_alive
+from ..lock import pid_alive
 from ..report import Progress, plural, write_json
 from ..schedule import Scheduler
+from ..tuning import STALE_SECONDS, STATUS_SECONDS
 
 STATUS_FILE = "status.json"
-STATUS_SECONDS = 2.0
 RUNNING = ("running", "starting")
 
 

@@ -23,12 +23,13 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..tuning import MAX_SLEEP_SECONDS
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .messages import Message
 
-MAX_SLEEP_SECONDS = 1e-3
 T = TypeVar("T")
 
 

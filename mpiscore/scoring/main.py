@@ -30,7 +30,7 @@ from ..io.registry import open_reader
 from ..model import read_model
 from ..plan import Batch
 from ..report import write_json
-from ..tuning import SYNC_GROUP
+from ..tuning import READ_AHEAD, SYNC_GROUP, SYNC_SECONDS
 from ..wire import (
     BatchFailed,
     Channel,
@@ -302,8 +302,6 @@ class _WriteBehind:
 
 
 _SYNC = "sync"  # in the writer's queue: flush what is written now
-READ_AHEAD = 2  # readers taking turns: the next batch is read while one is scored
-SYNC_SECONDS = 0.1  # the longest a written batch waits for its group's flush
 
 
 def _prepare(conn: Channel, request: PrepareRequest) -> Scorer | None:
