@@ -19,7 +19,8 @@ _EXPORTS = {
     "run": "api", "JobConfig": "config", "InputSpec": "config", "BatchSize": "config",
     "SessionConfig": "config", "RunReport": "report", "RankStats": "report",
     **dict.fromkeys(["MpiscoreError", "ConfigError", "InputError", "ModelError",
-                     "ScoringError", "OutputError", "Interrupted"], "errors"),
+                     "ScoringError", "ScoringProcessError", "OutputError", "Interrupted"],
+                    "errors"),
 }
 __all__ = [*_EXPORTS, "__version__"]
 
