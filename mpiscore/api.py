@@ -37,6 +37,7 @@ from .rank.pool import ScorerPool, start_pool
 from .rank.run_dir import create_run_dir, record_run
 from .rank.signals import StopSignals
 from .rank.status import StatusFile
+from .rank.watchdog import Watchdog
 from .rank.worker import RankWorker, work
 from .rank.world import WorkerLink, World, as_world
 from .report import (
@@ -206,8 +207,10 @@ def _coordinate(job: Job, done: set[int], world: World,
     journal = Journal(config.resolved_run_dir, journal_token(job.fingerprint),
                       len(job.plan.batches), fresh=not config.resume)
     progress = Progress(sum(b.rows for b in todo), len(todo), config.progress_seconds)
+    watchdog = Watchdog(scheduler, config.progress_timeout)
 
     def on_complete(batch: Batch) -> None:
+        watchdog.completed()
         if scheduler.stop_error != "StorageError":  # a journal that failed takes no more
             _halting_on(scheduler, lambda: journal.record(batch.batch_id))
         progress(batch.rows)
@@ -216,7 +219,7 @@ def _coordinate(job: Job, done: set[int], world: World,
     def between_messages() -> str | None:
         _halting_on(scheduler, job.lock.refresh)
         status.tick()  # RUN_DIR/status.json every STATUS_SECONDS: a time check
-        return stop_requested()
+        return stop_requested() or watchdog.check()
 
     rank_zero = wire_rank_zero(scheduler, world, worker, on_complete)
     status = StatusFile(config.resolved_run_dir, scheduler, progress, rank_zero.coordinator.heard,

@@ -161,6 +161,8 @@ def main() -> None:
               "for --resume.")
 @click.option("--progress-seconds", default=10.0, show_default=True,
               help="Seconds between rank 0's progress lines (rows/s, ETA) on stderr.")
+@click.option("--progress-timeout", type=float, help="Stop the job (resumable, exit 75) when "
+              "no batch completes anywhere for this many seconds [default: never].")
 @click.option("--config", type=click.Path(path_type=Path), is_eager=True,
               callback=lambda ctx, param, value: _job_file(ctx, value), expose_value=False,
               help="A TOML job file: keys are these options' names with _ for - "

@@ -163,6 +163,7 @@ class JobConfig:
     allowed_failed_percent: float | None = None
     batch_timeout: float | None = None
     stop_grace: float = 30.0
+    progress_timeout: float | None = None  # rank/watchdog.py; off by default
     on_nan: Literal["error", "pass"] = "error"
     resume: bool = False
     faults: str = field(default_factory=lambda: os.environ.get("MPISCORE_FAULTS", ""))
@@ -178,6 +179,8 @@ class JobConfig:
             raise ConfigError("--max-retries must be >= 0 and --error-threshold >= -1")
         if self.batch_timeout is not None and self.batch_timeout <= 0:
             raise ConfigError("--batch-timeout must be positive")
+        if self.progress_timeout is not None and self.progress_timeout <= 0:
+            raise ConfigError("--progress-timeout must be positive")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if self.columns and self.mapping:
@@ -230,6 +233,7 @@ _JOB_OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "allowed_failed_percent": ("allowed_failed_percent", float), "on_nan": ("on_nan", str),
     "resume": ("resume", bool), "stop_grace": ("stop_grace", float),
     "progress_seconds": ("progress_seconds", float),
+    "progress_timeout": ("progress_timeout", float),
 }
 _SESSION_OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "intra_op_threads": ("intra_op_threads",
@@ -286,4 +290,5 @@ def options_of(config: JobConfig) -> dict[str, object]:
         "allowed_failed_percent": config.allowed_failed_percent, "on_nan": config.on_nan,
         "resume": config.resume, "stop_grace": config.stop_grace,
         "progress_seconds": config.progress_seconds,
+        "progress_timeout": config.progress_timeout,
     }

@@ -289,3 +289,28 @@ def test_stop_abandons_a_batch_past_the_grace_period_then_resume(data, tmp_path,
     result = mpiscore(2, *job_args(data, out, "--resume"))
     assert result.returncode == 0, result.stderr
     assert_identical(out, data["clean"])
+
+
+def test_progress_timeout_stops_a_stuck_job_resumably(data, tmp_path) -> None:
+    """A batch hangs with no --batch-timeout: the watchdog stops the job (exit 75), naming
+    the batch in flight and its rank, and --resume finishes it identically."""
+    out = tmp_path / "y.h5"
+    started = time.monotonic()
+    result = faulty(2, "hang:5", *job_args(data, out, "--progress-timeout", 2,
+                                           "--stop-grace", 1))
+    assert result.returncode == 75, result.stderr
+    assert time.monotonic() - started < 40
+    assert "no batch completed for" in result.stderr and "--progress-timeout 2" in result.stderr
+    assert "batch 5 for" in result.stderr
+    assert not out.exists()
+    assert summary(out)["status"] == "stopped"
+    result = mpiscore(2, *job_args(data, out, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert_identical(out, data["clean"])
+
+
+def test_progress_timeout_leaves_a_slow_but_moving_job_alone(data, tmp_path) -> None:
+    out = tmp_path / "y.h5"
+    result = faulty(2, "sleep:0.05", *job_args(data, out, "--progress-timeout", 5))
+    assert result.returncode == 0, result.stderr
+    assert_identical(out, data["clean"])

@@ -121,7 +121,7 @@ def test_columns_and_mapping_exclude_each_other() -> None:
 @pytest.mark.parametrize(("changes", "message"), [
     ({"procs_per_rank": 0}, "--procs-per-rank"), ({"window": 0}, "--window"),
     ({"max_retries": -1}, "--max-retries"), ({"error_threshold": -2}, "--error-threshold"),
-    ({"batch_timeout": 0.0}, "--batch-timeout"),
+    ({"batch_timeout": 0.0}, "--batch-timeout"), ({"progress_timeout": -1.0}, "--progress-timeout"),
     ({"resume": True, "overwrite": True}, "--resume and --overwrite")])
 def test_invalid_job_options_raise(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
