@@ -149,6 +149,7 @@ ToScorer: TypeAlias = PrepareRequest | ScorerSpec | Score | Close
 ToRank: TypeAlias = (JobPrepared | PrepareFailed | Ready | StartFailed | Scored | Done
                      | BatchFailed | Closed)
 
+
 class ProtocolError(RuntimeError):
     """A message the exchange does not allow: a bug of one end, never the user's."""
 

@@ -124,7 +124,8 @@ def wire_rank_zero(scheduler: Scheduler, links: Links,
 
 @dataclass
 class RankZero:
-    """Rank 0's coordinator and its own worker, with their links (:func:`wire` builds it)."""
+    """Rank 0's coordinator and its own worker, with their links (built by
+    :func:`wire_rank_zero`)."""
 
     coordinator: Coordinator
     worker: RankWorker

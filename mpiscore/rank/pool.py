@@ -7,8 +7,8 @@ imports (onnxruntime) overlap with the rank's own. Rank 0's first process also
 checks and plans the job (scoring/prepare.py), so no rank ever loads onnxruntime.
 A scoring process opens its own reader, scorer and writer once, then reads,
 scores and writes whole batches itself; only batch descriptors and small
-results cross the pipe (wire.py: the messages, exchange by exchange), never arrays. A process that
-dies (segfault, OOM kill) or runs past the batch timeout
+results cross the pipe (wire.py: the messages, exchange by exchange), never
+arrays. A process that dies (segfault, OOM kill) or runs past the batch timeout
 is killed and replaced, and its batch reported failed so the coordinator can
 retry it. Scoring processes ignore SIGINT/SIGTERM (their rank decides how to
 stop) and die with their rank (PR_SET_PDEATHSIG).

@@ -14,13 +14,15 @@ import time
 
 from ..schedule import Scheduler
 
+CHECK_SECONDS = 1.0  # how often rank 0 looks, at most: not on every message of its loop
+
 
 class Watchdog:
     """Rank 0's watch on progress; off (never fires) when ``seconds`` is None."""
 
     def __init__(self, scheduler: Scheduler, seconds: float | None) -> None:
         self.scheduler, self.seconds = scheduler, seconds
-        self.last_progress = time.monotonic()
+        self.last_progress = self.checked = time.monotonic()
         self.seen: dict[int, float] = {}  # batch in flight -> when it was first seen so
 
     def completed(self) -> None:
@@ -31,6 +33,9 @@ class Watchdog:
         if self.seconds is None or self.scheduler.stop_reason is not None:
             return None
         now = time.monotonic()
+        if now - self.checked < min(CHECK_SECONDS, self.seconds / 4):
+            return None
+        self.checked = now
         flying = self.scheduler.in_flight
         self.seen = {batch_id: self.seen.get(batch_id, now) for batch_id in flying}
         if now - self.last_progress < self.seconds:

@@ -129,7 +129,8 @@ def test_tensor_spec_from_node_arg() -> None:
 
 
 def test_non_tensor_input_refused() -> None:
-    """Only inputs are described this way (outputs: outputs.py, which handles ZipMap)."""
+    """Only inputs are described this way (outputs: scoring/scorers/onnx_outputs.py,
+    which handles ZipMap)."""
     with pytest.raises(ModelError, match=r"input 'probabilities' has type seq\(map\(int64,"
                        r"tensor\(float\)\)\); mpiscore feeds numeric tensor inputs only"):
         tensor_spec(NodeArg("probabilities", "seq(map(int64,tensor(float)))", []), "m.onnx")
