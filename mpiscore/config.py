@@ -21,6 +21,9 @@ from .errors import ConfigError
 
 Format = Literal["auto", "hdf5", "parquet"]
 CastPolicy = Literal["safe", "same_kind", "unsafe"]
+InputMode = Literal["auto", "tabular", "files"]
+BatchFormat = Literal["pandas", "numpy", "arrow"]
+OutputAction = Literal["rows", "append_row", "summary_only"]
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -126,6 +129,27 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class ScriptSettings:
+    """What an entry script's scoring process needs besides the script's source.
+
+    ``args``: the words after ``--`` (the script's ``sys.argv[1:]``);
+    ``mapped``: ``--map`` was given, so HDF5 arrays arrive as a dict even when one;
+    ``output_dir``/``log_dir``: what ``EntryScript()`` names (summary_only's
+    ``--output`` directory, else the run directory; ``RUN_DIR/logs``);
+    ``csv``: append_row to a ``.csv`` file, so DataFrame rows become CSV lines.
+    """
+
+    path: str
+    args: tuple[str, ...] = ()
+    batch_format: BatchFormat = "pandas"
+    output_action: OutputAction = "rows"
+    mapped: bool = False
+    output_dir: str = ""
+    log_dir: str = ""
+    csv: bool = False
+
+
+@dataclass(frozen=True)
 class ScorerSettings:
     """What a scoring session needs besides the model: the user's session options and
     what placement.scorer_settings resolved for one rank (threads, GPU).
@@ -136,13 +160,20 @@ class ScorerSettings:
     session: SessionConfig
     intra_op_threads: int
     device_id: int = 0
+    rank: int = 0  # of the world, for log names
+    script: ScriptSettings | None = None  # an entry-script job's (None: an ONNX model's)
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    """Everything that defines a scoring job; identical on every rank."""
+    """Everything that defines a scoring job; identical on every rank.
 
-    model: Path
+    The scorer is an ONNX ``model`` or an ``entry_script`` (exactly one); the
+    script's options (``script_args`` after ``--``, ``batch_format``,
+    ``output_action``) apply to scripts only.
+    """
+
+    model: Path | None
     inputs: tuple[InputSpec, ...]
     output: Path
     input_format: Format = "auto"
@@ -167,10 +198,18 @@ class JobConfig:
     on_nan: Literal["error", "pass"] = "error"
     resume: bool = False
     faults: str = field(default_factory=lambda: os.environ.get("MPISCORE_FAULTS", ""))
+    entry_script: Path | None = None
+    script_args: tuple[str, ...] = ()
+    input_mode: InputMode = "auto"
+    batch_format: BatchFormat = "pandas"
+    output_action: OutputAction = "rows"
+    partition_by: tuple[str, ...] = ()
+    mini_batch_error_threshold: int = -1  # batches; error_threshold counts items
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ConfigError("no --input given")
+        self._check_scorer()
         if self.procs_per_rank is not None and self.procs_per_rank < 1:
             raise ConfigError("--procs-per-rank must be at least 1")
         if self.window is not None and self.window < 1:
@@ -185,6 +224,37 @@ class JobConfig:
             raise ConfigError("--resume and --overwrite exclude each other")
         if self.columns and self.mapping:
             raise ConfigError("--columns and --map exclude each other: use --map NAME=col1,col2")
+
+    def _check_scorer(self) -> None:
+        if (self.model is None) == (self.entry_script is None):
+            raise ConfigError("give either --model MODEL.onnx or --entry-script SCRIPT.py"
+                              + (", not both" if self.model is not None else ""))
+        if self.entry_script is None:
+            script_only = [option for option, given in (
+                ("arguments after --", bool(self.script_args)),
+                ("--batch-format", self.batch_format != "pandas"),
+                ("--output-action", self.output_action != "rows")) if given]
+            if script_only:
+                raise ConfigError(f"{', '.join(script_only)}: for --entry-script jobs only")
+        if self.mini_batch_error_threshold < -1:
+            raise ConfigError("--mini-batch-error-threshold must be >= -1")
+        if self.output_action == "append_row" and \
+                self.output.suffix.lower() in (".h5", ".hdf5", ".hdf", ".he5", ".parquet", ".pq"):
+            raise ConfigError(f"--output-action append_row writes lines of text, not "
+                              f"{self.output.suffix} data: name a text file such as "
+                              f"{self.output.with_suffix('.txt').name} or .csv")
+
+    @property
+    def scorer_kind(self) -> str:
+        """What scores the batches: "onnx" (a model) or "script" (an entry script)."""
+        return "onnx" if self.entry_script is None else "script"
+
+    @property
+    def scorer_file(self) -> Path:
+        """The model or the entry script, whichever the job has."""
+        path = self.model if self.entry_script is None else self.entry_script
+        assert path is not None
+        return path
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -234,6 +304,11 @@ _JOB_OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "resume": ("resume", bool), "stop_grace": ("stop_grace", float),
     "progress_seconds": ("progress_seconds", float),
     "progress_timeout": ("progress_timeout", float),
+    "entry_script": ("entry_script", Path),
+    "script_args": ("script_args", lambda values: tuple(str(v) for v in values)),
+    "input_mode": ("input_mode", str), "batch_format": ("batch_format", str),
+    "output_action": ("output_action", str), "partition_by": ("partition_by", split_names),
+    "mini_batch_error_threshold": ("mini_batch_error_threshold", int),
 }
 _SESSION_OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "intra_op_threads": ("intra_op_threads",
@@ -253,7 +328,7 @@ def config_from_options(options: dict[str, object]) -> JobConfig:
     unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}")
-    for required in ("model", "input", "output"):
+    for required in ("input", "output"):
         if options.get(required) in (None, (), []):
             raise ConfigError(f"no --{required} given")
     job = {name: convert(options[key]) for key, (name, convert) in _JOB_OPTIONS.items()
@@ -268,7 +343,12 @@ def options_of(config: JobConfig) -> dict[str, object]:
     None for options left unset)."""
     session = config.session
     return {
-        "model": str(config.model),
+        "model": None if config.model is None else str(config.model),
+        "entry_script": None if config.entry_script is None else str(config.entry_script),
+        "script_args": list(config.script_args), "input_mode": config.input_mode,
+        "batch_format": config.batch_format, "output_action": config.output_action,
+        "partition_by": ",".join(config.partition_by) or None,
+        "mini_batch_error_threshold": config.mini_batch_error_threshold,
         "input": [f"{s.pattern}:{s.dataset}" if s.dataset else s.pattern
                   for s in config.inputs],
         "output": str(config.output), "input_format": config.input_format,

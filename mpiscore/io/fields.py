@@ -58,6 +58,15 @@ class ParquetSelection:
 ROW_STATUS = Field("row_status", "|u1", (), "per-row status: 0 scored, 1 failed")
 """Written beside the model outputs: which rows hold scores and which hold fill values."""
 
+FILE_PATHS = "mpiscore.paths"
+"""For file input, the key of a batch's file paths (a list of str) among its read columns."""
+
+LINES = "mpiscore.lines"
+"""For ``--output-action append_row``, the key of a batch's output lines (a list of str)."""
+
+HEADER = "mpiscore.header"
+"""For append_row to a ``.csv``, the key of the CSV header line (a str; absent otherwise)."""
+
 Columns = dict[str, object]
 """Per-batch data by field name: NumPy arrays, or Arrow arrays for carried columns."""
 
