@@ -9,6 +9,9 @@ Parquet row groups) where that keeps sizes sensible: small units are packed
 together up to the target size, and a unit larger than the target is split
 into near-equal pieces. The plan depends only on the inputs and the batch
 size, never on the rank count, which makes output reproducible across runs.
+
+File input (each file one item, :func:`make_item_plan`) uses the same Batch:
+there a batch is a run of consecutive files, never a part of one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import BatchSize
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,13 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class Batch:
-    """A mini-batch: rows ``start:stop`` of one file, at ``global_start`` overall."""
+    """A mini-batch: rows ``start:stop`` of one file, at ``global_start`` overall.
+
+    For file input, where each file is one item (:func:`make_item_plan`), a batch
+    is ``rows`` consecutive files instead: ``file_index`` is the first of them,
+    ``start`` is 0 and ``stop`` their count, so it covers files
+    ``file_index:file_index + rows``, and ``global_start == file_index``.
+    """
 
     batch_id: int
     file_index: int
@@ -84,6 +97,42 @@ def make_plan(files: Sequence[SourceFile], batch_rows: int) -> Plan:
             batches.append(Batch(len(batches), file_index, start, stop, file_offset + start))
         file_offset += source.rows
     return Plan(tuple(files), tuple(batches), batch_rows)
+
+
+def make_item_plan(files: Sequence[SourceFile], batch_size: BatchSize, sizes: Sequence[int]
+                   ) -> Plan:
+    """Cut file input, each file one item, into batches of consecutive files.
+
+    ``batch_size.rows`` counts files per batch; ``batch_size.nbytes`` packs
+    consecutive files up to that many bytes by their ``sizes``, a file larger
+    than that being a batch alone. ``batch_rows`` is the file count, or the
+    longest batch's when packing by bytes.
+    """
+    if len(sizes) != len(files):
+        raise ValueError("one size per file")
+    if batch_size.rows is not None:
+        if batch_size.rows < 1:
+            raise ValueError("batch size must be positive")
+        bounds = [*range(0, len(files), batch_size.rows), len(files)]
+    else:
+        assert batch_size.nbytes is not None
+        bounds = _pack_bytes(sizes, batch_size.nbytes)
+    batches = tuple(Batch(batch_id, first, 0, stop - first, first)
+                    for batch_id, (first, stop) in enumerate(itertools.pairwise(bounds)))
+    rows = batch_size.rows or max((b.rows for b in batches), default=1)
+    return Plan(tuple(files), batches, rows)
+
+
+def _pack_bytes(sizes: Sequence[int], nbytes: int) -> list[int]:
+    """Indices where each batch of consecutive items starts, then the item count: a new
+    batch begins where adding the next item would pass ``nbytes``."""
+    bounds, packed = [0], 0
+    for index, size in enumerate(sizes):
+        if index > bounds[-1] and packed + size > nbytes:
+            bounds.append(index)
+            packed = 0
+        packed += size
+    return [*bounds, len(sizes)] if sizes else [0]
 
 
 def cut_rows(rows: int, target: int, unit_rows: int | tuple[int, ...]) -> list[tuple[int, int]]:

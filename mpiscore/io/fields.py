@@ -114,6 +114,9 @@ class Ranks(Protocol):
     @property
     def rank(self) -> int: ...
 
+    @property
+    def size(self) -> int: ...
+
     def barrier(self) -> None: ...
 
 

@@ -1,0 +1,113 @@
+"""File input (source kind "files"): every input file is one item, handed to an entry
+script as its path.
+
+What the ``--input`` globs and directories name, in order, is the item space: a
+glob's matches sorted (``**`` recursive, see sources.expand), and a directory's
+every regular file below it, sorted by path as a ``**`` glob's would be, skipping
+names that start with ``.`` (hidden files and directories) and not following
+symbolic links to directories. Sizes are taken once, on rank 0, to pack batches
+by bytes (plan.make_item_plan); the reader hands out paths and opens nothing, so
+a file that cannot be read is the script's failure on its batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..config import BatchSize, JobConfig
+from ..errors import ConfigError, InputError
+from ..plan import Batch, Plan, SourceFile, make_item_plan
+from .fields import FILE_PATHS, Columns, Field, Reader
+
+if TYPE_CHECKING:
+    from ..config import InputSpec
+    from ..model import TensorSpec
+
+
+@dataclass(frozen=True)
+class FilesInput:
+    """File input, resolved: the files in item order, and their sizes in bytes."""
+
+    paths: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+
+class FilesSourceKind:
+    """Arbitrary files, one item each: a batch is a list of paths (``FILE_PATHS``)."""
+
+    label: str = "files"
+    suffixes: tuple[str, ...] = ()  # chosen by --input-mode, never by a suffix
+    directories: bool = False
+
+    def resolve(self, config: JobConfig, paths: list[tuple[InputSpec, str]],
+                inputs: list[TensorSpec]) -> FilesInput:
+        _refuse_tabular_options(config)
+        files = tuple(file for _, path in paths for file in directory_files(path))
+        return FilesInput(files, tuple(_size(file) for file in files))
+
+    def describe(self, source: FilesInput
+                 ) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
+        """One item per file: the fingerprint then stamps every file, for --resume."""
+        return [SourceFile(path, 1) for path in source.paths], {}, []
+
+    def open_reader(self, source: FilesInput) -> Reader:
+        return FilesReader(source.paths)
+
+    def names(self, source: FilesInput) -> list[str]:
+        return list(source.paths)
+
+    def plan(self, source: FilesInput, files: Sequence[SourceFile], batch_size: BatchSize
+             ) -> Plan:
+        """Batches of consecutive files: ``--mini-batch-size N`` files, or bytes packed."""
+        return make_item_plan(files, batch_size, source.sizes)
+
+
+def _refuse_tabular_options(config: JobConfig) -> None:
+    given = [option for option, value in (
+        ("--columns", config.columns), ("--keep-columns", config.keep_columns),
+        ("--map", config.mapping), ("--partition-by", config.partition_by)) if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: apply to tabular input (HDF5, Parquet), not to "
+                          "file input (--input-mode files)")
+
+
+def directory_files(path: str) -> list[str]:
+    """``path`` itself, or, for a directory, every regular file below it sorted by path,
+    skipping names that start with ``.``; symbolic links to directories are not
+    followed (a loop would never end), links to files are taken."""
+    if not os.path.isdir(path):
+        return [path]
+    found: list[str] = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(os.path.join(root, name) for name in names
+                     if not name.startswith(".") and os.path.isfile(os.path.join(root, name)))
+    if not found:
+        raise InputError(f"--input {path}: directory holds no files (names starting with '.' "
+                         "are skipped)")
+    return sorted(found)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        raise InputError(f"--input {path}: cannot read: {exc.strerror or exc}") from exc
+
+
+class FilesReader:
+    """Gives each batch its files' paths; opening them is the script's business."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.paths = paths
+
+    def read(self, batch: Batch) -> tuple[dict[str, np.ndarray], Columns]:
+        return {}, {FILE_PATHS: list(self.paths[batch.file_index:batch.file_index + batch.rows])}
+
+    def close(self) -> None:
+        """Nothing is open."""
