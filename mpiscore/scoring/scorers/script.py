@@ -1,0 +1,578 @@
+"""The "script" scorer: a user's entry script, loaded once in a scoring process.
+
+An entry script follows Azure ML's parallel-run convention: ``init()`` (optional)
+once, ``run(mini_batch)`` per batch, ``shutdown()`` (optional) at the end. The
+script sees what it would see there: ``sys.argv`` is its path and the words after
+``--``, its own directory comes first on ``sys.path`` (its helper modules import),
+and ``from azureml_user.parallel_run import EntryScript`` works (compat/, appended
+to the END of ``sys.path``, so a really installed ``azureml_user`` wins). Its
+``print()``, the root ``logging`` logger and ``EntryScript().logger`` all write to
+this process's log, ``LOG_DIR/script-rank<R>-pid<P>.log``, each line tagged with
+time, level, rank and pid (stdout/stderr are redirected only while the script's
+functions run: a thread the script leaves printing afterwards writes to the real
+streams, as does C code writing to file descriptors 1 and 2).
+
+A failure in the script is one line naming the innermost frame in the script
+(``score.py, line 40, in run: KeyError: 'x' (traceback in LOG)``); the full
+traceback, from the script's frames on, goes to the log and is kept on the error
+as ``script_traceback``. Loading or ``init()`` failing is a ModelError (the job
+cannot start), ``run()`` failing a ScoringError (a failed batch, retried).
+
+What ``run`` returns becomes, by ``--output-action``: output columns, one row per
+item (``rows``; the first result fixes the columns, see :meth:`ScriptScorer.fix_schema`),
+lines of text (``append_row``), or nothing (``summary_only``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import linecache
+import logging
+import os
+import re
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ...config import ScorerSettings, ScriptSettings
+from ...errors import ConfigError, ModelError, MpiscoreError, OutputError, ScoringError
+from ...io.fields import FILE_PATHS, HEADER, LINES
+from ...model import Column, TensorSpec
+
+COMPAT_DIR = Path(__file__).resolve().parent.parent / "compat"
+"""Holds the ``azureml_user`` shim; not a package itself, so nothing shadows a real one."""
+
+LABEL_WIDTH = 64  # bytes of string results in HDF5; a longer one fails its batch when written
+
+PANDAS_MISSING = "--batch-format pandas needs pandas: pip install 'mpiscore[scripts]'"
+
+
+@dataclass(frozen=True)
+class EntryContext:
+    """What ``EntryScript()`` reports in this process (read by the compat shim)."""
+
+    logger: logging.Logger
+    script: str
+    rank: int
+    output_dir: str
+    log_dir: str
+    working_dir: str
+    log_file: str  # "" when the log is stderr
+
+
+_context: EntryContext | None = None
+
+
+def entry_context() -> EntryContext | None:
+    """The open entry script's context, or None outside a script job."""
+    return _context
+
+
+class _TaggedStream(io.TextIOBase):
+    """A text stream that writes each complete line to ``sink`` with a log-style tag, so
+    that ``print()`` output reads like the log records around it."""
+
+    def __init__(self, sink: TextIO, tag: str) -> None:
+        super().__init__()
+        self.sink, self.tag, self.pending, self.last_line = sink, tag, "", ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def end_line(self) -> None:
+        """Write a last line left without its newline."""
+        if self.pending:
+            self._emit(self.pending)
+            self.pending = ""
+        self.sink.flush()
+
+    def _emit(self, line: str) -> None:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        self.sink.write(f"{stamp},{int(now * 1000) % 1000:03d} {self.tag}: {line}\n")
+        if line.strip():
+            self.last_line = line.strip()
+
+
+class ProcessLog:
+    """This process's script log: a file (or stderr), a handler on the root logger and
+    on ``EntryScript().logger``, and streams that stand in for stdout and stderr."""
+
+    def __init__(self, settings: ScriptSettings, rank: int) -> None:
+        tag = f"rank {rank} pid {os.getpid()}"
+        self.owned = bool(settings.log_dir)
+        if self.owned:
+            path = Path(settings.log_dir) / f"script-rank{rank}-pid{os.getpid()}.log"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.stream: TextIO = path.open("a", buffering=1, encoding="utf-8",
+                                                errors="backslashreplace")
+            except OSError as exc:
+                raise OutputError(f"{path}: cannot open the entry script's log: "
+                                  f"{exc.strerror or exc}") from exc
+            self.where = str(path)
+        else:
+            self.stream, self.where = sys.stderr, "stderr"
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {tag} %(name)s: %(message)s"))
+        self.stdout = _TaggedStream(self.stream, f"PRINT {tag} stdout")
+        self.stderr = _TaggedStream(self.stream, f"PRINT {tag} stderr")
+        self.entry_logger = self._own_logger("EntryScript")
+        self.mpiscore_logger = self._own_logger("mpiscore.script")
+        root = logging.getLogger()
+        self.root_level = root.level
+        root.addHandler(self.handler)
+        root.setLevel(min(root.level, logging.INFO))  # Azure's default level
+
+    def _own_logger(self, name: str) -> logging.Logger:
+        logger = logging.getLogger(name)
+        logger.addHandler(self.handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # still here if the script reconfigures the root logger
+        return logger
+
+    @contextlib.contextmanager
+    def captured(self) -> Iterator[None]:
+        """The script's ``print()`` and writes to ``sys.stderr`` go to the log meanwhile."""
+        with contextlib.redirect_stdout(self.stdout), contextlib.redirect_stderr(self.stderr):
+            try:
+                yield
+            finally:
+                self.stdout.end_line()
+                self.stderr.end_line()
+
+    def close(self) -> None:
+        for logger in (logging.getLogger(), self.entry_logger, self.mpiscore_logger):
+            logger.removeHandler(self.handler)
+        logging.getLogger().setLevel(self.root_level)
+        if self.owned:
+            self.stream.close()
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the script's frames on: mpiscore's frames that called it are
+    noise to the script's author."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+class ScriptScorer:
+    """Runs an entry script's ``run`` on each batch (a scorers.Scorer of kind "script")."""
+
+    fixed_batch: int | None = None
+    label_width = LABEL_WIDTH
+
+    def __init__(self, script: str, settings: ScriptSettings, rank: int) -> None:
+        self.script, self.settings, self.rank = script, settings, rank
+        self.log = ProcessLog(settings, rank)
+        self.saved_argv, self.added_paths = list(sys.argv), list[str]()
+        self.module_name = ""
+        self.functions: dict[str, Callable[..., Any]] = {}
+        self.schema: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] | None = None
+        self.seen: dict[str, Column] = {}
+        self.restored = False
+
+    @classmethod
+    def open(cls, source: bytes, script: str, settings: ScorerSettings) -> ScriptScorer:
+        """The "script" kind's factory: load ``source`` (the file ``script``), call its
+        ``init()``; the process's log, argv and import path are set up first."""
+        assert settings.script is not None, "a script job's settings name the script"
+        scorer = cls(script, settings.script, settings.rank)
+        try:
+            scorer._start(source)
+        except BaseException:
+            scorer._restore()
+            raise
+        return scorer
+
+    def _start(self, source: bytes) -> None:
+        global _context
+        _context = EntryContext(self.log.entry_logger, self.script, self.rank,
+                                self.settings.output_dir, self.settings.log_dir,
+                                os.getcwd(), self.log.where if self.log.owned else "")
+        sys.argv = [self.script, *self.settings.args]
+        self._add_path(str(Path(self.script).resolve().parent), first=True)
+        self._add_path(str(COMPAT_DIR), first=False)
+        module = self._load(source)
+        for name in ("init", "run", "shutdown"):
+            function = getattr(module, name, None)
+            if callable(function):
+                self.functions[name] = function
+        if "run" not in self.functions:
+            raise ModelError(f"{self.script}: has no run(mini_batch) function; an entry script "
+                             "defines init() (optional) and run(mini_batch)")
+        if "init" in self.functions:
+            self._call("init", ModelError)
+
+    def _add_path(self, path: str, first: bool) -> None:
+        """The script's directory first (its modules win), the shim's last (a real
+        ``azureml_user`` wins); each removed again by :meth:`_restore`."""
+        if first and sys.path[:1] != [path]:
+            sys.path.insert(0, path)
+        elif not first and path not in sys.path:
+            sys.path.append(path)
+        else:
+            return
+        self.added_paths.append(path)
+
+    def _load(self, source: bytes) -> types.ModuleType:
+        """Compile and execute the script as a module in ``sys.modules`` (so that pickle
+        and ``import score`` elsewhere find the same module)."""
+        try:
+            code = compile(source, self.script, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            shown = f": {exc.text.strip()}" if exc.text and exc.text.strip() else ""
+            raise ModelError(f"{self.script}, line {exc.lineno}: not Python: {exc.msg}"
+                             f"{shown}") from exc
+        except ValueError as exc:  # null bytes (Python 3.11)
+            raise ModelError(f"{self.script}: not Python: {exc}") from exc
+        text = source.decode("utf-8", "replace")
+        linecache.cache[self.script] = (len(text), None, text.splitlines(True), self.script)
+        self.module_name = _module_name(self.script)
+        module = types.ModuleType(self.module_name)
+        module.__file__ = os.path.abspath(self.script)
+        sys.modules[self.module_name] = module
+        self._call_guarded("loading", ModelError, exec, code, module.__dict__)
+        return module
+
+    def _call(self, name: str, error: type[MpiscoreError], *args: object) -> object:
+        return self._call_guarded(f"{name}()", error, self.functions[name], *args)
+
+    def _call_guarded(self, doing: str, error: type[MpiscoreError],
+                      function: Callable[..., Any], *args: object) -> object:
+        """``function(*args)`` with the script's output in the log; a failure becomes
+        ``error`` in one line, its traceback logged and kept as ``script_traceback``."""
+        with self.log.captured():
+            try:
+                return function(*args)
+            except (Exception, SystemExit) as exc:
+                failure = error(self._describe(exc))
+                text = _user_traceback(exc)
+                self.log.mpiscore_logger.error("%s failed:\n%s", doing, text.rstrip())
+                failure.script_traceback = text  # type: ignore[attr-defined]
+                raise failure from exc
+
+    def _describe(self, exc: BaseException) -> str:
+        """``score.py, line 12, in init: ValueError: bad weights (traceback in LOG)``."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        own = [frame for frame in frames if frame.filename == self.script]
+        where = self.script
+        if own:
+            where = f"{self.script}, line {own[-1].lineno}, in {own[-1].name}"
+        if isinstance(exc, SystemExit):
+            said = self.log.stderr.last_line or self.log.stdout.last_line
+            what = f"exited with status {exc.code}" + (f": {said}" if said else "")
+        else:
+            text = _first_line(exc)
+            what = type(exc).__name__ + (f": {text}" if text else "")
+        return f"{where}: {what} (traceback in {self.log.where})"
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """None: a script declares no tensors, it gets the batch's raw columns."""
+        return []
+
+    @property
+    def columns(self) -> dict[str, Column]:
+        """The key of every column its results have had so far, each its own output."""
+        return dict(self.seen)
+
+    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
+        """Expect these columns (key -> dtype, per-row shape): those the job's probe found,
+        so that a scoring process's first batch is held to them too."""
+        self.schema = {key: (np.dtype(dtype), tuple(shape)) for key, (dtype, shape)
+                       in schema.items()}
+
+    def score(self, feeds: Mapping[str, object]) -> dict[str, object]:
+        """Call ``run`` on the batch's mini-batch; its result as the output action wants."""
+        mini_batch, items = self._mini_batch(feeds)
+        result = self._call("run", ScoringError, mini_batch)
+        action = self.settings.output_action
+        if action == "summary_only":
+            return {}
+        if action == "append_row":
+            columns: dict[str, object] = dict(self._lines(result, items))
+        else:
+            inputs = [value for value in feeds.values() if isinstance(value, np.ndarray)]
+            columns = dict(self._rows(result, items, inputs))
+        self.seen.update({key: Column(key) for key in columns})
+        return columns
+
+    def close(self) -> None:
+        """Call the script's ``shutdown()``, if any; then undo what :meth:`open` set up.
+        A failing ``shutdown()`` raises a ModelError after the cleanup."""
+        try:
+            if "shutdown" in self.functions and not self.restored:
+                self._call("shutdown", ModelError)
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        global _context
+        if self.restored:
+            return
+        self.restored = True
+        _context = None
+        sys.argv = self.saved_argv
+        for path in self.added_paths:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(path)
+        self.added_paths = []
+        if self.module_name:
+            sys.modules.pop(self.module_name, None)
+        self.log.close()
+
+    # -- what run() gets
+
+    def _mini_batch(self, feeds: Mapping[str, object]) -> tuple[object, int]:
+        """The batch as ``run`` takes it, and how many items it holds."""
+        if FILE_PATHS in feeds:
+            paths = [str(path) for path in feeds[FILE_PATHS]]  # type: ignore[attr-defined]
+            return paths, len(paths)
+        if not feeds:
+            return [], 0
+        items = len(next(iter(feeds.values())))  # type: ignore[arg-type]
+        if all(isinstance(value, np.ndarray) for value in feeds.values()):
+            if len(feeds) == 1 and not self.settings.mapped:
+                return next(iter(feeds.values())), items
+            return dict(feeds), items
+        return _tabular(feeds, self.settings.batch_format), items
+
+    # -- what run() returns: rows
+
+    def _rows(self, result: object, items: int, inputs: list[np.ndarray]
+              ) -> dict[str, np.ndarray]:
+        if result is None:
+            raise ScoringError(f"{self.script}: run() returned None for {items} items; return "
+                               "one result per item (a list, array, dict of arrays or DataFrame)")
+        columns = {key: self._column(key, value, items, inputs)
+                   for key, value in _result_columns(result, self.script).items()}
+        return self._fit(columns)
+
+    def _column(self, key: str, value: object, items: int, inputs: list[np.ndarray]
+                ) -> np.ndarray:
+        try:
+            array = np.asarray(value)
+        except ValueError as exc:  # ragged lists
+            raise ScoringError(f"{self.script}: run() returned column {key!r} that is not an "
+                               f"array: {_first_line(exc)}") from exc
+        if array.ndim == 0 or len(array) != items:
+            count = 1 if array.ndim == 0 else len(array)
+            raise ScoringError(f"{self.script}: run() returned {count} results for {items} "
+                               f"items (column {key!r})")
+        if array.dtype.kind == "O":
+            array = self._objects(key, array)
+        if any(np.may_share_memory(array, buffer) for buffer in inputs):
+            array = array.copy()  # input buffers are reused by the next read
+        return array
+
+    def _objects(self, key: str, array: np.ndarray) -> np.ndarray:
+        """Object arrays of strings stay; of numbers become numbers; else the batch fails."""
+        flat = array.reshape(-1)
+        if all(isinstance(value, str | bytes) for value in flat):
+            return array
+        with contextlib.suppress(ValueError, TypeError):
+            numbers = np.array(flat.tolist()).reshape(array.shape)
+            if numbers.dtype.kind in "biuf":
+                return numbers
+        odd = next(v for v in flat if not isinstance(v, str | bytes))
+        raise ScoringError(f"{self.script}: run() returned column {key!r} holding "
+                           f"{type(odd).__name__} values ({odd!r}); return numbers, strings "
+                           "or arrays of them")
+
+    def _fit(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The first result fixes the columns; later ones must match, cast if need be."""
+        if self.schema is None:
+            self.schema = {key: (array.dtype, array.shape[1:]) for key, array in columns.items()}
+            return columns
+        if set(columns) != set(self.schema):
+            raise ScoringError(f"{self.script}: run() returned columns {', '.join(columns)}; "
+                               f"the first batch had {', '.join(self.schema)}; return the same "
+                               "columns for every batch")
+        return {key: self._cast(key, columns[key]) for key in self.schema}
+
+    def _cast(self, key: str, array: np.ndarray) -> np.ndarray:
+        dtype, shape = self.schema[key]  # type: ignore[index]
+        if array.shape[1:] != shape:
+            raise ScoringError(f"{self.script}: run() returned column {key!r} with rows of "
+                               f"shape {array.shape[1:]}; the first batch's were {shape}")
+        strings = (dtype.kind in "SUO", array.dtype.kind in "SUO")
+        if all(strings):
+            return array  # widths differ; the output's width is checked when written
+        if any(strings) or not np.can_cast(array.dtype, dtype, "same_kind") or \
+                not _fits(array, dtype):
+            raise ScoringError(f"{self.script}: run() returned column {key!r} as {array.dtype}; "
+                               f"the first batch's was {dtype}, and {array.dtype} does not "
+                               f"cast to it safely")
+        return array.astype(dtype, copy=False)
+
+    # -- what run() returns: lines
+
+    def _lines(self, result: object, items: int) -> dict[str, object]:
+        """One line per returned element (append_row); fewer than ``items`` is allowed
+        (the caller counts the rest as failed items), more is not. A line may not
+        hold a newline (it would be two lines of the file): the batch fails, naming
+        the element."""
+        header, rows = _result_rows(result, self.script, items)
+        if self.settings.csv and header is not None:
+            lines = _csv_lines(rows)
+        else:
+            lines = [" ".join(map(str, row)) if isinstance(row, _Row) else str(row)
+                     for row in rows]
+        if len(lines) > items:
+            raise ScoringError(f"{self.script}: run() returned {len(lines)} results for "
+                               f"{items} items; append_row takes at most one per item")
+        for index, line in enumerate(lines):
+            if "\n" in line or "\r" in line:
+                raise ScoringError(f"{self.script}: run() returned item {index} with a line "
+                                   f"break ({line[:40]!r}); append_row writes one line per item")
+        columns: dict[str, object] = {LINES: lines}
+        if self.settings.csv and header is not None:
+            columns[HEADER] = _csv_lines([_Row(header)])[0]
+        return columns
+
+
+def _module_name(script: str) -> str:
+    """The script's module name: its file's stem (``score``), unless that names another
+    module, which the script must not shadow: then ``mpiscore_entry_<stem>``."""
+    stem = re.sub(r"\W", "_", Path(script).stem) or "script"
+    if stem.isidentifier() and stem not in sys.modules:
+        try:
+            spec = importlib.util.find_spec(stem)
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec is not None else None
+        if spec is None or (origin and Path(origin).resolve() == Path(script).resolve()):
+            return stem
+    return f"mpiscore_entry_{stem}"
+
+
+def _pandas() -> Any:
+    try:
+        return importlib.import_module("pandas")
+    except ImportError as exc:
+        raise ConfigError(PANDAS_MISSING) from exc
+
+
+def _tabular(feeds: Mapping[str, object], batch_format: str) -> object:
+    """Arrow columns (Parquet) as ``--batch-format`` asks: DataFrame, dict or Table."""
+    import pyarrow as pa
+
+    if batch_format == "pandas":
+        _pandas()
+    table = pa.table(dict(feeds))
+    if batch_format == "arrow":
+        return table
+    if batch_format == "numpy":
+        return {name: table.column(name).to_numpy() for name in table.column_names}
+    return table.to_pandas()
+
+
+def _kind(result: object) -> str:
+    """"frame", "series", "table" or "" for other results (pandas and pyarrow are looked
+    at only if the process loaded them: a script returning them did)."""
+    pandas, pyarrow = sys.modules.get("pandas"), sys.modules.get("pyarrow")
+    if pandas is not None and isinstance(result, pandas.DataFrame):
+        return "frame"
+    if pandas is not None and isinstance(result, pandas.Series):
+        return "series"
+    if pyarrow is not None and isinstance(result, pyarrow.Table):
+        return "table"
+    return ""
+
+
+def _result_columns(result: Any, script: str) -> dict[str, object]:
+    """Named columns of a rows result: an array or list is one column, ``result``."""
+    kind = _kind(result)
+    if kind == "frame":
+        return {str(name): result[name].to_numpy() for name in result.columns}
+    if kind == "series":
+        return {"result" if result.name is None else str(result.name): result.to_numpy()}
+    if kind == "table":
+        return {name: result.column(name).to_numpy() for name in result.column_names}
+    if isinstance(result, dict):
+        return {str(key): value for key, value in result.items()}
+    if isinstance(result, np.ndarray | list | tuple):
+        return {"result": result}
+    raise ScoringError(f"{script}: run() returned a {type(result).__name__}; return one result "
+                       "per item (a list, array, dict of arrays or DataFrame)")
+
+
+def _result_rows(result: Any, script: str, items: int
+                 ) -> tuple[list[str] | None, list[object]]:
+    """A lines result as (column names or None, elements); a table's rows, and an N-D
+    array's, are :class:`_Row` tuples of their values."""
+    kind = _kind(result)
+    if kind == "frame":
+        names = [str(name) for name in result.columns]
+        return names, [_Row(row) for row in result.itertuples(index=False, name=None)]
+    if kind == "table":
+        data = [result.column(n).to_pylist() for n in result.column_names]
+        return list(result.column_names), [_Row(row) for row in zip(*data, strict=True)]
+    if isinstance(result, dict):
+        data = [list(value) for value in result.values()]
+        if len({len(column) for column in data}) > 1:
+            raise ScoringError(f"{script}: run() returned a dict of columns of lengths "
+                               f"{', '.join(str(len(c)) for c in data)}; they must be equal")
+        return [str(key) for key in result], [_Row(row) for row in zip(*data, strict=True)]
+    if kind == "series":
+        return None, list(result.tolist())
+    if isinstance(result, np.ndarray) and result.ndim > 1:
+        return None, [_Row(row.reshape(-1).tolist()) for row in result]
+    if isinstance(result, np.ndarray | list | tuple):
+        return None, list(result)
+    if result is None:
+        raise ScoringError(f"{script}: run() returned None for {items} items; return one "
+                           "result per item (a list, array or DataFrame)")
+    raise ScoringError(f"{script}: run() returned a {type(result).__name__}; append_row takes "
+                       "a list, array or DataFrame with one element per item")
+
+
+class _Row(tuple[object, ...]):
+    """The values of one row of a tabular result (an element of a list is not one)."""
+
+
+def _csv_lines(rows: Iterable[object]) -> list[str]:
+    """Each row as one CSV record (quoted as the csv module does), without its newline."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    lines = []
+    for row in rows:
+        writer.writerow(row if isinstance(row, _Row) else (row,))
+        lines.append(buffer.getvalue()[:-1])
+        buffer.seek(0)
+        buffer.truncate()
+    return lines
+
+
+def _fits(array: np.ndarray, dtype: np.dtype[Any]) -> bool:
+    """Whether integers cast to a narrower integer type keep their values."""
+    if dtype.kind not in "iu" or array.dtype.kind not in "iu" or array.size == 0 or \
+            np.can_cast(array.dtype, dtype, "safe"):
+        return True
+    info = np.iinfo(dtype)
+    return bool(info.min <= array.min() and array.max() <= info.max)
