@@ -120,7 +120,7 @@ def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool
             if pool.preparing is None:  # else the CLI asked already, and said so
                 log_start(config, world.size, pool.size)
             pool.prepare(config)
-            model = read_model(config.model)  # while the scoring process prepares
+            model = read_model(config.scorer_file)  # while the scoring process prepares
             job, done = pool.prepared()
             try:
                 _check_same_model(job, model)
@@ -199,7 +199,8 @@ def _coordinate(job: Job, done: set[int], world: World,
     config = job.config
     todo = [b for b in job.plan.batches if b.batch_id not in done]
     policy = FailurePolicy(config.max_retries, config.error_threshold,
-                           config.allowed_failed_percent)
+                           config.allowed_failed_percent, config.mini_batch_error_threshold,
+                           "files" if job.source.kind == "files" else "rows")
     scheduler = Scheduler.for_batches(todo, job.plan.total_rows, policy)
     scheduler.completed.update(done)
     if done:
@@ -310,7 +311,7 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
         output=str(output), run_dir=str(job.config.resolved_run_dir),
         rows=job.plan.total_rows, rows_scored=rows, batches=len(job.plan.batches),
         batches_done=len(scheduler.completed), batches_failed=len(failed),
-        rows_failed=sum(b.rows for b in scheduler.failed.values()), ranks=size,
+        rows_failed=scheduler.failed_rows, ranks=size,
         wall_seconds=wall, setup_seconds=ready - started, rows_per_second=rows / wall,
         per_rank=stats, slurm=slurm_ids()), failed)
     if not written:

@@ -97,12 +97,31 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", required=True, type=click.Path(path_type=Path),
-              help="The .onnx model file.")
+@click.option("--model", type=click.Path(path_type=Path),
+              help="The .onnx model file [default: none: give it or --entry-script].")
+@click.option("--entry-script", type=click.Path(path_type=Path),
+              help="A Python scoring script with init() and run(mini_batch), as Azure ML's "
+              "parallel-run step takes; words after -- become its sys.argv[1:] "
+              "[default: none, score --model].")
 @click.option("--input", "inputs", required=True, multiple=True, metavar="PATH[:/DATASET]",
               help="Input file, glob or Parquet directory; HDF5 dataset after a colon. Repeatable.")
 @click.option("--output", required=True, type=click.Path(path_type=Path),
               help="Output .h5 file or Parquet dataset directory.")
+@click.option("--input-mode", type=click.Choice(["auto", "tabular", "files"]), default="auto",
+              show_default=True, help="tabular: rows of HDF5/Parquet; files: every input file "
+              "is one item, and run() gets a list of paths; auto = files when the inputs are "
+              "neither HDF5 nor Parquet.")
+@click.option("--batch-format", type=click.Choice(["pandas", "numpy", "arrow"]),
+              default="pandas", show_default=True, help="What an entry script's run() gets "
+              "for Parquet rows: a DataFrame, a dict of arrays or a pyarrow.Table (HDF5 gives "
+              "arrays).")
+@click.option("--output-action", type=click.Choice(["rows", "append_row", "summary_only"]),
+              default="rows", show_default=True, help="rows: run()'s results, one per item, "
+              "to HDF5/Parquet; append_row: each returned element one line of the text file "
+              "OUTPUT, in input order; summary_only: the script writes its own files into "
+              "OUTPUT (a directory).")
+@click.option("--partition-by", metavar="COL[,COL]", help="Parquet: one mini-batch per "
+              "distinct value of these columns (or key=value/ directories) [default: none].")
 @click.option("--input-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto",
               show_default=True, help="Input format; auto = from the suffix (.h5, .hdf5 or "
               ".parquet, or a directory).")
@@ -148,7 +167,11 @@ def main() -> None:
 @click.option("--batch-timeout", type=float, help="Seconds before a batch is abandoned and "
               "retried, its scoring process replaced [default: none].")
 @click.option("--error-threshold", default=0, show_default=True,
-              help="Batches that may fail for good before the job stops; -1 = any number.")
+              help="Items (rows, or files) that may fail for good before the job stops; "
+              "-1 = any number (Azure's error_threshold).")
+@click.option("--mini-batch-error-threshold", default=-1, show_default=True,
+              help="Mini-batches that may fail for good before the job stops; -1 = no limit "
+              "of its own (Azure's mini_batch_error_threshold).")
 @click.option("--allowed-failed-percent", type=float,
               help="Share of rows (%) that may fail for good before the job stops "
               "[default: no limit by share].")
@@ -168,9 +191,11 @@ def main() -> None:
               help="A TOML job file: keys are these options' names with _ for - "
               "(mini_batch_size = 4096, input = [\"a.h5:/x\"]); options given here win "
               "[default: none].")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT_ARGS]")
 @click.pass_obj
 def score(early: list[ScorerProcess] | None, **options: Any) -> None:
-    """Score MODEL over INPUT, writing one output row per input row to OUTPUT.
+    """Score MODEL (or an entry script) over INPUT, writing one output row per input row to
+    OUTPUT.
 
     \b
     Examples:
@@ -180,6 +205,8 @@ def score(early: list[ScorerProcess] | None, **options: Any) -> None:
           --columns 'f*' --keep-columns id --output scores.parquet
       srun mpiscore score --model model.onnx --input 'data/*.h5' \\
           --output scores.h5 --resume    # finish an interrupted job
+      mpiexec -n 2 mpiscore score --entry-script score.py --input 'data/*.parquet' \\
+          --output scores.txt --output-action append_row -- --model_dir ./model
     """
     world = MpiWorld.comm_world()
     rank, size = world.rank, world.size

@@ -44,7 +44,7 @@ class Job:
 
     @property
     def model_name(self) -> str:
-        return str(self.config.model)
+        return str(self.config.scorer_file)
 
 
 

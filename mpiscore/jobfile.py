@@ -45,6 +45,9 @@ def option_kinds(params: Iterable[click.Parameter]) -> dict[str, OptionKind]:
     """The job-file keys of a click command's options (all but ``--config``)."""
     kinds = {}
     for param in params:
+        if isinstance(param, click.Argument) and param.name:  # the words after --
+            kinds[param.name] = OptionKind(param.name, "list", ())
+            continue
         if not isinstance(param, click.Option) or param.name in (None, "config"):
             continue
         key = max(param.opts, key=len).lstrip("-").replace("-", "_")

@@ -74,11 +74,12 @@ def layout(config: JobConfig, ranks_on_node: int) -> Layout:
     return Layout(procs, threads or max(1, cores // procs))
 
 
-def scorer_settings(config: JobConfig, local_rank: int, ranks_on_node: int) -> ScorerSettings:
+def scorer_settings(config: JobConfig, local_rank: int, ranks_on_node: int, rank: int = 0
+                    ) -> ScorerSettings:
     """The session settings of a rank's scoring processes: threads from the layout,
     and a GPU of the node's by local rank."""
     return ScorerSettings(config.session, layout(config, ranks_on_node).threads,
-                          local_rank % gpus_per_node())
+                          local_rank % gpus_per_node(), rank, config.script_settings())
 
 
 def window_for(config: JobConfig, procs: int) -> int:

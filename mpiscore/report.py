@@ -230,7 +230,7 @@ def stop_early_stderr() -> None:
 
 def log_start(config: JobConfig, size: int, procs: int) -> None:
     """The job's first lines (rank 0), while its first scoring process prepares it."""
-    model = config.model
+    model = config.scorer_file
     inputs = [f"{s.pattern}:{s.dataset}" if s.dataset else s.pattern for s in config.inputs]
     LOG.info("starting %s x %s", plural(size, "rank"),
              plural(procs, "scoring process", "scoring processes"))
@@ -239,8 +239,8 @@ def log_start(config: JobConfig, size: int, procs: int) -> None:
     except OSError:
         megabytes = ""  # the check names what is wrong with it
     shown = ", ".join(inputs[:3]) + (f" ... and {len(inputs) - 3} more" if len(inputs) > 3 else "")
-    LOG.info("loading model %s%s, checking the input %s, planning the batches", model,
-             megabytes, shown)
+    LOG.info("loading %s %s%s, checking the input %s, planning the batches",
+             "model" if config.entry_script is None else "entry script", model, megabytes, shown)
 
 
 def size_text(nbytes: float) -> str:

@@ -19,25 +19,36 @@ from .plan import Batch
 
 @dataclass(frozen=True)
 class FailurePolicy:
-    """How much failure a job tolerates (Azure's run_max_try / mini_batch_error_threshold).
+    """How much failure a job tolerates, in Azure's terms (run_max_try, error_threshold,
+    mini_batch_error_threshold, allowed_failed_percent), so an Azure user keeps her numbers.
 
-    ``error_threshold``: batches that may fail for good (-1: any number).
-    ``allowed_failed_percent``: the same as a share of all rows (None: no limit).
+    ``error_threshold``: items (rows, or files for file input) that may fail for
+    good (-1: any number); a batch given up fails all its items, and a batch
+    whose script returned fewer results than items fails the difference.
+    ``mini_batch_error_threshold``: batches that may fail for good (-1: no limit
+    of its own). ``allowed_failed_percent``: items as a share of all (None: no
+    limit). ``items``: what an item is, for messages.
     """
 
     max_retries: int = 3
     error_threshold: int = 0
     allowed_failed_percent: float | None = None
+    mini_batch_error_threshold: int = -1
+    items: str = "rows"
 
-    def exceeded(self, failed_batches: int, failed_rows: int, total_rows: int) -> str | None:
+    def exceeded(self, failed_batches: int, failed_items: int, total_items: int
+                 ) -> str | None:
         """Why the failures so far are too many, or None while within budget."""
-        if 0 <= self.error_threshold < failed_batches:
+        if 0 <= self.mini_batch_error_threshold < failed_batches:
             return (f"{failed_batches} batch{'es' * (failed_batches != 1)} failed for good, "
-                    "more than "
+                    f"more than --mini-batch-error-threshold {self.mini_batch_error_threshold}")
+        if 0 <= self.error_threshold < failed_items:
+            return (f"{failed_items:,} {self.items} failed for good (in "
+                    f"{failed_batches} batch{'es' * (failed_batches != 1)}), more than "
                     f"--error-threshold {self.error_threshold}")
         if self.allowed_failed_percent is not None and \
-                100 * failed_rows > self.allowed_failed_percent * total_rows:
-            return (f"{failed_rows} of {total_rows} rows failed, more than "
+                100 * failed_items > self.allowed_failed_percent * total_items:
+            return (f"{failed_items:,} of {total_items:,} {self.items} failed, more than "
                     f"--allowed-failed-percent {self.allowed_failed_percent:g}")
         return None
 
@@ -62,6 +73,7 @@ class Scheduler:
     in_flight: dict[int, tuple[Batch, int]] = field(default_factory=dict)  # id -> batch, rank
     held: Counter[int] = field(default_factory=Counter)  # batches in flight, by rank
     completed: set[int] = field(default_factory=set)
+    short: dict[int, int] = field(default_factory=dict)  # completed id -> items without result
     attempts: dict[int, list[Attempt]] = field(default_factory=dict)
     failed: dict[int, Batch] = field(default_factory=dict)
     stop_reason: str | None = None
@@ -104,10 +116,14 @@ class Scheduler:
         """How many times the batch has failed so far (0 on its first try)."""
         return len(self.attempts.get(batch_id, ()))
 
-    def complete(self, batch_id: int, rank: int) -> Batch:
-        """Record that ``rank`` finished ``batch_id`` and its output is written."""
+    def complete(self, batch_id: int, rank: int, failed_items: int = 0) -> Batch:
+        """Record that ``rank`` finished ``batch_id`` and its output is written, short of
+        results for ``failed_items`` of its items (they count against the budget)."""
         batch = self._take(batch_id, rank)
         self.completed.add(batch_id)
+        if failed_items:
+            self.short[batch_id] = failed_items
+            self._check_budget()
         return batch
 
     def fail(self, batch_id: int, attempt: Attempt) -> bool:
@@ -119,10 +135,13 @@ class Scheduler:
             self.retries.append(batch)
             return False
         self.failed[batch_id] = batch
+        self._check_budget()
+        return True
+
+    def _check_budget(self) -> None:
         reason = self.policy.exceeded(len(self.failed), self.failed_rows, self.total_rows)
         if reason:
             self.halt(f"error budget exceeded: {reason}", "ScoringError")
-        return True
 
     def give_back(self, batch_id: int, rank: int) -> None:
         """A batch returned unfinished at a stop: hand it out again later, no try counted."""
@@ -153,7 +172,9 @@ class Scheduler:
 
     @property
     def failed_rows(self) -> int:
-        return sum(batch.rows for batch in self.failed.values())
+        """Items failed for good: every item of a batch given up, and those a completed
+        batch returned no result for."""
+        return sum(batch.rows for batch in self.failed.values()) + sum(self.short.values())
 
     @property
     def finished(self) -> bool:

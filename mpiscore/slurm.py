@@ -227,6 +227,9 @@ def command_line(params: Iterable[Any], values: Mapping[str, Any],
         if param.name not in wanted or not getattr(param, "opts", None):
             continue
         value = values[param.name]
+        if getattr(param, "nargs", 1) == -1 and not getattr(param, "multiple", False):
+            argv += ["--", *map(str, value)] if value else []  # an entry script's words
+            continue
         if getattr(param, "is_flag", False):
             if param.secondary_opts:
                 argv.append(param.opts[0] if value else param.secondary_opts[0])

@@ -120,6 +120,7 @@ class Done(NamedTuple):
 
     batch_id: int
     times: StageTimes
+    failed_items: int = 0  # of its items, those the scorer gave no result for (append_row)
 
 
 class BatchFailed(NamedTuple):

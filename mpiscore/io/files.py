@@ -61,8 +61,8 @@ class FilesSourceKind:
     def names(self, source: FilesInput) -> list[str]:
         return list(source.paths)
 
-    def plan(self, source: FilesInput, files: Sequence[SourceFile], batch_size: BatchSize
-             ) -> Plan:
+    def plan(self, source: FilesInput, files: Sequence[SourceFile], batch_size: BatchSize,
+             row_nbytes: int = 0) -> Plan:
         """Batches of consecutive files: ``--mini-batch-size N`` files, or bytes packed."""
         return make_item_plan(files, batch_size, source.sizes)
 

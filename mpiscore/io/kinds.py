@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import InputSpec, JobConfig, split_names
+from ..config import BatchSize, InputSpec, JobConfig, split_names
 from ..errors import ConfigError, InputError
-from ..plan import Plan, SourceFile
+from ..plan import Plan, SourceFile, make_plan
 from . import hdf5
 from .fields import Field, ParquetSelection, Reader, Writer
 from .sources import HDF5_SUFFIXES, PARQUET_SUFFIXES, dataset_files
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..model import TensorSpec
 
 Resolved = list[tuple[InputSpec, str]]  # each path with the --input that named it
+SCRIPT_ARRAY = "data"  # an entry script's HDF5 dataset, when --map names none
 
 
 def _parquet() -> ModuleType:
@@ -46,7 +47,7 @@ class Hdf5SourceKind:
                 ) -> tuple[hdf5.Hdf5Source, ...]:
         if config.columns or config.keep_columns:
             raise ConfigError("--columns and --keep-columns apply to Parquet input only")
-        names = [spec.name for spec in inputs]
+        names = [spec.name for spec in inputs] or [SCRIPT_ARRAY]
         return tuple(hdf5.Hdf5Source(path, _datasets(config, spec.dataset, path, names))
                      for spec, path in paths)
 
@@ -54,6 +55,10 @@ class Hdf5SourceKind:
                  ) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
         files, fields = hdf5.describe(sources)
         return files, fields, []
+
+    def plan(self, sources: tuple[hdf5.Hdf5Source, ...], files: list[SourceFile],
+             batch_size: BatchSize, row_nbytes: int) -> Plan:
+        return make_plan(files, batch_size.rows_for(row_nbytes))
 
     def open_reader(self, sources: tuple[hdf5.Hdf5Source, ...]) -> Reader:
         return hdf5.Hdf5Reader(sources)
@@ -75,6 +80,7 @@ class ParquetInput:
 
     paths: tuple[str, ...]
     selection: ParquetSelection
+    partition_by: tuple[str, ...] = ()  # one batch per group of equal values (partitions.py)
 
 
 class ParquetSourceKind:
@@ -88,12 +94,20 @@ class ParquetSourceKind:
     def resolve(self, config: JobConfig, paths: Resolved, inputs: list[TensorSpec]
                 ) -> ParquetInput:
         files = tuple(file for _, path in paths for file in _files(path))
-        return ParquetInput(files, _selection(config, files[0], inputs))
+        return ParquetInput(files, _selection(config, files[0], inputs), config.partition_by)
 
     def describe(self, source: ParquetInput
                  ) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
         files, fields, kept = _parquet().describe(source.paths, source.selection)
         return files, fields, list(kept.values())
+
+    def plan(self, source: ParquetInput, files: list[SourceFile], batch_size: BatchSize,
+             row_nbytes: int) -> Plan:
+        if not source.partition_by:
+            return make_plan(files, batch_size.rows_for(row_nbytes))
+        from .partitions import partition_plan
+
+        return partition_plan(source.paths, source.partition_by, batch_size, row_nbytes)
 
     def open_reader(self, source: ParquetInput) -> Reader:
         return _parquet().ParquetReader(source.paths, source.selection)
@@ -113,8 +127,17 @@ def _files(path: str) -> list[str]:
 
 def _selection(config: JobConfig, first: str, inputs: list[TensorSpec]) -> ParquetSelection:
     """--map, else --columns, else the one column that cannot be a wrong guess (never
-    "every numeric column": that scored id and label columns as features)."""
+    "every numeric column": that scored id and label columns as features). An entry
+    script reads the columns as they are: --columns, else all of them."""
     parquet = _parquet()
+    if config.scorer_kind == "script":
+        if config.mapping:
+            raise ConfigError("--map: an entry script gets Parquet columns by name; choose "
+                              "them with --columns")
+        schema = parquet.read_schema(first)
+        columns = parquet.match_columns(first, schema, config.columns) if config.columns \
+            else tuple(schema.names)
+        return ParquetSelection((), tuple(dict.fromkeys([*columns, *config.keep_columns])))
     if config.mapping:
         features = tuple((name, split_names(cols)) for name, cols in config.mapping)
     else:

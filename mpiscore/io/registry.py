@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config import JobConfig
+from ..config import BatchSize, JobConfig
 from ..errors import ConfigError, ModelError, OutputError
 from ..plan import Plan, SourceFile
 from .fields import Field, Reader, Writer
+from .files import FilesSourceKind
 from .kinds import Hdf5SinkKind, Hdf5SourceKind, ParquetSinkKind, ParquetSourceKind, Resolved
-from .sources import expand
+from .lines import LinesSinkKind, NoOutputSinkKind
+from .sources import dataset_files, expand
 
 if TYPE_CHECKING:
     from ..model import TensorSpec
@@ -39,6 +41,10 @@ class SourceKind(Protocol):
 
     def describe(self, resolved: Any) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
         """Files, model-input fields and carried fields."""
+
+    def plan(self, resolved: Any, files: list[SourceFile], batch_size: BatchSize,
+             row_nbytes: int) -> Plan:
+        """The batches over ``files`` (rows of ``row_nbytes`` bytes), in row order."""
 
     def open_reader(self, resolved: Any) -> Reader: ...
 
@@ -74,6 +80,7 @@ class SinkKind(Protocol):
 
 SOURCES: dict[str, SourceKind] = {}
 SINKS: dict[str, SinkKind] = {}
+ACTION_SINKS: dict[str, SinkKind] = {}  # by --output-action, for entry scripts' outputs
 
 
 def register_source(kind: str, source: SourceKind) -> None:
@@ -86,10 +93,18 @@ def register_sink(kind: str, sink: SinkKind) -> None:
     SINKS[kind] = sink
 
 
+def register_action(action: str, sink: SinkKind) -> None:
+    """Make ``--output-action ACTION`` write with ``sink`` (whatever ``--output`` is)."""
+    ACTION_SINKS[action] = sink
+
+
 register_source("hdf5", Hdf5SourceKind())
 register_source("parquet", ParquetSourceKind())
+register_source("files", FilesSourceKind())
 register_sink("hdf5", Hdf5SinkKind())
 register_sink("parquet", ParquetSinkKind())
+register_action("append_row", LinesSinkKind())
+register_action("summary_only", NoOutputSinkKind())
 
 
 def detect_format(path: str, declared: str, what: str) -> str:
@@ -129,20 +144,54 @@ def resolve_input(config: JobConfig, inputs: list[TensorSpec]) -> InputSource:
     """
     input_names = [spec.name for spec in inputs]
     specs = [(spec, path) for spec in config.inputs for path in expand(spec)]
-    kinds = {detect_format(path, config.input_format, "--input") for _, path in specs}
-    if len(kinds) > 1:
-        mixed = " and ".join(impl.label for kind, impl in SOURCES.items() if kind in kinds)
-        raise ConfigError(f"--input mixes {mixed} files; score them in separate jobs")
+    kind = _input_kind(config, [path for _, path in specs])
+    if config.partition_by and kind != "parquet":
+        raise ConfigError(f"--partition-by {','.join(config.partition_by)}: groups Parquet "
+                          f"rows; this input is {SOURCES[kind].label}")
     if len(input_names) > 1 and not config.mapping:
         raise ModelError(f"{config.model}: the model has inputs {', '.join(input_names)}; "
                          "say where each comes from with --map NAME=SOURCE")
-    kind = kinds.pop()
     return InputSource(kind, SOURCES[kind].resolve(config, specs, inputs))
+
+
+def _input_kind(config: JobConfig, paths: list[str]) -> str:
+    """The one kind of every input path. ``--input-mode files`` makes every file an item;
+    for an entry script, ``auto`` does too when no path is HDF5 or Parquet (images,
+    .npy files, a folder of them); a model reads only HDF5 or Parquet."""
+    script = config.scorer_kind == "script"
+    if config.input_mode == "files":
+        if not script:
+            raise ConfigError("--input-mode files: file input feeds entry scripts only (pass "
+                              "--entry-script), a --model reads HDF5 or Parquet rows")
+        return "files"
+    if script and config.input_mode == "auto" and config.input_format == "auto" and \
+            not any(_tabular(path) for path in paths):
+        return "files"
+    kinds = {detect_format(path, config.input_format, "--input") for path in paths}
+    if len(kinds) > 1:
+        mixed = " and ".join(impl.label for kind, impl in SOURCES.items() if kind in kinds)
+        raise ConfigError(f"--input mixes {mixed} files; score them in separate jobs")
+    return kinds.pop()
+
+
+def _tabular(path: str) -> bool:
+    """Whether ``path`` is HDF5 or Parquet data by its suffix, or a directory holding
+    Parquet files."""
+    suffix = Path(path).suffix.lower()
+    if any(suffix in kind.suffixes for kind in (SOURCES["hdf5"], SOURCES["parquet"])):
+        return True
+    return os.path.isdir(path) and bool(dataset_files(path, SOURCES["parquet"].suffixes))
 
 
 def describe(source: InputSource) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
     """Files, model-input fields and carried fields of the input (rank 0)."""
     return SOURCES[source.kind].describe(source.resolved)
+
+
+def plan_batches(config: JobConfig, source: InputSource, files: list[SourceFile],
+                 row_nbytes: int) -> Plan:
+    """The job's batches, as the input's kind cuts them (rank 0)."""
+    return SOURCES[source.kind].plan(source.resolved, files, config.batch_size, row_nbytes)
 
 
 def open_reader(source: InputSource) -> Reader:
@@ -164,17 +213,28 @@ class OutputTarget:
 
     @classmethod
     def of(cls, config: JobConfig) -> OutputTarget:
-        """The output of ``config``, its kind from ``--output-format`` or the path."""
+        """The output of ``config``: by ``--output-action``, or for rows by
+        ``--output-format`` or the path."""
+        if config.output_action in ACTION_SINKS:
+            return cls(config.output_action, config.output, config.overwrite)
         return cls(detect_format(str(config.output), config.output_format, "--output"),
                    config.output, config.overwrite)
 
     @property
+    def in_place(self) -> bool:
+        """Whether the output is a directory others write into (summary_only): made if
+        missing, never replaced, no partial name."""
+        return getattr(self.sink, "in_place", False)
+
+    @property
     def partial(self) -> Path:
+        if self.in_place:
+            return self.final
         return self.final.with_name(self.final.name + ".partial")
 
     @property
     def sink(self) -> SinkKind:
-        return SINKS[self.format]
+        return ACTION_SINKS.get(self.format) or SINKS[self.format]
 
     def check(self, outputs: list[Field], kept: list[Field], resume: bool,
               inputs: list[str]) -> None:
@@ -187,6 +247,11 @@ class OutputTarget:
                               "rename the model output with --rename OUTPUT=NEW_NAME")
         for path in (self.final, self.partial):
             _refuse_an_input(path, inputs)
+        if self.in_place:
+            if self.final.exists() and not self.final.is_dir():
+                raise OutputError(f"{self.final}: not a directory; --output-action "
+                                  "summary_only names the directory the script writes into")
+            return
         if resume:
             if self.final.exists():
                 raise ConfigError(f"--resume: {self.final} is complete; nothing to resume")
@@ -221,7 +286,7 @@ class OutputTarget:
     def create(self, fields: list[Field], kept: list[Field], plan: Plan,
                attrs: dict[str, Any]) -> dict[str, int]:
         """Create the (partial) output on rank 0; HDF5 returns dataset byte offsets."""
-        for stale in (self.final, self.partial):
+        for stale in () if self.in_place else (self.final, self.partial):
             if stale.exists() or stale.is_symlink():
                 remove(stale)
         return self.sink.create(self.partial, fields, kept, plan, attrs)
@@ -257,7 +322,7 @@ def _ours(path: Path) -> bool:
     """Whether ``path`` is an output or partial output that mpiscore wrote."""
     if path.is_symlink():
         return False
-    return any(sink.owned(path) for sink in SINKS.values())
+    return any(sink.owned(path) for sink in [*SINKS.values(), *ACTION_SINKS.values()])
 
 
 def remove(path: Path) -> None:

@@ -59,7 +59,8 @@ class Coordinator:
         if isinstance(message, Request):
             self.wants[rank] += message.count
         elif isinstance(message, Completed):
-            self.on_complete(self.scheduler.complete(message.batch_id, rank))
+            self.on_complete(self.scheduler.complete(message.batch_id, rank,
+                                                     message.failed_items))
             self.wants[rank] += 1
         elif isinstance(message, Failed):
             self._failed(rank, message)

@@ -43,6 +43,7 @@ class Request:
 class Completed:
     tag: ClassVar[int] = 12
     batch_id: int
+    failed_items: int = 0  # items of the batch without a result (they count as failed)
 
 
 @dataclass(frozen=True)

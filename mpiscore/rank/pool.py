@@ -65,6 +65,7 @@ class Outcome:
     times: StageTimes | None = None
     returned: bool = False  # lost with a process killed for another batch: no try counted
     fatal: str = ""  # the error is not the batch's (messages.Failed.fatal)
+    failed_items: int = 0  # done, but without results for so many items (wire.Done)
 
 
 def start_pool(config: JobConfig, world: World,
@@ -73,7 +74,7 @@ def start_pool(config: JobConfig, world: World,
     of its node, with the session settings of the rank's place on the node."""
     local_rank, ranks_on_node = world.node_local()
     return ScorerPool(layout(config, ranks_on_node).procs, config.batch_timeout,
-                      scorer_settings(config, local_rank, ranks_on_node), started)
+                      scorer_settings(config, local_rank, ranks_on_node, world.rank), started)
 
 
 class ScorerPool:
@@ -114,7 +115,7 @@ class ScorerPool:
         wrote; raises the error the checks found."""
         assert self.preparing is not None, "prepare() first"
         first, config = self.procs[0], self.preparing.config
-        model = config.model
+        model = config.scorer_file
         lock = JobLock(lock_paths(config.output, config.resolved_run_dir), self.preparing.owner)
         while not wait([first.conn], 1.0):
             lock.refresh(taken=False)  # planning 10,000 files may take minutes: stay alive
@@ -228,8 +229,9 @@ class ScorerPool:
                                           f"{error}")
             case Scored(batch_id):  # now being written; the process is free for the next batch
                 proc.writing.append(proc.take(batch_id))
-            case Done(batch_id, times):
-                return Outcome(proc.take(batch_id), True, times=times)
+            case Done(batch_id, times, failed_items):
+                return Outcome(proc.take(batch_id), True, times=times,
+                               failed_items=failed_items)
             case BatchFailed(batch_id, error, traceback, fatal):  # the process goes on
                 return Outcome(proc.take(batch_id), False, error, traceback, fatal=fatal)
             case _:

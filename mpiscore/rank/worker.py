@@ -120,7 +120,7 @@ class RankWorker:
             if outcome.ok:
                 assert outcome.times is not None
                 self.stats.add(outcome.batch, outcome.times)
-                self.link.send(Completed(outcome.batch.batch_id))
+                self.link.send(Completed(outcome.batch.batch_id, outcome.failed_items))
                 self.faults.after_rank_batch(self.rank)
             elif outcome.returned:
                 self.link.send(Returned((outcome.batch.batch_id,)))

@@ -24,7 +24,6 @@ import time
 import traceback
 from collections.abc import Callable
 
-from ..config import ScorerSettings
 from ..errors import InputChanged, MpiscoreError, is_storage_failure
 from ..io.registry import open_reader
 from ..model import read_model
@@ -223,7 +222,8 @@ class _WriteBehind:
         self.processor, self.sender, self.fail = processor, sender, fail
         self.failure: BaseException | None = None
         self.queue: queue.Queue[tuple[Batch, Prepared] | str | None] = queue.Queue(maxsize=1)
-        self.unsynced: list[tuple[Batch, StageTimes]] = []  # written, in the writer thread
+        # written, in the writer thread: each batch, its times and its items without a result
+        self.unsynced: list[tuple[Batch, StageTimes, int]] = []
         self.oldest = 0.0  # when the first of ``unsynced`` was written
         self.put_since_sync = False  # the scoring loop's view
         self.thread = threading.Thread(target=self._run, name="mpiscore-writer", daemon=True)
@@ -282,7 +282,7 @@ class _WriteBehind:
             return
         if not self.unsynced:
             self.oldest = time.monotonic()
-        self.unsynced.append((batch, times))
+        self.unsynced.append((batch, times, prepared.failed_items))
         if len(self.unsynced) >= SYNC_GROUP:
             self._sync()
 
@@ -293,12 +293,13 @@ class _WriteBehind:
         try:
             seconds = self.processor.sync()
         except Exception as exc:
-            for batch, _ in written:
+            for batch, _, _ in written:
                 self.sender.send(_failed(batch, exc))
             return
-        for batch, times in written:  # the flush's time shared out among its batches
+        for batch, times, failed_items in written:  # the flush's time shared out among them
             self.sender.send(Done(batch.batch_id,
-                                  times._replace(write=times.write + seconds / len(written))))
+                                  times._replace(write=times.write + seconds / len(written)),
+                                  failed_items))
 
 
 _SYNC = "sync"  # in the writer's queue: flush what is written now
@@ -309,9 +310,10 @@ def _prepare(conn: Channel, request: PrepareRequest) -> Scorer | None:
     back; the scorer, kept for scoring, or None after an error."""
     config = request.config
     try:
-        model_bytes = read_model(config.model)
-        scorer = _open_scorer(model_bytes, str(config.model), request.settings)
-        job, done = prepare(config, model_bytes, scorer, request.owner)
+        model_bytes = read_model(config.scorer_file)
+        job, done, scorer = prepare(config, model_bytes, lambda: open_scorer(
+            config.scorer_kind, model_bytes, str(config.scorer_file), request.settings),
+            request.owner)
     except MpiscoreError as exc:
         conn.send(PrepareFailed(exc))
         return None
@@ -328,18 +330,14 @@ def _processor(spec: ScorerSpec, scorer: Scorer | None) -> BatchProcessor:
     job = spec.job
     if scorer is None:
         assert spec.model_bytes is not None, "only the process that prepared gets no model"
-        scorer = _open_scorer(spec.model_bytes, job.model_name, spec.settings)
+        scorer = open_scorer(job.config.scorer_kind, spec.model_bytes, job.model_name,
+                              spec.settings)
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
     readers = [open_reader(job.source) for _ in range(READ_AHEAD)]
     return BatchProcessor(readers, scorer, job.bindings, writer, job.outputs,
-                          job.output_sources, spec.where, job.config.on_nan, job.fingerprint)
-
-
-def _open_scorer(model_bytes: bytes, model: str, settings: ScorerSettings) -> Scorer:
-    """The job's scorer: "onnx", the one kind so far (the job names its kind once there
-    are more)."""
-    return open_scorer("onnx", model_bytes, model, settings)
+                          job.output_sources, spec.where, job.config.on_nan, job.fingerprint,
+                          raw=job.config.scorer_kind == "script")
 
 
 def _failed(batch: Batch, exc: BaseException) -> BatchFailed:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputChanged, InputError, MpiscoreError
-from ..io.fields import ROW_STATUS, Columns, Field, Reader, Writer
+from ..io.fields import LINES, ROW_STATUS, Columns, Field, Reader, Writer
 from ..journal import changed_input
 from ..model import InputBinding
 from ..plan import Batch
@@ -30,11 +30,13 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A scored batch waiting to be written, and how long reading and scoring took."""
+    """A scored batch waiting to be written, how long reading and scoring took, and how
+    many of its items got no result (a script's run() may return fewer lines)."""
 
     columns: dict[str, object]
     read: float
     score: float
+    failed_items: int = 0
 
 
 class BatchProcessor:
@@ -50,11 +52,13 @@ class BatchProcessor:
     def __init__(self, readers: Sequence[Reader], scorer: Scorer,
                  bindings: tuple[InputBinding, ...], writer: Writer,
                  outputs: tuple[Field, ...], output_sources: tuple[str, ...], where: str,
-                 on_nan: str = "error", stamp: dict[str, Any] | None = None) -> None:
+                 on_nan: str = "error", stamp: dict[str, Any] | None = None,
+                 raw: bool = False) -> None:
         """``stamp``: the job's fingerprint; an input file is checked against it each
-        time reading moves on to it."""
+        time reading moves on to it. ``raw``: the scorer (an entry script) takes the
+        columns as read, not bound model inputs."""
         self.readers, self.scorer, self.writer = readers, scorer, writer
-        self.bindings = bindings
+        self.bindings, self.raw = bindings, raw
         self.stamp, self.file_index = stamp, -1
         self.renames = [(f.name, source) for f, source in zip(outputs, output_sources,
                                                                strict=True)]
@@ -75,7 +79,10 @@ class BatchProcessor:
         """Score a read batch: the output columns, ready to write."""
         with self._naming(batch):
             started = time.perf_counter()
-            outputs = self.scorer.score(bound(loaded.arrays, self.bindings))
+            outputs = self.scorer.score(scorer_feeds(loaded, self.bindings, self.raw))
+            if LINES in outputs:  # append_row: the lines are the output, short or not
+                return Prepared(outputs, loaded.read, time.perf_counter() - started,
+                                batch.rows - len(outputs[LINES]))
             status = {ROW_STATUS.name: np.zeros(batch.rows, dtype=np.uint8)}
             columns = {**loaded.kept, **{n: outputs[s] for n, s in self.renames}, **status}
             return Prepared(columns, loaded.read, time.perf_counter() - started)
@@ -119,6 +126,14 @@ class BatchProcessor:
         for reader in self.readers:
             reader.close()
         self.writer.close()
+        self.scorer.close()
+
+
+def scorer_feeds(loaded: Loaded, bindings: tuple[InputBinding, ...], raw: bool
+                 ) -> dict[str, Any]:
+    """What the scorer gets of a read batch: the model inputs fitted to their bindings,
+    or, for an entry script (``raw``), every column as read (carried ones too)."""
+    return {**loaded.arrays, **loaded.kept} if raw else bound(loaded.arrays, bindings)
 
 
 def bound(arrays: dict[str, np.ndarray], bindings: tuple[InputBinding, ...]

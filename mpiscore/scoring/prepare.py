@@ -12,46 +12,52 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from .. import __version__
 from ..config import JobConfig
 from ..errors import AlreadyComplete, InputError
-from ..io.fields import ROW_STATUS
+from ..io.fields import ROW_STATUS, Field
 from ..io.registry import (
     InputSource,
     OutputTarget,
     describe,
     input_names,
     open_reader,
+    plan_batches,
     resolve_input,
 )
 from ..job import Job
 from ..journal import FINGERPRINT, check_resumable, completed, fingerprint, journal_token
 from ..lock import JobLock, LockOwner, acquire, lock_paths
 from ..model import InputBinding, bind_inputs, model_digest, output_fields
-from ..plan import Plan, make_plan
+from ..plan import Plan
 from ..report import size_text
-from .pipeline import bound
+from .pipeline import Loaded, scorer_feeds
 from .scorers import Scorer
 
 
-def prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
-            owner: LockOwner) -> tuple[Job, set[int]]:
+def prepare(config: JobConfig, model_bytes: bytes, open_scorer: Callable[[], Scorer],
+            owner: LockOwner) -> tuple[Job, set[int], Scorer]:
     """Check everything, plan the batches and create (or, to resume, reopen) the output.
 
-    ``scorer`` was opened on ``model_bytes`` (of whatever kind). Nothing on disk is
-    touched before the job's locks are taken for ``owner`` (rank 0), who holds them
-    from then on. Returns the job and the batches already written by an interrupted
-    run (empty unless ``--resume``).
+    ``open_scorer`` opens the scorer of ``model_bytes`` (of whatever kind); it is
+    called once the job's locks are taken for ``owner`` (rank 0), who holds them
+    from then on, because nothing on disk may be touched before (an entry
+    script's init() may write, and its log goes to the run directory). Returns
+    the job, the batches already written by an interrupted run (empty unless
+    ``--resume``) and the scorer, kept for scoring.
     """
     lock = acquire(lock_paths(config.output, config.resolved_run_dir), owner)
     try:
-        return _prepare(config, model_bytes, scorer, lock)
+        scorer = open_scorer()
+        job, done = _prepare(config, model_bytes, scorer, lock)
     except BaseException:
         lock.release()
         raise
+    return job, done, scorer
 
 
 def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
@@ -62,16 +68,27 @@ def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
     if sum(f.rows for f in files) == 0:
         more = f" ... and {len(files) - 3} more files" if len(files) > 3 else ""
         raise InputError(f"{', '.join(f.path for f in files[:3])}{more}: input has no rows")
-    bindings = bind_inputs(str(config.model), inputs, fields, config.session.cast)
-    row_nbytes = sum(field.row_nbytes for field in fields.values())
-    plan = make_plan(files, config.batch_size.rows_for(row_nbytes))
-    probe, probe_rows = _probe(scorer, bindings, source, plan)
-    model_outputs = output_fields(probe, dict(config.rename), probe_rows, str(config.model),
-                                  scorer.columns, scorer.label_width)
+    raw = config.scorer_kind == "script"  # an entry script takes the columns as read
+    if raw:
+        bindings: tuple[InputBinding, ...] = ()
+        row_nbytes = sum(f.row_nbytes for f in [*fields.values(), *kept])
+        kept = [f for name in config.keep_columns for f in kept if f.name == name]
+    else:
+        bindings = bind_inputs(str(config.model), inputs, fields, config.session.cast)
+        row_nbytes = sum(field.row_nbytes for field in fields.values())
+    plan = plan_batches(config, source, files, row_nbytes)
+    probe: dict[str, Any] = {}
+    model_outputs: list[Field] = []
+    if config.output_action == "rows":  # the output's columns, from scoring a few rows
+        probe, probe_rows = _probe(scorer, bindings, source, plan, raw)
+        model_outputs = output_fields(probe, dict(config.rename), probe_rows,
+                                      str(config.scorer_file), scorer.columns,
+                                      scorer.label_width)
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget.of(config)
     sha256 = model_digest(model_bytes)
-    attrs = {"model": str(config.model), "model_sha256": sha256, "mpiscore_version": __version__,
+    attrs = {"model": str(config.scorer_file), "model_sha256": sha256,
+             "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
              "batches": len(plan.batches), "rows": plan.total_rows}
     # absolute paths: the same files, however spelled (RUN_DIR/config.toml has them absolute)
@@ -129,9 +146,10 @@ def _already_complete(config: JobConfig, target: OutputTarget, stamp: dict[str, 
     return isinstance(recorded, dict) and all(recorded.get(key) == stamp[key] for key in stamp)
 
 
-def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSource, plan: Plan
-           ) -> tuple[dict[str, Any], int]:
-    """Score the first rows once, to check the model runs on this data and learn its outputs.
+def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSource,
+           plan: Plan, raw: bool) -> tuple[dict[str, Any], int]:
+    """Score the first rows once, to check the model runs on this data and learn its
+    outputs (an entry script's run() is so called once more, on those rows).
 
     Returns the outputs and how many rows were scored (the model's fixed batch, or 2).
     """
@@ -139,7 +157,7 @@ def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSour
     rows = min(first.rows, scorer.fixed_batch or 2)
     reader = open_reader(source)
     try:
-        arrays, _ = reader.read(replace(first, stop=first.start + rows))
+        arrays, kept = reader.read(replace(first, stop=first.start + rows))
     finally:
         reader.close()
-    return scorer.score(bound(arrays, bindings)), rows
+    return scorer.score(scorer_feeds(Loaded(arrays, kept, 0.0), bindings, raw)), rows

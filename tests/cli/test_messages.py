@@ -62,7 +62,7 @@ def test_first_lines_and_last_line_of_a_resumed_job(tmp_path) -> None:
                for line in lines)
     [last] = [line for line in lines if "INFO failed:" in line]
     assert f"; {out}.partial holds " in last and "1 failed" in last
-    assert "1 batch failed for good, more than --error-threshold 0" in failed.output
+    assert "10 rows failed for good (in 1 batch), more than --error-threshold 0" in failed.output
     resumed = invoke(*args, "--resume")
     assert resumed.exit_code == 0, resumed.output
     [last] = [line for line in resumed.stderr.splitlines() if "INFO complete:" in line]

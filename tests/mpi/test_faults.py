@@ -91,7 +91,7 @@ def test_batch_raising_once_is_retried(data, tmp_path, ranks) -> None:
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_batch_always_raising_is_recorded_and_masked(data, tmp_path, ranks) -> None:
     out = tmp_path / "y.h5"
-    args = job_args(data, out, "--error-threshold", 1, "--max-retries", 2)
+    args = job_args(data, out, "--error-threshold", BATCH, "--max-retries", 2)
     result = faulty(ranks, "sleep:0.02,raise-always:20", *args)
     assert result.returncode == 0, result.stderr
     got, want = h5(out), h5(data["clean"])
@@ -113,13 +113,14 @@ def test_batch_always_raising_is_recorded_and_masked(data, tmp_path, ranks) -> N
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_error_budget_exceeded_stops_cleanly(data, tmp_path, ranks) -> None:
     out = tmp_path / "y.h5"
-    result = faulty(ranks, "raise-always:2,raise-always:9", *job_args(data, out,
-                                                                  "--error-threshold", 1))
+    result = faulty(ranks, "raise-always:2,raise-always:9", *job_args(
+        data, out, "--error-threshold", -1, "--mini-batch-error-threshold", 1))
     assert result.returncode == 5, result.stderr
     assert "error budget exceeded: 2 batches failed" in error_lines(result)[0]
     assert not out.exists() and Path(f"{out}.partial").exists()
     report = summary(out)
-    assert report["status"] == "failed" and "--error-threshold 1" in report["stop_reason"]
+    assert report["status"] == "failed" and "--mini-batch-error-threshold 1" in \
+        report["stop_reason"]
 
 
 def test_allowed_failed_percent(data, tmp_path) -> None:
@@ -249,7 +250,7 @@ def test_corrupted_chunk_fails_its_batch_only(data, tmp_path) -> None:
     path.write_bytes(bytes(raw))
     out = tmp_path / "y.h5"
     files = {**data, "h5": path}
-    result = mpiscore(2, *job_args(files, out, "--error-threshold", 1, "--max-retries", 1))
+    result = mpiscore(2, *job_args(files, out, "--error-threshold", BATCH, "--max-retries", 1))
     assert result.returncode == 0, result.stderr
     got, want = h5(out), h5(data["clean"])
     assert got["row_status"].sum() == BATCH and got["row_status"][10 * BATCH] == 1

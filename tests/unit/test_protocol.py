@@ -241,7 +241,8 @@ def test_a_batch_failing_everywhere_exhausts_the_budget_and_stops_every_rank() -
 
 def test_failures_within_threshold_let_the_job_finish() -> None:
     out = run_job(fails=lambda rank, batch, attempt: batch == 5,
-                  policy=FailurePolicy(max_retries=1, error_threshold=1))
+                  policy=FailurePolicy(max_retries=1, error_threshold=-1,
+                                                       mini_batch_error_threshold=1))
     check_clean_end(out, 4)
     assert out.scheduler.stop_reason is None
     assert set(out.scheduler.failed) == {5}

@@ -94,7 +94,7 @@ def test_batch_given_up_after_max_retries_and_budget_stops_the_job() -> None:
 
 
 def test_failures_within_threshold_let_the_job_go_on() -> None:
-    s = scheduler(3, max_retries=0, error_threshold=1)
+    s = scheduler(3, max_retries=0, error_threshold=10)  # items: batch 0's 10 rows
     s.assign(1)
     assert s.fail(0, Attempt(1, "boom")) is True
     assert s.stop_reason is None
@@ -110,7 +110,28 @@ def test_allowed_failed_percent_counts_rows() -> None:
     assert policy.exceeded(5, 20, 100) is None
     assert policy.exceeded(5, 21, 100) is not None
     assert FailurePolicy(error_threshold=-1).exceeded(1000, 1000, 1000) is None
-    assert FailurePolicy(error_threshold=2).exceeded(3, 1, 100) is not None
+    assert FailurePolicy(error_threshold=2).exceeded(1, 3, 100) is not None
+
+
+def test_error_threshold_counts_items_and_the_batch_threshold_batches() -> None:
+    """Azure's error_threshold (items) and mini_batch_error_threshold (batches)."""
+    assert FailurePolicy(error_threshold=30).exceeded(3, 30, 100) is None
+    items = FailurePolicy(error_threshold=29, items="files").exceeded(3, 30, 100)
+    assert items is not None and "30 files failed for good (in 3 batches)" in items
+    assert FailurePolicy(error_threshold=-1, mini_batch_error_threshold=3).exceeded(
+        3, 30, 100) is None
+    batches = FailurePolicy(error_threshold=-1, mini_batch_error_threshold=2).exceeded(3, 3, 9)
+    assert batches is not None and "--mini-batch-error-threshold 2" in batches
+
+
+def test_results_short_of_items_count_against_the_budget() -> None:
+    s = scheduler(3, max_retries=0, error_threshold=4)
+    s.assign(1)
+    s.complete(0, 1, failed_items=4)
+    assert s.stop_reason is None and s.failed_rows == 4 and not s.failed
+    s.assign(1)
+    s.complete(1, 1, failed_items=1)
+    assert s.stop_reason is not None and "5 rows failed for good" in s.stop_reason
 
 
 def test_give_back_requeues_in_front_without_counting_a_try() -> None:

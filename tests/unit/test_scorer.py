@@ -69,8 +69,9 @@ def scoring_process_parts(tmp_path: Path) -> tuple[Path, np.ndarray, Job, BatchP
                        output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
     settings = scorer_settings(config, 0, 1)
     model_bytes = read_model(model)
-    job, _ = prepare(config, model_bytes, open_scorer("onnx", model_bytes, str(model), settings),
-                     LockOwner.here())
+    job, _, _ = prepare(config, model_bytes,
+                        lambda: open_scorer("onnx", model_bytes, str(model), settings),
+                        LockOwner.here())
     spec = ScorerSpec(job, model_bytes, settings, "test", FaultPlan())
     return model, data, job, scorer._processor(spec, None)
 

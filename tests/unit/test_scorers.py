@@ -38,6 +38,9 @@ class RowSums:
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"total": feeds["features"].sum(axis=1)}
 
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 @pytest.fixture
 def row_sums() -> Iterator[str]:
@@ -62,7 +65,7 @@ def test_a_job_is_prepared_and_scored_through_any_kind(tmp_path: Path, row_sums:
     config = JobConfig(model=tmp_path / "sums.txt", inputs=(InputSpec(str(source), "/features"),),
                        output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
     scorer: Scorer = open_scorer(row_sums, b"rules", str(config.model), SETTINGS)
-    job, done = prepare(config, b"rules", scorer, LockOwner.here())
+    job, done, _ = prepare(config, b"rules", lambda: scorer, LockOwner.here())
     assert done == set() and [f.name for f in job.outputs] == ["total"]
     processor = main._processor(ScorerSpec(job, None, SETTINGS, "test", FaultPlan()), scorer)
     for batch in job.plan.batches:

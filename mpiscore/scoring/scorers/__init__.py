@@ -3,7 +3,8 @@
 A scoring process opens one scorer for its life and hands it batch after
 batch (scoring/pipeline.py); nothing else in the process knows what kind it
 is. Each kind is a module here with a factory in ``SCORERS`` (h5py's table of
-file drivers is the model): "onnx" is an ONNX Runtime session (onnx.py).
+file drivers is the model): "onnx" is an ONNX Runtime session (onnx.py),
+"script" a user's entry script with init() and run(mini_batch) (script.py).
 A factory imports its module when first called, so a process loads only the
 runtime of the kind its job uses. A new kind is one module and one entry.
 """
@@ -11,13 +12,11 @@ runtime of the kind its job uses. A new kind is one module and one entry.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import ConfigError
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from ...config import ScorerSettings
     from ...model import Column, TensorSpec
 
@@ -41,8 +40,12 @@ class Scorer(Protocol):
     def columns(self) -> Mapping[str, Column]:
         """The output (and class) behind each key of :meth:`score`'s result so far."""
 
-    def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Output columns for one batch of bound inputs, one row per input row."""
+    def score(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Output columns for one batch of bound inputs, one row per input row (a script
+        gets the batch's columns as read, and may return lines, io.fields.LINES)."""
+
+    def close(self) -> None:
+        """The process is done scoring (a script's shutdown() runs here)."""
 
 
 ScorerFactory = Callable[[bytes, str, "ScorerSettings"], Scorer]
@@ -55,7 +58,13 @@ def _onnx(model_bytes: bytes, model: str, settings: ScorerSettings) -> Scorer:
     return OnnxScorer.open(model_bytes, model, settings)
 
 
-SCORERS: dict[str, ScorerFactory] = {"onnx": _onnx}
+def _script(source: bytes, script: str, settings: ScorerSettings) -> Scorer:
+    from .script import ScriptScorer
+
+    return ScriptScorer.open(source, script, settings)
+
+
+SCORERS: dict[str, ScorerFactory] = {"onnx": _onnx, "script": _script}
 
 
 def register(kind: str, factory: ScorerFactory) -> None:

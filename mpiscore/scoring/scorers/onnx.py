@@ -95,6 +95,9 @@ class OnnxScorer:
             return _Columns(self.model, self.converter.convert(self._run(feeds), rows))
         return _Columns(self.model, self._run_in_pieces(feeds, rows, self.fixed_batch))
 
+    def close(self) -> None:
+        """Nothing to release: the process exits without destroying the session."""
+
     def _run(self, feeds: dict[str, np.ndarray]) -> list[object]:
         try:
             return self.session.run(self.output_names, feeds)
