@@ -173,9 +173,9 @@ class JobConfig:
     ``output_action``) apply to scripts only.
     """
 
-    model: Path | None
-    inputs: tuple[InputSpec, ...]
-    output: Path
+    model: Path | None = None
+    inputs: tuple[InputSpec, ...] = ()
+    output: Path = Path()
     input_format: Format = "auto"
     output_format: Format = "auto"
     mapping: tuple[tuple[str, str], ...] = ()
@@ -255,6 +255,17 @@ class JobConfig:
         path = self.model if self.entry_script is None else self.entry_script
         assert path is not None
         return path
+
+    def script_settings(self) -> ScriptSettings | None:
+        """What an entry script's scoring processes need (None for an ONNX model)."""
+        if self.entry_script is None:
+            return None
+        run_dir = self.resolved_run_dir.absolute()
+        return ScriptSettings(
+            str(self.entry_script.absolute()), self.script_args, self.batch_format,
+            self.output_action, bool(self.mapping),
+            str(self.output.absolute() if self.output_action == "summary_only" else run_dir),
+            str(run_dir / "logs"), self.output.suffix.lower() == ".csv")
 
     @property
     def resolved_run_dir(self) -> Path:
