@@ -210,10 +210,11 @@ def test_print_logging_and_the_entry_script_logger_land_in_the_process_log(
         import logging, sys
         from azureml_user.parallel_run import EntryScript
         def init():
+            assert sys.stdout.encoding == "utf-8" and not sys.stdout.isatty()
             print("hello from init")
             EntryScript().logger.info("loaded the model")
         def run(mini_batch):
-            logging.getLogger("mine").warning("scoring %d items", len(mini_batch))
+            logging.getLogger("mine").info("scoring %d items", len(mini_batch))
             print("oops", file=sys.stderr)
             return mini_batch
     """)
@@ -223,7 +224,7 @@ def test_print_logging_and_the_entry_script_logger_land_in_the_process_log(
                     "mine: scoring 2 items", "stderr: oops"):
         line = next(line for line in log.splitlines() if message in line)
         assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \w+ " + tag, line), line
-    assert "WARNING " + tag + " mine" in log and "INFO " + tag + " EntryScript" in log
+    assert "INFO " + tag + " mine" in log and "INFO " + tag + " EntryScript" in log
     assert "hello" not in capsys.readouterr().out
 
 
@@ -454,3 +455,51 @@ def test_summary_only_ignores_the_result(open_script: Opener, tmp_path: Path) ->
     (tmp_path / "out").mkdir()
     assert scorer.score({FILE_PATHS: ["a", "b"]}) == {}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.out", "b.out"]
+
+
+def test_without_a_log_directory_the_log_is_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.py").write_text("def run(b):\n    print('said')\n    return b\n")
+    settings = ScorerSettings(SessionConfig(), 1, rank=1, script=ScriptSettings(path="s.py"))
+    scorer = ScriptScorer.open(b"def run(b):\n    print('said')\n    return b\n", "s.py",
+                               settings)
+    try:
+        scorer.score({FILE_PATHS: ["a"]})
+    finally:
+        scorer.close()
+    assert f"PRINT rank 1 pid {os.getpid()} stdout: said" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_shutdown_raising_is_a_model_error_after_the_cleanup(open_script: Opener) -> None:
+    scorer = open_script("""
+        def run(mini_batch):
+            return mini_batch
+        def shutdown():
+            raise RuntimeError("flush failed")
+    """)
+    with pytest.raises(ModelError, match=r"score\.py, line 5, in shutdown: RuntimeError: "
+                                         r"flush failed"):
+        scorer.close()
+    assert str(COMPAT_DIR) not in sys.path
+
+
+def test_integers_that_do_not_fit_the_first_batchs_type_are_refused(open_script: Opener) -> None:
+    scorer = open_script("""
+        import numpy as np
+        def run(mini_batch):
+            big = mini_batch[0] == "big"
+            return np.array([2**40 if big else 1], dtype=np.int64 if big else np.int32)
+    """)
+    scorer.score({FILE_PATHS: ["small"]})
+    with pytest.raises(ScoringError, match=r"column 'result' as int64; the first batch's was "
+                                           r"int32"):
+        scorer.score({FILE_PATHS: ["big"]})
+
+
+def test_append_row_refuses_a_dict_of_unequal_columns(open_script: Opener) -> None:
+    scorer = open_script("def run(b):\n    return {'a': [1, 2], 'b': [1]}\n",
+                         output_action="append_row")
+    with pytest.raises(ScoringError, match=r"a dict of columns of lengths 2, 1"):
+        scorer.score({FILE_PATHS: ["x", "y"]})

@@ -89,6 +89,10 @@ class _TaggedStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"  # libraries that ask (click, tqdm) get an answer, not None
+
     def write(self, text: str) -> int:
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
@@ -151,6 +155,7 @@ class ProcessLog:
     @contextlib.contextmanager
     def captured(self) -> Iterator[None]:
         """The script's ``print()`` and writes to ``sys.stderr`` go to the log meanwhile."""
+        self.stdout.last_line = self.stderr.last_line = ""
         with contextlib.redirect_stdout(self.stdout), contextlib.redirect_stderr(self.stderr):
             try:
                 yield
@@ -293,7 +298,7 @@ class ScriptScorer:
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        """None: a script declares no tensors, it gets the batch's raw columns."""
+        """Empty: a script declares no tensors; it gets the batch's columns as read."""
         return []
 
     @property
