@@ -100,10 +100,10 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
 
 
 def _log_plan(job: Job) -> None:
-    plan = job.plan
-    LOG.info("planned %s of <= %s rows (%s, %s); %s %s; starting the scoring sessions",
-             plural(len(plan.batches), "batch", "batches"), f"{plan.batch_rows:,}",
-             plural(plan.total_rows, "row"), plural(len(plan.files), "file"),
+    plan, item = job.plan, job.item
+    LOG.info("planned %s of <= %s %ss (%s, %s); %s %s; starting the scoring sessions",
+             plural(len(plan.batches), "batch", "batches"), f"{plan.batch_rows:,}", item,
+             plural(plan.total_rows, item), plural(len(plan.files), "file"),
              "reopened" if job.config.resume else "created", job.target.partial)
     for warning in job.warnings:
         LOG.warning("%s", warning)
@@ -153,10 +153,11 @@ def _score(job: Job, pool: ScorerPool, done: set[int], world: World, started: fl
     spec = pool.spec
     assert spec is not None
     ready = time.perf_counter()
-    LOG.info("scoring: %s on this rank, %s each; %s of <= %s rows in all",
+    LOG.info("scoring: %s on this rank, %s each; %s of <= %s %ss in all",
              plural(pool.size, "scoring process", "scoring processes"),
              plural(spec.settings.intra_op_threads, "intra-op thread"),
-             plural(len(job.plan.batches), "batch", "batches"), f"{job.plan.batch_rows:,}")
+             plural(len(job.plan.batches), "batch", "batches"), f"{job.plan.batch_rows:,}",
+             job.item)
 
     def worker(link: WorkerLink) -> RankWorker:
         return RankWorker(pool, link, window_for(config, pool.size), world.rank, spec.faults,
@@ -200,7 +201,7 @@ def _coordinate(job: Job, done: set[int], world: World,
     todo = [b for b in job.plan.batches if b.batch_id not in done]
     policy = FailurePolicy(config.max_retries, config.error_threshold,
                            config.allowed_failed_percent, config.mini_batch_error_threshold,
-                           "files" if job.source.kind == "files" else "rows")
+                           f"{job.item}s")
     scheduler = Scheduler.for_batches(todo, job.plan.total_rows, policy)
     scheduler.completed.update(done)
     if done:
@@ -300,8 +301,7 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
     wall = time.perf_counter() - started
     rows = sum(s.rows for s in stats)
     failed: list[dict[str, Any]] = [
-        {"batch_id": b.batch_id, "file": job.plan.files[b.file_index].path,
-         "file_rows": [b.start, b.stop], "rows": [b.global_start, b.global_stop],
+        {"batch_id": b.batch_id, **_where(job, b),
          "attempts": [vars(a) for a in scheduler.attempts[b.batch_id]]}
         for b in scheduler.failed.values()]
     output = job.target.final if status == "complete" else job.target.partial
@@ -318,13 +318,24 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
         return report
     in_output = sum(b.rows for b in job.plan.batches if b.batch_id in scheduler.completed)
     earlier = in_output - rows
-    LOG.info("%s: %s scored by this run in %.2fs on %s (%s rows/s); %s holds %s of %s "
-             "batches, %s of %s rows%s, %d failed", status, plural(rows, "row"), wall,
-             plural(size, "rank"), f"{rows / wall:,.0f}", output,
+    item = job.item
+    LOG.info("%s: %s scored by this run in %.2fs on %s (%s %ss/s); %s holds %s of %s "
+             "batches, %s of %s %ss%s, %d failed", status, plural(rows, item), wall,
+             plural(size, "rank"), f"{rows / wall:,.0f}", item, output,
              f"{len(scheduler.completed):,}", f"{len(job.plan.batches):,}",
-             f"{in_output:,}", f"{job.plan.total_rows:,}",
+             f"{in_output:,}", f"{job.plan.total_rows:,}", item,
              f" ({earlier:,} from an earlier run)" if earlier > 0 else "", len(failed))
     return report
+
+
+def _where(job: Job, batch: Batch) -> dict[str, Any]:
+    """Where a batch's items are, for failed_batches.json: its file and rows, or (file
+    input) its files."""
+    if job.item == "file":
+        files = job.plan.files[batch.file_index:batch.file_index + batch.rows]
+        return {"files": [f.path for f in files], "rows": [batch.global_start, batch.global_stop]}
+    return {"file": job.plan.files[batch.file_index].path, "file_rows": [batch.start, batch.stop],
+            "rows": [batch.global_start, batch.global_stop]}
 
 
 def _raise_unless_complete(report: RunReport) -> None:

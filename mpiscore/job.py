@@ -43,6 +43,11 @@ class Job:
         return [*self.outputs, ROW_STATUS]
 
     @property
+    def item(self) -> str:
+        """What one unit of the input is, in messages: a row, or (file input) a file."""
+        return "file" if self.source.kind == "files" else "row"
+
+    @property
     def model_name(self) -> str:
         return str(self.config.scorer_file)
 

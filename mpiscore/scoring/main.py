@@ -122,7 +122,10 @@ def scorer_main(conn: Channel) -> None:
         sender.send(Scored(batch.batch_id))  # free for the next batch while this one writes
         writer.put(batch, prepared)
     writer.close()
-    processor.close()
+    try:
+        processor.close()
+    except MpiscoreError as exc:  # a script's shutdown() failed: its batches are written
+        print(f"mpiscore: {spec.where}: {type(exc).__name__}: {exc}", file=sys.stderr)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     sender.send(Closed(usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024))
     _exit(0)  # now, while the scorer is still alive: not worth destroying
@@ -332,6 +335,8 @@ def _processor(spec: ScorerSpec, scorer: Scorer | None) -> BatchProcessor:
         assert spec.model_bytes is not None, "only the process that prepared gets no model"
         scorer = open_scorer(job.config.scorer_kind, spec.model_bytes, job.model_name,
                               spec.settings)
+    scorer.fix_schema({source: (field.dtype, field.shape)
+                       for field, source in zip(job.outputs, job.output_sources, strict=True)})
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
     readers = [open_reader(job.source) for _ in range(READ_AHEAD)]
@@ -349,7 +354,8 @@ def _failed(batch: Batch, exc: BaseException) -> BatchFailed:
         fatal = "InputChanged"
     else:
         fatal = ""
-    return BatchFailed(batch.batch_id, _describe(exc), traceback.format_exc(), fatal)
+    text = getattr(exc, "script_traceback", None) or traceback.format_exc()  # the user's frames
+    return BatchFailed(batch.batch_id, _describe(exc), text, fatal)
 
 
 def _describe(exc: BaseException) -> str:

@@ -119,8 +119,10 @@ class BatchProcessor:
         try:
             yield
         except MpiscoreError as exc:
-            raise type(exc)(f"batch {batch.batch_id} (rows {batch.global_start}-"
-                            f"{batch.global_stop - 1}) on {self.where}: {exc}") from exc
+            named = type(exc)(f"batch {batch.batch_id} (rows {batch.global_start}-"
+                              f"{batch.global_stop - 1}) on {self.where}: {exc}")
+            named.__dict__.update(exc.__dict__)  # what it carries (a script's traceback)
+            raise named from exc
 
     def close(self) -> None:
         for reader in self.readers:

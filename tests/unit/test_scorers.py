@@ -38,6 +38,9 @@ class RowSums:
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"total": feeds["features"].sum(axis=1)}
 
+    def fix_schema(self, schema: object) -> None:
+        """Its one column is always the same."""
+
     def close(self) -> None:
         """Nothing to release."""
 

@@ -11,6 +11,7 @@ runtime of the kind its job uses. A new kind is one module and one entry.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,6 +45,10 @@ class Scorer(Protocol):
         """Output columns for one batch of bound inputs, one row per input row (a script
         gets the batch's columns as read, and may return lines, io.fields.LINES)."""
 
+    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
+        """Hold results to these columns (key -> dtype, per-row shape): those the job's
+        probe found, so that every process's first batch is checked against them."""
+
     def close(self) -> None:
         """The process is done scoring (a script's shutdown() runs here)."""
 
@@ -58,7 +63,16 @@ def _onnx(model_bytes: bytes, model: str, settings: ScorerSettings) -> Scorer:
     return OnnxScorer.open(model_bytes, model, settings)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
 def _script(source: bytes, script: str, settings: ScorerSettings) -> Scorer:
+    """An entry script, its numeric libraries' thread pools sized as an ONNX session's
+    would be (the rank's cores / its processes) unless the launch set them: OpenMP
+    and BLAS otherwise start a thread per core of the node in every process."""
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(settings.intra_op_threads))
     from .script import ScriptScorer
 
     return ScriptScorer.open(source, script, settings)

@@ -10,6 +10,8 @@ ZipMap maps and string labels look like any other output downstream.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnxruntime as ort
 
@@ -94,6 +96,9 @@ class OnnxScorer:
         if self.fixed_batch is None or self.fixed_batch == rows:
             return _Columns(self.model, self.converter.convert(self._run(feeds), rows))
         return _Columns(self.model, self._run_in_pieces(feeds, rows, self.fixed_batch))
+
+    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
+        """Nothing to hold: the graph fixes its outputs' types and shapes itself."""
 
     def close(self) -> None:
         """Nothing to release: the process exits without destroying the session."""
