@@ -110,7 +110,12 @@ class ParquetSourceKind:
         return partition_plan(source.paths, source.partition_by, batch_size, row_nbytes)
 
     def open_reader(self, source: ParquetInput) -> Reader:
-        return _parquet().ParquetReader(source.paths, source.selection)
+        reader = _parquet().ParquetReader(source.paths, source.selection)
+        if not source.partition_by:
+            return reader
+        from .partitions import HiveKeyReader
+
+        return HiveKeyReader(reader, source.paths, source.partition_by)
 
     def names(self, source: ParquetInput) -> list[str]:
         return list(source.paths)

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from ..config import BatchSize
 from ..errors import ConfigError, InputError
 from ..plan import Batch, Plan, SourceFile
-from .fields import nearest_first
+from .fields import Columns, Reader, nearest_first
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # pyarrow's directory name for a null value
 NAN = object()  # stands for every NaN key value, which never equals itself
@@ -89,7 +89,7 @@ def partition_plan(paths: Sequence[str], keys: Sequence[str], batch_size: BatchS
     for file_index, path in enumerate(paths):
         rows, groups = file_groups(path, keys)
         for start, stop, _ in groups:
-            for piece_start, piece_stop in _pieces(start, stop, target):
+            for piece_start, piece_stop in _pieces(int(start), int(stop), target):
                 batches.append(Batch(len(batches), file_index, piece_start, piece_stop,
                                      offset + piece_start))
         files.append(SourceFile(path, rows, 1))
@@ -239,3 +239,22 @@ def _pieces(start: int, stop: int, target: int) -> list[tuple[int, int]]:
     pieces = math.ceil((stop - start) / target)
     bounds = [start + (stop - start) * i // pieces for i in range(pieces + 1)]
     return list(itertools.pairwise(bounds))
+
+
+class HiveKeyReader:
+    """A Parquet reader whose batches also carry the ``--partition-by`` keys that only a
+    ``key=value/`` directory holds, as string columns (what pyarrow's dataset reader
+    adds), so that an entry script sees which group it scores."""
+
+    def __init__(self, reader: Reader, paths: Sequence[str], keys: Sequence[str]) -> None:
+        self.reader, self.paths, self.keys = reader, paths, keys
+
+    def read(self, batch: Batch) -> tuple[dict[str, np.ndarray], Columns]:
+        arrays, kept = self.reader.read(batch)
+        values = hive_values(self.paths[batch.file_index], self.keys)
+        extra = {key: pa.array([value] * batch.rows, type=pa.string())
+                 for key, value in values.items() if key not in kept}
+        return arrays, {**kept, **extra}
+
+    def close(self) -> None:
+        self.reader.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 
 from mpiscore.config import BatchSize
 from mpiscore.errors import ConfigError, InputError
-from mpiscore.io.partitions import check_keys, hive_values, partition_plan
+from mpiscore.io.fields import ParquetSelection
+from mpiscore.io.parquet import ParquetReader
+from mpiscore.io.partitions import HiveKeyReader, check_keys, hive_values, partition_plan
 from mpiscore.io.sources import dataset_files
 from mpiscore.plan import Plan
 
@@ -201,3 +204,28 @@ def test_batches_cover_every_row_once_in_order_within_one_group(tmp_path: Path) 
         for index, values in enumerate(keys):  # every group starts a batch
             assert all((index, row) in starts for row in range(len(values))
                        if row == 0 or values[row] != values[row - 1])
+
+
+def test_the_plan_is_plain_data_for_the_fingerprint(tmp_path: Path) -> None:
+    """Batch bounds are Python ints: the plan goes to JSON (fingerprint, plan.json)."""
+    path = write(tmp_path / "a.parquet", user=["a", "a", "b", "c", "c", "c"])
+    plan = partition_plan([path], ["user"], BatchSize(rows=2), 8)
+    assert json.loads(json.dumps(plan.to_json()))["batches"] == [list(b) for b in [
+        (0, 0, 0, 2), (1, 0, 2, 3), (2, 0, 3, 4), (3, 0, 4, 6)]]
+
+
+def test_the_reader_adds_keys_only_a_directory_holds(tmp_path: Path) -> None:
+    table = pa.table({"user": ["u1", "u1", "u2"], "v": [1.0, 2.0, 3.0],
+                      "region": ["eu", "eu", "us"]})
+    pq.write_to_dataset(table, tmp_path / "hive", partition_cols=["region"])
+    paths = dataset_files(str(tmp_path / "hive"), (".parquet",))
+    plan = partition_plan(paths, ["region", "user"], BIG, 8)
+    selection = ParquetSelection((), ("user", "v"))
+    reader = HiveKeyReader(ParquetReader(tuple(paths), selection), paths, ["region", "user"])
+    seen = []
+    for batch in plan.batches:
+        _, kept = reader.read(batch)
+        assert set(kept) == {"user", "v", "region"}  # user is the file's own column
+        seen.append((kept["region"].to_pylist(), kept["user"].to_pylist()))
+    reader.close()
+    assert seen == [(["eu", "eu"], ["u1", "u1"]), (["us"], ["u2"])]
