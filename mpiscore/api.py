@@ -114,31 +114,21 @@ def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool
     """Rank 0 prepares the job (in its first scoring process) and reads the model;
     every rank gets the job, the batches done before and the model, or raises
     rank 0's error."""
-    outcome: tuple[Job, set[int], bytes] | BaseException | None = None
-    if world.rank == 0:
+    def prepare() -> tuple[Job, set[int], bytes]:
+        if pool.preparing is None:  # else the CLI asked already, and said so
+            log_start(config, world.size, pool.size)
+        pool.prepare(config)
+        model = read_model(config.scorer_file)  # while the scoring process prepares
+        job, done = pool.prepared()
         try:
-            if pool.preparing is None:  # else the CLI asked already, and said so
-                log_start(config, world.size, pool.size)
-            pool.prepare(config)
-            model = read_model(config.scorer_file)  # while the scoring process prepares
-            job, done = pool.prepared()
-            try:
-                _check_same_model(job, model)
-                create_run_dir(job)
-            except BaseException:
-                job.lock.release()
-                raise
-            outcome = job, done, model
-        except Exception as exc:
-            outcome = exc
-    outcome = world.broadcast(outcome)
-    if isinstance(outcome, MpiscoreError):
-        raise outcome.as_collective()
-    if isinstance(outcome, BaseException):
-        raise MpiscoreError(f"setting up the job failed on rank 0: {outcome!r}",
-                            collective=True) from outcome
-    assert outcome is not None
-    return outcome
+            _check_same_model(job, model)
+            create_run_dir(job)
+        except BaseException:
+            job.lock.release()
+            raise
+        return job, done, model
+
+    return world.from_rank_zero(prepare, "setting up the job")
 
 
 def _check_same_model(job: Job, model: bytes) -> None:

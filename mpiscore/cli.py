@@ -20,11 +20,11 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .config import GRAPH_OPTIMIZATION_LEVELS, config_from_options
-from .errors import MpiscoreError
+from .config import GRAPH_OPTIMIZATION_LEVELS, JobConfig, config_from_options
+from .errors import ConfigError, MpiscoreError
 from .jobfile import option_kinds, read_job_file
 from .placement import check_world
-from .rank.pool import start_pool
+from .rank.pool import ScorerPool, start_pool
 from .rank.process import ScorerProcess
 from .rank.world import MpiWorld, World
 from .report import early_stderr, log_start, stop_early_stderr
@@ -191,6 +191,13 @@ def main() -> None:
               help="A TOML job file: keys are these options' names with _ for - "
               "(mini_batch_size = 4096, input = [\"a.h5:/x\"]); options given here win "
               "[default: none].")
+@click.option("--dry-run", is_flag=True, help="Check everything the job would, time a few real "
+              "batches (~2.5 s) and print the plan and the estimated wall time, core-hours "
+              "and Slurm --time; writes nothing [default: run the job].")
+@click.option("--ranks", type=int, help="With --dry-run: estimate for this many ranks "
+              "[default: the ranks it runs with].")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: JSON for scripts "
+              "[default: text].")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT_ARGS]")
 @click.pass_obj
 def score(early: list[ScorerProcess] | None, **options: Any) -> None:
@@ -211,14 +218,20 @@ def score(early: list[ScorerProcess] | None, **options: Any) -> None:
     world = MpiWorld.comm_world()
     rank, size = world.rank, world.size
     early_stderr(rank, size, world.hostname())  # stderr lines before the run directory exists
+    dry, ranks, as_json = options.pop("dry_run"), options.pop("ranks"), options.pop("as_json")
     try:
         check_world(size)  # srun without a working --mpi: N copies of 1 rank
         options["input"], options["map"] = options.pop("inputs"), options.pop("mapping")
         config = config_from_options(options)
+        if ranks is not None and ranks < 1:
+            raise ConfigError("--ranks must be at least 1")
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
         _fail(world, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
     pool = start_pool(config, world, early or [])
     try:
+        if dry:
+            _dry_run(config, world, pool, ranks, as_json)
+            return
         if rank == 0:  # its first scoring process checks the job meanwhile
             log_start(config, size, pool.size)
             pool.prepare(config)
@@ -232,6 +245,19 @@ def score(early: list[ScorerProcess] | None, **options: Any) -> None:
         _fail(world, traceback.format_exc().rstrip(), 1, collective=False)
     finally:
         stop_early_stderr()
+
+
+def _dry_run(config: JobConfig, world: World, pool: ScorerPool, ranks: int | None,
+             as_json: bool) -> None:
+    """``--dry-run``: the plan, the calibration and the estimate, printed by rank 0."""
+    from .dry_run import dry_run
+    from .estimate import describe, to_json
+
+    dry, guess = dry_run(config, world, pool, ranks)
+    if world.rank == 0:
+        click.echo(json.dumps(to_json(dry, guess), indent=2) if as_json
+                   else describe(dry, guess))
+    world.finalize()
 
 
 @main.command("inspect")

@@ -61,3 +61,8 @@ STATUS_SECONDS = 2.0
 # (eight missed refreshes) is stale: its job is gone, or its node is.
 REFRESH_SECONDS = 15.0
 STALE_SECONDS = 120.0
+
+# How long --dry-run reads and scores real batches to time them: long enough to leave
+# the warm-up batch out and sample several files, short enough to run before every
+# submission.
+DRY_RUN_SECONDS = 2.5

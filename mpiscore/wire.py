@@ -4,7 +4,8 @@ message that crosses it, both ends of each exchange side by side.
     exchange  rank sends (rank/pool.py)   scoring process answers (scoring/main.py)
     --------  --------------------------  --------------------------------------------
     prepare   PrepareRequest              JobPrepared | PrepareFailed
-              (rank 0's first process only, before the job exists)
+              (rank 0's first process only, before the job exists; for a dry run
+              it answers DryRunDone | PrepareFailed, then ends)
     start     ScorerSpec                  Ready | StartFailed
     score     Score (at most              Scored (read and scored: now being written),
               tuning.SCORING_DEPTH        then Done (durable, flushed with up to
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 if TYPE_CHECKING:
     from .config import JobConfig, ScorerSettings
+    from .estimate import DryRun
     from .faults import FaultPlan
     from .job import Job
     from .lock import LockOwner
@@ -47,11 +49,20 @@ if TYPE_CHECKING:
 
 
 class PrepareRequest(NamedTuple):
-    """Asks rank 0's first scoring process to check, plan and create the job."""
+    """Asks rank 0's first scoring process to check, plan and create the job; or, for
+    a dry run (``dry_run_seconds`` > 0), to check it and time batches for so long."""
 
     config: JobConfig
     settings: ScorerSettings
     owner: LockOwner  # rank 0's process, which holds the job's locks
+    dry_run_seconds: float = 0.0
+    started: float = 0.0  # when the dry run began (time.time())
+
+
+class DryRunDone(NamedTuple):
+    """The dry run's checks passed; what they and the calibration found."""
+
+    dry: DryRun
 
 
 class JobPrepared(NamedTuple):
@@ -147,8 +158,8 @@ class Closed(NamedTuple):
 
 
 ToScorer: TypeAlias = PrepareRequest | ScorerSpec | Score | Close
-ToRank: TypeAlias = (JobPrepared | PrepareFailed | Ready | StartFailed | Scored | Done
-                     | BatchFailed | Closed)
+ToRank: TypeAlias = (JobPrepared | DryRunDone | PrepareFailed | Ready | StartFailed | Scored
+                     | Done | BatchFailed | Closed)
 
 
 class ProtocolError(RuntimeError):

@@ -32,6 +32,7 @@ from ..wire import (
     Close,
     Closed,
     Done,
+    DryRunDone,
     JobPrepared,
     PrepareFailed,
     PrepareRequest,
@@ -49,6 +50,7 @@ from .process import ScorerProcess
 
 if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
     from ..config import JobConfig, ScorerSettings
+    from ..estimate import DryRun
     from ..job import Job
     from .world import World
 
@@ -94,15 +96,19 @@ class ScorerPool:
         self.preparing: PrepareRequest | None = None
         self.closing: list[ScorerProcess] = []
 
-    def prepare(self, config: JobConfig) -> None:
+    def prepare(self, config: JobConfig, dry_run_seconds: float = 0.0,
+                settings: ScorerSettings | None = None) -> None:
         """Rank 0: ask the first scoring process to check the job, plan it and create the
         output (prepare.py); :meth:`prepared` waits for the answer. Asks once.
 
         That process loads the model anyway, keeping its session for scoring; the
-        rank never imports onnxruntime, and can import the rest meanwhile.
+        rank never imports onnxruntime, and can import the rest meanwhile. For a dry
+        run (``dry_run_seconds`` > 0, :meth:`dry_run_done` waits) it checks the job
+        and times batches instead, with ``settings`` if given.
         """
         if self.preparing is None:
-            self.preparing = PrepareRequest(config, self.settings, LockOwner.here())
+            self.preparing = PrepareRequest(config, settings or self.settings,
+                                            LockOwner.here(), dry_run_seconds, time.time())
             try:
                 self.procs[0].conn.send(self.preparing)
             except OSError:  # it died starting (killed, out of memory): one fresh try
@@ -113,12 +119,27 @@ class ScorerPool:
     def prepared(self) -> tuple[Job, set[int]]:
         """The job :meth:`prepare` asked for, and the batches an interrupted run already
         wrote; raises the error the checks found."""
+        answer = self._answer()
+        if not isinstance(answer, JobPrepared):
+            raise unexpected(answer, "JobPrepared or PrepareFailed")
+        return answer.job, answer.done
+
+    def dry_run_done(self) -> DryRun:
+        """What the dry run :meth:`prepare` asked for found; raises the error the checks
+        found."""
+        answer = self._answer()
+        if not isinstance(answer, DryRunDone):
+            raise unexpected(answer, "DryRunDone or PrepareFailed")
+        return answer.dry
+
+    def _answer(self) -> ToRank:
         assert self.preparing is not None, "prepare() first"
-        first, config = self.procs[0], self.preparing.config
-        model = config.scorer_file
-        lock = JobLock(lock_paths(config.output, config.resolved_run_dir), self.preparing.owner)
+        first, request = self.procs[0], self.preparing
+        config = request.config
+        lock = JobLock(lock_paths(config.output, config.resolved_run_dir), request.owner)
         while not wait([first.conn], 1.0):
-            lock.refresh(taken=False)  # planning 10,000 files may take minutes: stay alive
+            if not request.dry_run_seconds:  # a dry run takes no lock
+                lock.refresh(taken=False)  # planning 10,000 files may take minutes: stay alive
             if not first.alive():
                 break
         try:
@@ -126,14 +147,11 @@ class ScorerPool:
         except (EOFError, OSError):
             first.join(1)
             raise ScoringProcessError(
-                f"{model}: the scoring process died while loading the model and checking "
-                f"the job ({first.exit_text()})") from None
-        match answer:
-            case JobPrepared(job, done):
-                return job, done
-            case PrepareFailed(error):
-                raise error
-        raise unexpected(answer, "JobPrepared or PrepareFailed")
+                f"{config.scorer_file}: the scoring process died while loading the model and "
+                f"checking the job ({first.exit_text()})") from None
+        if isinstance(answer, PrepareFailed):
+            raise answer.error
+        return answer
 
     def start(self, spec: ScorerSpec) -> None:
         """Hand every process the job and wait until each has its scorer ready."""

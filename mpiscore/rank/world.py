@@ -21,8 +21,10 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..errors import MpiscoreError
 from ..tuning import MAX_SLEEP_SECONDS
 
 if TYPE_CHECKING:
@@ -160,6 +162,24 @@ class World(ABC):
 
     def hostname(self) -> str:
         return socket.gethostname()
+
+    def from_rank_zero(self, step: Callable[[], T], what: str) -> T:
+        """``step``'s result, computed on rank 0, on every rank; or its error, raised on
+        every rank as one every rank saw (so all leave cleanly, none is aborted).
+        ``what`` names the step for a bug's message."""
+        outcome: T | BaseException | None = None
+        if self.rank == 0:
+            try:
+                outcome = step()
+            except Exception as exc:
+                outcome = exc
+        outcome = self.broadcast(outcome)
+        if isinstance(outcome, MpiscoreError):
+            raise outcome.as_collective()
+        if isinstance(outcome, BaseException):
+            raise MpiscoreError(f"{what} failed on rank 0: {outcome!r}",
+                                collective=True) from outcome
+        return outcome  # type: ignore[return-value]  # rank 0's T
 
 
 class LocalWorld(World):

@@ -36,6 +36,7 @@ from ..wire import (
     Close,
     Closed,
     Done,
+    DryRunDone,
     JobPrepared,
     PrepareFailed,
     PrepareRequest,
@@ -50,7 +51,7 @@ from ..wire import (
     unexpected,
 )
 from .pipeline import BatchProcessor, Loaded, Prepared
-from .prepare import prepare
+from .prepare import dry_run, prepare
 from .scorers import Scorer, open_scorer
 
 
@@ -88,6 +89,9 @@ def scorer_main(conn: Channel) -> None:
     """
     message = recv_in_scorer(conn)
     scorer = None
+    if isinstance(message, PrepareRequest) and message.dry_run_seconds > 0:
+        _dry_run(conn, message)
+        return
     if isinstance(message, PrepareRequest):
         scorer = _prepare(conn, message)
         message = recv_in_scorer(conn) if scorer is not None else Close()
@@ -325,6 +329,28 @@ def _prepare(conn: Channel, request: PrepareRequest) -> Scorer | None:
         return None
     conn.send(JobPrepared(job, done))
     return scorer
+
+
+def _dry_run(conn: Channel, request: PrepareRequest) -> None:
+    """Check the job and time a few batches (prepare.dry_run), sending what was found or
+    the error back; nothing is written, no lock taken."""
+    config, settings = request.config, request.settings
+    try:
+        model_bytes = read_model(config.scorer_file)
+        scorer = open_scorer(config.scorer_kind, model_bytes, str(config.scorer_file),
+                             settings)
+        try:
+            dry = dry_run(config, model_bytes, scorer, request.dry_run_seconds,
+                          request.started, settings.intra_op_threads)
+        finally:
+            scorer.close()
+    except MpiscoreError as exc:
+        conn.send(PrepareFailed(exc))
+        return
+    except Exception:  # a bug: its traceback, so the rank can report it
+        conn.send(PrepareFailed(RuntimeError(traceback.format_exc())))
+        return
+    conn.send(DryRunDone(dry))
 
 
 def _processor(spec: ScorerSpec, scorer: Scorer | None) -> BatchProcessor:

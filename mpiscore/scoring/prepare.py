@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import __version__
 from ..config import JobConfig
 from ..errors import AlreadyComplete, InputError
+from ..estimate import DryRun
 from ..io.fields import ROW_STATUS, Field
 from ..io.registry import (
     InputSource,
@@ -35,6 +37,7 @@ from ..lock import JobLock, LockOwner, acquire, lock_paths
 from ..model import InputBinding, bind_inputs, model_digest, output_fields
 from ..plan import Plan
 from ..report import size_text
+from .calibrate import calibrate
 from .pipeline import Loaded, scorer_feeds
 from .scorers import Scorer
 
@@ -60,8 +63,47 @@ def prepare(config: JobConfig, model_bytes: bytes, open_scorer: Callable[[], Sco
     return job, done, scorer
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A job that passed every check, before anything is written: what preparing it
+    (the job) and a dry run (its estimate) both start from."""
+
+    source: InputSource
+    plan: Plan
+    bindings: tuple[InputBinding, ...]
+    outputs: list[Field]  # the model's (or script's), then ROW_STATUS
+    output_sources: tuple[str, ...]  # the scorer's key feeding each model output
+    kept: list[Field]
+    target: OutputTarget
+    sha256: str
+    attrs: dict[str, Any]
+    stamp: dict[str, Any]
+    row_nbytes: int
+    raw: bool  # an entry script: it takes the columns as read
+
+    def warnings(self, config: JobConfig) -> tuple[str, ...]:
+        return tuple(filter(None, [small_batches(config, self.plan, self.row_nbytes)]))
+
+
 def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
              lock: JobLock) -> tuple[Job, set[int]]:
+    checked = check_job(config, model_bytes, scorer)
+    target, plan, outputs, kept = checked.target, checked.plan, checked.outputs, checked.kept
+    if config.resume:
+        offsets = target.reopen(outputs, kept)
+        done = target.written(completed(config.resolved_run_dir, journal_token(checked.stamp),
+                                        len(plan.batches)))
+    else:
+        offsets, done = target.create(outputs, kept, plan, checked.attrs), set()
+    job = Job(config, checked.sha256, checked.source, plan, checked.bindings,
+              tuple(outputs[:-1]), checked.output_sources, tuple(kept), target, offsets,
+              checked.attrs, checked.stamp, lock, checked.warnings(config))
+    return job, done
+
+
+def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
+    """Every check of the job, reading only: inputs, binding, plan, probe, output place,
+    resumability. Nothing is created or changed."""
     inputs = scorer.inputs
     source = resolve_input(config, inputs)
     files, fields, kept = describe(source)
@@ -103,15 +145,29 @@ def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
     target.check(outputs, kept, config.resume, [f.path for f in files])
     if config.resume:
         check_resumable(config.resolved_run_dir, stamp)
-        offsets = target.reopen(outputs, kept)
-        done = target.written(completed(config.resolved_run_dir, journal_token(stamp),
-                                        len(plan.batches)))
-    else:
-        offsets, done = target.create(outputs, kept, plan, attrs), set()
-    job = Job(config, sha256, source, plan, bindings, tuple(outputs[:-1]),
-              tuple(probe), tuple(kept), target, offsets, attrs, stamp, lock,
-              tuple(filter(None, [small_batches(config, plan, row_nbytes)])))
-    return job, done
+    return Checked(source, plan, bindings, outputs, tuple(probe), kept, target, sha256, attrs,
+                   stamp, row_nbytes, raw)
+
+
+def dry_run(config: JobConfig, model_bytes: bytes, scorer: Scorer, seconds: float,
+            started: float, threads: int) -> DryRun:
+    """``--dry-run``: every check of the job, then a few real batches read and scored
+    for about ``seconds`` (calibrate.py), without taking the locks or writing
+    anything. ``started``: when the dry run began (time.time()), for its set-up;
+    ``threads``: this process's intra-op threads."""
+    checked = check_job(config, model_bytes, scorer)
+    plan = checked.plan
+    done = completed(config.resolved_run_dir, journal_token(checked.stamp),
+                     len(plan.batches)) if config.resume else set()
+    todo = [b for b in plan.batches if b.batch_id not in done]
+    setup = time.time() - started
+    calibration = calibrate(open_reader(checked.source), scorer, checked.bindings,
+                            checked.raw, todo or list(plan.batches), seconds, setup, threads)
+    item = "file" if checked.source.kind == "files" else "row"
+    return DryRun(len(plan.files), plan.total_rows, plan.total_rows * checked.row_nbytes,
+                  len(plan.batches), plan.batch_rows,
+                  sum(b.rows for b in plan.batches if b.batch_id in done), item,
+                  str(config.output), calibration, checked.warnings(config))
 
 
 SMALL_BATCH_BYTES = 64 * 1024  # below this, or SMALL_BATCH_ROWS rows, a batch is mostly overhead
