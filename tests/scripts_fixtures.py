@@ -53,6 +53,27 @@ SCRIPTS: dict[str, str] = {
         def run(mini_batch):
             return [f"row{i}" for i in mini_batch["id"]]
         """,
+    # HDF5 input arrives as an array; --batch-format arrow and numpy
+    "h5_array.py": """
+        import numpy as np
+
+        def run(mini_batch):
+            assert isinstance(mini_batch, np.ndarray), type(mini_batch)
+            return mini_batch.sum(axis=1)
+        """,
+    "arrow.py": """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        def run(mini_batch):
+            assert isinstance(mini_batch, pa.Table), type(mini_batch)
+            return pa.table({"twice": pc.multiply(mini_batch["f0"], 2)})
+        """,
+    "numpy.py": """
+        def run(mini_batch):
+            assert isinstance(mini_batch, dict), type(mini_batch)
+            return {"sum": mini_batch["f0"] + mini_batch["f1"]}
+        """,
     # Azure's own example shape: EntryScript().logger, parse_known_args, print
     "azure.py": """
         import argparse
@@ -240,6 +261,7 @@ def write_data(folder: Path) -> dict[str, Path]:
     hive = folder / "hive"
     pq.write_to_dataset(data.drop_columns(["g"]).append_column("g", data.column("g")),
                         hive, partition_cols=["g"])
+    builders.write_h5(folder / "x.h5", features=h5_features())
     model = folder / "model"
     model.mkdir()
     np.save(model / "weights.npy", np.array([0.5, -2.0]))
@@ -248,7 +270,12 @@ def write_data(folder: Path) -> dict[str, Path]:
         sub = files / ("a" if index < 6 else "b")
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"item{index:02d}.txt").write_text(f"content {index}\n")
-    return {"parquet": parquet, "hive": hive, "model": model, "files": files}
+    return {"parquet": parquet, "hive": hive, "model": model, "files": files,
+            "h5": folder / "x.h5"}
+
+
+def h5_features() -> np.ndarray:
+    return builders.features(ROWS, 4, seed=8)
 
 
 def file_lines(skip: str = "") -> list[str]:

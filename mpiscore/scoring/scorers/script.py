@@ -251,9 +251,9 @@ class ScriptScorer:
             code = compile(source, self.script, "exec", dont_inherit=True)
         except SyntaxError as exc:
             shown = f": {exc.text.strip()}" if exc.text and exc.text.strip() else ""
-            raise ModelError(f"{self.script}, line {exc.lineno}: not Python: {exc.msg}"
-                             f"{shown}") from exc
-        except ValueError as exc:  # null bytes (Python 3.11)
+            line = f", line {exc.lineno}" if exc.lineno else ""  # none for null bytes
+            raise ModelError(f"{self.script}{line}: not Python: {exc.msg}{shown}") from exc
+        except ValueError as exc:  # null bytes (Python 3.11 before 3.11.4)
             raise ModelError(f"{self.script}: not Python: {exc}") from exc
         text = source.decode("utf-8", "replace")
         linecache.cache[self.script] = (len(text), None, text.splitlines(True), self.script)
