@@ -32,6 +32,7 @@ from .journal import Journal, changed_input, journal_token
 from .model import model_digest, read_model
 from .placement import slurm_ids, window_for
 from .plan import Batch
+from .progress import Activity, Progress, progress_mode
 from .rank.coordinator import wire_rank_zero
 from .rank.pool import ScorerPool, start_pool
 from .rank.run_dir import create_run_dir, record_run
@@ -42,7 +43,6 @@ from .rank.worker import RankWorker, work
 from .rank.world import WorkerLink, World, as_world
 from .report import (
     LOG,
-    Progress,
     RankStats,
     RunReport,
     early_stderr,
@@ -74,7 +74,7 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
     started = time.perf_counter()
     world = as_world(comm)
     rank, size = world.rank, world.size
-    early_stderr(rank, size, world.hostname())  # rank 0 says what it does from the start
+    early_stderr(rank, size, world.hostname(), config.quiet)  # rank 0 says what it does
     pool = pool or start_pool(config, world)
     job = None
     try:
@@ -82,7 +82,8 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
         host = world.hostname()
         where = f"rank {rank} of {size} ({host})"
         stop_early_stderr()
-        handlers = start_logging(config.resolved_run_dir, rank, size, host, to_stderr=rank == 0)
+        handlers = start_logging(config.resolved_run_dir, rank, size, host, rank == 0,
+                                 config.log_level, config.quiet)
         try:
             if rank == 0:
                 _log_plan(job)
@@ -198,7 +199,9 @@ def _coordinate(job: Job, done: set[int], world: World,
         LOG.info("resuming: %d of %d batches already written", len(done), len(job.plan.batches))
     journal = Journal(config.resolved_run_dir, journal_token(job.fingerprint),
                       len(job.plan.batches), fresh=not config.resume)
-    progress = Progress(sum(b.rows for b in todo), len(todo), config.progress_seconds)
+    progress = Progress(sum(b.rows for b in todo), len(todo), config.progress_seconds, job.item,
+                        progress_mode(config.progress, config.quiet, world.rank),
+                        lambda: _activity(scheduler))
     watchdog = Watchdog(scheduler, config.progress_timeout)
 
     def on_complete(batch: Batch) -> None:
@@ -211,6 +214,7 @@ def _coordinate(job: Job, done: set[int], world: World,
     def between_messages() -> str | None:
         _halting_on(scheduler, job.lock.refresh)
         status.tick()  # RUN_DIR/status.json every STATUS_SECONDS: a time check
+        progress.tick()
         return stop_requested() or watchdog.check()
 
     rank_zero = wire_rank_zero(scheduler, world, worker, on_complete)
@@ -220,11 +224,19 @@ def _coordinate(job: Job, done: set[int], world: World,
     try:
         rank_zero.serve(between_messages)
     finally:
+        progress.close()
         _halting_on(scheduler, journal.close)
         status.write(_status(scheduler))  # summary.json has the last word
     if scheduler.stop_reason is None and (change := changed_input(job.fingerprint)):
         scheduler.halt(change, "InputChanged")
     return scheduler, rank_zero.worker
+
+
+def _activity(scheduler: Scheduler) -> Activity:
+    """Failures, retries and busy ranks so far, for the progress bar."""
+    tries = sum(len(attempts) for attempts in scheduler.attempts.values())
+    return Activity(len(scheduler.failed), tries - len(scheduler.failed),
+                    sum(1 for held in scheduler.held.values() if held > 0))
 
 
 def _halting_on(scheduler: Scheduler, step: Callable[[], None]) -> None:

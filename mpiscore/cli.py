@@ -27,7 +27,7 @@ from .placement import check_world
 from .rank.pool import ScorerPool, start_pool
 from .rank.process import ScorerProcess
 from .rank.world import MpiWorld, World
-from .report import early_stderr, log_start, stop_early_stderr
+from .report import configure_early_stderr, early_stderr, log_start, stop_early_stderr
 
 ABORT_GRACE_SECONDS = 0.5
 
@@ -184,8 +184,20 @@ def main() -> None:
               "for --resume.")
 @click.option("--progress-seconds", default=10.0, show_default=True,
               help="Seconds between rank 0's progress lines (rows/s, ETA) on stderr.")
+@click.option("--progress", type=click.Choice(["auto", "bar", "lines"]), default="auto",
+              show_default=True, help="Rank 0's progress: a bar, or a line every "
+              "--progress-seconds; auto = a bar when stderr is a terminal (under mpiexec it "
+              "is a pipe: pass bar).")
+@click.option("--quiet", is_flag=True, help="Rank 0's stderr: warnings and errors only, no "
+              "progress (the logs in RUN_DIR/logs keep everything) [default: progress].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True, help="Lowest level logged, on stderr and "
+              "in RUN_DIR/logs.")
 @click.option("--progress-timeout", type=float, help="Stop the job (resumable, exit 75) when "
               "no batch completes anywhere for this many seconds [default: never].")
+@click.option("--monitor-seconds", default=10.0, show_default=True,
+              help="Seconds between resource samples (CPU %, RSS of each rank and its "
+              "scoring processes) in RUN_DIR/events, shown by `mpiscore report`; 0: none.")
 @click.option("--config", type=click.Path(path_type=Path), is_eager=True,
               callback=lambda ctx, param, value: _job_file(ctx, value), expose_value=False,
               help="A TOML job file: keys are these options' names with _ for - "
@@ -223,6 +235,7 @@ def score(early: list[ScorerProcess] | None, **options: Any) -> None:
         check_world(size)  # srun without a working --mpi: N copies of 1 rank
         options["input"], options["map"] = options.pop("inputs"), options.pop("mapping")
         config = config_from_options(options)
+        configure_early_stderr(config)
         if ranks is not None and ranks < 1:
             raise ConfigError("--ranks must be at least 1")
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
@@ -297,6 +310,24 @@ def status_command(run_dir: Path, as_json: bool, watch: bool) -> None:
                 click.echo()
     except KeyboardInterrupt:
         return
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where timeline.png and throughput.png go [default: RUN_DIR].")
+def report_command(run_dir: Path, out: Path | None) -> None:
+    """What happened in the run of RUN_DIR: rows, wall, rows/s, each rank's busy, idle,
+    read, score and write time, stragglers, failures; and two pictures, timeline.png
+    (each batch on its rank's scoring process) and throughput.png (rows/s, ranks busy,
+    CPU and memory). Reads only the run directory's files."""
+    from .run_report import build_report, describe_report, draw
+
+    report = _or_exit(lambda: build_report(run_dir))
+    click.echo(describe_report(report))
+    for path in _or_exit(lambda: draw(run_dir, out or run_dir)):
+        click.echo(f"wrote {path}")
+
 
 def _or_exit(step: Callable[[], Any]) -> Any:
     """Run a command's step; an MpiscoreError is one line on stderr and its exit code."""

@@ -195,6 +195,10 @@ class JobConfig:
     batch_timeout: float | None = None
     stop_grace: float = 30.0
     progress_timeout: float | None = None  # rank/watchdog.py; off by default
+    progress: Literal["auto", "bar", "lines"] = "auto"  # progress.py
+    quiet: bool = False  # rank 0's stderr: warnings and errors only
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    monitor_seconds: float = 10.0  # a resource sample per rank (rank/recorder.py); 0: none
     on_nan: Literal["error", "pass"] = "error"
     resume: bool = False
     faults: str = field(default_factory=lambda: os.environ.get("MPISCORE_FAULTS", ""))
@@ -220,6 +224,8 @@ class JobConfig:
             raise ConfigError("--batch-timeout must be positive")
         if self.progress_timeout is not None and self.progress_timeout <= 0:
             raise ConfigError("--progress-timeout must be positive")
+        if not self.monitor_seconds >= 0:
+            raise ConfigError("--monitor-seconds must be >= 0 (0: no resource samples)")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if self.columns and self.mapping:
@@ -315,6 +321,8 @@ _JOB_OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "resume": ("resume", bool), "stop_grace": ("stop_grace", float),
     "progress_seconds": ("progress_seconds", float),
     "progress_timeout": ("progress_timeout", float),
+    "progress": ("progress", str), "quiet": ("quiet", bool), "log_level": ("log_level", str),
+    "monitor_seconds": ("monitor_seconds", float),
     "entry_script": ("entry_script", Path),
     "script_args": ("script_args", lambda values: tuple(str(v) for v in values)),
     "input_mode": ("input_mode", str), "batch_format": ("batch_format", str),
@@ -382,4 +390,6 @@ def options_of(config: JobConfig) -> dict[str, object]:
         "resume": config.resume, "stop_grace": config.stop_grace,
         "progress_seconds": config.progress_seconds,
         "progress_timeout": config.progress_timeout,
+        "progress": config.progress, "quiet": config.quiet, "log_level": config.log_level,
+        "monitor_seconds": config.monitor_seconds,
     }

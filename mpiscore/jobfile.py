@@ -41,6 +41,9 @@ class OptionKind:
     choices: tuple[str, ...] = ()
 
 
+NOT_JOB_OPTIONS = ("config", "dry_run", "ranks", "as_json")  # how to run the command, not the job
+
+
 def option_kinds(params: Iterable[click.Parameter]) -> dict[str, OptionKind]:
     """The job-file keys of a click command's options (all but ``--config``)."""
     kinds = {}
@@ -48,7 +51,7 @@ def option_kinds(params: Iterable[click.Parameter]) -> dict[str, OptionKind]:
         if isinstance(param, click.Argument) and param.name:  # the words after --
             kinds[param.name] = OptionKind(param.name, "list", ())
             continue
-        if not isinstance(param, click.Option) or param.name in (None, "config"):
+        if not isinstance(param, click.Option) or param.name in (None, *NOT_JOB_OPTIONS):
             continue
         key = max(param.opts, key=len).lstrip("-").replace("-", "_")
         if param.multiple:

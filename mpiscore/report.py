@@ -134,27 +134,6 @@ def write_json(path: Path, data: dict) -> None:
         raise
 
 
-class Progress:
-    """Counts completed rows on the coordinator and logs a line every few seconds."""
-
-    def __init__(self, total_rows: int, total_batches: int, every_seconds: float) -> None:
-        self.total_rows, self.total_batches, self.every = total_rows, total_batches, every_seconds
-        self.rows = self.batches = 0
-        self.started = self.last = time.perf_counter()
-
-    def __call__(self, rows: int) -> None:
-        self.rows += rows
-        self.batches += 1
-        now = time.perf_counter()
-        if now - self.last >= self.every:
-            self.last = now
-            rate = self.rows / max(now - self.started, 1e-9)
-            eta = (self.total_rows - self.rows) / max(rate, 1e-9)
-            LOG.info("progress: %d/%d batches, %d/%d rows (%.1f%%), %.0f rows/s, eta %.0fs",
-                     self.batches, self.total_batches, self.rows, self.total_rows,
-                     100 * self.rows / max(1, self.total_rows), rate, eta)
-
-
 class _RankLogFile(logging.FileHandler):
     """A rank's log file that a full disk or a file-size limit silences instead of
     filling stderr with logging's tracebacks: the job's own errors name the storage."""
@@ -173,10 +152,11 @@ class _RankLogFile(logging.FileHandler):
             super().close()
 
 
-def start_logging(run_dir: Path, rank: int, size: int, host: str, to_stderr: bool
-                  ) -> list[logging.Handler]:
+def start_logging(run_dir: Path, rank: int, size: int, host: str, to_stderr: bool,
+                  level: str = "info", quiet: bool = False) -> list[logging.Handler]:
     """Per-rank log file in ``run_dir/logs`` (none where the disk refuses one: the job
-    then stops on that disk's error itself); rank 0 also logs to stderr."""
+    then stops on that disk's error itself); rank 0 also logs to stderr, only
+    warnings and errors if ``quiet``. ``level``: the lowest logged (--log-level)."""
     fmt = logging.Formatter(f"%(asctime)s rank {rank}/{size} {host}:%(process)d "
                             "%(levelname)s %(message)s")
     handlers: list[logging.Handler] = []
@@ -184,11 +164,13 @@ def start_logging(run_dir: Path, rank: int, size: int, host: str, to_stderr: boo
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         handlers.append(_RankLogFile(run_dir / "logs" / f"rank-{rank:05d}.log"))
     if to_stderr:
-        handlers.append(logging.StreamHandler())
+        stderr = logging.StreamHandler()
+        stderr.setLevel(logging.WARNING if quiet else logging.NOTSET)
+        handlers.append(stderr)
     for handler in handlers:
         handler.setFormatter(fmt)
         LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
+    LOG.setLevel(level.upper())
     ids = slurm_ids()
     if ids:  # each rank log's first line says which Slurm job (and run of it) wrote it
         LOG.info("%s", describe_slurm(ids))
@@ -209,11 +191,11 @@ def plural(count: int, one: str, many: str | None = None) -> str:
     return f"{count:,} {one if count == 1 else many or one + 's'}"
 
 
-def early_stderr(rank: int, size: int, host: str) -> None:
+def early_stderr(rank: int, size: int, host: str, quiet: bool = False) -> None:
     """Rank 0's progress lines on stderr from the start, before the run directory (and
     the rank's log file) exists; :func:`stop_early_stderr` hands over to :func:`start_logging`.
     Idempotent; other ranks say nothing here (their lines go to their log files)."""
-    if rank != 0 or any(h.get_name() == EARLY_HANDLER for h in LOG.handlers):
+    if quiet or rank != 0 or any(h.get_name() == EARLY_HANDLER for h in LOG.handlers):
         return
     handler = logging.StreamHandler()
     handler.set_name(EARLY_HANDLER)
@@ -221,6 +203,13 @@ def early_stderr(rank: int, size: int, host: str) -> None:
                                            "%(levelname)s %(message)s"))
     LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
+
+
+def configure_early_stderr(config: JobConfig) -> None:
+    """Once the options are known: --quiet ends the early lines, --log-level applies."""
+    if config.quiet:
+        stop_early_stderr()
+    LOG.setLevel(config.log_level.upper())
 
 
 def stop_early_stderr() -> None:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # this module stays light: the rank imports it before anythin
     from ..config import JobConfig, ScorerSettings
     from ..estimate import DryRun
     from ..job import Job
+    from .recorder import Recorder
     from .world import World
 
 
@@ -76,16 +77,18 @@ def start_pool(config: JobConfig, world: World,
     of its node, with the session settings of the rank's place on the node."""
     local_rank, ranks_on_node = world.node_local()
     return ScorerPool(layout(config, ranks_on_node).procs, config.batch_timeout,
-                      scorer_settings(config, local_rank, ranks_on_node, world.rank), started)
+                      scorer_settings(config, local_rank, ranks_on_node, world.rank), started,
+                      rank=world.rank)
 
 
 class ScorerPool:
     """``size`` scoring processes of one rank, replaced when they crash or hang."""
 
     def __init__(self, size: int, batch_timeout: float | None, settings: ScorerSettings,
-                 started: Sequence[ScorerProcess] = ()) -> None:
+                 started: Sequence[ScorerProcess] = (), rank: int = 0) -> None:
         """Start the processes now (adopting ``started`` ones, launched even earlier);
-        they get their job from :meth:`start`. ``settings``: their sessions'."""
+        they get their job from :meth:`start`. ``settings``: their sessions'; ``rank``:
+        this rank's number, naming its events file (recorder.py)."""
         self.batch_timeout, self.settings = batch_timeout, settings
         self.procs = [*started, *(ScorerProcess() for _ in range(size - len(started)))]
         self.size = size
@@ -95,6 +98,8 @@ class ScorerPool:
         self.peak_rss_mib = 0.0
         self.preparing: PrepareRequest | None = None
         self.closing: list[ScorerProcess] = []
+        self.rank = rank
+        self.recorder: Recorder | None = None  # from start(): each try, resource samples
 
     def prepare(self, config: JobConfig, dry_run_seconds: float = 0.0,
                 settings: ScorerSettings | None = None) -> None:
@@ -156,6 +161,8 @@ class ScorerPool:
     def start(self, spec: ScorerSpec) -> None:
         """Hand every process the job and wait until each has its scorer ready."""
         self.spec = spec
+        if self.recorder is None:
+            self.recorder = self._open_recorder(spec)
         for index, proc in enumerate(self.procs):
             prepared = index == 0 and self.preparing is not None
             try:
@@ -170,7 +177,17 @@ class ScorerPool:
                                           f"in {START_TIMEOUT_SECONDS:.0f}s")
             self.poll(1.0)
 
+    def _open_recorder(self, spec: ScorerSpec) -> Recorder:
+        from .recorder import Recorder  # json and the events format: after the start-up
+
+        config = spec.job.config
+        return Recorder(config.resolved_run_dir, self.rank, spec.job.lock.owner.token,
+                        self.size, not config.resume, config.monitor_seconds,
+                        lambda: [p.process.pid for p in self.procs])
+
     def submit_to(self, proc: ScorerProcess, batch: Batch, attempt: int) -> None:
+        if self.recorder is not None:
+            self.recorder.sent(self.procs.index(proc), batch, attempt)
         proc.submit(batch, attempt)
 
     @property
@@ -204,7 +221,16 @@ class ScorerPool:
             if lost:
                 outcomes.extend(lost)
                 self._replace(index)
+        if self.recorder is not None:
+            self._record(self.recorder, outcomes)
         return outcomes
+
+    @staticmethod
+    def _record(recorder: Recorder, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            recorder.ended(outcome.batch, "ok" if outcome.ok else
+                           "returned" if outcome.returned else "failed", outcome.times)
+        recorder.tick()
 
     @staticmethod
     def _receive_all(proc: ScorerProcess) -> list[ToRank]:
@@ -247,6 +273,8 @@ class ScorerPool:
                                           f"{error}")
             case Scored(batch_id):  # now being written; the process is free for the next batch
                 proc.writing.append(proc.take(batch_id))
+                if self.recorder is not None:
+                    self.recorder.scored(batch_id)
             case Done(batch_id, times, failed_items):
                 return Outcome(proc.take(batch_id), True, times=times,
                                failed_items=failed_items)
@@ -271,6 +299,9 @@ class ScorerPool:
             if proc.busy:
                 batches += proc.release()
                 self._replace(index)
+        if self.recorder is not None:
+            for batch in batches:
+                self.recorder.ended(batch, "abandoned")
         return batches
 
     def close(self) -> None:
@@ -281,6 +312,9 @@ class ScorerPool:
         """
         procs, self.procs = self.procs, []
         self.closing += procs
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.close()
         for proc in procs:
             with contextlib.suppress(OSError):
                 proc.conn.send(Close())

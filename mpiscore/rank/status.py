@@ -21,7 +21,8 @@ from typing import Any
 
 from ..errors import InputError
 from ..lock import pid_alive
-from ..report import Progress, plural, write_json
+from ..progress import Progress
+from ..report import plural, write_json
 from ..schedule import Scheduler
 from ..tuning import STALE_SECONDS, STATUS_SECONDS
 
