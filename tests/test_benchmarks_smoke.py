@@ -75,3 +75,13 @@ def test_scaling() -> None:
                            "--repeat", 1)
     layouts = {(r["mode"], r["ranks"], r["procs_per_rank"]) for r in report["results"]}
     assert layouts == {(m, r, p) for m in ("strong", "weak") for r, p in [(1, 1), (1, 2), (2, 1)]}
+
+
+def test_scripts() -> None:
+    (report,) = run_script("scripts.py", "--rows", 5000, "--files", 60, "--repeat", 1,
+                           "--mini-batch-size", 2000, "--files-per-batch", 16)
+    assert set(report["results"]) == {f"{kind}_n{n}" for kind in ("script", "onnx", "files")
+                                      for n in (1, 2)} | {"script_n2_blas_env"}
+    assert all(r["items_per_second"] > 0 for r in report["results"].values())
+    assert report["labels_match"] and report["probability_max_abs_diff"] < 1e-5
+    assert report["file_lines_match"] and report["file_lines"] == 60
