@@ -206,6 +206,16 @@ SCRIPTS: dict[str, str] = {
         def run(mini_batch):
             return mini_batch
         """,
+    "exit_in_init.py": """
+        import os
+
+        def init():
+            print("leaving")
+            os._exit(7)
+
+        def run(mini_batch):
+            return mini_batch
+        """,
     "returns_none.py": """
         def run(mini_batch):
             len(mini_batch)

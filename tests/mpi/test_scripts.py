@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests import scripts_fixtures as fx
+from tests.mpi import launch
 from tests.mpi.launch import error_lines, mpiscore, wait_for_batches
 
 
@@ -164,10 +165,19 @@ def test_azure_script_runs_unchanged(env, data, tmp_path) -> None:
     assert "printed by the script" not in result.stdout + result.stderr
 
 
-def test_launch_environment_reaches_the_script(env, data, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("MPISCORE_TEST_TOKEN", "tok3n")
+@pytest.mark.parametrize("how", ["inherited", "genv"])
+def test_launch_environment_reaches_the_script(env, data, tmp_path, monkeypatch, how) -> None:
     out = tmp_path / "lines.txt"
-    result = score(2, env["environ"], env["parquet"], out, "--output-action", "append_row")
+    argv = ["--entry-script", env["environ"], "--input", env["parquet"], "--output", out,
+            "--mini-batch-size", fx.BATCH, "--output-action", "append_row"]
+    if how == "inherited":
+        monkeypatch.setenv("MPISCORE_TEST_TOKEN", "tok3n")
+        result = mpiscore(2, *argv, timeout=60)
+    else:  # mpiexec -genv, as a launcher passes variables (mpiexec -x, srun --export)
+        monkeypatch.delenv("MPISCORE_TEST_TOKEN", raising=False)
+        line = launch.command(2, *argv)
+        line[1:1] = ["-genv", "MPISCORE_TEST_TOKEN", "tok3n"]
+        result = subprocess.run(line, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert out.read_text() == "".join(f"tok3n:{i}\n" for i in data["id"])
 
@@ -196,6 +206,8 @@ def test_file_input_summary_only_writes_into_output_dir(env, tmp_path) -> None:
     written = sorted(path.name for path in out.iterdir())
     assert written == [f"item{i:02d}.txt.out" for i in range(fx.FILES)]
     assert (out / "item07.txt.out").read_text() == "CONTENT 7\n"
+    assert not Path(f"{out}.partial").exists()
+    assert summary(out)["status"] == "complete"
 
 
 # -- failures within and beyond the budget
@@ -206,6 +218,7 @@ def test_file_input_summary_only_writes_into_output_dir(env, tmp_path) -> None:
     ([120], 49, -1, 5),  # one item too many
     ([120, 250], -1, 2, 0),  # 2 batches failed, 2 allowed
     ([120, 250], -1, 1, 5),  # one batch too many
+    ([120, 250], -1, -1, 0),  # -1: any number
 ])
 def test_failing_run_within_and_beyond_budget(env, data, tmp_path, bad, items, batches,
                                               code) -> None:
@@ -392,6 +405,7 @@ def refused(result: subprocess.CompletedProcess[str], out: Path, code: int,
     (3, "no_run", 4, ["no_run.py", "run"]),
     (1, "init_raises", 4, ["init_raises.py", "line 3", "in init", "KeyError"]),
     (3, "init_raises", 4, ["init_raises.py", "line 3", "in init", "KeyError"]),
+    (2, "exit_in_init", 7, ["exit_in_init.py", "died", "exit code 7"]),  # os._exit
 ])
 def test_bad_script(env, tmp_path, ranks, script, code, names) -> None:
     out = tmp_path / "y.parquet"
