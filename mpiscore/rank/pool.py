@@ -310,11 +310,11 @@ class ScorerPool:
         A process says when it has closed its files, with what it used; its exit
         is awaited only by :meth:`reap`, so the rank can finish the job meanwhile.
         """
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:  # its last sample sees the processes still running
+            recorder.close()
         procs, self.procs = self.procs, []
         self.closing += procs
-        recorder, self.recorder = self.recorder, None
-        if recorder is not None:
-            recorder.close()
         for proc in procs:
             with contextlib.suppress(OSError):
                 proc.conn.send(Close())

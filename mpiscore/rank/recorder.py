@@ -66,13 +66,16 @@ class Recorder:
         now = time.monotonic()
         if now < self.next_check:
             return
-        self.next_check = now + 0.5
+        self.next_check = now + (min(0.5, self.every) if self.every > 0 else 0.5)
         if self.every > 0 and now - self.sampled >= self.every:
             self._sample(now)
         if self.log.due(now):
             self.log.flush()
 
     def close(self) -> None:
+        """A last sample (a job shorter than one interval still gets one), and flush."""
+        if self.every > 0:
+            self._sample(time.monotonic())
         self.log.close()
 
     def _sample(self, now: float) -> None:

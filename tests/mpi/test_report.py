@@ -34,8 +34,8 @@ def test_report_of_a_real_run(data, tmp_path) -> None:
     out, run_dir = tmp_path / "y.h5", tmp_path / "y.h5.run"
     result = mpiscore(2, "--model", data["model"], "--input", data["h5"], "--output", out,
                       "--mini-batch-size", 50, "--procs-per-rank", 2, "--intra-op-threads", 1,
-                      "--monitor-seconds", 0.2, "--max-retries", 1,
-                      faults="sleep:0.02,raise:5")  # 48 batches, ~0.6 s; batch 5 retried
+                      "--monitor-seconds", 0.1, "--max-retries", 1,
+                      faults="sleep:0.04,raise:5")  # 48 batches, ~0.5 s; batch 5 retried
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     events = read_events(run_dir)
