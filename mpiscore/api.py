@@ -102,9 +102,10 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
 
 def _log_plan(job: Job) -> None:
     plan, item = job.plan, job.item
-    LOG.info("planned %s of <= %s %ss (%s, %s); %s %s; starting the scoring sessions",
+    files = "" if item == "file" else f", {plural(len(plan.files), 'file')}"
+    LOG.info("planned %s of <= %s %ss (%s%s); %s %s; starting the scoring sessions",
              plural(len(plan.batches), "batch", "batches"), f"{plan.batch_rows:,}", item,
-             plural(plan.total_rows, item), plural(len(plan.files), "file"),
+             plural(plan.total_rows, item), files,
              "reopened" if job.config.resume else "created", job.target.partial)
     for warning in job.warnings:
         LOG.warning("%s", warning)
@@ -192,7 +193,7 @@ def _coordinate(job: Job, done: set[int], world: World,
     todo = [b for b in job.plan.batches if b.batch_id not in done]
     policy = FailurePolicy(config.max_retries, config.error_threshold,
                            config.allowed_failed_percent, config.mini_batch_error_threshold,
-                           f"{job.item}s")
+                           job.item)
     scheduler = Scheduler.for_batches(todo, job.plan.total_rows, policy)
     scheduler.completed.update(done)
     if done:
@@ -302,17 +303,14 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
     started, ready = times
     wall = time.perf_counter() - started
     rows = sum(s.rows for s in stats)
-    failed: list[dict[str, Any]] = [
-        {"batch_id": b.batch_id, **_where(job, b),
-         "attempts": [vars(a) for a in scheduler.attempts[b.batch_id]]}
-        for b in scheduler.failed.values()]
+    failed = _failures(job, scheduler)
     output = job.target.final if status == "complete" else job.target.partial
     report, written = record_run(job.config.resolved_run_dir, RunReport(
         status=status, stop_reason=scheduler.stop_reason, error=scheduler.stop_error,
-        first_failure=failed[0]["attempts"][-1]["error"] if failed else None,
+        first_failure=failed[0]["error"] if failed else None,
         output=str(output), run_dir=str(job.config.resolved_run_dir),
         rows=job.plan.total_rows, rows_scored=rows, batches=len(job.plan.batches),
-        batches_done=len(scheduler.completed), batches_failed=len(failed),
+        batches_done=len(scheduler.completed), batches_failed=len(scheduler.failed),
         rows_failed=scheduler.failed_rows, ranks=size,
         wall_seconds=wall, setup_seconds=ready - started, rows_per_second=rows / wall,
         per_rank=stats, slurm=slurm_ids()), failed)
@@ -322,13 +320,31 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
     earlier = in_output - rows
     item = job.item
     LOG.info("%s: %s scored by this run in %.2fs on %s (%s %ss/s); %s holds %s of %s "
-             "batches, %s of %s %ss%s, %d failed", status, plural(rows, item), wall,
+             "batches, %s of %s %ss%s, %s failed", status, plural(rows, item), wall,
              plural(size, "rank"), f"{rows / wall:,.0f}", item, output,
              f"{len(scheduler.completed):,}", f"{len(job.plan.batches):,}",
              f"{in_output:,}", f"{job.plan.total_rows:,}", item,
-             f" ({earlier:,} from an earlier run)" if earlier > 0 else "", len(failed))
+             f" ({earlier:,} from an earlier run)" if earlier > 0 else "",
+             f"{scheduler.failed_rows:,}")
     return report
 
+
+def _failures(job: Job, scheduler: Scheduler) -> list[dict[str, Any]]:
+    """failed_batches.json, in batch order: each batch given up, with every try; and each
+    batch whose script returned fewer results than items (append_row), with how many."""
+    given_up = [{"batch_id": b.batch_id, **_where(job, b), "error": attempts[-1].error,
+                 "attempts": [vars(a) for a in attempts]}
+                for b in scheduler.failed.values()
+                if (attempts := scheduler.attempts[b.batch_id])]
+    short = []
+    for batch_id, missing in scheduler.short.items():
+        batch = job.plan.batches[batch_id]
+        returned = batch.rows - missing
+        short.append({"batch_id": batch_id, **_where(job, batch), "items_failed": missing,
+                      "error": f"batch {batch_id}: {job.model_name} returned {returned} "
+                               f"result{'s' * (returned != 1)} for {plural(batch.rows, job.item)}",
+                      "attempts": []})
+    return sorted([*given_up, *short], key=lambda entry: entry["batch_id"])
 
 def _where(job: Job, batch: Batch) -> dict[str, Any]:
     """Where a batch's items are, for failed_batches.json: its file and rows, or (file

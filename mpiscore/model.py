@@ -32,12 +32,13 @@ ORT_TYPES = {
 
 
 def read_model(path: Path) -> bytes:
-    """The model file's bytes (rank 0 reads them once and broadcasts them: no start-up
-    storm of every rank reading one file)."""
+    """The model's (or entry script's) bytes: rank 0 reads them once and broadcasts
+    them, so there is no start-up storm of every rank reading one file."""
+    what = "entry script" if path.suffix == ".py" else "model"
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from exc
+        raise ModelError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
 
 
 def model_digest(model_bytes: bytes) -> str:

@@ -34,23 +34,31 @@ class FailurePolicy:
     error_threshold: int = 0
     allowed_failed_percent: float | None = None
     mini_batch_error_threshold: int = -1
-    items: str = "rows"
+    item: str = "row"
 
-    def exceeded(self, failed_batches: int, failed_items: int, total_items: int
-                 ) -> str | None:
-        """Why the failures so far are too many, or None while within budget."""
+    def exceeded(self, failed_batches: int, failed_items: int, total_items: int,
+                 short_batches: int = 0) -> str | None:
+        """Why the failures so far are too many, or None while within budget.
+        ``short_batches``: completed batches that returned fewer results than items."""
         if 0 <= self.mini_batch_error_threshold < failed_batches:
-            return (f"{failed_batches} batch{'es' * (failed_batches != 1)} failed for good, "
-                    f"more than --mini-batch-error-threshold {self.mini_batch_error_threshold}")
+            return (f"{_count(failed_batches, 'batch', 'batches')} failed for good, more "
+                    f"than --mini-batch-error-threshold {self.mini_batch_error_threshold}")
+        where = [f"in {_count(failed_batches, 'batch', 'batches')}" if failed_batches else "",
+                 f"{_count(short_batches, 'batch', 'batches')} short of results"
+                 if short_batches else ""]
+        detail = f" ({', '.join(filter(None, where))})"
         if 0 <= self.error_threshold < failed_items:
-            return (f"{failed_items:,} {self.items} failed for good (in "
-                    f"{failed_batches} batch{'es' * (failed_batches != 1)}), more than "
+            return (f"{_count(failed_items, self.item)} failed for good{detail}, more than "
                     f"--error-threshold {self.error_threshold}")
         if self.allowed_failed_percent is not None and \
                 100 * failed_items > self.allowed_failed_percent * total_items:
-            return (f"{failed_items:,} of {total_items:,} {self.items} failed, more than "
-                    f"--allowed-failed-percent {self.allowed_failed_percent:g}")
+            return (f"{failed_items:,} of {_count(total_items, self.item)} failed{detail}, "
+                    f"more than --allowed-failed-percent {self.allowed_failed_percent:g}")
         return None
+
+
+def _count(count: int, one: str, many: str | None = None) -> str:
+    return f"{count:,} {one if count == 1 else many or one + 's'}"
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,8 @@ class Scheduler:
         return True
 
     def _check_budget(self) -> None:
-        reason = self.policy.exceeded(len(self.failed), self.failed_rows, self.total_rows)
+        reason = self.policy.exceeded(len(self.failed), self.failed_rows, self.total_rows,
+                                      len(self.short))
         if reason:
             self.halt(f"error budget exceeded: {reason}", "ScoringError")
 

@@ -152,8 +152,9 @@ class ScorerPool:
         except (EOFError, OSError):
             first.join(1)
             raise ScoringProcessError(
-                f"{config.scorer_file}: the scoring process died while loading the model and "
-                f"checking the job ({first.exit_text()})") from None
+                f"{config.scorer_file}: the scoring process died while loading the "
+                f"{'model' if config.entry_script is None else 'entry script'} and checking "
+                f"the job ({first.exit_text()})") from None
         if isinstance(answer, PrepareFailed):
             raise answer.error
         return answer

@@ -265,15 +265,13 @@ def test_append_row_short_result_counts_failed_items(env, tmp_path, threshold, c
     if code:
         lines = error_lines(result)
         assert len(lines) == 1 and "error budget exceeded" in lines[0], result.stderr
-        assert "1 files failed" in lines[0] and "--error-threshold 0" in lines[0], lines[0]
+        assert "1 file failed" in lines[0] and "--error-threshold 0" in lines[0], lines[0]
         assert not out.exists()
     else:
         assert out.read_text().splitlines() == fx.file_lines(skip="item04.txt")
         assert summary(out)["rows_failed"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="api.py/schedule.py: a budget exceeded only by short "
-                   "append_row results says 'first failure: None', failed_batches.json is empty")
 def test_append_row_short_result_names_the_batch(env, tmp_path) -> None:
     out = tmp_path / "labels.txt"
     result = score(1, env["per_file"], env["files"], out, "--input-mode", "files",
@@ -284,8 +282,6 @@ def test_append_row_short_result_names_the_batch(env, tmp_path) -> None:
     assert [f["batch_id"] for f in failed_batches(out)] == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="api.py: the completion line counts failed batches "
-                   "('0 failed') while a short append_row result failed 1 file")
 def test_append_row_short_result_in_the_completion_line(env, tmp_path) -> None:
     out = tmp_path / "labels.txt"
     result = score(1, env["per_file"], env["files"], out, "--input-mode", "files",

@@ -116,7 +116,7 @@ def test_allowed_failed_percent_counts_rows() -> None:
 def test_error_threshold_counts_items_and_the_batch_threshold_batches() -> None:
     """Azure's error_threshold (items) and mini_batch_error_threshold (batches)."""
     assert FailurePolicy(error_threshold=30).exceeded(3, 30, 100) is None
-    items = FailurePolicy(error_threshold=29, items="files").exceeded(3, 30, 100)
+    items = FailurePolicy(error_threshold=29, item="file").exceeded(3, 30, 100)
     assert items is not None and "30 files failed for good (in 3 batches)" in items
     assert FailurePolicy(error_threshold=-1, mini_batch_error_threshold=3).exceeded(
         3, 30, 100) is None

@@ -70,12 +70,25 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def _script(source: bytes, script: str, settings: ScorerSettings) -> Scorer:
     """An entry script, its numeric libraries' thread pools sized as an ONNX session's
     would be (the rank's cores / its processes) unless the launch set them: OpenMP
-    and BLAS otherwise start a thread per core of the node in every process."""
+    and BLAS otherwise start a thread per core of the node in every process. The
+    variables reach libraries the script loads (torch reads them at import); NumPy's
+    BLAS, loaded already, is limited through threadpoolctl (the scripts extra)."""
+    given = [name for name in THREAD_VARIABLES if name in os.environ]
     for name in THREAD_VARIABLES:
         os.environ.setdefault(name, str(settings.intra_op_threads))
+    if not given:
+        _limit_loaded_pools(settings.intra_op_threads)
     from .script import ScriptScorer
 
     return ScriptScorer.open(source, script, settings)
+
+
+def _limit_loaded_pools(threads: int) -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # without the scripts extra: only libraries loaded later obey
+        return
+    threadpool_limits(threads)
 
 
 SCORERS: dict[str, ScorerFactory] = {"onnx": _onnx, "script": _script}
