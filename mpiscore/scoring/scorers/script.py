@@ -26,35 +26,40 @@ lines of text (``append_row``), or nothing (``summary_only``).
 from __future__ import annotations
 
 import contextlib
-import csv
 import importlib.util
-import io
 import linecache
 import logging
 import os
 import re
 import sys
-import time
 import traceback
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 from ...config import ScorerSettings, ScriptSettings
-from ...errors import ConfigError, ModelError, MpiscoreError, OutputError, ScoringError
+from ...errors import ModelError, MpiscoreError, ScoringError
 from ...io.fields import FILE_PATHS, HEADER, LINES
 from ...model import Column, TensorSpec
+from .script_log import ProcessLog
+from .script_results import (
+    Row,
+    csv_lines,
+    fits_integers,
+    result_columns,
+    result_rows,
+    tabular_batch,
+)
 
 COMPAT_DIR = Path(__file__).resolve().parent.parent / "compat"
 """Holds the ``azureml_user`` shim; not a package itself, so nothing shadows a real one."""
 
 LABEL_WIDTH = 64  # bytes of string results in HDF5; a longer one fails its batch when written
 
-PANDAS_MISSING = "--batch-format pandas needs pandas: pip install 'mpiscore[scripts]'"
 
 
 @dataclass(frozen=True)
@@ -76,99 +81,6 @@ _context: EntryContext | None = None
 def entry_context() -> EntryContext | None:
     """The open entry script's context, or None outside a script job."""
     return _context
-
-
-class _TaggedStream(io.TextIOBase):
-    """A text stream that writes each complete line to ``sink`` with a log-style tag, so
-    that ``print()`` output reads like the log records around it."""
-
-    def __init__(self, sink: TextIO, tag: str) -> None:
-        super().__init__()
-        self.sink, self.tag, self.pending, self.last_line = sink, tag, "", ""
-
-    def writable(self) -> bool:
-        return True
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"  # libraries that ask (click, tqdm) get an answer, not None
-
-    def write(self, text: str) -> int:
-        *lines, self.pending = (self.pending + text).split("\n")
-        for line in lines:
-            self._emit(line)
-        return len(text)
-
-    def end_line(self) -> None:
-        """Write a last line left without its newline."""
-        if self.pending:
-            self._emit(self.pending)
-            self.pending = ""
-        self.sink.flush()
-
-    def _emit(self, line: str) -> None:
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        self.sink.write(f"{stamp},{int(now * 1000) % 1000:03d} {self.tag}: {line}\n")
-        if line.strip():
-            self.last_line = line.strip()
-
-
-class ProcessLog:
-    """This process's script log: a file (or stderr), a handler on the root logger and
-    on ``EntryScript().logger``, and streams that stand in for stdout and stderr."""
-
-    def __init__(self, settings: ScriptSettings, rank: int) -> None:
-        tag = f"rank {rank} pid {os.getpid()}"
-        self.owned = bool(settings.log_dir)
-        if self.owned:
-            path = Path(settings.log_dir) / f"script-rank{rank}-pid{os.getpid()}.log"
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.stream: TextIO = path.open("a", buffering=1, encoding="utf-8",
-                                                errors="backslashreplace")
-            except OSError as exc:
-                raise OutputError(f"{path}: cannot open the entry script's log: "
-                                  f"{exc.strerror or exc}") from exc
-            self.where = str(path)
-        else:
-            self.stream, self.where = sys.stderr, "stderr"
-        self.handler = logging.StreamHandler(self.stream)
-        self.handler.setFormatter(logging.Formatter(
-            f"%(asctime)s %(levelname)s {tag} %(name)s: %(message)s"))
-        self.stdout = _TaggedStream(self.stream, f"PRINT {tag} stdout")
-        self.stderr = _TaggedStream(self.stream, f"PRINT {tag} stderr")
-        self.entry_logger = self._own_logger("EntryScript")
-        self.mpiscore_logger = self._own_logger("mpiscore.script")
-        root = logging.getLogger()
-        self.root_level = root.level
-        root.addHandler(self.handler)
-        root.setLevel(min(root.level, logging.INFO))  # Azure's default level
-
-    def _own_logger(self, name: str) -> logging.Logger:
-        logger = logging.getLogger(name)
-        logger.addHandler(self.handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False  # still here if the script reconfigures the root logger
-        return logger
-
-    @contextlib.contextmanager
-    def captured(self) -> Iterator[None]:
-        """The script's ``print()`` and writes to ``sys.stderr`` go to the log meanwhile."""
-        self.stdout.last_line = self.stderr.last_line = ""
-        with contextlib.redirect_stdout(self.stdout), contextlib.redirect_stderr(self.stderr):
-            try:
-                yield
-            finally:
-                self.stdout.end_line()
-                self.stderr.end_line()
-
-    def close(self) -> None:
-        for logger in (logging.getLogger(), self.entry_logger, self.mpiscore_logger):
-            logger.removeHandler(self.handler)
-        logging.getLogger().setLevel(self.root_level)
-        if self.owned:
-            self.stream.close()
 
 
 def _user_traceback(exc: BaseException) -> str:
@@ -365,7 +277,7 @@ class ScriptScorer:
             if len(feeds) == 1 and not self.settings.mapped:
                 return next(iter(feeds.values())), items
             return dict(feeds), items
-        return _tabular(feeds, self.settings.batch_format), items
+        return tabular_batch(feeds, self.settings.batch_format), items
 
     # -- what run() returns: rows
 
@@ -375,7 +287,7 @@ class ScriptScorer:
             raise ScoringError(f"{self.script}: run() returned None for {items} items; return "
                                "one result per item (a list, array, dict of arrays or DataFrame)")
         columns = {key: self._column(key, value, items, inputs)
-                   for key, value in _result_columns(result, self.script).items()}
+                   for key, value in result_columns(result, self.script).items()}
         return self._fit(columns)
 
     def _column(self, key: str, value: object, items: int, inputs: list[np.ndarray]
@@ -429,7 +341,7 @@ class ScriptScorer:
         if all(strings):
             return array  # widths differ; the output's width is checked when written
         if any(strings) or not np.can_cast(array.dtype, dtype, "same_kind") or \
-                not _fits(array, dtype):
+                not fits_integers(array, dtype):
             raise ScoringError(f"{self.script}: run() returned column {key!r} as {array.dtype}; "
                                f"the first batch's was {dtype}, and {array.dtype} does not "
                                f"cast to it safely")
@@ -442,11 +354,11 @@ class ScriptScorer:
         (the caller counts the rest as failed items), more is not. A line may not
         hold a newline (it would be two lines of the file): the batch fails, naming
         the element."""
-        header, rows = _result_rows(result, self.script, items)
+        header, rows = result_rows(result, self.script, items)
         if self.settings.csv and header is not None:
-            lines = _csv_lines(rows)
+            lines = csv_lines(rows)
         else:
-            lines = [" ".join(map(str, row)) if isinstance(row, _Row) else str(row)
+            lines = [" ".join(map(str, row)) if isinstance(row, Row) else str(row)
                      for row in rows]
         if len(lines) > items:
             raise ScoringError(f"{self.script}: run() returned {len(lines)} results for "
@@ -457,7 +369,7 @@ class ScriptScorer:
                                    f"break ({line[:40]!r}); append_row writes one line per item")
         columns: dict[str, object] = {LINES: lines}
         if self.settings.csv and header is not None:
-            columns[HEADER] = _csv_lines([_Row(header)])[0]
+            columns[HEADER] = csv_lines([Row(header)])[0]
         return columns
 
 
@@ -474,110 +386,3 @@ def _module_name(script: str) -> str:
         if spec is None or (origin and Path(origin).resolve() == Path(script).resolve()):
             return stem
     return f"mpiscore_entry_{stem}"
-
-
-def _pandas() -> Any:
-    try:
-        return importlib.import_module("pandas")
-    except ImportError as exc:
-        raise ConfigError(PANDAS_MISSING) from exc
-
-
-def _tabular(feeds: Mapping[str, object], batch_format: str) -> object:
-    """Arrow columns (Parquet) as ``--batch-format`` asks: DataFrame, dict or Table."""
-    import pyarrow as pa
-
-    if batch_format == "pandas":
-        _pandas()
-    table = pa.table(dict(feeds))
-    if batch_format == "arrow":
-        return table
-    if batch_format == "numpy":
-        return {name: table.column(name).to_numpy() for name in table.column_names}
-    return table.to_pandas()
-
-
-def _kind(result: object) -> str:
-    """"frame", "series", "table" or "" for other results (pandas and pyarrow are looked
-    at only if the process loaded them: a script returning them did)."""
-    pandas, pyarrow = sys.modules.get("pandas"), sys.modules.get("pyarrow")
-    if pandas is not None and isinstance(result, pandas.DataFrame):
-        return "frame"
-    if pandas is not None and isinstance(result, pandas.Series):
-        return "series"
-    if pyarrow is not None and isinstance(result, pyarrow.Table):
-        return "table"
-    return ""
-
-
-def _result_columns(result: Any, script: str) -> dict[str, object]:
-    """Named columns of a rows result: an array or list is one column, ``result``."""
-    kind = _kind(result)
-    if kind == "frame":
-        return {str(name): result[name].to_numpy() for name in result.columns}
-    if kind == "series":
-        return {"result" if result.name is None else str(result.name): result.to_numpy()}
-    if kind == "table":
-        return {name: result.column(name).to_numpy() for name in result.column_names}
-    if isinstance(result, dict):
-        return {str(key): value for key, value in result.items()}
-    if isinstance(result, np.ndarray | list | tuple):
-        return {"result": result}
-    raise ScoringError(f"{script}: run() returned a {type(result).__name__}; return one result "
-                       "per item (a list, array, dict of arrays or DataFrame)")
-
-
-def _result_rows(result: Any, script: str, items: int
-                 ) -> tuple[list[str] | None, list[object]]:
-    """A lines result as (column names or None, elements); a table's rows, and an N-D
-    array's, are :class:`_Row` tuples of their values."""
-    kind = _kind(result)
-    if kind == "frame":
-        names = [str(name) for name in result.columns]
-        return names, [_Row(row) for row in result.itertuples(index=False, name=None)]
-    if kind == "table":
-        data = [result.column(n).to_pylist() for n in result.column_names]
-        return list(result.column_names), [_Row(row) for row in zip(*data, strict=True)]
-    if isinstance(result, dict):
-        data = [list(value) for value in result.values()]
-        if len({len(column) for column in data}) > 1:
-            raise ScoringError(f"{script}: run() returned a dict of columns of lengths "
-                               f"{', '.join(str(len(c)) for c in data)}; they must be equal")
-        return [str(key) for key in result], [_Row(row) for row in zip(*data, strict=True)]
-    if kind == "series":
-        return None, list(result.tolist())
-    if isinstance(result, np.ndarray) and result.ndim > 1:
-        return None, [_Row(row.reshape(-1).tolist()) for row in result]
-    if isinstance(result, np.ndarray | list | tuple):
-        return None, list(result)
-    if result is None:
-        raise ScoringError(f"{script}: run() returned None for {items} items; return one "
-                           "result per item (a list, array or DataFrame)")
-    raise ScoringError(f"{script}: run() returned a {type(result).__name__}; append_row takes "
-                       "a list, array or DataFrame with one element per item")
-
-
-class _Row(tuple[object, ...]):
-    """The values of one row of a tabular result (an element of a list is not one)."""
-
-
-def _csv_lines(rows: Iterable[object]) -> list[str]:
-    """Each row as one CSV record (quoted as the csv module does), without its newline."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    lines = []
-    for row in rows:
-        writer.writerow(row if isinstance(row, _Row) else (row,))
-        lines.append(buffer.getvalue()[:-1])
-        buffer.seek(0)
-        buffer.truncate()
-    return lines
-
-
-def _fits(array: np.ndarray, dtype: np.dtype[Any]) -> bool:
-    """Whether integers cast to a narrower integer type keep their values."""
-    if dtype.kind not in "iu" or array.dtype.kind not in "iu" or array.size == 0 or \
-            np.can_cast(array.dtype, dtype, "safe"):
-        return True
-    info = np.iinfo(dtype)
-    return bool(info.min <= array.min() and array.max() <= info.max)
