@@ -149,7 +149,7 @@ def describe(dry: DryRun, guess: Estimate) -> str:
     cost = calibration.read_seconds + calibration.score_seconds
     read_share = 100 * calibration.read_seconds / max(cost, 1e-9)
     lines = [
-        f"dry run: every check passed; nothing was written ({dry.output} not created)",
+        f"dry run: every check passed; nothing was written ({dry.output} left as it is)",
         f"plan: {plural(dry.files, 'file')}, {plural(dry.rows, item)} "
         f"({size_text(dry.input_bytes)}), {plural(dry.batches, 'batch', 'batches')} of <= "
         f"{dry.batch_rows:,} {item}s"

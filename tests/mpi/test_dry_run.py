@@ -51,7 +51,8 @@ def test_dry_run_text_names_plan_calibration_estimate_and_assumptions(heavy, tmp
     dry = mpiscore(1, *args(heavy, tmp_path / "y.h5", "--dry-run", "--ranks", 8))
     assert dry.returncode == 0, dry.stderr
     text = dry.stdout
-    for part in ("nothing was written", "plan: 1 file, 200,000 rows", "25 batches",
+    for part in ("nothing was written", "left as it is", "plan: 1 file, 200,000 rows",
+                 "25 batches",
                  "calibration:", "estimate for 8 ranks x 1 scoring process",
                  "suggested Slurm --time: ", "assumes: throughput grows linearly"):
         assert part in text, (part, text)
