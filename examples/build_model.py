@@ -11,28 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from blobs import CLASSES, FEATURES, blobs
+from blobs import CLASSES, FEATURES, train
 from onnx import TensorProto, helper, numpy_helper
 
-HIDDEN = 64
 
-
-def train(seed: int = 0) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(seed)
-    x, y = blobs(20_000, seed=1)
-    w1 = rng.normal(scale=1 / np.sqrt(FEATURES), size=(FEATURES, HIDDEN)).astype(np.float32)
-    b1 = rng.normal(size=HIDDEN).astype(np.float32)
-    hidden = np.maximum(x @ w1 + b1, 0)
-    design = np.hstack([hidden, np.ones((len(x), 1), np.float32)])
-    solution, *_ = np.linalg.lstsq(design, np.eye(CLASSES)[y], rcond=None)
-    w2, b2 = solution[:-1].astype(np.float32), solution[-1].astype(np.float32)
-    accuracy = ((np.maximum(x @ w1 + b1, 0) @ w2 + b2).argmax(1) == y).mean()
-    print(f"training accuracy {accuracy:.3f}")
-    return w1, b1, w2, b2
-
-
-def export(weights: tuple[np.ndarray, ...], path: Path) -> None:
-    names = ["w1", "b1", "w2", "b2"]
+def export(weights: dict[str, np.ndarray], path: Path) -> None:
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["features", "w1"], ["h0"]),
          helper.make_node("Add", ["h0", "b1"], ["h1"]),
@@ -45,7 +28,7 @@ def export(weights: tuple[np.ndarray, ...], path: Path) -> None:
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", CLASSES]),
          helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
-        [numpy_helper.from_array(w, n) for w, n in zip(weights, names, strict=True)])
+        [numpy_helper.from_array(w, n) for n, w in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, path)

@@ -19,24 +19,7 @@ import numpy as np
 EXAMPLES = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(EXAMPLES))  # blobs.py, shared with make_data.py
 
-from blobs import CLASSES, FEATURES, blobs  # noqa: E402
-
-HIDDEN = 64
-
-
-def train(seed: int = 0) -> dict[str, np.ndarray]:
-    """A real classifier in a second: random ReLU features, least-squares read-out."""
-    rng = np.random.default_rng(seed)
-    x, y = blobs(20_000, seed=1)
-    w1 = rng.normal(scale=1 / np.sqrt(FEATURES), size=(FEATURES, HIDDEN)).astype(np.float32)
-    b1 = rng.normal(size=HIDDEN).astype(np.float32)
-    hidden = np.maximum(x @ w1 + b1, 0)
-    design = np.hstack([hidden, np.ones((len(x), 1), np.float32)])
-    solution, *_ = np.linalg.lstsq(design, np.eye(CLASSES)[y], rcond=None)
-    w2, b2 = solution[:-1].astype(np.float32), solution[-1].astype(np.float32)
-    accuracy = ((hidden @ w2 + b2).argmax(1) == y).mean()
-    print(f"training accuracy {accuracy:.3f}")
-    return {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
+from blobs import train  # noqa: E402
 
 
 def main() -> None:

@@ -41,9 +41,10 @@ from typing import Any, cast
 from ..errors import ConfigError, OutputError, storage_error
 from ..plan import Batch, Plan
 from ..report import LOG
+from . import staging
 from .fields import HEADER, LINES, Columns, Field, Ranks, Writer
 
-STAGING = "_staging"  # temporary files, the layout and the ranks' notes
+STAGING = staging.STAGING  # temporary files, the layout and the ranks' notes
 MARKER = "_mpiscore.json"  # what makes a partial directory ours
 HEADER_FILE = "header.txt"
 ASSEMBLED = "assembled.tmp"  # OUTPUT being assembled, renamed to OUTPUT once whole
@@ -307,15 +308,12 @@ def create(partial: Path, attrs: dict[str, Any]) -> None:
 
 def written_batches(partial: Path) -> set[int]:
     """Batches whose part file is on disk under its name (what --resume may skip)."""
-    return {int(m.group(1)) for m in map(PART.fullmatch, os.listdir(partial)) if m}
+    return staging.written_batches(partial, PART)
 
 
 def discard_staged(partial: Path) -> None:
     """Delete files a killed scoring process left half-written in the staging area."""
-    staging = partial / STAGING
-    for name in os.listdir(staging) if staging.is_dir() else ():
-        if TMP.fullmatch(name):
-            (staging / name).unlink()
+    staging.discard_staged(partial, TMP)
 
 
 def owned(path: Path) -> bool:

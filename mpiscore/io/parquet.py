@@ -31,9 +31,10 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError, InputError, OutputError
 from ..plan import Batch, SourceFile
 from ..report import LOG
+from . import staging
 from .fields import Columns, Field, ParquetSelection, Ranks, nearest_first
 
-STAGING = "_staging"  # inside OUTPUT.partial only: files being written, and our marker
+STAGING = staging.STAGING  # inside OUTPUT.partial only: files being written, and our marker
 METADATA_KEY = "mpiscore"  # key-value metadata of every part file: provenance, shapes
 PART = re.compile(r"part-(\d{9})\.parquet")
 TMP = re.compile(r"part-\d{9}\.parquet\.\d+\.tmp")  # in STAGING; the number is the pid
@@ -390,15 +391,12 @@ def create(partial: Path) -> None:
 
 def written_batches(partial: Path) -> set[int]:
     """Batches whose part file is on disk under its name (what --resume may skip)."""
-    return {int(m.group(1)) for m in map(PART.fullmatch, os.listdir(partial)) if m}
+    return staging.written_batches(partial, PART)
 
 
 def discard_staged(partial: Path) -> None:
     """Delete files a killed scoring process left half-written in the staging area."""
-    staging = partial / STAGING
-    for name in os.listdir(staging) if staging.is_dir() else ():
-        if TMP.fullmatch(name):
-            (staging / name).unlink()
+    staging.discard_staged(partial, TMP)
 
 
 def owned(path: Path) -> bool:
