@@ -22,7 +22,7 @@ import click
 from . import __version__
 from .config import GRAPH_OPTIMIZATION_LEVELS, JobConfig, config_from_options
 from .errors import ConfigError, MpiscoreError
-from .jobfile import option_kinds, read_job_file
+from .jobfile import option_kinds, read_job
 from .placement import check_world
 from .rank.pool import ScorerPool, start_pool
 from .rank.process import ScorerProcess
@@ -46,14 +46,17 @@ class OneLineError(click.ClickException):
 
 
 def _job_file(ctx: click.Context, path: Path | None) -> None:
-    """``--config job.toml``: its values become the options' defaults, so any option
-    given on the command line wins (click's ParameterSource.DEFAULT_MAP)."""
+    """``--config job.toml`` (or an Azure ``parallel.yml``): its values become the options'
+    defaults, so any option given on the command line wins (click's
+    ParameterSource.DEFAULT_MAP); what a YAML held that has no effect, rank 0 names."""
     if path is None:
         return
     try:
-        values = read_job_file(path, option_kinds(ctx.command.params))
+        values, ignored = read_job(path, option_kinds(ctx.command.params))
     except MpiscoreError as exc:
         raise OneLineError(exc) from exc
+    if ignored and launcher_rank() == 0:
+        click.echo(f"mpiscore: warning: {path}: {ignored}", err=True)
     ctx.default_map = {**(ctx.default_map or {}), **values}
 
 

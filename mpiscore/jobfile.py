@@ -7,7 +7,8 @@ file's directory, so a job file and its data can move together. Every job
 writes its effective configuration to ``RUN_DIR/config.toml`` with absolute
 paths, so ``mpiscore score --config RUN_DIR/config.toml --resume`` resumes it
 exactly; ``overwrite`` and ``resume`` say how one run treats what is on disk,
-not what the job is, and are never stored.
+not what the job is, and are never stored. A ``.yml``/``.yaml`` job file is an
+Azure ML parallel job, translated by azure_yaml.py.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any
 
 import click
 
+from . import azure_yaml
 from .config import JobConfig, options_of, parse_input_spec
 from .errors import ConfigError
 
 CONFIG_FILE = "config.toml"
-PATH_KEYS = ("model", "output", "run_dir")
+PATH_KEYS = ("model", "entry_script", "output", "run_dir")
 NOT_STORED = ("overwrite", "resume")
 
 
@@ -77,12 +79,26 @@ def read_job_file(path: Path, kinds: dict[str, OptionKind]) -> dict[str, Any]:
     """The job file's values by click parameter name (for click's ``default_map``),
     checked against ``kinds``; relative paths made relative to the file's directory.
     Raises ConfigError naming the file and the key."""
+    return read_job(path, kinds)[0]
+
+
+def read_job(path: Path, kinds: dict[str, OptionKind]) -> tuple[dict[str, Any], str]:
+    """:func:`read_job_file`'s values, and a line naming what the file held that was
+    left out ("" for TOML, which must hold options only). A ``.yml``/``.yaml`` file is
+    an Azure ML parallel job (azure_yaml.py)."""
+    if path.suffix.lower() in azure_yaml.YAML_SUFFIXES:
+        translation = azure_yaml.translate(azure_yaml.load(path), path)
+        return _values(path, translation.options, kinds), translation.ignored_text()
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the job file: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a TOML file: {exc}") from exc
+    return _values(path, data, kinds), ""
+
+
+def _values(path: Path, data: dict[str, Any], kinds: dict[str, OptionKind]) -> dict[str, Any]:
     base = path.parent
     values = {}
     for key, value in data.items():
