@@ -34,7 +34,7 @@ _LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "warn": "warn
 LAUNCHER = "the allocation: ranks come from the launcher, mpiexec -n or srun"
 ENVIRONMENT = ("cannot reach the already started scoring processes: export them before "
                "mpiexec/srun, or mpiexec -genv NAME VALUE, Open MPI's -x NAME")
-PLACEHOLDERS = "${{...}} cannot be resolved here: give these after --"
+PLACEHOLDERS = "${{...}} cannot be resolved here: give all the script's arguments after --"
 _IGNORED_TOP = {
     **dict.fromkeys(("$schema", "name", "display_name", "description", "tags", "properties",
                      "experiment_name", "version", "is_deterministic", "id", "status"),

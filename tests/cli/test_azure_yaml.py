@@ -303,3 +303,19 @@ def test_json_of_dry_run_stays_clean(job_dir, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["batches"] == 3
     assert "ignored" in result.stderr
+
+
+def test_the_documented_example_translates_as_documented() -> None:
+    import re
+
+    import yaml
+
+    text = (Path(__file__).parents[2] / "docs" / "scripts.md").read_text()
+    block = re.search(r"## Azure parallel job YAML.*?```yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    out = translate(yaml.safe_load(block.group(1)), "parallel.yml")
+    assert out.options["mini_batch_size"] == "10MiB"
+    assert out.options["script_args"] == ["--threshold", "0.5"]
+    assert out.options["output_action"] == "append_row"
+    assert out.options["allowed_failed_percent"] == 10.0
+    assert "--model_dir ${{inputs.score_model}}" in out.ignored_text()
