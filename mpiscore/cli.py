@@ -204,8 +204,8 @@ def main() -> None:
 @click.option("--config", type=click.Path(path_type=Path), is_eager=True,
               callback=lambda ctx, param, value: _job_file(ctx, value), expose_value=False,
               help="A TOML job file: keys are these options' names with _ for - "
-              "(mini_batch_size = 4096, input = [\"a.h5:/x\"]); options given here win "
-              "[default: none].")
+              "(mini_batch_size = 4096, input = [\"a.h5:/x\"]); or an Azure ML parallel job "
+              "YAML (.yml); options given here win [default: none].")
 @click.option("--dry-run", is_flag=True, help="Check everything the job would, time a few real "
               "batches (~2.5 s) and print the plan and the estimated wall time, core-hours "
               "and Slurm --time; writes nothing [default: run the job].")
