@@ -6,6 +6,10 @@ step it directly. Batches are handed out in row order (pull-based). A failed
 batch is retried up to ``max_retries`` times, preferably on a rank where it
 has not failed yet; after that it is given up, and the :class:`FailurePolicy`
 decides whether the job may go on.
+
+Every step costs O(1) in the number of ranks and of batches: the coordinator
+calls it on every message, at thousands of ranks. Only the first RETRY_LOOKAHEAD
+retries are searched for one that did not fail on the asking rank.
 """
 
 from __future__ import annotations
@@ -13,8 +17,14 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 from .plan import Batch
+
+# How many queued retries assign() looks through for one that has not failed on the
+# asking rank (beyond them it hands out a new batch, or nothing): a rank whose every
+# batch fails would otherwise scan the whole queue of retries on each request.
+RETRY_LOOKAHEAD = 16
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class Scheduler:
     failed: dict[int, Batch] = field(default_factory=dict)
     stop_reason: str | None = None
     stop_error: str | None = None  # the MpiscoreError class a halt ends the job with
+    failed_rows: int = 0  # items failed for good: every item of a batch given up, and
+    # those a completed batch returned no result for (kept as they happen: O(1) to read)
 
     @classmethod
     def for_batches(cls, batches: Iterable[Batch], total_rows: int,
@@ -97,26 +109,52 @@ class Scheduler:
         """The next batch for ``rank``: a retry that did not fail there, else a new one."""
         if self.stop_reason is not None:
             return None
-        batch = self._retry_for(rank) or (self.pending.popleft() if self.pending else None)
-        if batch is None and self.retries and not self.in_flight:
-            batch = self.retries.popleft()  # no other rank is busy: retry where it failed
-        if batch is not None:
-            self.in_flight[batch.batch_id] = (batch, rank)
-            self.held[rank] += 1
+        if self.retries:
+            batch = self._retry_for(rank) or (self.pending.popleft() if self.pending else None)
+            if batch is None and not self.in_flight:
+                batch = self.retries.popleft()  # no other rank is busy: retry where it failed
+            if batch is None:
+                return None
+        elif self.pending:
+            batch = self.pending.popleft()
+        else:
+            return None
+        self.in_flight[batch.batch_id] = (batch, rank)
+        self.held[rank] += 1
         return batch
+
+    def assign_many(self, rank: int, count: int, ranks: int) -> list[Batch]:
+        """Up to ``count`` batches for ``rank`` (of ``ranks``) in row order, as many as
+        :meth:`may_take` lets it hold: a bundle for one message."""
+        taken: list[Batch] = []
+        while len(taken) < count and self.may_take(rank, ranks):
+            batch = self.assign(rank)
+            if batch is None:
+                break
+            taken.append(batch)
+        return taken
+
+    @property
+    def has_work(self) -> bool:
+        """Whether there is anything to hand out (pending or retries, and not stopping)."""
+        return self.stop_reason is None and bool(self.pending or self.retries)
+
+    def fair_share(self, ranks: int) -> int:
+        """The most batches a rank should hold before taking one more, of ``ranks``
+        (see :meth:`may_take`)."""
+        return max(1, -(-(len(self.pending) + len(self.retries)) // ranks))
 
     def may_take(self, rank: int, ranks: int) -> bool:
         """Whether ``rank`` may take another batch (of ``ranks``): at the tail each holds
         little more than its share of what is left to hand out (guided
         self-scheduling), so the last batches go to the ranks that free up first
         instead of queueing behind a busy one. A lone rank always may."""
-        waiting = len(self.pending) + len(self.retries)
-        return ranks == 1 or self.held[rank] <= max(1, -(-waiting // ranks))
+        return ranks == 1 or self.held[rank] <= self.fair_share(ranks)
 
     def _retry_for(self, rank: int) -> Batch | None:
-        for batch in self.retries:
+        for index, batch in enumerate(islice(self.retries, RETRY_LOOKAHEAD)):
             if all(a.rank != rank for a in self.attempts[batch.batch_id]):
-                self.retries.remove(batch)
+                del self.retries[index]
                 return batch
         return None
 
@@ -131,6 +169,7 @@ class Scheduler:
         self.completed.add(batch_id)
         if failed_items:
             self.short[batch_id] = failed_items
+            self.failed_rows += failed_items
             self._check_budget()
         return batch
 
@@ -143,6 +182,7 @@ class Scheduler:
             self.retries.append(batch)
             return False
         self.failed[batch_id] = batch
+        self.failed_rows += batch.rows
         self._check_budget()
         return True
 
@@ -178,12 +218,6 @@ class Scheduler:
                 f"batch {batch_id} reported by rank {rank}, but was assigned to {owner}")
         self.held[rank] -= 1
         return batch
-
-    @property
-    def failed_rows(self) -> int:
-        """Items failed for good: every item of a batch given up, and those a completed
-        batch returned no result for."""
-        return sum(batch.rows for batch in self.failed.values()) + sum(self.short.values())
 
     @property
     def finished(self) -> bool:

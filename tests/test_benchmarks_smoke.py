@@ -85,3 +85,12 @@ def test_scripts() -> None:
     assert all(r["items_per_second"] > 0 for r in report["results"].values())
     assert report["labels_match"] and report["probability_max_abs_diff"] < 1e-5
     assert report["file_lines_match"] and report["file_lines"] == 60
+
+
+def test_coordinator() -> None:
+    (report,) = run_script("coordinator.py", "--ranks", 4, 50, "--batches", 2000,
+                           "--window", 3, "--seconds", 20)
+    results = report["results"]["after"]
+    assert [r["ranks"] for r in results] == [4, 50]
+    assert all(r["finished"] and r["sustained_batches"] == 2000 for r in results)
+    assert [r["first_assigned"] for r in results] == [12, 150]

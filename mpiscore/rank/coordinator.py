@@ -10,6 +10,7 @@ other ranks over MPI. :func:`wire` is the one place that wires them; the job
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,18 @@ class Coordinator:
     """Rank 0's role: answers worker messages by driving the scheduler.
 
     ``local`` links it to rank 0's own worker, ``remote`` (None when alone) to the others.
+
+    A message costs O(1) in the number of ranks: the ranks that want work wait
+    in a queue (``hungry``, first come first served), which is served only
+    while the scheduler has batches to hand out, each rank its batches in one
+    bundled Assign. A rank that may take nothing now is parked instead of
+    being looked at again on every message: ``held_back`` when it already holds
+    its fair share (Scheduler.may_take; it asks again as its own batches end,
+    or all are looked at again when the share grows), ``starved`` when nothing
+    is left that it may take (none at all, or only retries that failed on it:
+    looked at again when a retry or a returned batch comes, or when nothing is
+    in flight any more).
+    Drain and Stop go to every rank, once each.
     """
 
     def __init__(self, scheduler: Scheduler, ranks: list[int], local: CoordinatorLink,
@@ -46,6 +59,11 @@ class Coordinator:
         self.links = {rank: local if rank == 0 else remote for rank in ranks}
         self.on_complete = on_complete
         self.wants = dict.fromkeys(ranks, 0)
+        self.hungry: deque[int] = deque()  # ranks that want work, in the order they asked
+        self.queued: set[int] = set()  # those in ``hungry``
+        self.held_back: set[int] = set()  # want work, but hold their fair share already
+        self.held_back_share = 0  # the fair share when the last of them was held back
+        self.starved: set[int] = set()  # want work, but only retries failed there are left
         self.draining = False
         self.heard: dict[int, float] = {}  # rank -> when its last message came (status.json)
 
@@ -56,25 +74,55 @@ class Coordinator:
 
     def handle(self, rank: int, message: Message) -> None:
         self.heard[rank] = time.time()
-        if isinstance(message, Request):
-            self.wants[rank] += message.count
-        elif isinstance(message, Completed):
-            self.on_complete(self.scheduler.complete(message.batch_id, rank,
-                                                     message.failed_items))
-            self.wants[rank] += 1
+        scheduler = self.scheduler
+        if isinstance(message, Completed):  # the busiest path first
+            self.on_complete(scheduler.complete(message.batch_id, rank, message.failed_items))
+            self._want(rank, 1)
+            if not scheduler.in_flight and self.starved:
+                self._wake(self.starved)  # no other rank busy: a retry may go where it failed
+        elif isinstance(message, Request):
+            self._want(rank, message.count)
         elif isinstance(message, Failed):
             self._failed(rank, message)
-            self.wants[rank] += 1
+            self._want(rank, 1)
+            self._more_to_hand_out()
         elif isinstance(message, Returned):
-            for batch_id in message.batch_ids:
-                self.scheduler.give_back(batch_id, rank)
+            for batch_id in reversed(message.batch_ids):  # to the front, in their order
+                scheduler.give_back(batch_id, rank)
+            self._want(rank, 0)
+            self._more_to_hand_out()
         elif isinstance(message, StopRequested):
-            self.scheduler.stop(message.reason)
+            scheduler.stop(message.reason)
         else:
             raise RuntimeError(f"coordinator got unexpected {message!r} from rank {rank}")
-        if self.scheduler.stop_reason is not None:
+        if scheduler.stop_reason is not None:
             self._drain()
-        self._hand_out()
+        elif self.hungry and scheduler.has_work:
+            self._hand_out()
+
+    def _want(self, rank: int, count: int) -> None:
+        """``rank`` wants ``count`` more batches (and, having reported, may take again)."""
+        self.wants[rank] += count
+        if self.wants[rank] > 0 and rank not in self.queued:
+            self.held_back.discard(rank)
+            self.starved.discard(rank)
+            self.queued.add(rank)
+            self.hungry.append(rank)
+
+    def _more_to_hand_out(self) -> None:
+        """Batches came back (a retry, a returned batch): look again at the parked ranks
+        they may be for; at those held back only if the fair share grew."""
+        self._wake(self.starved)
+        if self.held_back and \
+                self.scheduler.fair_share(len(self.ranks)) > self.held_back_share:
+            self._wake(self.held_back)
+
+    def _wake(self, parked: set[int]) -> None:
+        for rank in sorted(parked):
+            if rank not in self.queued:
+                self.queued.add(rank)
+                self.hungry.append(rank)
+        parked.clear()
 
     def _failed(self, rank: int, message: Failed) -> None:
         if message.fatal:  # not the batch's fault: no try counted, the job stops
@@ -88,13 +136,26 @@ class Coordinator:
                     "given up" if given_up else "will retry", message.error)
 
     def _hand_out(self) -> None:
-        for rank in self.ranks:
-            while self.wants[rank] > 0 and self.scheduler.may_take(rank, len(self.ranks)):
-                batch = self.scheduler.assign(rank)
-                if batch is None:
-                    break
-                self.wants[rank] -= 1
-                self.send(rank, Assign(batch, self.scheduler.attempt(batch.batch_id)))
+        """Serve the ranks that want work, in the order they asked, while there are
+        batches: each gets what it asked for (and may take) in one Assign; one that
+        is left wanting is parked."""
+        scheduler, hungry, ranks = self.scheduler, self.hungry, len(self.ranks)
+        while hungry and scheduler.has_work:
+            rank = hungry.popleft()
+            self.queued.discard(rank)
+            wants = self.wants[rank]
+            batches = scheduler.assign_many(rank, wants, ranks)
+            if len(batches) < wants:
+                if scheduler.has_work and not scheduler.may_take(rank, ranks):
+                    self.held_back.add(rank)
+                    self.held_back_share = scheduler.fair_share(ranks)
+                else:
+                    self.starved.add(rank)
+            if batches:
+                self.wants[rank] = wants - len(batches)
+                attempt = scheduler.attempt
+                self.send(rank, Assign(tuple(batches),
+                                       tuple(attempt(batch.batch_id) for batch in batches)))
 
     def _drain(self) -> None:
         if not self.draining:

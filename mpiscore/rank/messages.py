@@ -4,7 +4,7 @@ Protocol, all messages small and typed; bulk data never travels here:
 
     worker                             coordinator
       Request(count=window)     --->     hand out up to `count` batches
-                                <---     Assign(batch, attempt) ...
+                                <---     Assign(batches, attempts)  (one bundle)
       (its scoring processes read, score, write)
       Completed(batch_id)       --->     journal it, hand out one more
       Failed(batch_id, error)   --->     retry elsewhere or give up (error budget); or,
@@ -76,9 +76,12 @@ class Finished:
 
 @dataclass(frozen=True)
 class Assign:
+    """Batches for the worker, in row order, as many as it asked for and may take (a
+    bundle: one message, not one per batch), each with how often it failed before."""
+
     tag: ClassVar[int] = 21
-    batch: Batch
-    attempt: int = 0
+    batches: tuple[Batch, ...]
+    attempts: tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class RankWorker:
 
     def handle(self, message: Message) -> None:
         if isinstance(message, Assign):
-            self.queue.append((message.batch, message.attempt))
+            self.queue.extend(zip(message.batches, message.attempts, strict=True))
         elif isinstance(message, Drain):
             self.drain_started = time.monotonic()
             if self.queue:

@@ -9,6 +9,7 @@ the test instead of hanging it.
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -21,8 +22,19 @@ import pytest
 
 import mpiscore
 from mpiscore.plan import Batch, SourceFile, make_plan
-from mpiscore.rank.coordinator import wire_rank_zero
-from mpiscore.rank.messages import Assign, Completed, Failed, Finished, Message, Stop
+from mpiscore.rank.coordinator import Coordinator, wire_rank_zero
+from mpiscore.rank.messages import (
+    Assign,
+    Completed,
+    Drain,
+    Failed,
+    Finished,
+    Message,
+    Request,
+    Returned,
+    Stop,
+    StopRequested,
+)
 from mpiscore.rank.pool import Outcome
 from mpiscore.rank.worker import RankWorker, work
 from mpiscore.rank.world import LocalWorld, Loopback, WorkerLink, as_world
@@ -113,7 +125,8 @@ class RecordedLink:
         if message is not None:
             self.record.received[self.rank].append(message)
             if isinstance(message, Assign):
-                self.record.assigned(self.rank)
+                for _ in message.batches:
+                    self.record.assigned(self.rank)
         return message
 
     def send(self, message: Message) -> None:
@@ -292,3 +305,193 @@ def test_only_the_world_imports_mpi4py() -> None:
     importing = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                  if re.search(r"^\s*(from|import) mpi4py", path.read_text(), re.MULTILINE)}
     assert importing == {"rank/world.py"}
+
+
+# The Coordinator stepped by hand: ranks simulated by a link that keeps what it is sent.
+
+class Inboxes:
+    """A coordinator link to simulated ranks: what each was sent, in order."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, list[Message]] = {}
+
+    def poll(self) -> None:
+        return None
+
+    def send(self, rank: int, message: Message) -> None:
+        self.sent.setdefault(rank, []).append(message)
+
+    def take(self, rank: int) -> list[Message]:
+        return self.sent.pop(rank, [])
+
+
+def coordinator(ranks: int, batches: int, policy: FailurePolicy | None = None,
+                done: list[int] | None = None) -> tuple[Coordinator, Inboxes]:
+    plan = make_plan([SourceFile("a.h5", batches)], 1)
+    scheduler = Scheduler.for_batches(plan.batches, plan.total_rows, policy)
+    inboxes = Inboxes()
+    on_complete = (lambda batch: done.append(batch.batch_id)) if done is not None else \
+        (lambda batch: None)
+    return Coordinator(scheduler, list(range(ranks)), inboxes, inboxes, on_complete), inboxes
+
+
+def assigned(messages: list[Message]) -> list[int]:
+    return [b.batch_id for m in messages if isinstance(m, Assign) for b in m.batches]
+
+
+def test_a_request_is_answered_with_one_bundle_in_row_order() -> None:
+    c, inboxes = coordinator(3, 100)
+    c.handle(2, Request(4))
+    c.handle(0, Request(3))
+    (bundle,) = inboxes.take(2)
+    assert isinstance(bundle, Assign) and assigned([bundle]) == [0, 1, 2, 3]
+    assert bundle.attempts == (0, 0, 0, 0)
+    assert assigned(inboxes.take(0)) == [4, 5, 6]
+    c.handle(2, Completed(1))
+    assert assigned(inboxes.take(2)) == [7]
+
+
+def test_a_retry_goes_to_another_rank_and_the_failing_rank_gets_new_work() -> None:
+    c, inboxes = coordinator(3, 10, FailurePolicy(max_retries=2))
+    c.handle(1, Request(1))
+    assert assigned(inboxes.take(1)) == [0]
+    c.handle(1, Failed(0, "boom"))
+    assert assigned(inboxes.take(1)) == [1]  # not the batch that failed there
+    c.handle(2, Request(1))
+    (retry,) = inboxes.take(2)
+    assert isinstance(retry, Assign) and assigned([retry]) == [0] and retry.attempts == (1,)
+
+
+def test_a_retry_waits_for_another_rank_unless_no_other_is_busy() -> None:
+    """Only a retry left, failed on the rank asking: it waits (parked) while another
+    rank is busy, and goes to that one when it asks."""
+    c, inboxes = coordinator(2, 2, FailurePolicy(max_retries=2))
+    c.handle(0, Request(1))
+    c.handle(1, Request(1))
+    assert assigned(inboxes.take(0)) == [0] and assigned(inboxes.take(1)) == [1]
+    c.handle(0, Failed(0, "boom"))
+    assert inboxes.take(0) == [] and c.starved == {0}
+    c.handle(1, Completed(1))
+    assert assigned(inboxes.take(1)) == [0] and inboxes.take(0) == []
+    c.handle(1, Completed(0))
+    assert c.finished and c.scheduler.completed == {0, 1}
+
+
+def test_a_retry_goes_back_where_it_failed_when_no_other_rank_is_busy() -> None:
+    c, inboxes = coordinator(3, 1, FailurePolicy(max_retries=2))
+    c.handle(0, Request(2))
+    assert assigned(inboxes.take(0)) == [0]
+    c.handle(0, Failed(0, "boom"))  # ranks 1 and 2 hold nothing (they never asked)
+    (retry,) = inboxes.take(0)
+    assert isinstance(retry, Assign) and assigned([retry]) == [0] and retry.attempts == (1,)
+
+
+def test_at_the_tail_a_rank_holding_its_share_waits_and_the_first_to_free_up_gets_more() -> None:
+    c, inboxes = coordinator(2, 9)
+    c.handle(0, Request(6))
+    assert assigned(inboxes.take(0)) == [0, 1, 2, 3] and c.held_back == {0}
+    c.handle(1, Request(6))
+    assert assigned(inboxes.take(1)) == [4, 5, 6] and c.held_back == {0, 1}
+    c.handle(1, Completed(4))
+    assert inboxes.take(1) == []  # holds 2, more than its share of the 2 left
+    c.handle(1, Completed(5))
+    assert assigned(inboxes.take(1)) == [7] and inboxes.take(0) == []
+    c.handle(0, Completed(0))
+    c.handle(0, Completed(1))
+    assert inboxes.take(0) == []
+    c.handle(0, Completed(2))
+    assert assigned(inboxes.take(0)) == [8] and not c.scheduler.pending
+    for rank, batch_id in [(0, 3), (0, 8), (1, 6), (1, 7)]:
+        c.handle(rank, Completed(batch_id))
+    assert c.finished and inboxes.sent == {}
+
+
+def test_batches_coming_back_wake_the_ranks_held_back_when_the_share_grows() -> None:
+    c, inboxes = coordinator(2, 5)
+    c.handle(0, Request(1))
+    c.handle(1, Request(5))
+    assert assigned(inboxes.take(0)) == [0] and assigned(inboxes.take(1)) == [1, 2]
+    assert c.held_back == {1}
+    c.handle(0, Returned((0,)))  # 3 to hand out again: rank 1 may hold 2 + 1
+    assert assigned(inboxes.take(1)) == [0] and inboxes.take(0) == []
+
+
+def test_drain_with_bundles_returns_every_unstarted_batch_to_the_front() -> None:
+    c, inboxes = coordinator(3, 30)
+    for rank in range(3):
+        c.handle(rank, Request(4))
+    c.handle(1, Completed(4))
+    c.handle(2, StopRequested("SIGTERM on rank 2"))
+    for rank in range(3):
+        messages = inboxes.take(rank)
+        assert isinstance(messages[-1], Drain) and sum(isinstance(m, Drain) for m in messages) == 1
+    c.handle(1, Returned((5, 6, 7, 12)))
+    c.handle(0, Returned((1, 2, 3)))
+    c.handle(2, Returned((8, 9, 10, 11)))
+    assert not c.finished  # batch 0 is still being scored
+    c.handle(0, Completed(0))
+    assert c.finished and c.scheduler.completed == {0, 4}
+    assert [b.batch_id for b in c.scheduler.pending] == [8, 9, 10, 11, 1, 2, 3, 5, 6, 7, 12,
+                                                         *range(13, 30)]
+    assert all(inboxes.take(rank) == [] for rank in range(3))  # nothing handed out since
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_no_batch_lost_or_duplicated_under_random_message_orders(seed: int) -> None:
+    """Ranks report their batches in random orders, some fail (retried, some given up),
+    some ranks send their requests late, and sometimes the job is stopped: every batch
+    ends once (completed, given up, or back in the queue at a stop), each completion
+    is journalled once, no rank ever holds more than it asked for, and no rank waits
+    while there is work it may take."""
+    rng = random.Random(seed)
+    ranks, batches, window = rng.randint(1, 12), rng.randint(1, 300), rng.randint(1, 6)
+    policy = FailurePolicy(max_retries=rng.randint(0, 3), error_threshold=-1)
+    journal: list[int] = []
+    c, inboxes = coordinator(ranks, batches, policy, journal)
+    holding: dict[int, list[int]] = {rank: [] for rank in range(ranks)}
+    asked = {rank: 0 for rank in range(ranks)}
+    drained: set[int] = set()
+    stop_after = rng.choice([None, rng.randint(0, batches)])
+    late = list(range(ranks))
+    rng.shuffle(late)
+    steps = 0
+    while not c.finished:
+        steps += 1
+        assert steps < 100 * batches + 1000, "the job does not end"
+        for rank in range(ranks):
+            for message in inboxes.take(rank):
+                if isinstance(message, Assign):
+                    assert len(message.batches) == len(message.attempts) > 0
+                    holding[rank].extend(assigned([message]))
+                elif isinstance(message, Drain):
+                    drained.add(rank)
+            assert len(holding[rank]) <= asked[rank]
+        if late and (rng.random() < 0.3 or not any(holding.values())):
+            rank = late.pop()
+            asked[rank] += window
+            c.handle(rank, Request(window))
+            continue
+        busy = [rank for rank in range(ranks) if holding[rank]]
+        assert busy, "ranks wait with nothing in hand"
+        rank = rng.choice(busy)
+        if rank in drained and rng.random() < 0.5:
+            back = holding[rank][1:]
+            holding[rank] = holding[rank][:1]
+            asked[rank] -= len(back)
+            c.handle(rank, Returned(tuple(back)))
+            continue
+        batch_id = holding[rank].pop(rng.randrange(len(holding[rank])))
+        if stop_after is not None and len(journal) >= stop_after:
+            c.handle(rank, StopRequested("SIGTERM"))
+            stop_after = None
+        if rng.random() < 0.15:
+            c.handle(rank, Failed(batch_id, "boom"))
+        else:
+            c.handle(rank, Completed(batch_id))
+    s = c.scheduler
+    assert sorted(journal) == sorted(s.completed) and len(set(journal)) == len(journal)
+    left = [b.batch_id for b in s.pending] + [b.batch_id for b in s.retries]
+    ended = sorted(list(s.completed) + list(s.failed) + left)
+    assert ended == list(range(batches))
+    if s.stop_reason is None:
+        assert not left and not any(holding.values())

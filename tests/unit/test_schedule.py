@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mpiscore.plan import SourceFile, make_plan
-from mpiscore.schedule import Attempt, FailurePolicy, Scheduler
+from mpiscore.schedule import RETRY_LOOKAHEAD, Attempt, FailurePolicy, Scheduler
 
 
 def scheduler(batches: int = 3, rows: int = 10, **policy: object) -> Scheduler:
@@ -176,3 +176,43 @@ def test_early_on_and_alone_a_rank_takes_its_whole_window() -> None:
     assert take_while_allowed(scheduler(batches=3), 0, 1, 4) == 3
     s = scheduler(batches=1)
     assert take_while_allowed(s, 0, 8, 4) == 1  # a rank holding nothing may take one
+
+
+def test_assign_many_hands_out_a_bundle_in_row_order_up_to_the_fair_share() -> None:
+    s = scheduler(batches=20)
+    assert [b.batch_id for b in s.assign_many(1, 4, 2)] == [0, 1, 2, 3]
+    assert [b.batch_id for b in s.assign_many(2, 4, 2)] == [4, 5, 6, 7]
+    assert s.assign_many(1, 0, 2) == []
+    # 12 left for 2 ranks: a rank may take one more while it holds at most half of
+    # what is left (rounded up): rank 1 takes 8 (holding 4 of 12), 9 (5 of 11), not 10
+    assert [b.batch_id for b in s.assign_many(1, 10, 2)] == [8, 9]
+    assert s.held[1] == 6 and s.fair_share(2) == 5 and not s.may_take(1, 2)
+    assert s.has_work
+
+
+def test_retries_are_looked_for_only_near_the_front_of_their_queue() -> None:
+    """A rank on which many batches failed gets a new batch rather than a scan of
+    every queued retry; the others still take the retries."""
+    batches = RETRY_LOOKAHEAD + 5
+    s = scheduler(batches=batches + 2, max_retries=1)
+    for _ in range(batches):
+        s.assign(1)
+    for batch_id in range(batches):
+        s.fail(batch_id, Attempt(1, "boom"))
+    assert len(s.retries) == batches
+    fresh = s.assign(1)
+    assert fresh is not None and fresh.batch_id == batches  # not a retry that failed there
+    retry = s.assign(2)
+    assert retry is not None and retry.batch_id == 0
+
+
+def test_failed_rows_are_counted_as_they_happen() -> None:
+    s = scheduler(3, max_retries=0, error_threshold=-1)
+    s.assign(1)
+    s.fail(0, Attempt(1, "boom"))
+    s.assign(1)
+    s.complete(1, 1, failed_items=3)
+    assert s.failed_rows == 13
+    assert not s.has_work or s.pending
+    s.stop("signal")
+    assert not s.has_work
