@@ -22,7 +22,6 @@ import click
 from . import __version__
 from .config import GRAPH_OPTIMIZATION_LEVELS, JobConfig, config_from_options
 from .errors import ConfigError, MpiscoreError
-from .jobfile import option_kinds, read_job
 from .placement import check_world
 from .rank.pool import ScorerPool, start_pool
 from .rank.process import ScorerProcess
@@ -51,6 +50,8 @@ def _job_file(ctx: click.Context, path: Path | None) -> None:
     ParameterSource.DEFAULT_MAP); what a YAML held that has no effect, rank 0 names."""
     if path is None:
         return
+    from .jobfile import option_kinds, read_job  # only with --config (tomllib, YAML: ~20 ms)
+
     try:
         values, ignored = read_job(path, option_kinds(ctx.command.params))
     except MpiscoreError as exc:

@@ -94,3 +94,18 @@ def test_coordinator() -> None:
     assert [r["ranks"] for r in results] == [4, 50]
     assert all(r["finished"] and r["sustained_batches"] == 2000 for r in results)
     assert [r["first_assigned"] for r in results] == [12, 150]
+
+
+def test_startup() -> None:
+    (report,) = run_script("startup.py", "--ranks", 1, 2, "--repeat", 1,
+                           "--batches-per-rank", 2)
+    assert set(report["results"]) == {"1", "2"}
+    assert all(r["current"]["launch_to_first_batch"] > 0 for r in report["results"].values())
+    assert report["imports"]["current"]["rank"]["imports"] > 0
+
+
+def test_overlap() -> None:
+    reports = run_script("overlap.py", "--light-rows", 20000, "--heavy-rows", 2000,
+                         "--repeat", 1)
+    assert [r["benchmark"] for r in reports] == ["overlap_light", "overlap_heavy"]
+    assert all(len(r["results"]) == 4 and r["read_check"]["mb"] > 0 for r in reports)
