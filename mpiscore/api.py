@@ -325,7 +325,7 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
              f"{len(scheduler.completed):,}", f"{len(job.plan.batches):,}",
              f"{in_output:,}", f"{job.plan.total_rows:,}", item,
              f" ({earlier:,} from an earlier run)" if earlier > 0 else "",
-             f"{scheduler.failed_rows:,}")
+             plural(scheduler.failed_rows, item))
     return report
 
 

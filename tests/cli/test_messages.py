@@ -61,7 +61,7 @@ def test_first_lines_and_last_line_of_a_resumed_job(tmp_path) -> None:
     assert any("scoring: 1 scoring process on this rank, 1 intra-op thread each" in line
                for line in lines)
     [last] = [line for line in lines if "INFO failed:" in line]
-    assert f"; {out}.partial holds " in last and "1 failed" in last
+    assert f"; {out}.partial holds " in last and "10 rows failed" in last
     assert "10 rows failed for good (in 1 batch), more than --error-threshold 0" in failed.output
     resumed = invoke(*args, "--resume")
     assert resumed.exit_code == 0, resumed.output
