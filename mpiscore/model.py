@@ -14,12 +14,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .config import CastPolicy
 from .errors import ConfigError, ModelError
 from .io.fields import Field, nearest_first
+
+if TYPE_CHECKING:  # numpy only where data is bound (a scoring process): ranks hold bindings
+    import numpy as np
 
 RESERVED = "row_status"  # io.fields.ROW_STATUS, written beside every output
 
@@ -94,6 +96,8 @@ def bind_inputs(model: str, inputs: list[TensorSpec], fields: dict[str, Field],
 
 
 def _bind(model: str, spec: TensorSpec, field: Field, cast: CastPolicy) -> InputBinding:
+    import numpy as np
+
     where = f"{field.where} -> {model} input {spec.name!r}"
     data, wanted = np.dtype(field.dtype), np.dtype(spec.dtype)
     if not np.can_cast(data, wanted, casting=cast):

@@ -6,11 +6,12 @@ import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from ..plan import Batch
+
+if TYPE_CHECKING:  # numpy is the scoring processes' (and fills'): a rank never needs it
+    import numpy as np
 
 
 def nearest_first(name: str, names: Sequence[str], shown: int = 8) -> str:
@@ -39,6 +40,8 @@ class Field:
 
     @property
     def row_nbytes(self) -> int:
+        import numpy as np
+
         return np.dtype(self.dtype).itemsize * math.prod(self.shape)
 
 
@@ -77,6 +80,8 @@ def fill_columns(fields: list[Field], rows: int) -> dict[str, np.ndarray]:
     Floats are NaN, signed integers -1, unsigned integers their maximum, booleans
     False, strings empty.
     """
+    import numpy as np
+
     columns = {}
     for field in fields:
         dtype = np.dtype(field.dtype)

@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..config import BatchSize, JobConfig
 from ..errors import ConfigError, InputError
 from ..plan import Batch, Plan, SourceFile, make_item_plan
 from .fields import FILE_PATHS, Columns, Field, Reader
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..config import InputSpec
     from ..model import TensorSpec
 

@@ -29,16 +29,9 @@ import numpy as np
 from ..errors import InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
 from .fields import Columns, Field, Ranks, nearest_first
+from .sources import Hdf5Source
 
 STATUS_ATTR = "mpiscore_status"
-
-
-@dataclass(frozen=True)
-class Hdf5Source:
-    """One input file and the dataset each model input reads from it."""
-
-    path: str
-    datasets: tuple[tuple[str, str], ...]  # (model input name, dataset path)
 
 
 def describe(sources: Iterable[Hdf5Source]) -> tuple[list[SourceFile], dict[str, Field]]:

@@ -1,9 +1,10 @@
 """The built-in kinds of input and output, HDF5 and Parquet, as the registry drives them.
 
 Each class adapts its format module (hdf5.py, parquet.py) to the registry's
-SourceKind or SinkKind; registry.py registers them. Parquet is imported only by
-jobs that use it (pyarrow takes ~0.1 s); HDF5 is imported with the registry, as
-before, so a rank's h5py import overlaps its scoring process's start.
+SourceKind or SinkKind; registry.py registers them. Each format module is
+imported only where it is used (h5py and numpy take ~60 ms, pyarrow ~0.1 s):
+in the scoring processes, and on the ranks only to finish the output, so a
+rank's start-up imports neither (tests/cli/test_cli.py checks it).
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..config import BatchSize, InputSpec, JobConfig, split_names
 from ..errors import ConfigError, InputError
 from ..plan import Plan, SourceFile, make_plan
-from . import hdf5
 from .fields import Field, ParquetSelection, Reader, Writer
-from .sources import HDF5_SUFFIXES, PARQUET_SUFFIXES, dataset_files
+from .sources import HDF5_SUFFIXES, PARQUET_SUFFIXES, Hdf5Source, dataset_files
 
 if TYPE_CHECKING:
     from ..model import TensorSpec
@@ -36,6 +34,12 @@ def _parquet() -> ModuleType:
     return parquet
 
 
+def _hdf5() -> ModuleType:
+    from . import hdf5
+
+    return hdf5
+
+
 class Hdf5SourceKind:
     """HDF5 input: one or more datasets of each file, by --map or the model input's name."""
 
@@ -44,26 +48,26 @@ class Hdf5SourceKind:
     directories: bool = False
 
     def resolve(self, config: JobConfig, paths: Resolved, inputs: list[TensorSpec]
-                ) -> tuple[hdf5.Hdf5Source, ...]:
+                ) -> tuple[Hdf5Source, ...]:
         if config.columns or config.keep_columns:
             raise ConfigError("--columns and --keep-columns apply to Parquet input only")
         names = [spec.name for spec in inputs] or [SCRIPT_ARRAY]
-        return tuple(hdf5.Hdf5Source(path, _datasets(config, spec.dataset, path, names))
+        return tuple(Hdf5Source(path, _datasets(config, spec.dataset, path, names))
                      for spec, path in paths)
 
-    def describe(self, sources: tuple[hdf5.Hdf5Source, ...]
+    def describe(self, sources: tuple[Hdf5Source, ...]
                  ) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:
-        files, fields = hdf5.describe(sources)
+        files, fields = _hdf5().describe(sources)
         return files, fields, []
 
-    def plan(self, sources: tuple[hdf5.Hdf5Source, ...], files: list[SourceFile],
+    def plan(self, sources: tuple[Hdf5Source, ...], files: list[SourceFile],
              batch_size: BatchSize, row_nbytes: int) -> Plan:
         return make_plan(files, batch_size.rows_for(row_nbytes))
 
-    def open_reader(self, sources: tuple[hdf5.Hdf5Source, ...]) -> Reader:
-        return hdf5.Hdf5Reader(sources)
+    def open_reader(self, sources: tuple[Hdf5Source, ...]) -> Reader:
+        return _hdf5().Hdf5Reader(sources)
 
-    def names(self, sources: tuple[hdf5.Hdf5Source, ...]) -> list[str]:
+    def names(self, sources: tuple[Hdf5Source, ...]) -> list[str]:
         return [f"{s.path}:{ds}" for s in sources for _, ds in s.datasets]
 
 
@@ -71,7 +75,7 @@ def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str
               ) -> tuple[tuple[str, str], ...]:
     if config.mapping:
         return tuple((name, "/" + target.lstrip("/")) for name, target in config.mapping)
-    return ((names[0], dataset or hdf5.default_dataset(path, names[0])),)
+    return ((names[0], dataset or _hdf5().default_dataset(path, names[0])),)
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,8 @@ class Hdf5SinkKind:
     directories: bool = False
 
     def check(self, kept: list[Field]) -> None:
+        import numpy as np
+
         bad = [f.name for f in kept if np.dtype(f.dtype).kind not in "biuf"]
         if bad:
             raise ConfigError(f"--keep-columns {','.join(bad)}: not numeric, so they "
@@ -170,22 +176,24 @@ class Hdf5SinkKind:
 
     def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,
                attrs: dict[str, Any]) -> dict[str, int]:
+        import numpy as np
+
         plan_rows = np.array([[b.batch_id, b.file_index, b.start, b.stop]
                               for b in plan.batches], dtype=np.int64)
-        return hdf5.create(partial, fields + kept, plan.total_rows, attrs, plan_rows)
+        return _hdf5().create(partial, fields + kept, plan.total_rows, attrs, plan_rows)
 
     def reopen(self, partial: Path, fields: list[Field], kept: list[Field]) -> dict[str, int]:
-        return hdf5.offsets(partial, fields + kept)
+        return _hdf5().offsets(partial, fields + kept)
 
     def written(self, partial: Path, journal: set[int]) -> set[int]:
         return journal  # a journaled batch's rows were flushed before it was journaled
 
     def open_writer(self, partial: Path, final: Path, fields: list[Field], kept: list[Field],
                     plan: Plan, offsets: dict[str, int], attrs: dict[str, Any]) -> Writer:
-        return hdf5.Hdf5Writer(partial, final, fields + kept, offsets)
+        return _hdf5().Hdf5Writer(partial, final, fields + kept, offsets)
 
     def owned(self, path: Path) -> bool:
-        return path.is_file() and hdf5.owned(path)
+        return path.is_file() and _hdf5().owned(path)
 
 
 class ParquetSinkKind:

@@ -10,12 +10,22 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import InputSpec
 from ..errors import InputError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+
+
+@dataclass(frozen=True)
+class Hdf5Source:
+    """One input file and the dataset each model input reads from it. Here, not in
+    hdf5.py: a job holding it unpickles on a rank without importing h5py."""
+
+    path: str
+    datasets: tuple[tuple[str, str], ...]  # (model input name, dataset path)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 

@@ -52,3 +52,33 @@ def test_scoring_processes_find_the_package_from_anywhere() -> None:
     """Started with ``-S`` (no site, so no editable-install hook), a scoring process
     finds mpiscore by the path its rank adds: the directory holding the package."""
     assert (Path(process._PACKAGE_ROOT) / "mpiscore" / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("output", ["y.h5", "y.parquet"])
+def test_a_rank_holds_a_job_without_numpy_h5py_or_pyarrow(tmp_path: Path, output: str) -> None:
+    """What a rank imports to start (the CLI and the API) and to hold the job rank 0
+    broadcasts: none of the data libraries, which only scoring processes (and a rank
+    finishing the output) need; each costs every rank tens of milliseconds of start-up."""
+    import pickle
+    import subprocess
+    import sys
+
+    from tests.unit.test_scorer import scoring_process_parts
+
+    job = scoring_process_parts(tmp_path)[2]
+    job = pickle.loads(pickle.dumps(job))
+    if output.endswith(".parquet"):  # a Parquet input's resolved columns, too
+        data = builders.write_parquet(tmp_path / "x.parquet", builders.features(20))
+        config = mpiscore.JobConfig(model=job.config.model, inputs=(mpiscore.InputSpec(
+            str(data)),), output=tmp_path / output, columns=("f*",))
+        from mpiscore.io.registry import resolve_input
+
+        job = type(job)(**{**vars(job), "config": config, "source": resolve_input(
+            config, [mpiscore.model.TensorSpec("features", "float32", (None, 8))])})
+    code = ("import pickle, sys; import mpiscore.cli, mpiscore.api, mpiscore.rank.pool; "
+            "pickle.loads(sys.stdin.buffer.read()); "
+            "print(sorted({'numpy', 'h5py', 'pyarrow', 'onnxruntime'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(job),
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "[]"
