@@ -8,7 +8,9 @@ directory), Progress, Watchdog and StatusFile, wired as ``api._coordinate``
 wires them, in one process, with simulated ranks instead of MPI: a fake
 CoordinatorLink puts what the coordinator sends into one inbox per rank, and
 the simulated ranks, served round-robin, report each batch they were
-assigned as Completed, one message per batch, as real workers do. So what is
+assigned as Completed, one message per batch, as real workers do ("after,
+bursts": the coordinator receives up to ``--burst`` reports, then hands out
+once, as a loop that drains its links first would). So what is
 timed is rank 0's own work per message: the coordinator's, the scheduler's,
 the journal's and the progress counters'. Each rank first sends
 Request(window) (timed: "first requests"); then batches are completed until
@@ -52,7 +54,8 @@ def assigned_ids(message: Any) -> list[int]:
     return [b.batch_id for b in batches] if batches is not None else [message.batch.batch_id]
 
 
-def measure(ranks: int, batches: int, window: int, seconds: float) -> dict[str, Any]:
+def measure(ranks: int, batches: int, window: int, seconds: float, burst: int
+            ) -> dict[str, Any]:
     import mpiscore
     from mpiscore.journal import Journal
     from mpiscore.plan import SourceFile, make_plan
@@ -89,7 +92,8 @@ def measure(ranks: int, batches: int, window: int, seconds: float) -> dict[str, 
         first_assigned = len(scheduler.in_flight)
         messages = sum(len(inbox) for inbox in links.inbox)
 
-        done, deadline = 0, time.perf_counter() + seconds
+        done, deadline, unserved = 0, time.perf_counter() + seconds, 0
+        deliver = coordinator.receive if burst else handle
         cpu, started = time.process_time(), time.perf_counter()
         while not coordinator.finished and done < batches:
             for rank, inbox in enumerate(links.inbox):
@@ -97,8 +101,15 @@ def measure(ranks: int, batches: int, window: int, seconds: float) -> dict[str, 
                     message = inbox.popleft()
                     if isinstance(message, Assign):
                         for batch_id in assigned_ids(message):
-                            handle(rank, Completed(batch_id))
+                            deliver(rank, Completed(batch_id))
                             done += 1
+                            unserved += 1
+                            if unserved == burst:
+                                coordinator.hand_out()
+                                unserved = 0
+            if burst:
+                coordinator.hand_out()
+                unserved = 0
             status.tick()  # between messages, as rank 0's loop does
             watchdog.check()
             progress.tick()
@@ -106,7 +117,8 @@ def measure(ranks: int, batches: int, window: int, seconds: float) -> dict[str, 
                 break
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         journal.close()
-    return {"ranks": ranks, "window": window, "code": str(Path(mpiscore.__file__).parent.parent),
+    return {"ranks": ranks, "window": window, "burst": burst,
+            "code": str(Path(mpiscore.__file__).parent.parent),
             "first_requests_seconds": first, "first_assigned": first_assigned,
             "first_assign_messages": messages, "sustained_batches": done,
             "sustained_seconds": wall, "batches_per_second": done / wall,
@@ -114,15 +126,16 @@ def measure(ranks: int, batches: int, window: int, seconds: float) -> dict[str, 
             "finished": coordinator.finished}
 
 
-def run_child(code: Path | None, ranks: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_child(code: Path, ranks: int, burst: int, args: argparse.Namespace
+              ) -> dict[str, Any]:
     env = dict(os.environ)
-    if code is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(
-            os.pathsep)
-    result = subprocess.run([sys.executable, __file__, "--one", str(ranks), "--batches",
-                             str(args.batches), "--window", str(args.window), "--seconds",
-                             str(args.seconds)], env=env, capture_output=True, text=True,
-                            timeout=600, check=True)
+    env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep)
+    command = [sys.executable, __file__, "--one", str(ranks), "--batches", str(args.batches),
+               "--window", str(args.window), "--seconds", str(args.seconds), "--burst",
+               str(burst)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
+                            check=True)
     report: dict[str, Any] = json.loads(result.stdout)
     return report
 
@@ -134,26 +147,30 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="stop the sustained phase after this long")
+    parser.add_argument("--burst", type=int, default=64,
+                        help="'after, bursts': receive this many reports, then hand out once")
     parser.add_argument("--base", type=Path, help="also run the code of this checkout")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.batches, args.window, args.seconds)))
+        print(json.dumps(measure(args.one, args.batches, args.window, args.seconds,
+                                 args.burst)))
         return
     here = Path(__file__).resolve().parent.parent
-    codes = {"after": here} | ({"before": args.base.resolve()} if args.base else {})
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in codes}
+    runs = ({"before": (args.base.resolve(), 0)} if args.base else {}) | {
+        "after": (here, 0), "after, bursts": (here, args.burst)}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
     for ranks in args.ranks:  # interleaved: before and after see the same machine
-        for name, code in reversed(codes.items()):
-            results[name].append(run_child(code, ranks, args))
+        for name, (code, burst) in runs.items():
+            results[name].append(run_child(code, ranks, burst, args))
     print(json.dumps({"benchmark": "coordinator", "batches": args.batches,
                       "window": args.window, "results": results}, indent=2))
-    print(f"\n{'ranks':>7} {'code':>7} {'batches/s':>11} {'cpu us/batch':>13} "
+    print(f"\n{'ranks':>7} {'code':>14} {'batches/s':>11} {'cpu us/batch':>13} "
           f"{'first requests s':>17}")
     for index, ranks in enumerate(args.ranks):
-        for name in reversed(codes):
+        for name in runs:
             r = results[name][index]
-            print(f"{ranks:>7,} {name:>7} {r['batches_per_second']:>11,.0f} "
+            print(f"{ranks:>7,} {name:>14} {r['batches_per_second']:>11,.0f} "
                   f"{r['cpu_us_per_batch']:>13.1f} {r['first_requests_seconds']:>17.3f}")
 
 

@@ -49,7 +49,10 @@ class Coordinator:
     is left that it may take (none at all, or only retries that failed on it:
     looked at again when a retry or a returned batch comes, or when nothing is
     in flight any more).
-    Drain and Stop go to every rank, once each.
+    Drain and Stop go to every rank, once each. :meth:`handle` takes in a message
+    and serves at once; a loop that receives bursts calls :meth:`receive` for
+    each message and :meth:`hand_out` after the burst, so a rank that reported
+    several batches gets their successors in one message.
     """
 
     def __init__(self, scheduler: Scheduler, ranks: list[int], local: CoordinatorLink,
@@ -73,6 +76,14 @@ class Coordinator:
         link.send(rank, message)
 
     def handle(self, rank: int, message: Message) -> None:
+        """Take in one message and serve whoever may be served now."""
+        self.receive(rank, message)
+        self.hand_out()
+
+    def receive(self, rank: int, message: Message) -> None:
+        """Take in one message without handing out yet: a loop that receives a burst of
+        messages and then calls :meth:`hand_out` once sends each rank one bundle for
+        all its reports instead of one Assign per report."""
         self.heard[rank] = time.time()
         scheduler = self.scheduler
         if isinstance(message, Completed):  # the busiest path first
@@ -97,13 +108,11 @@ class Coordinator:
             raise RuntimeError(f"coordinator got unexpected {message!r} from rank {rank}")
         if scheduler.stop_reason is not None:
             self._drain()
-        elif self.hungry and scheduler.has_work:
-            self._hand_out()
 
     def _want(self, rank: int, count: int) -> None:
         """``rank`` wants ``count`` more batches (and, having reported, may take again)."""
-        self.wants[rank] += count
-        if self.wants[rank] > 0 and rank not in self.queued:
+        wants = self.wants[rank] = self.wants[rank] + count
+        if wants > 0 and rank not in self.queued:
             self.held_back.discard(rank)
             self.starved.discard(rank)
             self.queued.add(rank)
@@ -135,11 +144,12 @@ class Coordinator:
         LOG.warning("batch %d failed (try %d, %s): %s", message.batch_id, tries,
                     "given up" if given_up else "will retry", message.error)
 
-    def _hand_out(self) -> None:
+    def hand_out(self) -> bool:
         """Serve the ranks that want work, in the order they asked, while there are
         batches: each gets what it asked for (and may take) in one Assign; one that
-        is left wanting is parked."""
+        is left wanting is parked. True if anything was sent."""
         scheduler, hungry, ranks = self.scheduler, self.hungry, len(self.ranks)
+        sent = False
         while hungry and scheduler.has_work:
             rank = hungry.popleft()
             self.queued.discard(rank)
@@ -153,9 +163,11 @@ class Coordinator:
                     self.starved.add(rank)
             if batches:
                 self.wants[rank] = wants - len(batches)
-                attempt = scheduler.attempt
-                self.send(rank, Assign(tuple(batches),
-                                       tuple(attempt(batch.batch_id) for batch in batches)))
+                attempts = tuple(map(scheduler.attempt, [b.batch_id for b in batches])) \
+                    if scheduler.attempts else (0,) * len(batches)
+                self.send(rank, Assign(tuple(batches), attempts))
+                sent = True
+        return sent
 
     def _drain(self) -> None:
         if not self.draining:

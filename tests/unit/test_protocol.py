@@ -351,6 +351,18 @@ def test_a_request_is_answered_with_one_bundle_in_row_order() -> None:
     assert assigned(inboxes.take(2)) == [7]
 
 
+def test_reports_received_in_a_burst_are_answered_with_one_bundle() -> None:
+    c, inboxes = coordinator(2, 100)
+    c.handle(1, Request(4))
+    assert assigned(inboxes.take(1)) == [0, 1, 2, 3]
+    for batch_id in (2, 0, 3):
+        c.receive(1, Completed(batch_id))
+    c.receive(0, Request(2))
+    assert inboxes.sent == {}
+    assert c.hand_out() and not c.hand_out()
+    assert assigned(inboxes.take(1)) == [4, 5, 6] and assigned(inboxes.take(0)) == [7, 8]
+
+
 def test_a_retry_goes_to_another_rank_and_the_failing_rank_gets_new_work() -> None:
     c, inboxes = coordinator(3, 10, FailurePolicy(max_retries=2))
     c.handle(1, Request(1))
@@ -455,9 +467,13 @@ def test_no_batch_lost_or_duplicated_under_random_message_orders(seed: int) -> N
     late = list(range(ranks))
     rng.shuffle(late)
     steps = 0
+    burst = rng.random() < 0.5  # receive several messages, then hand out once
+    deliver = c.receive if burst else c.handle
     while not c.finished:
         steps += 1
         assert steps < 100 * batches + 1000, "the job does not end"
+        if burst and (rng.random() < 0.5 or not any(holding.values())):
+            c.hand_out()
         for rank in range(ranks):
             for message in inboxes.take(rank):
                 if isinstance(message, Assign):
@@ -469,7 +485,7 @@ def test_no_batch_lost_or_duplicated_under_random_message_orders(seed: int) -> N
         if late and (rng.random() < 0.3 or not any(holding.values())):
             rank = late.pop()
             asked[rank] += window
-            c.handle(rank, Request(window))
+            deliver(rank, Request(window))
             continue
         busy = [rank for rank in range(ranks) if holding[rank]]
         assert busy, "ranks wait with nothing in hand"
@@ -478,16 +494,16 @@ def test_no_batch_lost_or_duplicated_under_random_message_orders(seed: int) -> N
             back = holding[rank][1:]
             holding[rank] = holding[rank][:1]
             asked[rank] -= len(back)
-            c.handle(rank, Returned(tuple(back)))
+            deliver(rank, Returned(tuple(back)))
             continue
         batch_id = holding[rank].pop(rng.randrange(len(holding[rank])))
         if stop_after is not None and len(journal) >= stop_after:
-            c.handle(rank, StopRequested("SIGTERM"))
+            deliver(rank, StopRequested("SIGTERM"))
             stop_after = None
         if rng.random() < 0.15:
-            c.handle(rank, Failed(batch_id, "boom"))
+            deliver(rank, Failed(batch_id, "boom"))
         else:
-            c.handle(rank, Completed(batch_id))
+            deliver(rank, Completed(batch_id))
     s = c.scheduler
     assert sorted(journal) == sorted(s.completed) and len(set(journal)) == len(journal)
     left = [b.batch_id for b in s.pending] + [b.batch_id for b in s.retries]
