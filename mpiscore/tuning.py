@@ -45,13 +45,31 @@ READ_AHEAD = 2
 # what a short job's last batches, and the journal, lag behind the writes.
 SYNC_SECONDS = 0.1
 
-# A waiting rank sleeps between MPI polls from 10 us growing to this: 1 ms keeps the
-# reaction to a finished short batch within a millisecond at almost no CPU.
+# Waits that poll a non-blocking MPI call (the barrier before a broadcast, rank 0's
+# wait for the workers' last word) sleep from 10 us growing to this: they are short,
+# and 1 ms keeps them prompt at almost no CPU.
 MAX_SLEEP_SECONDS = 1e-3
 
-# A rank alone (no other ranks) waits on its scoring processes' pipes, which wake it
-# at once; this only bounds how late a stop signal is seen.
-LONE_RANK_WAIT_SECONDS = 0.05
+# The longest a rank waits on its scoring processes' pipes before it looks at MPI, the
+# stop signals and the batch timeouts again: how late a stop, a Drain or a timeout is
+# seen at worst. A pipe wakes the rank at once when a batch ends, so this costs no
+# latency; 50 ms is 20 wake-ups a second, nothing next to a scoring process's work.
+LONGEST_WAIT_SECONDS = 0.05
+
+# While a reply over MPI is due, MPI is polled again after a share of the usual
+# interval between the events that call for one, the wait doubling while nothing
+# comes (rank/world.py Pacer). Each poll that wakes a rank costs far more than the
+# probe: ~30 us of the kernel's sleep and wake-up, then Python and MPI running on
+# caches the scoring process has just emptied (~100-200 us per wake-up measured on
+# 10 ms batches, where a hot probe costs 0.2 us). Rank 0 (POLL_SHARE): a quarter of
+# the interval between other ranks' messages, so a rank that reports a batch is
+# answered within a quarter of a batch, long before its processes run dry (a rank
+# holds a batch more than they score, and each process the next one). A worker
+# (WORKER_POLL_SHARE): one whole interval between its batch ends, because its pipes
+# wake it twice a batch anyway (Scored, Done) and each wake-up looks at MPI too, so
+# the timer only fires when batches stop coming.
+POLL_SHARE = 0.25
+WORKER_POLL_SHARE = 1.0
 
 # How often rank 0 replaces RUN_DIR/status.json (mpiscore status): often enough to
 # watch, rare enough to cost nothing on a parallel filesystem.

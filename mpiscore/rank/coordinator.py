@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..plan import Batch
 from ..report import LOG
 from ..schedule import Attempt, Scheduler
-from ..tuning import LONE_RANK_WAIT_SECONDS
+from ..tuning import LONGEST_WAIT_SECONDS
 from .messages import (
     Assign,
     Completed,
@@ -31,7 +31,7 @@ from .messages import (
     StopRequested,
 )
 from .worker import RankWorker
-from .world import Backoff, CoordinatorLink, Links, Loopback, WorkerLink
+from .world import Backoff, CoordinatorLink, Links, Loopback, Pacer, WorkerLink
 
 
 class Coordinator:
@@ -210,30 +210,32 @@ class RankZero:
         """Rank 0's loop: coordinate, and score with its own processes, until every batch
         is done.
 
-        Alone (no other ranks), it waits on its scoring processes' pipes, which wake
-        it as soon as one reports, so it waits the same long while every time (the
-        stop signals are checked in between) instead of polling MPI ever less often.
+        It waits on its own scoring processes' pipes, which wake it as soon as one
+        of its batches ends. The other ranks' messages, which MPI cannot wake it
+        for, are looked for after every wake-up and as the pacer says: a share of
+        the usual interval between their arrivals, the wait growing while none
+        comes, up to LONGEST_WAIT_SECONDS (also how late a stop signal is seen).
+        Alone (no other ranks), it waits that long every time.
         """
         coordinator, worker = self.coordinator, self.worker
-        backoff = Backoff() if self.remote is not None else Backoff(LONE_RANK_WAIT_SECONDS,
-                                                                    LONE_RANK_WAIT_SECONDS)
+        pacer = Pacer() if self.remote is not None else None
         worker.start()
         while True:
             reason = stop_requested()
             if reason and coordinator.scheduler.stop_reason is None:
                 coordinator.handle(0, StopRequested(reason))
-            busy = self._pump()
+            busy = self._pump(pacer)
             if coordinator.finished:
                 break
-            if busy:
-                backoff.reset()
-            worker.poll(0.0 if busy else backoff.next_delay())
+            worker.poll(0.0 if busy else LONGEST_WAIT_SECONDS if pacer is None else
+                        pacer.next_delay())
         coordinator.stop_all()
         if self.remote is not None:
             _await_finished(self.remote, len(coordinator.ranks) - 1)
 
-    def _pump(self) -> bool:
-        """Deliver every waiting message, rank 0's own first; True if there were any."""
+    def _pump(self, pacer: Pacer | None = None) -> bool:
+        """Deliver every waiting message, rank 0's own first; True if there were any.
+        Each from another rank is an event for ``pacer``."""
         coordinator, worker, remote = self.coordinator, self.worker, self.remote
         local = self.local.up[0]  # rank 0's own worker's messages, read in place: busiest path
         to_worker = worker.link.poll
@@ -245,6 +247,8 @@ class RankZero:
                 if not isinstance(message, Stop):
                     worker.handle(message)
             elif remote is not None and (received := remote.poll()) is not None:
+                if pacer is not None:
+                    pacer.event()
                 coordinator.handle(*received)
             else:
                 return moved

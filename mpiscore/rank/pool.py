@@ -17,6 +17,7 @@ stop) and die with their rank (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
+import select
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ from ..errors import ScoringProcessError
 from ..lock import JobLock, LockOwner, lock_paths
 from ..placement import layout, scorer_settings
 from ..plan import Batch
-from ..tuning import CLOSE_TIMEOUT_SECONDS, SCORING_DEPTH, START_TIMEOUT_SECONDS
+from ..tuning import (
+    CLOSE_TIMEOUT_SECONDS,
+    LONGEST_WAIT_SECONDS,
+    SCORING_DEPTH,
+    START_TIMEOUT_SECONDS,
+)
 from ..wire import (
     BatchFailed,
     Close,
@@ -100,6 +106,9 @@ class ScorerPool:
         self.closing: list[ScorerProcess] = []
         self.rank = rank
         self.recorder: Recorder | None = None  # from start(): each try, resource samples
+        self.poller = select.poll()  # on the pipes in ``watched``, kept while they are the same
+        self.watched: tuple[int, ...] = ()
+        self.next_look = 0.0  # when to look again whether processes that said nothing live
 
     def prepare(self, config: JobConfig, dry_run_seconds: float = 0.0,
                 settings: ScorerSettings | None = None) -> None:
@@ -202,29 +211,49 @@ class ScorerPool:
                       key=lambda p: len(p.scoring))
 
     def poll(self, timeout: float) -> list[Outcome]:
-        """Wait up to ``timeout`` seconds for batches to end; replace dead or hung processes."""
-        waiting = [p.conn for p in self.procs if p.busy or not p.ready]
-        if waiting:
-            ready = set(wait(waiting, timeout))
-        else:
-            ready = set()
+        """Wait up to ``timeout`` seconds for batches to end; replace dead or hung processes.
+
+        Only a process's pipe wakes the rank (its messages, or its end when it dies);
+        whether processes that said nothing are alive is looked at every
+        LONGEST_WAIT_SECONDS, as each look is a system call per process.
+        """
+        waiting = [p for p in self.procs if p.busy or not p.ready]
+        ready = self._wait(waiting, timeout) if waiting else set()
+        if not waiting:
             time.sleep(timeout)
+        now = time.monotonic()
+        look = now >= self.next_look
+        if look:
+            self.next_look = now + LONGEST_WAIT_SECONDS
         outcomes: list[Outcome] = []
         for index, proc in enumerate(list(self.procs)):
-            if proc.conn in ready:
+            heard = proc.conn.fileno() in ready
+            if heard:
                 for message in self._receive_all(proc):
                     outcome = self._message(proc, message)
                     outcomes.extend([outcome] if outcome else [])
             if not proc.busy:
-                self._check_idle(proc)
+                if heard or look:
+                    self._check_idle(proc)
                 continue
-            lost = self._lost(proc)
+            lost = self._lost(proc, heard or look)
             if lost:
                 outcomes.extend(lost)
                 self._replace(index)
         if self.recorder is not None:
             self._record(self.recorder, outcomes)
         return outcomes
+
+    def _wait(self, procs: list[ScorerProcess], timeout: float) -> set[int]:
+        """The pipes of ``procs`` with something to read, waiting up to ``timeout`` s (at
+        the system's millisecond: poll(2)); one poller while the pipes stay the same."""
+        fds = tuple(proc.conn.fileno() for proc in procs)
+        if fds != self.watched:
+            self.poller = select.poll()
+            for fd in fds:
+                self.poller.register(fd, select.POLLIN)
+            self.watched = fds
+        return {fd for fd, _ in self.poller.poll(max(0.0, timeout) * 1000)}
 
     @staticmethod
     def _record(recorder: Recorder, outcomes: list[Outcome]) -> None:
@@ -237,8 +266,10 @@ class ScorerPool:
     def _receive_all(proc: ScorerProcess) -> list[ToRank]:
         messages = []
         with contextlib.suppress(EOFError, OSError):  # the process died: _lost reports it
-            while proc.conn.poll():
+            while True:
                 messages.append(recv_at_rank(proc.conn))
+                if not proc.pending():
+                    break
         return messages
 
     def _check_idle(self, proc: ScorerProcess) -> None:
@@ -246,13 +277,14 @@ class ScorerPool:
             raise ScoringProcessError(f"{self.where}: a scoring process died while idle or "
                                       f"starting ({proc.exit_text()})")
 
-    def _lost(self, proc: ScorerProcess) -> list[Outcome]:
-        """The busy process's batches, if it died or overran the timeout (then it is killed).
+    def _lost(self, proc: ScorerProcess, look: bool = True) -> list[Outcome]:
+        """The busy process's batches, if it died (looked at if ``look``) or overran the
+        timeout (then it is killed).
 
         The batch being scored is charged with the failure (the one being written
         if none is); the others are handed back without counting a try.
         """
-        if not proc.alive() or proc.conn.closed:
+        if look and (not proc.alive() or proc.conn.closed):
             proc.join(1)
             why = f"scoring process on {self.where} died ({proc.exit_text()})"
         elif proc.scoring and self.batch_timeout is not None and \

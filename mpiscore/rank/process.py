@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -51,6 +52,8 @@ class ScorerProcess:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_fd)
             os.close(write_fd)
+        self.listener = select.poll()  # this process's pipe alone: is there more to read?
+        self.listener.register(self.conn.fileno(), select.POLLIN)
         self.ready = False
         self.scoring: deque[Batch] = deque()  # the first is being read and scored
         self.writing: list[Batch] = []  # scored, being written (oldest first)
@@ -62,6 +65,10 @@ class ScorerProcess:
         self.scoring.append(batch)
         with contextlib.suppress(OSError):  # it just died: the pool's next poll finds it
             self.conn.send(Score(batch, attempt))  # and retries or hands back what it held
+
+    def pending(self) -> bool:
+        """Whether a message (or the end of the pipe) is there to read now."""
+        return bool(self.listener.poll(0))
 
     @property
     def busy(self) -> bool:

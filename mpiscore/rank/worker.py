@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..faults import FaultPlan
 from ..report import LOG
+from ..tuning import LONGEST_WAIT_SECONDS, WORKER_POLL_SHARE
 from .messages import (
     Assign,
     Completed,
@@ -27,7 +28,7 @@ from .messages import (
     Stop,
     StopRequested,
 )
-from .world import Backoff, WorkerLink
+from .world import Pacer, WorkerLink
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -93,9 +94,27 @@ class RankWorker:
     queue: deque[tuple[Batch, int]] = field(default_factory=deque)
     stats: WorkerStats = field(default_factory=WorkerStats)
     drain_started: float | None = None
+    requested: int = 0  # batches asked for: the window, and one per batch reported ended
+    submitted: int = 0  # batches handed to the scoring processes
+    pacer: Pacer = field(default_factory=lambda: Pacer(WORKER_POLL_SHARE))  # when to look
 
     def start(self) -> None:
+        self.requested += self.window
         self.link.send(Request(self.window))
+
+    @property
+    def owed(self) -> int:
+        """Batches asked for and not assigned yet (before a Drain, which clears the queue:
+        after it, Stop is what is due)."""
+        return self.requested - self.submitted - len(self.queue)
+
+    def patience(self) -> float:
+        """How long to wait on the scoring processes before looking at the link again:
+        while assignments are due, as the pacer says (a share of the usual time between
+        batch ends, growing while none comes); else only as late as a Drain may be seen."""
+        if self.owed > 0 or self.drain_started is not None:
+            return self.pacer.next_delay()
+        return LONGEST_WAIT_SECONDS
 
     def handle(self, message: Message) -> None:
         if isinstance(message, Assign):
@@ -113,10 +132,14 @@ class RankWorker:
         while self.queue and (idle := self.pool.idle):
             batch, attempt = self.queue.popleft()
             self.pool.submit_to(idle[0], batch, attempt)
+            self.submitted += 1
 
     def poll(self, timeout: float) -> None:
         """Collect finished batches, report them, and keep the processes busy."""
         for outcome in self.pool.poll(timeout):
+            if not outcome.returned:  # reported ended: the coordinator owes one more
+                self.requested += 1
+                self.pacer.event()
             if outcome.ok:
                 assert outcome.times is not None
                 self.stats.add(outcome.batch, outcome.times)
@@ -143,22 +166,33 @@ class RankWorker:
 
 
 def work(worker: RankWorker, stop_requested: Callable[[], str | None]) -> None:
-    """A rank's loop (ranks other than 0): score what rank 0 assigns until told to stop."""
+    """A rank's loop (ranks other than 0): score what rank 0 assigns until told to stop.
+
+    It blocks on its scoring processes' pipes (a batch's end wakes it at once). MPI,
+    which cannot wake it, is looked at after each wake-up while assignments are
+    due (or, after a Drain, the Stop), woken for as :meth:`RankWorker.patience`
+    says; otherwise every LONGEST_WAIT_SECONDS, for a Drain, which may come at
+    any time. A probe of MPI costs as much as the Python around it, so it is not
+    made on wake-ups that need none.
+    """
     link = worker.link
-    backoff = Backoff()
     worker.start()
     asked_to_stop = False
+    looked = time.monotonic()  # when the link was last looked at
     while True:
         reason = stop_requested()
         if reason and not asked_to_stop:
             asked_to_stop = True
             link.send(StopRequested(reason))
-        message = link.poll()
-        if isinstance(message, Stop):
-            link.send(Finished())
-            return
-        if message is not None:
-            worker.handle(message)
-            backoff.reset()
-            continue
-        worker.poll(backoff.next_delay())
+        now = time.monotonic()
+        if worker.owed > 0 or worker.drain_started is not None or \
+                now - looked >= LONGEST_WAIT_SECONDS:
+            looked = now
+            message = link.poll()
+            if isinstance(message, Stop):
+                link.send(Finished())
+                return
+            if message is not None:
+                worker.handle(message)
+                continue
+        worker.poll(worker.patience())

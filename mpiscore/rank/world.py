@@ -8,10 +8,11 @@ ranks, and :class:`Loopback` in process, which carries rank 0's messages to and
 from its own worker, and every rank's in the unit tests (the test double ships
 with the library, as httpx's MockTransport does).
 
-Waiting never spins a core: MPI is polled with a matched probe, and between
-polls the caller sleeps (or waits on its scoring processes) for a delay that
-grows from 10 us to 1 ms while nothing arrives, so an idle coordinator or
-worker costs almost no CPU while the scoring processes on its node work.
+Waiting never spins a core, nor wakes it for nothing: a rank blocks on its
+scoring processes' pipes, which wake it as soon as a batch ends, and polls MPI
+(a matched probe: MPI has no descriptor to block on) only as often as a reply
+is due, as :class:`Pacer` decides from the observed interval between the
+events that call for one; otherwise every LONGEST_WAIT_SECONDS, for stops.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import MpiscoreError
-from ..tuning import MAX_SLEEP_SECONDS
+from ..tuning import LONGEST_WAIT_SECONDS, MAX_SLEEP_SECONDS, POLL_SHARE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,6 +51,47 @@ class Backoff:
 
     def wait(self) -> None:
         time.sleep(self.next_delay())
+
+
+class Pacer:
+    """How long to wait before polling MPI again, while a reply is due.
+
+    ``event()`` marks what calls for a poll soon (a message arriving at rank 0, a
+    batch ending at a worker, which then asks for the next). The first poll after
+    one comes ``share`` of the usual interval between them later (a running
+    mean), and each wait after that doubles, up to that interval while events
+    keep coming at their pace, up to ``most`` once they have stopped (four
+    intervals without one). So MPI is polled a few times per event, whether
+    events come every 10 us or every 10 s, instead of a thousand times a second.
+    Before the first interval is known the waits start at ``first``.
+    """
+
+    def __init__(self, share: float = POLL_SHARE, first: float = 1e-5,
+                 most: float = LONGEST_WAIT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.share, self.first, self.most, self.clock = share, first, most, clock
+        self.interval: float | None = None  # the running mean between events
+        self.last: float | None = None  # when the last event came
+        self.delay = first
+
+    def event(self) -> None:
+        now = self.clock()
+        if self.last is not None:  # the time before the first event is no interval
+            gap = now - self.last
+            self.interval = gap if self.interval is None else \
+                self.interval + (gap - self.interval) / 8
+        self.last = now
+        if self.interval is not None:
+            self.delay = min(self.most, max(self.first, self.interval * self.share))
+
+    def next_delay(self) -> float:
+        """The wait before the next poll (each call lengthens the next)."""
+        delay, interval, most = self.delay, self.interval, self.most
+        if interval is not None and self.last is not None and \
+                self.clock() - self.last < 4 * interval:  # events keep their pace
+            most = min(most, max(self.first, interval))
+        self.delay = min(most, delay * 2)
+        return delay
 
 
 class CoordinatorLink(Protocol):

@@ -1,0 +1,141 @@
+"""How ranks wait: the pacer's polls, what a worker is owed, and how seldom it looks at MPI."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpiscore.plan import Batch, SourceFile, make_plan
+from mpiscore.rank.messages import Assign, Completed, Message, Request, Stop
+from mpiscore.rank.pool import Outcome
+from mpiscore.rank.worker import RankWorker, work
+from mpiscore.rank.world import Pacer
+from mpiscore.tuning import LONGEST_WAIT_SECONDS
+from mpiscore.wire import StageTimes
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pacer_starts_small_and_doubles_up_to_its_most_before_any_interval() -> None:
+    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=Clock())
+    delays = [pacer.next_delay() for _ in range(16)]
+    assert delays[0] == 1e-5 and delays[1] == 2e-5
+    assert max(delays) == 0.05 and delays[-1] == 0.05
+
+
+def test_pacer_polls_a_share_of_the_interval_after_an_event_and_no_longer_apart() -> None:
+    clock = Clock()
+    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    for _ in range(3):  # events every 10 ms
+        pacer.event()
+        clock.now += 0.01
+    pacer.event()
+    assert pacer.interval == pytest.approx(0.01)
+    delays = []
+    for _ in range(4):  # the next event is due: waits grow to the interval, no further
+        delays.append(pacer.next_delay())
+        clock.now += delays[-1]
+    assert delays == pytest.approx([0.0025, 0.005, 0.01, 0.01])
+
+
+def test_pacer_waits_up_to_its_most_once_events_have_stopped() -> None:
+    clock = Clock()
+    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    pacer.event()
+    clock.now += 0.01
+    pacer.event()
+    clock.now += 0.05  # five intervals without an event: the job's tail, or a stop
+    delays = [pacer.next_delay() for _ in range(6)]
+    assert delays[-1] == 0.05
+
+
+def test_a_slow_job_polls_every_most_seconds() -> None:
+    clock = Clock()
+    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    pacer.event()
+    clock.now += 4.0  # 4 s batches
+    pacer.event()
+    assert pacer.next_delay() == 0.05
+
+
+class Link:
+    """A worker's link with the coordinator's side scripted: each poll takes the next
+    message given, and counts."""
+
+    def __init__(self) -> None:
+        self.inbox: list[Message] = []
+        self.sent: list[Message] = []
+        self.polls = 0
+
+    def poll(self) -> Message | None:
+        self.polls += 1
+        return self.inbox.pop(0) if self.inbox else None
+
+    def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+
+class Pool:
+    """One process holding any number of batches; ``poll`` ends the oldest at the
+    ``wakes`` given (one wake-up per poll), and counts its waits."""
+
+    def __init__(self, ends: list[bool]) -> None:
+        self.held: list[Batch] = []
+        self.ends, self.timeouts = ends, []
+
+    @property
+    def idle(self) -> list[int]:
+        return [0]
+
+    def submit_to(self, proc: int, batch: Batch, attempt: int) -> None:
+        self.held.append(batch)
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        self.timeouts.append(timeout)
+        if self.ends and self.ends.pop(0) and self.held:
+            return [Outcome(self.held.pop(0), True, times=StageTimes(0.0, 0.0, 0.0))]
+        return []
+
+    def abandon(self) -> list[Batch]:
+        return []
+
+
+BATCHES = make_plan([SourceFile("a.h5", 100)], 10).batches
+
+
+def test_a_worker_is_owed_what_it_asked_for_and_was_not_assigned() -> None:
+    link, pool = Link(), Pool([True])
+    worker = RankWorker(pool, link, window=3)
+    worker.start()
+    assert link.sent == [Request(3)] and worker.owed == 3
+    worker.handle(Assign(BATCHES[:2], (1, 1)))
+    assert worker.owed == 1
+    assert worker.patience() < LONGEST_WAIT_SECONDS  # an answer is due: look again soon
+    worker.handle(Assign(BATCHES[2:3], (1,)))
+    assert worker.owed == 0 and worker.patience() == LONGEST_WAIT_SECONDS
+    worker.poll(0.0)  # a batch ended: reported, and one more is owed
+    assert isinstance(link.sent[-1], Completed) and worker.owed == 1
+
+
+def test_a_worker_with_its_window_full_looks_at_mpi_only_every_longest_wait() -> None:
+    link, pool = Link(), Pool([False] * 50)
+    worker = RankWorker(pool, link, window=2)
+    link.inbox = [Assign(BATCHES[:2], (1, 1))]
+    stopped = []
+
+    def stop_requested() -> str | None:  # 50 wake-ups of the pipes with nothing ending
+        if not pool.ends and not stopped:
+            stopped.append(True)
+            link.inbox.append(Stop())
+        return None
+
+    polls_before = link.polls
+    work(worker, stop_requested)
+    # the window is full from the first assignment on: no probe of MPI per wake-up
+    assert link.polls - polls_before < 10
+    assert all(timeout == LONGEST_WAIT_SECONDS for timeout in pool.timeouts)
