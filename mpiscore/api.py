@@ -14,7 +14,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import JobConfig
 from .errors import (
@@ -35,7 +35,7 @@ from .plan import Batch
 from .progress import Activity, Progress, progress_mode
 from .rank.coordinator import wire_rank_zero
 from .rank.pool import ScorerPool, start_pool
-from .rank.run_dir import create_run_dir, record_run
+from .rank.run_dir import PlanFile, create_run_dir, record_run
 from .rank.signals import StopSignals
 from .rank.status import StatusFile
 from .rank.watchdog import Watchdog
@@ -78,7 +78,7 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
     pool = pool or start_pool(config, world)
     job = None
     try:
-        job, done, model = _broadcast_job(config, world, pool)
+        job, model, whole = _broadcast_job(config, world, pool)
         host = world.hostname()
         where = f"rank {rank} of {size} ({host})"
         stop_early_stderr()
@@ -89,7 +89,7 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
                 _log_plan(job)
             pool.start(ScorerSpec(job, model, pool.settings, where,
                                   FaultPlan.parse(config.faults), records_death=rank == 0))
-            return _score(job, pool, done, world, started)
+            return _score(job, whole, pool, world, started)
         finally:
             stop_logging(handlers)
     finally:
@@ -104,19 +104,30 @@ def _log_plan(job: Job) -> None:
     plan, item = job.plan, job.item
     files = "" if item == "file" else f", {plural(len(plan.files), 'file')}"
     LOG.info("planned %s of <= %s %ss (%s%s); %s %s; starting the scoring sessions",
-             plural(len(plan.batches), "batch", "batches"), f"{plan.batch_rows:,}", item,
+             plural(plan.batch_count, "batch", "batches"), f"{plan.batch_rows:,}", item,
              plural(plan.total_rows, item), files,
              "reopened" if job.config.resume else "created", job.target.partial)
     for warning in job.warnings:
         LOG.warning("%s", warning)
 
 
+class Whole(NamedTuple):
+    """What rank 0 alone holds: the job with every batch of its plan, the batches an
+    interrupted run wrote, and the thread writing ``plan.json``."""
+
+    job: Job
+    done: set[int]
+    plan_file: PlanFile
+
+
 def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool
-                   ) -> tuple[Job, set[int], bytes]:
+                   ) -> tuple[Job, bytes, Whole | None]:
     """Rank 0 prepares the job (in its first scoring process) and reads the model;
-    every rank gets the job, the batches done before and the model, or raises
-    rank 0's error."""
-    def prepare() -> tuple[Job, set[int], bytes]:
+    every rank gets the job as ranks share it (the plan's files, not its batches:
+    Job.shared) and the model, or raises rank 0's error; rank 0 also the Whole."""
+    whole: list[Whole] = []
+
+    def prepare() -> tuple[Job, bytes]:
         if pool.preparing is None:  # else the CLI asked already, and said so
             log_start(config, world.size, pool.size)
         pool.prepare(config)
@@ -124,13 +135,14 @@ def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool
         job, done = pool.prepared()
         try:
             _check_same_model(job, model)
-            create_run_dir(job)
+            whole.append(Whole(job, done, create_run_dir(job)))
         except BaseException:
             job.lock.release()
             raise
-        return job, done, model
+        return job.shared(), model
 
-    return world.from_rank_zero(prepare, "setting up the job")
+    shared, model = world.from_rank_zero(prepare, "setting up the job")
+    return shared, model, whole[0] if whole else None
 
 
 def _check_same_model(job: Job, model: bytes) -> None:
@@ -139,8 +151,10 @@ def _check_same_model(job: Job, model: bytes) -> None:
                          "start it again")
 
 
-def _score(job: Job, pool: ScorerPool, done: set[int], world: World, started: float
+def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, started: float
            ) -> RunReport:
+    """Score, finish the output and report; ``job`` is every rank's (Job.shared),
+    ``whole`` rank 0's alone."""
     config = job.config
     spec = pool.spec
     assert spec is not None
@@ -148,7 +162,7 @@ def _score(job: Job, pool: ScorerPool, done: set[int], world: World, started: fl
     LOG.info("scoring: %s on this rank, %s each; %s of <= %s %ss in all",
              plural(pool.size, "scoring process", "scoring processes"),
              plural(spec.settings.intra_op_threads, "intra-op thread"),
-             plural(len(job.plan.batches), "batch", "batches"), f"{job.plan.batch_rows:,}",
+             plural(job.plan.batch_count, "batch", "batches"), f"{job.plan.batch_rows:,}",
              job.item)
 
     def worker(link: WorkerLink) -> RankWorker:
@@ -158,8 +172,8 @@ def _score(job: Job, pool: ScorerPool, done: set[int], world: World, started: fl
     scheduler = None
     loop_started, loop_cpu = time.perf_counter(), time.process_time()
     with StopSignals(spec.where) as signals:
-        if world.rank == 0:
-            scheduler, own = _coordinate(job, done, world, worker, signals.requested)
+        if whole is not None:
+            scheduler, own = _coordinate(whole, world, worker, signals.requested)
         else:
             own = worker(world.worker_link())
             work(own, signals.requested)
@@ -170,13 +184,13 @@ def _score(job: Job, pool: ScorerPool, done: set[int], world: World, started: fl
     stats = _rank_stats(own, pool, world, spec, (started, ready), loop)
     every_rank = world.gather((stats, finish_error))  # collective: on every rank, no branch
     report = None
-    if world.rank == 0:
+    if whole is not None:
         assert scheduler is not None and every_rank is not None
         errors = [error for _, error in every_rank if error is not None]
         if errors:  # the output could not be finished: it stays partial
             scheduler.halt(errors[0][1], errors[0][0])
             status = _status(scheduler)
-        report = _report(job, scheduler, status, [s for s, _ in every_rank], world.size,
+        report = _report(whole.job, scheduler, status, [s for s, _ in every_rank], world.size,
                          (started, ready))
     report = world.broadcast(report)
     assert report is not None
@@ -184,11 +198,11 @@ def _score(job: Job, pool: ScorerPool, done: set[int], world: World, started: fl
     return report
 
 
-def _coordinate(job: Job, done: set[int], world: World,
-                worker: Callable[[WorkerLink], RankWorker],
+def _coordinate(whole: Whole, world: World, worker: Callable[[WorkerLink], RankWorker],
                 stop_requested: Callable[[], str | None]) -> tuple[Scheduler, RankWorker]:
     """Rank 0: coordinate every rank, and score with its own processes in the same loop;
     the scheduler as the job ended, and rank 0's own worker."""
+    job, done, plan_file = whole
     config = job.config
     todo = [b for b in job.plan.batches if b.batch_id not in done]
     policy = FailurePolicy(config.max_retries, config.error_threshold,
@@ -197,9 +211,9 @@ def _coordinate(job: Job, done: set[int], world: World,
     scheduler = Scheduler.for_batches(todo, job.plan.total_rows, policy)
     scheduler.completed.update(done)
     if done:
-        LOG.info("resuming: %d of %d batches already written", len(done), len(job.plan.batches))
+        LOG.info("resuming: %d of %d batches already written", len(done), job.plan.batch_count)
     journal = Journal(config.resolved_run_dir, journal_token(job.fingerprint),
-                      len(job.plan.batches), fresh=not config.resume)
+                      job.plan.batch_count, fresh=not config.resume)
     progress = Progress(sum(b.rows for b in todo), len(todo), config.progress_seconds, job.item,
                         progress_mode(config.progress, config.quiet, world.rank),
                         lambda: _activity(scheduler))
@@ -214,21 +228,23 @@ def _coordinate(job: Job, done: set[int], world: World,
 
     def between_messages() -> str | None:
         _halting_on(scheduler, job.lock.refresh)
+        _halting_on(scheduler, plan_file.check)  # plan.json could not be written
         status.tick()  # RUN_DIR/status.json every STATUS_SECONDS: a time check
         progress.tick()
         return stop_requested() or watchdog.check()
 
     rank_zero = wire_rank_zero(scheduler, world, worker, on_complete)
     status = StatusFile(config.resolved_run_dir, scheduler, progress, rank_zero.coordinator.heard,
-                        world.size, job.plan.total_rows, len(job.plan.batches))
+                        world.size, job.plan.total_rows, job.plan.batch_count)
     status.write("running")
     try:
         rank_zero.serve(between_messages)
     finally:
         progress.close()
         _halting_on(scheduler, journal.close)
+        _halting_on(scheduler, plan_file.wait)  # complete before the job ends
         status.write(_status(scheduler))  # summary.json has the last word
-    if scheduler.stop_reason is None and (change := changed_input(job.fingerprint)):
+    if scheduler.stop_reason is None and (change := changed_input(job.plan.files)):
         scheduler.halt(change, "InputChanged")
     return scheduler, rank_zero.worker
 
@@ -309,7 +325,7 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
         status=status, stop_reason=scheduler.stop_reason, error=scheduler.stop_error,
         first_failure=failed[0]["error"] if failed else None,
         output=str(output), run_dir=str(job.config.resolved_run_dir),
-        rows=job.plan.total_rows, rows_scored=rows, batches=len(job.plan.batches),
+        rows=job.plan.total_rows, rows_scored=rows, batches=job.plan.batch_count,
         batches_done=len(scheduler.completed), batches_failed=len(scheduler.failed),
         rows_failed=scheduler.failed_rows, ranks=size,
         wall_seconds=wall, setup_seconds=ready - started, rows_per_second=rows / wall,
@@ -322,7 +338,7 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
     LOG.info("%s: %s scored by this run in %.2fs on %s (%s %ss/s); %s holds %s of %s "
              "batches, %s of %s %ss%s, %s failed", status, plural(rows, item), wall,
              plural(size, "rank"), f"{rows / wall:,.0f}", item, output,
-             f"{len(scheduler.completed):,}", f"{len(job.plan.batches):,}",
+             f"{len(scheduler.completed):,}", f"{job.plan.batch_count:,}",
              f"{in_output:,}", f"{job.plan.total_rows:,}", item,
              f" ({earlier:,} from an earlier run)" if earlier > 0 else "",
              plural(scheduler.failed_rows, item))

@@ -1,13 +1,15 @@
 """A checked job: what every rank and scoring process needs to score its share.
 
-Built by prepare.py, broadcast from rank 0 to every rank and handed to every
-scoring process. Kept free of onnxruntime, so ranks can hold it without
-loading it.
+Built by prepare.py; rank 0 keeps it whole (the plan with every batch, the
+fingerprint), and broadcasts :meth:`Job.shared` to every rank, which hands it to
+every scoring process: the plan's file table and batch count, never its batches,
+which travel one by one as they are assigned. Kept free of onnxruntime, so
+ranks can hold it without loading it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import JobConfig
@@ -33,9 +35,14 @@ class Job:
     target: OutputTarget
     offsets: dict[str, int]
     attrs: dict[str, Any]
-    fingerprint: dict[str, Any]
+    fingerprint: dict[str, Any]  # rank 0's only (journal token, fingerprint.json)
     lock: JobLock  # held by rank 0 for the job's life
     warnings: tuple[str, ...] = ()  # found while preparing; rank 0 logs them once
+
+    def shared(self) -> Job:
+        """The job as every other process gets it: the plan without its batches, and no
+        fingerprint (the file table's stamps serve a scoring process's checks)."""
+        return replace(self, plan=self.plan.shared(), fingerprint={})
 
     @property
     def written_fields(self) -> list[Field]:

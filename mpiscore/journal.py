@@ -17,43 +17,69 @@ import json
 import os
 import time
 import zlib
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, storage_error
+from .errors import ConfigError, InputError, storage_error
+
+if TYPE_CHECKING:
+    from .plan import SourceFile
 
 JOURNAL = "journal.txt"
 FINGERPRINT = "fingerprint.json"
 MAGIC = "mpiscore-journal 2"
 
 
-def fingerprint(model_sha256: str, files: list[str], plan_rows: list[list[int]],
+def fingerprint(model_sha256: str, files: Sequence[SourceFile], plan_rows: list[list[int]],
                 batch_rows: int, output: str, output_format: str,
                 fields: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Any]:
-    """What the output depends on, in a form that compares with ``==`` after a JSON trip."""
+    """What the output depends on, in a form that compares with ``==`` after a JSON trip.
+
+    ``files`` are :func:`stamped`; their paths are recorded absolute: the same
+    files, however spelled."""
     plan_hash = hashlib.sha256(json.dumps(plan_rows).encode()).hexdigest()
     return {
         "model_sha256": model_sha256,
-        "inputs": [_file_stamp(path) for path in files],
+        "inputs": [{"path": os.path.abspath(f.path), "bytes": f.size, "mtime_ns": f.mtime_ns}
+                   for f in files],
         "plan": {"batch_rows": batch_rows, "batches": len(plan_rows), "sha256": plan_hash},
         "output": {"path": output, "format": output_format,
                    "fields": [[name, dtype, list(shape)] for name, dtype, shape in fields]},
     }
 
 
-def changed_input(stamp: dict[str, Any], index: int | None = None) -> str | None:
-    """What changed about the input files (or only file ``index``) since the job
-    described them, in words, or None. Size and modification time are checked: an
-    input rewritten in place with both kept (``cp -p``, ``touch -r``) goes unseen."""
-    inputs = stamp["inputs"]
-    for recorded in inputs if index is None else [inputs[index]]:
+def stamped(files: Sequence[SourceFile]) -> list[SourceFile]:
+    """``files`` with their size and modification time, stat-ed many at a time (rank 0,
+    planning): the stamp the fingerprint records and each scoring process checks."""
+    from .io.threads import map_in_order
+
+    def stamp(source: SourceFile) -> SourceFile:
         try:
-            now = _file_stamp(recorded["path"])
+            info = os.stat(source.path)
         except OSError as exc:
-            return f"{recorded['path']}: input file gone while the job ran ({exc.strerror})"
-        if now != recorded:
-            what = "size" if now["bytes"] != recorded["bytes"] else "modification time"
-            return (f"{recorded['path']}: input file changed while the job ran ({what} "
+            raise InputError(f"{source.path}: cannot stat the input file "
+                             f"({exc.strerror})") from exc
+        return replace(source, size=info.st_size, mtime_ns=info.st_mtime_ns)
+
+    return map_in_order(stamp, files)
+
+
+def changed_input(files: Sequence[SourceFile], index: int | None = None) -> str | None:
+    """What changed about the input files (or only file ``index``) since the job
+    stamped them (:func:`stamped`), in words, or None. Size and modification time are
+    checked: an input rewritten in place with both kept (``cp -p``, ``touch -r``)
+    goes unseen."""
+    for source in files if index is None else [files[index]]:
+        path = os.path.abspath(source.path)
+        try:
+            info = os.stat(source.path)
+        except OSError as exc:
+            return f"{path}: input file gone while the job ran ({exc.strerror})"
+        if (info.st_size, info.st_mtime_ns) != (source.size, source.mtime_ns):
+            what = "size" if info.st_size != source.size else "modification time"
+            return (f"{path}: input file changed while the job ran ({what} "
                     "differs); its rows may mix old and new data, so the output stays "
                     "partial; score it again with --overwrite (overwrite=True)")
     return None
@@ -63,11 +89,6 @@ def journal_token(stamp: dict[str, Any]) -> str:
     """A short digest of the fingerprint: the journal's records are bound to it, so a
     journal from another job's plan or inputs verifies nothing."""
     return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _file_stamp(path: str) -> dict[str, Any]:
-    info = os.stat(path)
-    return {"path": path, "bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
 def check_resumable(run_dir: Path, current: dict[str, Any]) -> None:

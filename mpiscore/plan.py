@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
     from .config import BatchSize
@@ -37,6 +38,10 @@ class SourceFile:
     path: str
     rows: int
     unit_rows: int | tuple[int, ...] = 1
+    # the file's stamp as planned (journal.stamped): what the fingerprint records and a
+    # scoring process checks before reading on from it; -1 until stamped
+    size: int = -1
+    mtime_ns: int = -1
 
 
 @dataclass(frozen=True)
@@ -64,39 +69,155 @@ class Batch:
         return self.global_start + self.rows
 
 
+class BatchTable(Sequence[Batch]):
+    """A plan's batches as four int64 columns, 32 bytes a batch (a tuple of Batch
+    objects costs ~10 times that, and as much again to pickle); each Batch is made
+    when asked for. Batch ids are the positions, 0 to n-1."""
+
+    def __init__(self, columns: Iterable[tuple[int, int, int, int]] = ()) -> None:
+        """``columns``: (file_index, start, stop, global_start) of each batch, in order."""
+        self.file_index, self.start, self.stop, self.global_start = (
+            array("q"), array("q"), array("q"), array("q"))
+        for file_index, start, stop, global_start in columns:
+            self.append(file_index, start, stop, global_start)
+
+    def append(self, file_index: int, start: int, stop: int, global_start: int) -> None:
+        self.file_index.append(file_index)
+        self.start.append(start)
+        self.stop.append(stop)
+        self.global_start.append(global_start)
+
+    def add_file(self, file_index: int, ranges: Sequence[tuple[int, int]], offset: int) -> None:
+        """The batches of one file: its row ``ranges``, the file starting at global ``offset``."""
+        self.file_index.extend(itertools.repeat(file_index, len(ranges)))
+        self.start.extend(start for start, _ in ranges)
+        self.stop.extend(stop for _, stop in ranges)
+        self.global_start.extend(offset + start for start, _ in ranges)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @overload
+    def __getitem__(self, index: int) -> Batch: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Batch]: ...
+
+    def __getitem__(self, index: int | slice) -> Batch | list[Batch]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        return Batch(index, self.file_index[index], self.start[index], self.stop[index],
+                     self.global_start[index])
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch_id, columns in enumerate(zip(self.file_index, self.start, self.stop,
+                                               self.global_start, strict=True)):
+            yield Batch(batch_id, *columns)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BatchTable):
+            return self.rows_json() == other.rows_json()
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable while built
+
+    def rows_json(self, first: int = 0, stop: int | None = None) -> list[list[int]]:
+        """[[batch_id, file_index, start, stop], ...] of batches ``first:stop``: plan.json's
+        and the fingerprint's form."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        return [list(row) for row in zip(range(first, stop), self.file_index[first:stop],
+                                         self.start[first:stop], self.stop[first:stop],
+                                         strict=True)]
+
+
+class BatchesWithheld(Sequence[Batch]):
+    """Where the batches of a plan are on every process but rank 0's: their count
+    only. Ranks and scoring processes are sent their batches one by one (Assign,
+    Score); reaching for one here is a bug, and raises."""
+
+    def __init__(self, count: int) -> None:
+        self.total = count
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, index: object) -> Batch:  # type: ignore[override]
+        raise PlanWithheld(f"batch {index}: this process holds the plan's file table only "
+                           f"({self.total:,} batches, sent one by one as assigned)")
+
+    def __iter__(self) -> Iterator[Batch]:
+        raise PlanWithheld(f"this process holds the plan's file table only ({self.total:,} "
+                           "batches, sent one by one as assigned)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BatchesWithheld) and other.total == self.total
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class PlanWithheld(RuntimeError):
+    """A process that holds a plan without its batches reached for one (a bug)."""
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The files and the batches of a job, in global row order."""
+    """The files and the batches of a job, in global row order.
+
+    Rank 0 holds it whole; every other rank, and every scoring process, holds
+    :meth:`shared`: the file table and the batch count, without the batches.
+    """
 
     files: tuple[SourceFile, ...]
-    batches: tuple[Batch, ...]
+    batches: Sequence[Batch]  # a BatchTable, a tuple (tests, partitions), or withheld
     batch_rows: int
 
     @property
     def total_rows(self) -> int:
         return sum(f.rows for f in self.files)
 
+    @property
+    def batch_count(self) -> int:
+        return len(self.batches)
+
+    @property
+    def holds_batches(self) -> bool:
+        """False for :meth:`shared`'s plan: the batches are rank 0's."""
+        return not isinstance(self.batches, BatchesWithheld)
+
+    def shared(self) -> Plan:
+        """The plan as ranks and scoring processes get it: files and count, no batches."""
+        return Plan(self.files, BatchesWithheld(self.batch_count), self.batch_rows)
+
+    def batch_rows_json(self, first: int = 0, stop: int | None = None) -> list[list[int]]:
+        """[[batch_id, file_index, start, stop], ...] of batches ``first:stop`` (rank 0)."""
+        if isinstance(self.batches, BatchTable):
+            return self.batches.rows_json(first, stop)
+        return [[b.batch_id, b.file_index, b.start, b.stop]
+                for b in self.batches[first:stop]]
+
     def to_json(self) -> dict:
-        """A JSON-able description, kept in the run directory."""
-        return {
-            "batch_rows": self.batch_rows,
-            "total_rows": self.total_rows,
-            "files": [{"path": f.path, "rows": f.rows} for f in self.files],
-            "batches": [[b.batch_id, b.file_index, b.start, b.stop] for b in self.batches],
-        }
+        """A JSON-able description, kept in the run directory (rank_dir.py streams it)."""
+        return {**self.head_json(), "batches": self.batch_rows_json()}
+
+    def head_json(self) -> dict:
+        """:meth:`to_json` without its batches."""
+        return {"batch_rows": self.batch_rows, "total_rows": self.total_rows,
+                "files": [{"path": f.path, "rows": f.rows} for f in self.files]}
 
 
 def make_plan(files: Sequence[SourceFile], batch_rows: int) -> Plan:
     """Cut every file into batches of about ``batch_rows`` rows, numbered in row order."""
     if batch_rows < 1:
         raise ValueError("batch_rows must be positive")
-    batches: list[Batch] = []
+    batches = BatchTable()
     file_offset = 0
     for file_index, source in enumerate(files):
-        for start, stop in cut_rows(source.rows, batch_rows, source.unit_rows):
-            batches.append(Batch(len(batches), file_index, start, stop, file_offset + start))
+        batches.add_file(file_index, cut_rows(source.rows, batch_rows, source.unit_rows),
+                         file_offset)
         file_offset += source.rows
-    return Plan(tuple(files), tuple(batches), batch_rows)
+    return Plan(tuple(files), batches, batch_rows)
 
 
 def make_item_plan(files: Sequence[SourceFile], batch_size: BatchSize, sizes: Sequence[int]
@@ -117,9 +238,10 @@ def make_item_plan(files: Sequence[SourceFile], batch_size: BatchSize, sizes: Se
     else:
         assert batch_size.nbytes is not None
         bounds = _pack_bytes(sizes, batch_size.nbytes)
-    batches = tuple(Batch(batch_id, first, 0, stop - first, first)
-                    for batch_id, (first, stop) in enumerate(itertools.pairwise(bounds)))
-    rows = batch_size.rows or max((b.rows for b in batches), default=1)
+    batches = BatchTable((first, 0, stop - first, first)
+                         for first, stop in itertools.pairwise(bounds))
+    rows = batch_size.rows or max((stop - first for first, stop in itertools.pairwise(bounds)),
+                                  default=1)
     return Plan(tuple(files), batches, rows)
 
 

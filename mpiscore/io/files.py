@@ -21,6 +21,7 @@ from ..config import BatchSize, JobConfig
 from ..errors import ConfigError, InputError
 from ..plan import Batch, Plan, SourceFile, make_item_plan
 from .fields import FILE_PATHS, Columns, Field, Reader
+from .threads import map_in_order
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,7 +49,7 @@ class FilesSourceKind:
                 inputs: list[TensorSpec]) -> FilesInput:
         _refuse_tabular_options(config)
         files = tuple(file for _, path in paths for file in directory_files(path))
-        return FilesInput(files, tuple(_size(file) for file in files))
+        return FilesInput(files, tuple(map_in_order(_size, files)))  # many stat-ed at once
 
     def describe(self, source: FilesInput
                  ) -> tuple[list[SourceFile], dict[str, Field], list[Field]]:

@@ -30,25 +30,51 @@ from ..errors import InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
 from .fields import Columns, Field, Ranks, nearest_first
 from .sources import Hdf5Source
+from .threads import cpu_workers
 
 STATUS_ATTR = "mpiscore_status"
 
 
 def describe(sources: Iterable[Hdf5Source]) -> tuple[list[SourceFile], dict[str, Field]]:
-    """Row counts, chunk alignment and per-row fields of the input files (rank 0)."""
+    """Row counts, chunk alignment and per-row fields of the input files (rank 0).
+
+    Many files are described by a few processes at once (:func:`_describe_many`);
+    the first error in file order is raised, as a loop would."""
     files: list[SourceFile] = []
     fields: dict[str, Field] = {}
-    for source in sources:
-        with _open_input(source.path) as handle:
-            datasets = [(name, _dataset(handle, source.path, path))
-                        for name, path in source.datasets]
-            files.append(SourceFile(source.path, _common_rows(source.path, datasets),
-                                    _chunk_rows(datasets[0][1])))
-            for name, dataset in datasets:
-                field = Field(name, dataset.dtype.str, dataset.shape[1:],
-                              f"{source.path}:{dataset.name}")
-                _check_same_layout(fields.setdefault(name, field), field)
+    for source_file, found in _describe_many(list(sources)):
+        files.append(source_file)
+        for field in found:
+            _check_same_layout(fields.setdefault(field.name, field), field)
     return files, fields
+
+
+PROCESSES_FROM = 256  # files; fewer are described in this process
+FILES_PER_TASK = 64
+
+
+def _describe_many(sources: list[Hdf5Source]) -> list[tuple[SourceFile, list[Field]]]:
+    """Each file's SourceFile and fields, in order. HDF5 calls hold one lock per process
+    (h5py's), so threads cannot overlap them: many files are shared out to forked
+    processes, which have h5py loaded already and only read."""
+    workers = min(cpu_workers(), 8, math.ceil(len(sources) / FILES_PER_TASK))
+    if len(sources) < PROCESSES_FROM or workers < 2:
+        return [_describe_one(source) for source in sources]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_describe_one, sources, chunksize=FILES_PER_TASK))
+
+
+def _describe_one(source: Hdf5Source) -> tuple[SourceFile, list[Field]]:
+    with _open_input(source.path) as handle:
+        datasets = [(name, _dataset(handle, source.path, path))
+                    for name, path in source.datasets]
+        found = [Field(name, dataset.dtype.str, dataset.shape[1:],
+                       f"{source.path}:{dataset.name}") for name, dataset in datasets]
+        return (SourceFile(source.path, _common_rows(source.path, datasets),
+                           _chunk_rows(datasets[0][1])), found)
 
 
 def default_dataset(path: str, input_name: str) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import BatchSize, InputSpec, JobConfig, split_names
 from ..errors import ConfigError, InputError
-from ..plan import Plan, SourceFile, make_plan
+from ..plan import BatchTable, Plan, SourceFile, make_plan
 from .fields import Field, ParquetSelection, Reader, Writer
 from .sources import HDF5_SUFFIXES, PARQUET_SUFFIXES, Hdf5Source, dataset_files
 
@@ -178,8 +178,13 @@ class Hdf5SinkKind:
                attrs: dict[str, Any]) -> dict[str, int]:
         import numpy as np
 
-        plan_rows = np.array([[b.batch_id, b.file_index, b.start, b.stop]
-                              for b in plan.batches], dtype=np.int64)
+        table = plan.batches
+        if isinstance(table, BatchTable):  # its columns as they are: no Batch made
+            plan_rows = np.column_stack([np.arange(len(table), dtype=np.int64), *(
+                np.frombuffer(column, dtype=np.int64)
+                for column in (table.file_index, table.start, table.stop))])
+        else:
+            plan_rows = np.array(plan.batch_rows_json(), dtype=np.int64).reshape(-1, 4)
         return _hdf5().create(partial, fields + kept, plan.total_rows, attrs, plan_rows)
 
     def reopen(self, partial: Path, fields: list[Field], kept: list[Field]) -> dict[str, int]:
@@ -220,7 +225,7 @@ class ParquetSinkKind:
 
     def open_writer(self, partial: Path, final: Path, fields: list[Field], kept: list[Field],
                     plan: Plan, offsets: dict[str, int], attrs: dict[str, Any]) -> Writer:
-        return _parquet().ParquetWriter(partial, final, fields, kept, plan.batches, attrs)
+        return _parquet().ParquetWriter(partial, final, fields, kept, plan.batch_count, attrs)
 
     def owned(self, path: Path) -> bool:
         return path.is_dir() and _parquet().owned(path)

@@ -79,8 +79,8 @@ def _durable_replace(temporary: Path, target: Path) -> None:
 class LinesWriter:
     """Writes each batch's lines (``columns[LINES]``) as its own part file."""
 
-    def __init__(self, partial: Path, final: Path, batches: Sequence[Batch]) -> None:
-        self.partial, self.final, self.batches = partial, final, batches
+    def __init__(self, partial: Path, final: Path, batch_count: int) -> None:
+        self.partial, self.final, self.batch_count = partial, final, batch_count
         self.header: str | None = None  # the header this process wrote or found
         self.unsynced: list[tuple[Path, Path]] = []  # (written .tmp, its final name)
 
@@ -143,7 +143,7 @@ class LinesWriter:
         ranks.barrier()  # every batch, rank 0's fills included, is synced
         if not complete:
             return
-        assembly = Assembly(self.partial, self.batches)
+        assembly = Assembly(self.partial, self.batch_count)
         failure = _attempt(assembly.prepare) if ranks.rank == 0 else None
         ranks.barrier()
         failure = failure or _attempt(lambda: assembly.copy_share(ranks.rank, ranks.size))
@@ -167,8 +167,9 @@ class Assembly:
     """Concatenating the header and the parts of a partial directory into one file,
     each rank copying its share in place (see the module's docstring)."""
 
-    def __init__(self, partial: Path, batches: Sequence[Batch]) -> None:
-        self.partial, self.batches = partial, batches
+    def __init__(self, partial: Path, batch_count: int) -> None:
+        """``batch_count``: the plan's; batch ids run from 0 to it, one part file each."""
+        self.partial, self.batch_count = partial, batch_count
         self.staging = partial / STAGING
         self.target = partial / ASSEMBLED
 
@@ -190,17 +191,17 @@ class Assembly:
 
     def _sizes(self) -> list[tuple[str, int]]:
         """(file, size) in output order: the header, if any, then every batch's part."""
-        if len(self.batches) >= LOG_FINISH_PARTS:
-            LOG.info("listing the %d part files of %s", len(self.batches), self.partial)
+        if self.batch_count >= LOG_FINISH_PARTS:
+            LOG.info("listing the %d part files of %s", self.batch_count, self.partial)
         header = self.partial / HEADER_FILE
         sizes = [(HEADER_FILE, header.stat().st_size)] if header.exists() else []
         missing = []
-        for batch in self.batches:
+        for batch_id in range(self.batch_count):
             try:
-                sizes.append((part_name(batch.batch_id),
-                              (self.partial / part_name(batch.batch_id)).stat().st_size))
+                sizes.append((part_name(batch_id),
+                              (self.partial / part_name(batch_id)).stat().st_size))
             except FileNotFoundError:
-                missing.append(batch.batch_id)
+                missing.append(batch_id)
         if missing:
             raise OutputError(f"{self.partial}: part files of batches {_cut(missing)} are "
                               "missing; rerun with --resume (resume=True) to write them")
@@ -372,7 +373,7 @@ class LinesSinkKind:
 
     def open_writer(self, partial: Path, final: Path, fields: list[Field], kept: list[Field],
                     plan: Plan, offsets: dict[str, int], attrs: dict[str, Any]) -> Writer:
-        return LinesWriter(partial, final, plan.batches)
+        return LinesWriter(partial, final, plan.batch_count)
 
     def owned(self, path: Path) -> bool:
         return owned(path)

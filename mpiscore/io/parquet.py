@@ -33,6 +33,7 @@ from ..plan import Batch, SourceFile
 from ..report import LOG
 from . import staging
 from .fields import Columns, Field, ParquetSelection, Ranks, nearest_first
+from .threads import map_in_order
 
 STAGING = staging.STAGING  # inside OUTPUT.partial only: files being written, and our marker
 METADATA_KEY = "mpiscore"  # key-value metadata of every part file: provenance, shapes
@@ -140,18 +141,24 @@ def describe(paths: Sequence[str], selection: ParquetSelection
     files: list[SourceFile] = []
     fields: dict[str, Field] = {}
     kept: dict[str, Field] = {}
-    for path in paths:
-        handle = _open_input(path)
-        meta = handle.metadata
-        groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        files.append(SourceFile(path, meta.num_rows, groups or (0,)))
-        schema = handle.schema_arrow
+    for source_file, schema in map_in_order(_footer, paths):  # many footers read at once
+        path = source_file.path
+        files.append(source_file)
         for name, columns in selection.features:
             _agree(fields, _feature_field(path, schema, name, columns))
         for column in selection.keep:
             kept_type = _column(path, schema, column).type
             _agree(kept, Field(column, _numpy_dtype(kept_type), (), f"{path}:{column}"))
     return files, fields, kept
+
+
+def _footer(path: str) -> tuple[SourceFile, pa.Schema]:
+    """A file's rows, row groups and schema, from its footer (pyarrow lets go of the GIL
+    while reading it, so threads overlap)."""
+    handle = _open_input(path)
+    meta = handle.metadata
+    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return SourceFile(path, meta.num_rows, groups or (0,)), handle.schema_arrow
 
 
 def _open_input(path: str) -> pq.ParquetFile:
@@ -291,10 +298,10 @@ class ParquetWriter:
     """
 
     def __init__(self, partial: Path, final: Path, fields: list[Field], kept: list[Field],
-                 batches: Sequence[Batch], metadata: dict[str, Any]) -> None:
+                 batch_count: int, metadata: dict[str, Any]) -> None:
         self.partial, self.final = partial, final
         self.names = [f.name for f in kept] + [f.name for f in fields]
-        self.batches = batches
+        self.batch_count = batch_count  # ids 0 to batch_count - 1: no batch list needed
         self.info = {**metadata, "status": "complete",
                      "output_shapes": {f.name: list(f.shape) for f in fields}}
         self.unsynced: list[tuple[Path, Path]] = []  # (written .tmp, its part name) to flush
@@ -351,14 +358,14 @@ class ParquetWriter:
             self._commit()
 
     def _commit(self) -> None:
-        if len(self.batches) >= LOG_FINISH_PARTS:
+        if self.batch_count >= LOG_FINISH_PARTS:
             LOG.info("checking the %d part files of %s, then renaming it to %s",
-                     len(self.batches), self.partial, self.final.name)
+                     self.batch_count, self.partial, self.final.name)
         try:
             present = written_batches(self.partial)
         except OSError as exc:
             raise OutputError(f"{self.partial}: cannot list the part files: {exc}") from exc
-        missing = [b.batch_id for b in self.batches if b.batch_id not in present]
+        missing = [batch_id for batch_id in range(self.batch_count) if batch_id not in present]
         if missing:
             raise OutputError(f"{self.partial}: part files of batches {_cut(missing)} are "
                               "missing; rerun with --resume (resume=True) to write them")

@@ -1,6 +1,7 @@
 """The run directory's job files, written by rank 0: at the start, and with the summary.
 
-At the start: ``plan.json``, the fingerprint (journal.py: what ``--resume``
+At the start: ``plan.json`` (on a thread of its own, while scoring begins: a
+million batches take seconds to write), the fingerprint (journal.py: what ``--resume``
 checks), ``config.toml`` (``--config RUN_DIR/config.toml`` reruns or resumes
 the job) and a ``summary.json`` saying "running", so no earlier summary
 remains until the job ends. At the end: ``failed_batches.json``, this run's
@@ -10,6 +11,9 @@ line in ``history.jsonl`` and the final ``summary.json``. The rank logs
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,14 +27,19 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ..job import Job
+    from ..plan import Plan
+
+PLAN_CHUNK = 8192  # batches encoded at a time: the thread lets the coordinator run between
 
 
-def create_run_dir(job: Job) -> None:
-    """The run directory as a job starts; a write that fails is a storage error."""
+def create_run_dir(job: Job) -> PlanFile:
+    """The run directory as a job starts; a write that fails is a storage error.
+
+    ``plan.json`` is written by the returned PlanFile's thread (rank 0 checks on it
+    and waits for it before the job ends)."""
     run_dir = job.config.resolved_run_dir
     try:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "plan.json", {**job.attrs, **job.plan.to_json()})
         write_json(run_dir / FINGERPRINT, job.fingerprint)
         write_config(run_dir, job.config)  # rerun or resume it: --config RUN_DIR/config.toml
         # replaced when the job ends; until then no earlier summary remains
@@ -43,6 +52,47 @@ def create_run_dir(job: Job) -> None:
             (run_dir / HISTORY).unlink(missing_ok=True)
     except OSError as exc:
         raise storage_error(run_dir, exc, "cannot write the run directory") from exc
+    return PlanFile(run_dir / "plan.json", job.attrs, job.plan)
+
+
+class PlanFile:
+    """``plan.json``, written on a thread while the job starts scoring: the job's
+    attributes, files and every batch, streamed in chunks, then renamed into place
+    (a reader never sees half a file)."""
+
+    def __init__(self, path: Path, attrs: dict[str, Any], plan: Plan) -> None:
+        self.path = path
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._write, args=(attrs, plan),
+                                       name="mpiscore-plan-json", daemon=True)
+        self.thread.start()
+
+    def _write(self, attrs: dict[str, Any], plan: Plan) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with open(temporary, "w") as out:
+                head = json.dumps({**attrs, **plan.head_json()}, indent=2)
+                out.write(head[:-2] + ',\n  "batches": [')  # head ends "\n}"
+                for first in range(0, plan.batch_count, PLAN_CHUNK):
+                    chunk = plan.batch_rows_json(first, first + PLAN_CHUNK)
+                    text = ",\n    ".join(map(json.dumps, chunk))
+                    out.write(("," if first else "") + "\n    " + text)
+                out.write("\n  ]\n}\n")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            self.error = exc
+            temporary.unlink(missing_ok=True)
+
+    def check(self) -> None:
+        """Raise the StorageError writing failed with, if it has (and did not yet say so)."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise storage_error(self.path, error, "cannot write the job's plan") from error
+
+    def wait(self) -> None:
+        """Until ``plan.json`` is written; raises its StorageError if that failed."""
+        self.thread.join()
+        self.check()
 
 
 def record_run(run_dir: Path, report: RunReport, failed: list[dict[str, Any]]

@@ -367,7 +367,7 @@ def _processor(spec: ScorerSpec, scorer: Scorer | None) -> BatchProcessor:
                                     job.attrs)
     readers = [open_reader(job.source) for _ in range(READ_AHEAD)]
     return BatchProcessor(readers, scorer, job.bindings, writer, job.outputs,
-                          job.output_sources, spec.where, job.config.on_nan, job.fingerprint,
+                          job.output_sources, spec.where, job.config.on_nan, job.plan.files,
                           raw=job.config.scorer_kind == "script")
 
 

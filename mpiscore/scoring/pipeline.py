@@ -14,7 +14,7 @@ from ..errors import InputChanged, InputError, MpiscoreError
 from ..io.fields import LINES, ROW_STATUS, Columns, Field, Reader, Writer
 from ..journal import changed_input
 from ..model import InputBinding
-from ..plan import Batch
+from ..plan import Batch, SourceFile
 from ..wire import StageTimes
 from .scorers import Scorer
 
@@ -52,14 +52,14 @@ class BatchProcessor:
     def __init__(self, readers: Sequence[Reader], scorer: Scorer,
                  bindings: tuple[InputBinding, ...], writer: Writer,
                  outputs: tuple[Field, ...], output_sources: tuple[str, ...], where: str,
-                 on_nan: str = "error", stamp: dict[str, Any] | None = None,
+                 on_nan: str = "error", files: Sequence[SourceFile] | None = None,
                  raw: bool = False) -> None:
-        """``stamp``: the job's fingerprint; an input file is checked against it each
-        time reading moves on to it. ``raw``: the scorer (an entry script) takes the
+        """``files``: the plan's stamped file table; an input file is checked against its
+        stamp each time reading moves on to it. ``raw``: the scorer (an entry script) takes the
         columns as read, not bound model inputs."""
         self.readers, self.scorer, self.writer = readers, scorer, writer
         self.bindings, self.raw = bindings, raw
-        self.stamp, self.file_index = stamp, -1
+        self.files, self.file_index = files, -1
         self.renames = [(f.name, source) for f, source in zip(outputs, output_sources,
                                                                strict=True)]
         self.where, self.on_nan = where, on_nan
@@ -107,9 +107,9 @@ class BatchProcessor:
     def _check_file(self, file_index: int) -> None:
         """Refuse to read on from an input file modified since the job began (one stat
         when reading moves to another file; the coordinator checks all at the end)."""
-        if self.stamp is None or file_index == self.file_index:
+        if self.files is None or file_index == self.file_index:
             return
-        change = changed_input(self.stamp, file_index)
+        change = changed_input(self.files, file_index)
         if change:
             raise InputChanged(change)
         self.file_index = file_index

@@ -32,7 +32,14 @@ from ..io.registry import (
     resolve_input,
 )
 from ..job import Job
-from ..journal import FINGERPRINT, check_resumable, completed, fingerprint, journal_token
+from ..journal import (
+    FINGERPRINT,
+    check_resumable,
+    completed,
+    fingerprint,
+    journal_token,
+    stamped,
+)
 from ..lock import JobLock, LockOwner, acquire, lock_paths
 from ..model import InputBinding, bind_inputs, model_digest, output_fields
 from ..plan import Plan
@@ -92,7 +99,7 @@ def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
     if config.resume:
         offsets = target.reopen(outputs, kept)
         done = target.written(completed(config.resolved_run_dir, journal_token(checked.stamp),
-                                        len(plan.batches)))
+                                        plan.batch_count))
     else:
         offsets, done = target.create(outputs, kept, plan, checked.attrs), set()
     job = Job(config, checked.sha256, checked.source, plan, checked.bindings,
@@ -119,6 +126,7 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
         bindings = bind_inputs(str(config.model), inputs, fields, config.session.cast)
         row_nbytes = sum(field.row_nbytes for field in fields.values())
     plan = plan_batches(config, source, files, row_nbytes)
+    plan = replace(plan, files=tuple(stamped(plan.files)))  # the one file table, stamped
     probe: dict[str, Any] = {}
     model_outputs: list[Field] = []
     if config.output_action == "rows":  # the output's columns, from scoring a few rows
@@ -132,10 +140,9 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
     attrs = {"model": str(config.scorer_file), "model_sha256": sha256,
              "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
-             "batches": len(plan.batches), "rows": plan.total_rows}
+             "batches": plan.batch_count, "rows": plan.total_rows}
     # absolute paths: the same files, however spelled (RUN_DIR/config.toml has them absolute)
-    stamp = fingerprint(sha256, [os.path.abspath(f.path) for f in files],
-                        plan.to_json()["batches"], plan.batch_rows,
+    stamp = fingerprint(sha256, plan.files, plan.batch_rows_json(), plan.batch_rows,
                         os.path.abspath(config.output), target.format,
                         [(f.name, f.dtype, f.shape) for f in outputs + kept])
     if not config.overwrite and _already_complete(config, target, stamp):
@@ -158,14 +165,14 @@ def dry_run(config: JobConfig, model_bytes: bytes, scorer: Scorer, seconds: floa
     checked = check_job(config, model_bytes, scorer)
     plan = checked.plan
     done = completed(config.resolved_run_dir, journal_token(checked.stamp),
-                     len(plan.batches)) if config.resume else set()
+                     plan.batch_count) if config.resume else set()
     todo = [b for b in plan.batches if b.batch_id not in done]
     setup = time.time() - started
     calibration = calibrate(open_reader(checked.source), scorer, checked.bindings,
                             checked.raw, todo or list(plan.batches), seconds, setup, threads)
     item = "file" if checked.source.kind == "files" else "row"
     return DryRun(len(plan.files), plan.total_rows, plan.total_rows * checked.row_nbytes,
-                  len(plan.batches), plan.batch_rows,
+                  plan.batch_count, plan.batch_rows,
                   sum(b.rows for b in plan.batches if b.batch_id in done), item,
                   str(config.output), calibration, checked.warnings(config))
 
@@ -177,7 +184,7 @@ BATCH_OVERHEAD_SECONDS = 1e-3  # a batch's fixed cost: dispatch, read, session r
 
 def small_batches(config: JobConfig, plan: Plan, row_nbytes: int) -> str | None:
     """A warning when the chosen batch size makes a large job mostly per-batch overhead."""
-    rows, batches = plan.batch_rows, len(plan.batches)
+    rows, batches = plan.batch_rows, plan.batch_count
     nbytes = rows * row_nbytes
     if (nbytes >= SMALL_BATCH_BYTES and rows >= SMALL_BATCH_ROWS) or batches < 1000:
         return None

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -459,12 +460,12 @@ def test_default_columns_message_says_what_is_needed_and_cuts_lists() -> None:
 # ---- Parquet output ------------------------------------------------------------------------
 
 
-def parquet_output(tmp_path: Path, batches: tuple[Batch, ...]) -> tuple[parquet.ParquetWriter,
-                                                                         Path, Path]:
+def parquet_output(tmp_path: Path, batches: Sequence[Batch]) -> tuple[parquet.ParquetWriter,
+                                                                       Path, Path]:
     partial, final = tmp_path / "out.parquet.partial", tmp_path / "out.parquet"
     parquet.create(partial)
-    writer = parquet.ParquetWriter(partial, final, OUTPUTS, [Field("id", "|O", ())], batches,
-                                   {"model": "m.onnx"})
+    writer = parquet.ParquetWriter(partial, final, OUTPUTS, [Field("id", "|O", ())],
+                                   len(batches), {"model": "m.onnx"})
     return writer, partial, final
 
 

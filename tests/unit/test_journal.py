@@ -8,13 +8,14 @@ import pytest
 
 from mpiscore.errors import ConfigError
 from mpiscore.faults import FaultPlan, InjectedFault
-from mpiscore.journal import FINGERPRINT, check_resumable, fingerprint
+from mpiscore.journal import FINGERPRINT, check_resumable, fingerprint, stamped
+from mpiscore.plan import SourceFile
 from mpiscore.report import write_json
 
 
 def stamp(path: Path, model: str = "abc", batch_rows: int = 10) -> dict:
-    return fingerprint(model, [str(path)], [[0, 0, 0, 10]], batch_rows, "o.h5", "hdf5",
-                       [("y", "<f4", (2,))])
+    return fingerprint(model, stamped([SourceFile(str(path), 10)]), [[0, 0, 0, 10]],
+                       batch_rows, "o.h5", "hdf5", [("y", "<f4", (2,))])
 
 
 def test_resume_checks_say_what_changed(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from mpiscore.errors import ConfigError, InputError, ModelError
 from mpiscore.io import hdf5, parquet
 from mpiscore.io.fields import Field, nearest_first
 from mpiscore.io.registry import detect_format
-from mpiscore.journal import FINGERPRINT, check_resumable, fingerprint
+from mpiscore.journal import FINGERPRINT, check_resumable, fingerprint, stamped
 from mpiscore.model import TensorSpec, _row_shape
 from mpiscore.plan import SourceFile, make_plan
 from mpiscore.report import plural, write_json
@@ -27,7 +27,8 @@ from mpiscore.scoring.prepare import small_batches
 
 def stamp(files: list[Path], batch_rows: int = 100, fields=(("y", "<f4", (2,)),),
           output_format: str = "hdf5") -> dict:
-    return fingerprint("a" * 64, [str(f) for f in files], [[0, 0, 0, 10]], batch_rows,
+    return fingerprint("a" * 64, stamped([SourceFile(str(f), 10) for f in files]),
+                       [[0, 0, 0, 10]], batch_rows,
                        "o.h5", output_format, list(fields))
 
 

@@ -1,0 +1,249 @@
+"""Ranks hold only their work: memory, set-up and the broadcast job against the batch count.
+
+    python benchmarks/plan_scale.py [--batches 10000 1000000] [--ranks 2] [--base CHECKOUT]
+                                    [--files 10000] [--skip-files]
+
+For each batch count N, the example model scores N one-row batches (an HDF5
+file of N rows, ``--mini-batch-size 1``) with ``mpiexec -n RANKS``; once the
+first batch is in the journal every rank is stopped (SIGTERM, a graceful stop).
+Reported per checkout: the peak RSS (VmHWM) of the largest rank process, of
+rank 0's and of the largest other scoring process, set-up (launch to the first
+journaled batch, and summary.json's slowest ``startup_seconds``), and the pickle
+size of what rank 0 broadcasts and what each scoring process is sent (measured
+by a probe that prepares the same job in one process and stops). ``--base``
+runs another checkout (``git worktree add``) through ``PYTHONPATH``, side by side.
+
+``--files F``: planning F small HDF5 files (describe, stat), serially and in
+parallel (this checkout), and the base checkout's planning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import HERE, MPIEXEC, cores
+
+EXAMPLES = HERE.parent / "examples"
+MODEL = EXAMPLES / "mlp_classifier.onnx"
+
+PROBE = r"""
+import json, pickle, sys
+from mpiscore.rank import pool as pool_module, world as world_module
+sizes = {}
+original = world_module.World.from_rank_zero
+def from_rank_zero(self, step, what):
+    value = original(self, step, what)
+    sizes["broadcast_bytes"] = len(pickle.dumps(value, protocol=5))
+    return value
+world_module.World.from_rank_zero = from_rank_zero
+def start(self, spec):
+    sizes["spec_job_bytes"] = len(pickle.dumps(spec.job, protocol=5))
+    print("PROBE " + json.dumps(sizes), flush=True)
+    raise SystemExit(0)
+pool_module.ScorerPool.start = start
+sys.argv = ["mpiscore", *sys.argv[1:]]
+from mpiscore.cli import main
+main()
+"""
+
+FILES_PROBE = r"""
+import json, os, sys, time
+from mpiscore.io import registry
+from mpiscore.io.registry import InputSource
+from mpiscore.io.sources import Hdf5Source
+mode, folder = sys.argv[1], sys.argv[2]
+paths = sorted(os.path.join(folder, name) for name in os.listdir(folder))
+source = InputSource("hdf5", tuple(Hdf5Source(p, (("x", "/features"),)) for p in paths))
+try:
+    from mpiscore.io import hdf5, threads
+    from mpiscore.journal import stamped
+    if mode == "serial":
+        hdf5.PROCESSES_FROM = threads.PARALLEL_FROM = 10**9
+except ImportError:  # a checkout before parallel planning: its fingerprint stat-ed serially
+    stamped = None
+started = time.perf_counter()
+files = registry.describe(source)[0]
+if stamped is not None:
+    stamped(files)
+else:
+    [os.stat(f.path) for f in files]
+print(json.dumps({"files": len(files), "seconds": time.perf_counter() - started}))
+"""
+
+
+def env_for(tree: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    return env
+
+
+def score_args(data: Path, out: Path) -> list[str]:
+    return ["score", "--model", str(MODEL), "--input", f"{data}:/features", "--output",
+            str(out), "--overwrite", "--mini-batch-size", "1", "--quiet"]
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found[1:]
+
+
+def hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def processes(root: int) -> tuple[list[int], dict[int, list[int]]]:
+    """The rank processes under ``root`` and the scoring processes of each."""
+    ranks, scorers = [], {}
+    for pid in descendants(root):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mpiscore" in cmdline and b"score" in cmdline:
+            ranks.append(pid)
+    for rank in ranks:
+        scorers[rank] = [pid for pid in descendants(rank)]
+    return ranks, scorers
+
+
+def run_job(tree: Path | None, ranks: int, data: Path, out: Path) -> dict:
+    """Start the job, wait for its first journaled batch, read every process's peak RSS,
+    stop it gracefully, and read its summary."""
+    journal = Path(f"{out}.run/journal.txt")
+    journal.unlink(missing_ok=True)
+    started = time.perf_counter()
+    job = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpiscore",
+                            *score_args(data, out)], env=env_for(tree),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           cwd=out.parent)  # not this checkout: PYTHONPATH picks the code
+    first = None
+    while job.poll() is None and time.perf_counter() - started < 900:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 2:  # header + a record
+            first = time.perf_counter() - started
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    rank_pids, scorer_pids = processes(job.pid)
+    rank_mib = {pid: hwm_mib(pid) for pid in rank_pids}
+    scorer_mib = {pid: [hwm_mib(s) for s in scorer_pids[pid]] for pid in rank_pids}
+    for pid in rank_pids:
+        os.kill(pid, signal.SIGTERM)
+    _, err = job.communicate(timeout=900)
+    summary = json.loads(Path(f"{out}.run/summary.json").read_text())
+    zero = min(rank_pids)  # launched first: rank 0 with hydra's usual order
+    others = [mib for pid, mibs in scorer_mib.items() if pid != zero for mib in mibs]
+    return {"first_batch_wall_seconds": first, "status": summary.get("status"),
+            "startup_seconds": max((r["startup_seconds"] for r in summary.get("per_rank", [])),
+                                   default=None),
+            "rank_peak_rss_mib": max(rank_mib.values(), default=0.0),
+            "rank0_peak_rss_mib": rank_mib.get(zero, 0.0),
+            "other_rank_peak_rss_mib": max((m for p, m in rank_mib.items() if p != zero),
+                                           default=0.0),
+            "scorer0_peak_rss_mib": max(scorer_mib.get(zero, []), default=0.0),
+            "other_scorer_peak_rss_mib": max(others, default=0.0),
+            "stderr_tail": err[-300:] if first is None else ""}
+
+
+def probe(tree: Path | None, data: Path, out: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", PROBE, *score_args(data, out)],
+                            env=env_for(tree), capture_output=True, text=True, timeout=900,
+                            cwd=out.parent)
+    for line in result.stdout.splitlines():
+        if line.startswith("PROBE "):
+            return json.loads(line[6:])
+    return {"error": result.stderr[-300:]}
+
+
+def make_files(folder: Path, count: int) -> None:
+    subprocess.run([sys.executable, "-c", (
+        "import h5py, numpy as np, sys\n"
+        "x = np.zeros((10, 4), np.float32)\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    with h5py.File(f'{sys.argv[1]}/f{i:06d}.h5', 'w') as f:\n"
+        "        f.create_dataset('features', data=x, chunks=(5, 4))\n"),
+        str(folder), str(count)], check=True, timeout=1800)
+
+
+def plan_files(trees: dict[str, Path | None], count: int, scratch: Path) -> dict:
+    folder = scratch / "many"
+    folder.mkdir()
+    make_files(folder, count)
+    results = {}
+    for label, tree in trees.items():
+        modes = ["serial", "parallel"] if label == "after" else ["as is"]
+        for mode in modes:
+            result = subprocess.run([sys.executable, "-c", FILES_PROBE, mode, str(folder)],
+                                    env=env_for(tree), capture_output=True, text=True,
+                                    check=True, timeout=1800, cwd=scratch)
+            results[f"{label} {mode}"] = json.loads(result.stdout)["seconds"]
+    return {"files": count, "seconds": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--base", type=Path, help="another mpiscore checkout, run alongside")
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--skip-files", action="store_true")
+    args = parser.parse_args()
+    trees: dict[str, Path | None] = {"after": HERE.parent}
+    if args.base:
+        trees = {"before": args.base.resolve(), **trees}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mpiscore-plan-") as tmp:
+        scratch = Path(tmp)
+        for batches in args.batches:
+            folder = scratch / str(batches)
+            subprocess.run([sys.executable, str(EXAMPLES / "make_data.py"), "--rows",
+                            str(batches), "--out", str(folder)], check=True,
+                           capture_output=True)
+            data = folder / "blobs.h5"
+            for label, tree in trees.items():
+                out = folder / f"out-{label}.h5"
+                rows.append({"checkout": label, "batches": batches,
+                             **probe(tree, data, out), **run_job(tree, args.ranks, data, out)})
+        files = None if args.skip_files else plan_files(trees, args.files, scratch)
+    print(json.dumps({"benchmark": "plan_scale", "ranks": args.ranks, "cores": cores(),
+                      "results": rows, "many_files": files}, indent=2))
+    print(f"\n{'checkout':<8}{'batches':>10}{'broadcast':>12}{'to scorer':>12}{'set-up s':>10}"
+          f"{'rank0 MiB':>11}{'rank MiB':>10}{'scorer0':>9}{'scorer':>8}")
+    for r in rows:
+        first = r["first_batch_wall_seconds"]
+        shown = "-" if first is None else f"{first:.1f}"
+        print(f"{r['checkout']:<8}{r['batches']:>10,}{r.get('broadcast_bytes', 0):>12,}"
+              f"{r.get('spec_job_bytes', 0):>12,}{shown:>10}"
+              f"{r['rank0_peak_rss_mib']:>11.0f}{r['other_rank_peak_rss_mib']:>10.0f}"
+              f"{r['scorer0_peak_rss_mib']:>9.0f}{r['other_scorer_peak_rss_mib']:>8.0f}")
+    if files:
+        print(f"\nplanning {files['files']:,} HDF5 files:")
+        for mode, seconds in files["seconds"].items():
+            print(f"  {mode:<18}{seconds:>8.2f} s")
+
+
+if __name__ == "__main__":
+    main()
