@@ -109,3 +109,15 @@ def test_overlap() -> None:
                          "--repeat", 1)
     assert [r["benchmark"] for r in reports] == ["overlap_light", "overlap_heavy"]
     assert all(len(r["results"]) == 4 and r["read_check"]["mb"] > 0 for r in reports)
+
+
+def test_waiting() -> None:
+    (report,) = run_script("waiting.py", "--heavy-rows", 4000, "--short-rows", 2000,
+                           "--short-batch-rows", 500, "--many", 3, "--dispatch-ranks", 2,
+                           "--dispatch-batches", 300)
+    assert set(report["jobs"]) == {"heavy_n2", "short_n2", "heavy_n3"}
+    for job in report["jobs"].values():
+        after = job["after"]
+        assert after["scorer_cpu_seconds"] > 0 and after["worst_ratio"] > 0
+        assert all(r["loop_cpu_seconds"] > 0 for r in after["per_rank"])
+    assert report["dispatch_batches_per_second"]["after"] > 0

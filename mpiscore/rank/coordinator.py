@@ -235,22 +235,27 @@ class RankZero:
 
     def _pump(self, pacer: Pacer | None = None) -> bool:
         """Deliver every waiting message, rank 0's own first; True if there were any.
-        Each from another rank is an event for ``pacer``."""
+
+        The coordinator receives a whole burst before it hands out, so each rank
+        gets one bundle for all its reports (Coordinator.receive, hand_out); after a
+        hand-out the loop goes round again, as rank 0's own worker may have got one.
+        Each message from another rank is an event for ``pacer``.
+        """
         coordinator, worker, remote = self.coordinator, self.worker, self.remote
         local = self.local.up[0]  # rank 0's own worker's messages, read in place: busiest path
         to_worker = worker.link.poll
         moved = False
         while True:
             if local:
-                coordinator.handle(0, local.popleft())
+                coordinator.receive(0, local.popleft())
             elif (message := to_worker()) is not None:
                 if not isinstance(message, Stop):
                     worker.handle(message)
             elif remote is not None and (received := remote.poll()) is not None:
                 if pacer is not None:
                     pacer.event()
-                coordinator.handle(*received)
-            else:
+                coordinator.receive(*received)
+            elif not coordinator.hand_out():
                 return moved
             moved = True
 

@@ -96,6 +96,7 @@ class RankWorker:
     drain_started: float | None = None
     requested: int = 0  # batches asked for: the window, and one per batch reported ended
     submitted: int = 0  # batches handed to the scoring processes
+    just_asked: int = 0  # of ``requested``, those asked for in the last poll (not answered yet)
     pacer: Pacer = field(default_factory=lambda: Pacer(WORKER_POLL_SHARE))  # when to look
 
     def start(self) -> None:
@@ -136,9 +137,11 @@ class RankWorker:
 
     def poll(self, timeout: float) -> None:
         """Collect finished batches, report them, and keep the processes busy."""
+        self.just_asked = 0
         for outcome in self.pool.poll(timeout):
             if not outcome.returned:  # reported ended: the coordinator owes one more
                 self.requested += 1
+                self.just_asked += 1
                 self.pacer.event()
             if outcome.ok:
                 assert outcome.times is not None
@@ -185,7 +188,9 @@ def work(worker: RankWorker, stop_requested: Callable[[], str | None]) -> None:
             asked_to_stop = True
             link.send(StopRequested(reason))
         now = time.monotonic()
-        if worker.owed > 0 or worker.drain_started is not None or \
+        # what was asked for a moment ago cannot be answered yet: it is looked for on
+        # the next wake-up
+        if worker.owed > worker.just_asked or worker.drain_started is not None or \
                 now - looked >= LONGEST_WAIT_SECONDS:
             looked = now
             message = link.poll()
@@ -194,5 +199,6 @@ def work(worker: RankWorker, stop_requested: Callable[[], str | None]) -> None:
                 return
             if message is not None:
                 worker.handle(message)
+                worker.just_asked = 0
                 continue
         worker.poll(worker.patience())
