@@ -154,7 +154,12 @@ def run_job(tree: Path | None, ranks: int, data: Path, out: Path) -> dict:
         os.kill(pid, signal.SIGTERM)
     _, err = job.communicate(timeout=900)
     summary = json.loads(Path(f"{out}.run/summary.json").read_text())
-    zero = min(rank_pids)  # launched first: rank 0 with hydra's usual order
+    if not rank_pids:  # a tiny job ended before it was looked at: its summary's figures
+        per_rank = summary.get("per_rank", [])
+        rank_mib = {-1 - r["rank"]: 0.0 for r in per_rank}
+        scorer_mib = {-1 - r["rank"]: [r["scorer_peak_rss_mib"]] for r in per_rank}
+    # rank 0: launched first, with hydra's usual order (or -1, from the summary)
+    zero = min(rank_pids) if rank_pids else -1
     others = [mib for pid, mibs in scorer_mib.items() if pid != zero for mib in mibs]
     return {"first_batch_wall_seconds": first, "status": summary.get("status"),
             "startup_seconds": max((r["startup_seconds"] for r in summary.get("per_rank", [])),

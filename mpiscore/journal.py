@@ -17,7 +17,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,26 +25,42 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, InputError, storage_error
 
 if TYPE_CHECKING:
-    from .plan import SourceFile
+    from .plan import Plan, SourceFile
 
 JOURNAL = "journal.txt"
 FINGERPRINT = "fingerprint.json"
 MAGIC = "mpiscore-journal 2"
+HASH_CHUNK = 65536  # batches turned into JSON at a time for the plan's hash
 
 
-def fingerprint(model_sha256: str, files: Sequence[SourceFile], plan_rows: list[list[int]],
-                batch_rows: int, output: str, output_format: str,
-                fields: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Any]:
+def fingerprint(model_sha256: str, files: Sequence[SourceFile],
+                plan_rows: Plan | list[list[int]], batch_rows: int, output: str,
+                output_format: str, fields: list[tuple[str, str, tuple[int, ...]]]
+                ) -> dict[str, Any]:
     """What the output depends on, in a form that compares with ``==`` after a JSON trip.
 
     ``files`` are :func:`stamped`; their paths are recorded absolute: the same
-    files, however spelled."""
-    plan_hash = hashlib.sha256(json.dumps(plan_rows).encode()).hexdigest()
+    files, however spelled. ``plan_rows``: the plan, or its batches as
+    ``[[batch_id, file_index, start, stop], ...]``; its hash is that of this list's
+    JSON, taken in pieces, so a million batches never stand as one list."""
+    chunks: Iterable[list[list[int]]]
+    if isinstance(plan_rows, list):
+        chunks, batches = [plan_rows], len(plan_rows)
+    else:
+        plan = plan_rows
+        chunks = (plan.batch_rows_json(first, first + HASH_CHUNK)
+                  for first in range(0, plan.batch_count, HASH_CHUNK))
+        batches = plan.batch_count
+    digest = hashlib.sha256(b"[")
+    for index, chunk in enumerate(chunks):
+        if chunk:
+            digest.update(((", " if index else "") + json.dumps(chunk)[1:-1]).encode())
+    digest.update(b"]")
     return {
         "model_sha256": model_sha256,
         "inputs": [{"path": os.path.abspath(f.path), "bytes": f.size, "mtime_ns": f.mtime_ns}
                    for f in files],
-        "plan": {"batch_rows": batch_rows, "batches": len(plan_rows), "sha256": plan_hash},
+        "plan": {"batch_rows": batch_rows, "batches": batches, "sha256": digest.hexdigest()},
         "output": {"path": output, "format": output_format,
                    "fields": [[name, dtype, list(shape)] for name, dtype, shape in fields]},
     }

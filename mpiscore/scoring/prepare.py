@@ -142,7 +142,7 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
              "batches": plan.batch_count, "rows": plan.total_rows}
     # absolute paths: the same files, however spelled (RUN_DIR/config.toml has them absolute)
-    stamp = fingerprint(sha256, plan.files, plan.batch_rows_json(), plan.batch_rows,
+    stamp = fingerprint(sha256, plan.files, plan, plan.batch_rows,
                         os.path.abspath(config.output), target.format,
                         [(f.name, f.dtype, f.shape) for f in outputs + kept])
     if not config.overwrite and _already_complete(config, target, stamp):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
+import pickle
 import random
+from pathlib import Path
 
 import pytest
 
-from mpiscore.plan import Batch, SourceFile, cut_rows, make_plan
+from mpiscore.errors import OutputError
+from mpiscore.plan import Batch, BatchTable, PlanWithheld, SourceFile, cut_rows, make_plan
+from mpiscore.rank.run_dir import PlanFile
 
 
 def unit_bounds(rows: int, unit: int | tuple[int, ...]) -> set[int]:
@@ -188,3 +193,43 @@ def test_plan_refuses_non_positive_batch_size(rows: int) -> None:
 def test_batch_rows_and_global_stop() -> None:
     batch = Batch(3, 1, 10, 25, 110)
     assert (batch.rows, batch.global_stop) == (15, 125)
+
+
+def test_batch_table_holds_columns_and_makes_batches_when_asked() -> None:
+    plan = make_plan(FILES, 7)
+    table = plan.batches
+    assert isinstance(table, BatchTable)
+    made = list(table)
+    assert [table[i] for i in range(len(table))] == made == table[:]
+    assert table[-1] == made[-1] and table[2:4] == made[2:4]
+    assert [b.batch_id for b in made] == list(range(len(made)))
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    assert plan.batch_rows_json(3, 5) == plan.to_json()["batches"][3:5]
+
+
+def test_a_shared_plan_has_the_file_table_and_the_count_only() -> None:
+    plan = make_plan(FILES, 7)
+    shared = plan.shared()
+    assert shared.files == plan.files and shared.batch_rows == plan.batch_rows
+    assert shared.batch_count == plan.batch_count and shared.total_rows == plan.total_rows
+    assert plan.holds_batches and not shared.holds_batches
+    with pytest.raises(PlanWithheld, match="file table only"):
+        shared.batches[0]
+    with pytest.raises(PlanWithheld):
+        list(shared.batches)  # never an empty iteration: a bug says so
+    big = make_plan([SourceFile("big.h5", 100_000)], 1)
+    assert len(pickle.dumps(big.shared())) < 500 < len(pickle.dumps(big)) // 1000
+
+
+def test_plan_file_is_written_on_a_thread_and_its_failure_is_an_output_error(
+        tmp_path: Path) -> None:
+    plan = make_plan(FILES, 7)
+    written = PlanFile(tmp_path / "plan.json", {"model": "m.onnx", "batches": 9}, plan)
+    written.wait()
+    assert json.loads((tmp_path / "plan.json").read_text()) == {"model": "m.onnx",
+                                                                **plan.to_json()}
+    failing = PlanFile(tmp_path / "missing" / "plan.json", {}, plan)
+    failing.thread.join()
+    with pytest.raises(OutputError, match="cannot write the job's plan"):
+        failing.check()
+    failing.check()  # said once

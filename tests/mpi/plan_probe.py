@@ -1,0 +1,48 @@
+"""``mpiscore`` as a rank runs it, recording what plan each rank and scoring process gets.
+
+Run under mpiexec by test_plan_withheld.py: every rank writes, to the folder
+named by ``PLAN_PROBE_DIR``, whether the job it was broadcast and the job it
+sends its scoring processes hold the plan's batches, then scores as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+from mpiscore.rank import pool as pool_module
+from mpiscore.rank import world as world_module
+
+FOLDER = Path(os.environ["PLAN_PROBE_DIR"])
+broadcast_original = world_module.World.from_rank_zero
+start_original = pool_module.ScorerPool.start
+seen: dict[str, Any] = {}
+
+
+def from_rank_zero(self: world_module.World, step: Any, what: str) -> Any:
+    value = broadcast_original(self, step, what)
+    job = value[0]
+    seen.update(rank=self.rank, broadcast_holds_batches=job.plan.holds_batches,
+                batches=job.plan.batch_count, broadcast_bytes=len(pickle.dumps(value)))
+    return value
+
+
+def start(self: pool_module.ScorerPool, spec: Any) -> None:
+    seen.update(spec_holds_batches=spec.job.plan.holds_batches,
+                spec_job_bytes=len(pickle.dumps(spec.job)), fingerprint=spec.job.fingerprint)
+    (FOLDER / f"rank-{seen['rank']}.json").write_text(json.dumps(seen))
+    start_original(self, spec)
+
+
+world_module.World.from_rank_zero = from_rank_zero  # type: ignore[method-assign]
+pool_module.ScorerPool.start = start  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    sys.argv = ["mpiscore", *sys.argv[1:]]
+    from mpiscore.cli import main
+
+    main()

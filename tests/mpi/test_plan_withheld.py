@@ -1,0 +1,59 @@
+"""Ranks hold only their work: under mpiexec -n 3, no rank and no scoring process is
+sent the plan's batches (issue 15 target 4), and the job still fills, finishes and
+reports as it did."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests import builders
+from tests.mpi.launch import MPIEXEC, TIMEOUT_SECONDS
+
+ROWS = 1003
+PROBE = Path(__file__).with_name("plan_probe.py")
+
+
+def test_three_ranks_never_see_the_batches(tmp_path: Path) -> None:
+    x = builders.features(ROWS, 16, seed=5)
+    data = tmp_path / "blobs.parquet"
+    data.mkdir()
+    for part, rows in enumerate(np.array_split(np.arange(ROWS), 3)):
+        pq.write_table(pa.table({"id": rows, **{f"f{i}": x[rows, i] for i in range(16)}}),
+                       data / f"part-{part}.parquet", row_group_size=100)
+    model = builders.mlp(tmp_path / "mlp16.onnx", features=16)
+    out, seen = tmp_path / "labels.parquet", tmp_path / "seen"
+    seen.mkdir()
+    assert MPIEXEC
+    args = ["score", "--progress-seconds", 60, "--model", model, "--input", data,
+            "--columns", "f*", "--keep-columns", "id", "--output", out,
+            "--mini-batch-size", 100, "--error-threshold", 100, "--intra-op-threads", 1]
+    result = subprocess.run(
+        [MPIEXEC, "-n", "3", sys.executable, str(PROBE), *map(str, args)],
+        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, cwd=tmp_path,
+        env={**os.environ, "PLAN_PROBE_DIR": str(seen), "MPISCORE_FAULTS": "raise-always:2",
+             "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert result.returncode == 0, result.stderr
+    records = [json.loads((seen / f"rank-{rank}.json").read_text()) for rank in range(3)]
+    for record in records:  # rank 0 too sends its scoring processes the file table only
+        assert not record["broadcast_holds_batches"], record
+        assert not record["spec_holds_batches"], record
+        assert record["batches"] == 12 and record["fingerprint"] == {}, record
+        assert record["spec_job_bytes"] < 20_000, record
+    table = pq.read_table(out).sort_by("id")
+    assert table["id"].to_pylist() == list(range(ROWS))
+    status = table["row_status"].to_numpy()
+    assert status[200:300].tolist() == [1] * 100 and status.sum() == 100  # batch 2, filled
+    summary = json.loads(Path(f"{out}.run/summary.json").read_text())
+    assert summary["batches"] == 12 and summary["batches_failed"] == 1
+    plan = json.loads(Path(f"{out}.run/plan.json").read_text())
+    assert [b[0] for b in plan["batches"]] == list(range(12))
+    failed = json.loads(Path(f"{out}.run/failed_batches.json").read_text())["failed"]
+    assert [(f["batch_id"], f["rows"]) for f in failed] == [(2, [200, 300])]
