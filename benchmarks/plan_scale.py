@@ -14,7 +14,9 @@ by a probe that prepares the same job in one process and stops). ``--base``
 runs another checkout (``git worktree add``) through ``PYTHONPATH``, side by side.
 
 ``--files F``: planning F small HDF5 files (describe, stat), serially and in
-parallel (this checkout), and the base checkout's planning.
+parallel (this checkout), and the base checkout's planning; ``--open-latency-ms``
+adds a sleep before every file's open, as a parallel filesystem's metadata round
+trip would (``--batches`` with no count skips the jobs).
 """
 
 from __future__ import annotations
@@ -59,7 +61,14 @@ import json, os, sys, time
 from mpiscore.io import registry
 from mpiscore.io.registry import InputSource
 from mpiscore.io.sources import Hdf5Source
-mode, folder = sys.argv[1], sys.argv[2]
+mode, folder, latency = sys.argv[1], sys.argv[2], float(sys.argv[3])
+if latency:  # a metadata server's round trip before each open, as on a parallel filesystem
+    from mpiscore.io import hdf5 as slowed
+    opened = slowed._open_input
+    def _open_input(path, opened=opened):
+        time.sleep(latency)
+        return opened(path)
+    slowed._open_input = _open_input
 paths = sorted(os.path.join(folder, name) for name in os.listdir(folder))
 source = InputSource("hdf5", tuple(Hdf5Source(p, (("x", "/features"),)) for p in paths))
 try:
@@ -193,7 +202,8 @@ def make_files(folder: Path, count: int) -> None:
         str(folder), str(count)], check=True, timeout=1800)
 
 
-def plan_files(trees: dict[str, Path | None], count: int, scratch: Path) -> dict:
+def plan_files(trees: dict[str, Path | None], count: int, scratch: Path,
+               latency_ms: float) -> dict:
     folder = scratch / "many"
     folder.mkdir()
     make_files(folder, count)
@@ -201,20 +211,23 @@ def plan_files(trees: dict[str, Path | None], count: int, scratch: Path) -> dict
     for label, tree in trees.items():
         modes = ["serial", "parallel"] if label == "after" else ["as is"]
         for mode in modes:
-            result = subprocess.run([sys.executable, "-c", FILES_PROBE, mode, str(folder)],
+            result = subprocess.run([sys.executable, "-c", FILES_PROBE, mode, str(folder),
+                                     str(latency_ms / 1000)],
                                     env=env_for(tree), capture_output=True, text=True,
                                     check=True, timeout=1800, cwd=scratch)
             results[f"{label} {mode}"] = json.loads(result.stdout)["seconds"]
-    return {"files": count, "seconds": results}
+    return {"files": count, "open_latency_ms": latency_ms, "seconds": results}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--batches", type=int, nargs="*", default=[10_000, 1_000_000])
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--base", type=Path, help="another mpiscore checkout, run alongside")
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--skip-files", action="store_true")
+    parser.add_argument("--open-latency-ms", type=float, default=0.0,
+                        help="add this much latency to every input file's open (many files)")
     args = parser.parse_args()
     trees: dict[str, Path | None] = {"after": HERE.parent}
     if args.base:
@@ -232,7 +245,8 @@ def main() -> None:
                 out = folder / f"out-{label}.h5"
                 rows.append({"checkout": label, "batches": batches,
                              **probe(tree, data, out), **run_job(tree, args.ranks, data, out)})
-        files = None if args.skip_files else plan_files(trees, args.files, scratch)
+        files = None if args.skip_files else plan_files(trees, args.files, scratch,
+                                                        args.open_latency_ms)
     print(json.dumps({"benchmark": "plan_scale", "ranks": args.ranks, "cores": cores(),
                       "results": rows, "many_files": files}, indent=2))
     print(f"\n{'checkout':<8}{'batches':>10}{'broadcast':>12}{'to scorer':>12}{'set-up s':>10}"
@@ -245,7 +259,8 @@ def main() -> None:
               f"{r['rank0_peak_rss_mib']:>11.0f}{r['other_rank_peak_rss_mib']:>10.0f}"
               f"{r['scorer0_peak_rss_mib']:>9.0f}{r['other_scorer_peak_rss_mib']:>8.0f}")
     if files:
-        print(f"\nplanning {files['files']:,} HDF5 files:")
+        print(f"\nplanning {files['files']:,} HDF5 files "
+              f"(+{files['open_latency_ms']} ms an open):")
         for mode, seconds in files["seconds"].items():
             print(f"  {mode:<18}{seconds:>8.2f} s")
 

@@ -44,7 +44,7 @@ class SourceFile:
     mtime_ns: int = -1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 72 bytes, not 350 (a scheduler holds many)
 class Batch:
     """A mini-batch: rows ``start:stop`` of one file, at ``global_start`` overall.
 

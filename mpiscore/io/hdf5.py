@@ -30,7 +30,6 @@ from ..errors import InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
 from .fields import Columns, Field, Ranks, nearest_first
 from .sources import Hdf5Source
-from .threads import cpu_workers
 
 STATUS_ATTR = "mpiscore_status"
 
@@ -51,13 +50,15 @@ def describe(sources: Iterable[Hdf5Source]) -> tuple[list[SourceFile], dict[str,
 
 PROCESSES_FROM = 1000  # files; fewer are described in this process (a pool costs ~0.1 s)
 FILES_PER_TASK = 64
+DESCRIBE_PROCESSES = 8
 
 
 def _describe_many(sources: list[Hdf5Source]) -> list[tuple[SourceFile, list[Field]]]:
     """Each file's SourceFile and fields, in order. HDF5 calls hold one lock per process
     (h5py's), so threads cannot overlap them: many files are shared out to forked
     processes, which have h5py loaded already and only read."""
-    workers = min(cpu_workers(), 8, math.ceil(len(sources) / FILES_PER_TASK))
+    # more processes than cores: on a parallel filesystem an open mostly waits
+    workers = min(DESCRIBE_PROCESSES, math.ceil(len(sources) / FILES_PER_TASK))
     if len(sources) < PROCESSES_FROM or workers < 2:
         return [_describe_one(source) for source in sources]
     import multiprocessing

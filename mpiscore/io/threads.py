@@ -8,7 +8,6 @@ order is raised, as a loop would, naming its file as the function names it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -32,8 +31,3 @@ def map_in_order(function: Callable[[T], R], items: Sequence[T],
         return [result for done in pool.map(lambda task: [function(i) for i in task], tasks)
                 for result in done]
 
-
-def cpu_workers() -> int:
-    """The cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        os.cpu_count() or 1
