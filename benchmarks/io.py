@@ -107,7 +107,8 @@ def as_rank(rows: int, batch_rows: int, scratch: Path) -> None:
         parquet.create(pq_partial)
 
     def write_parquet() -> None:
-        write_synced(parquet.ParquetWriter(pq_partial, pq_final, fields, [], plan.batches, {}))
+        write_synced(parquet.ParquetWriter(pq_partial, pq_final, fields, [], len(plan.batches),
+                                           {}))
 
     def read_parquet() -> None:
         parts = sorted(str(p) for p in pq_final.glob("part-*.parquet"))
@@ -133,7 +134,16 @@ def main() -> None:
     parser.add_argument("--as-rank", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.as_rank:
-        as_rank(args.rows, args.batch_rows, args.as_rank)
+        try:
+            as_rank(args.rows, args.batch_rows, args.as_rank)
+        except BaseException:  # one rank's error must not leave the others in a barrier
+            import traceback
+
+            from mpi4py import MPI
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            MPI.COMM_WORLD.Abort(1)
         return
     with tempfile.TemporaryDirectory(prefix="mpiscore-bench-") as tmp:
         scratch = Path(tmp)

@@ -28,20 +28,48 @@ def dry_run(config: JobConfig, comm: object | None = None, pool: ScorerPool | No
     the error the job would end with."""
     world = as_world(comm)
     pool = pool or start_pool(config, world)
-
-    def calibrated() -> tuple[DryRun, Estimate]:
-        assert pool is not None
-        with tempfile.TemporaryDirectory(prefix="mpiscore-dry-run-") as scratch:
-            pool.prepare(config, seconds, _scratch_settings(pool.settings, scratch))
-            dry = pool.dry_run_done()
-        return dry, estimate(dry, ranks or world.size, pool.size,
-                             pool.settings.intra_op_threads)
-
     try:
-        return world.from_rank_zero(calibrated, "the dry run")
+        found = world.gather(_calibrated(config, pool, seconds))
+
+        def combined() -> tuple[DryRun, Estimate]:
+            assert found is not None
+            failures = [o for o in found if isinstance(o, BaseException)]
+            if failures:  # rank 0's first: the same bad input fails every rank alike
+                raise failures[0]
+            dry = merge([o for o in found if isinstance(o, DryRun)])
+            return dry, estimate(dry, ranks or world.size, pool.size,
+                                 pool.settings.intra_op_threads)
+
+        return world.from_rank_zero(combined, "the dry run")
     finally:
         pool.close()
         pool.reap()
+
+
+def _calibrated(config: JobConfig, pool: ScorerPool, seconds: float
+                ) -> DryRun | BaseException:
+    """This rank's first scoring process checks the job and times batches, while every
+    other rank's does too: so the rate is that of processes sharing the node as the
+    job's will, not of one process alone."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="mpiscore-dry-run-") as scratch:
+            pool.prepare(config, seconds, _scratch_settings(pool.settings, scratch))
+            return pool.dry_run_done()
+    except Exception as exc:
+        return exc
+
+
+def merge(found: list[DryRun]) -> DryRun:
+    """Rank 0's dry run, its calibration that of every rank's together: their rows over
+    their time (the rate of one process among them), the longest set-up."""
+    first = found[0]
+    parts = [dry.calibration for dry in found]
+    calibration = replace(
+        first.calibration, batches=sum(c.batches for c in parts),
+        rows=sum(c.rows for c in parts), read_seconds=sum(c.read_seconds for c in parts),
+        score_seconds=sum(c.score_seconds for c in parts),
+        setup_seconds=max(c.setup_seconds for c in parts), processes=len(parts))
+    return replace(first, calibration=calibration)
 
 
 def _scratch_settings(settings: ScorerSettings, scratch: str) -> ScorerSettings:

@@ -23,7 +23,8 @@ SUGGESTED_STEP_SECONDS = 300  # --time rounded up to this
 
 @dataclass(frozen=True)
 class Calibration:
-    """A few real batches read and scored by one scoring process, nothing written.
+    """A few real batches read and scored by a scoring process of every rank at once,
+    nothing written (times summed over the processes).
 
     ``batches``/``rows``: those timed (the first, a warm-up, is left out when
     there are more); ``setup_seconds``: from the dry run's start until the
@@ -35,7 +36,8 @@ class Calibration:
     read_seconds: float
     score_seconds: float
     setup_seconds: float = 0.0
-    threads: int = 1  # intra-op threads of the scoring process that was timed
+    threads: int = 1  # intra-op threads of each scoring process that was timed
+    processes: int = 1  # timed at once, one per rank of the dry run
 
     @property
     def rows_per_second(self) -> float:
@@ -155,9 +157,10 @@ def describe(dry: DryRun, guess: Estimate) -> str:
         f"{dry.batch_rows:,} {item}s"
         + (f"; {dry.rows_done:,} done by an earlier run" if dry.rows_done else ""),
         f"calibration: {plural(calibration.batches, 'batch', 'batches')} "
-        f"({plural(calibration.rows, item)}) read and scored in {cost:.2f}s by 1 scoring "
-        f"process with {plural(calibration.threads, 'thread')}: "
-        f"{calibration.rows_per_second:,.0f} {item}s/s ({read_share:.0f}% reading); "
+        f"({plural(calibration.rows, item)}) read and scored in {cost:.2f}s by "
+        f"{plural(calibration.processes, 'scoring process', 'scoring processes')} at once "
+        f"(one per rank) with {plural(calibration.threads, 'thread')} each: "
+        f"{calibration.rows_per_second:,.0f} {item}s/s a process ({read_share:.0f}% reading); "
         f"set-up took {calibration.setup_seconds:.1f}s",
         f"estimate for {plural(guess.ranks, 'rank')} x "
         f"{plural(guess.procs_per_rank, 'scoring process', 'scoring processes')} "

@@ -337,11 +337,13 @@ def _dry_run(conn: Channel, request: PrepareRequest) -> None:
     config, settings = request.config, request.settings
     try:
         model_bytes = read_model(config.scorer_file)
+        opening = time.perf_counter()
         scorer = open_scorer(config.scorer_kind, model_bytes, str(config.scorer_file),
                              settings)
+        opened = time.perf_counter() - opening
         try:
             dry = dry_run(config, model_bytes, scorer, request.dry_run_seconds,
-                          request.started, settings.intra_op_threads)
+                          request.started, settings.intra_op_threads, opened, settings.rank)
         finally:
             scorer.close()
     except MpiscoreError as exc:

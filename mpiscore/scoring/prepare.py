@@ -157,19 +157,25 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
 
 
 def dry_run(config: JobConfig, model_bytes: bytes, scorer: Scorer, seconds: float,
-            started: float, threads: int) -> DryRun:
+            started: float, threads: int, open_seconds: float = 0.0, rank: int = 0
+            ) -> DryRun:
     """``--dry-run``: every check of the job, then a few real batches read and scored
     for about ``seconds`` (calibrate.py), without taking the locks or writing
     anything. ``started``: when the dry run began (time.time()), for its set-up;
-    ``threads``: this process's intra-op threads."""
+    ``threads``: this process's intra-op threads; ``open_seconds``: how long opening
+    the scorer took, which the job's set-up has once more (every other scoring
+    process opens its own once the job is broadcast); ``rank``: which rank times the
+    batches, so that each rank starts on other batches (and other pages)."""
     checked = check_job(config, model_bytes, scorer)
     plan = checked.plan
     done = completed(config.resolved_run_dir, journal_token(checked.stamp),
                      plan.batch_count) if config.resume else set()
-    todo = [b for b in plan.batches if b.batch_id not in done]
-    setup = time.time() - started
+    todo = [b for b in plan.batches if b.batch_id not in done] or list(plan.batches)
+    shift = rank * max(1, len(todo) // 7) % len(todo)
+    setup = time.time() - started + open_seconds
     calibration = calibrate(open_reader(checked.source), scorer, checked.bindings,
-                            checked.raw, todo or list(plan.batches), seconds, setup, threads)
+                            checked.raw, todo[shift:] + todo[:shift], seconds, setup,
+                            threads)
     item = "file" if checked.source.kind == "files" else "row"
     return DryRun(len(plan.files), plan.total_rows, plan.total_rows * checked.row_nbytes,
                   plan.batch_count, plan.batch_rows,

@@ -19,7 +19,7 @@ def heavy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A job whose scoring takes a second or two, so that the estimate is about scoring
     and not about noise."""
     folder = tmp_path_factory.mktemp("dry")
-    model = builders.mlp(folder / "wide.onnx", features=64, hidden=512, classes=4)
+    model = builders.mlp(folder / "wide.onnx", features=64, hidden=2048, classes=4)
     data = builders.write_h5(folder / "x.h5", chunks=4096,
                              features=builders.features(ROWS, 64, seed=3))
     return {"model": model, "data": data, "folder": folder}

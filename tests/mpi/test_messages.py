@@ -9,7 +9,8 @@ from tests.mpi.launch import mpiscore
 def test_option_typo_printed_once_with_exit_code_2(tmp_path) -> None:
     result = mpiscore(2, "--modle", "m.onnx", "--input", "x.h5", "--output", tmp_path / "y.h5")
     assert result.returncode == 2, result.stderr
-    assert result.stderr.count("No such option '--modle'. Did you mean '--model'?") == 1
+    assert result.stderr.count("No such option '--modle'.") == 1, result.stderr
+    assert "'--model'" in result.stderr  # click's suggestion
     assert result.stderr.count("Usage:") == 1
 
 
