@@ -125,8 +125,10 @@ def _counters(run_dir: Path, status: dict[str, Any] | None) -> dict[str, Any]:
     if status is not None:
         return {key: value for key, value in status.items() if key != "state"}
     plan = _load(run_dir / "plan.json") or {}
+    batches = plan.get("batches")  # plan.json lists them; the job's attributes count them
     return {"rows_done": 0, "rows": plan.get("rows"), "rows_per_second": 0.0,
-            "eta_seconds": None, "batches_done": 0, "batches": plan.get("batches")}
+            "eta_seconds": None, "batches_done": 0,
+            "batches": len(batches) if isinstance(batches, list) else batches}
 
 
 def _stopped(summary: dict[str, Any], heartbeat: float | None, now: float) -> bool:

@@ -79,3 +79,16 @@ def test_a_run_that_never_started_scoring(tmp_path) -> None:
     result = invoke(tmp_path)
     assert result.exit_code == 3
     assert "whose job started scoring" in result.output
+
+
+def test_a_job_starting_counts_the_batches_plan_json_lists(tmp_path) -> None:
+    """Before status.json exists: plan.json lists the batches ([id, file, start, stop])."""
+    run_dir = tmp_path / "y.h5.run"
+    running_job(run_dir, age=0.5)
+    (run_dir / "status.json").unlink()
+    (run_dir / "plan.json").write_text(json.dumps(
+        {"rows": 30, "batches": [[0, 0, 0, 10], [1, 0, 10, 20], [2, 0, 20, 30]]}))
+    result = invoke("--json", run_dir)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["batches"] == 3
+    assert "of 3 done" in invoke(run_dir).output
