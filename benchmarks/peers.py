@@ -1,20 +1,30 @@
-"""mpiscore vs the usual ways to parallelise the same job in Python: multiprocessing.Pool
-and mpi4py.futures, Dask distributed and Ray Data (when installed; they are not mpiscore
-dependencies: ``pip install "dask[distributed]" "ray[data]"``), each checked
-to produce the same output.
+"""mpiscore vs the usual ways to score on one node: the single-process loop,
+multiprocessing.Pool and mpi4py.futures, Dask distributed and Ray Data (when installed;
+they are not mpiscore dependencies: ``pip install "dask[distributed]" "ray[data]"``),
+on an I/O-bound and a compute-bound model, each checked to produce the same output.
 
-    python benchmarks/peers.py [--rows 2000000] [--repeat 3]
+    python benchmarks/peers.py [--rows 2000000] [--heavy-rows 500000] [--repeat 3]
+                               [--models light heavy] [--no-futures]
 
-The job: the light MLP of overhead.py (64 -> 256 -> 256 -> 16) over float32
-HDF5 ``/features`` in 16,384-row batches, output to HDF5, on all cores. The
-peers are written as a user would: workers with one single-threaded session
-each read their rows, score them and return the scores; the parent writes
-them in order.
+The jobs (issue 15 target 2): the light MLP (64 -> 256 -> 256 -> 16, I/O-bound) over
+``--rows`` rows and the heavy one (64 -> 1024 -> 1024 -> 16, compute-bound) over
+``--heavy-rows``, float32 HDF5 ``/features`` in 16,384-row batches, output to HDF5,
+on all cores. Contenders, whole processes (interpreter, imports, MPI start-up
+included), every one of both models in each round, rounds interleaved, medians:
+plain_loop.py (one session using every core), mpiscore ``-n <cores>`` and ``-n 1
+--procs-per-rank <cores>``, and the peers written as a user would: workers with one
+single-threaded session each read their rows, score them and return the scores; the
+parent writes them in order. The table gives each contender's speed relative to the
+loop and to ``multiprocessing.Pool`` (above 1: faster), and, for mpiscore, where its
+wall went (summary.json: outside ``api.run``, start-up, the loop, finishing).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +33,7 @@ import h5py
 import numpy as np
 
 BATCH_ROWS = 16384
+WIDTHS = {"light": (64, 256, 256, 16), "heavy": (64, 1024, 1024, 16)}
 _STATE: dict = {}
 
 
@@ -113,6 +124,7 @@ def run_ray(model: str, data: str, out: str, workers: int) -> None:
 
 
 RUNNERS = {"pool": run_pool, "dask": run_dask, "ray": run_ray}
+LOOP, POOL = "plain_onnxruntime_loop", "multiprocessing_pool"
 
 
 def installed(module: str) -> bool:
@@ -121,10 +133,111 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def contenders(kind: str, scratch: Path, rows: int, futures: bool
+               ) -> dict[str, tuple[list[str], Path]]:
+    """Every contender's command and output for one model."""
+    model = mlp(scratch / f"{kind}.onnx", WIDTHS[kind])
+    data = dataset(scratch / f"{kind}.h5", rows, WIDTHS[kind][0])
+    n = cores()
+
+    def out(name: str) -> Path:
+        return scratch / f"{kind}.{name}.h5"
+
+    jobs = {
+        LOOP: (plain_loop_command(model, data, out(LOOP), BATCH_ROWS), out(LOOP)),
+        f"mpiscore_n{n}": (mpiscore_command(n, model, data, out("a"), BATCH_ROWS), out("a")),
+        f"mpiscore_n1_procs{n}": (mpiscore_command(1, model, data, out("b"), BATCH_ROWS,
+                                                   "--procs-per-rank", str(n)), out("b")),
+    }
+    peers = {POOL: "pool", "dask_distributed": "dask", "ray_data": "ray"}
+    for name, runner in peers.items():
+        if runner == "pool" or installed("distributed" if runner == "dask" else "ray"):
+            jobs[name] = ([sys.executable, __file__, "--run", runner, str(model), str(data),
+                           str(out(name))], out(name))
+    if futures:
+        jobs["mpi4py_futures"] = ([MPIEXEC, "-n", str(n + 1), sys.executable, "-m",
+                                   "mpi4py.futures", __file__, "--run", "futures", str(model),
+                                   str(data), str(out("futures"))], out("futures"))
+    return jobs
+
+
+def where_the_wall_went(out: Path, wall: float) -> dict:
+    """mpiscore's summary.json, slowest rank: seconds outside ``api.run`` (interpreter,
+    imports, MPI start-up, exit), its start-up (to the loop), the loop, the rest of
+    ``api.run`` (finishing the output, the summary), and the stages' sums."""
+    summary = json.loads((out.with_name(out.name + ".run") / "summary.json").read_text())
+    ranks = summary["per_rank"]
+    inside = summary["wall_seconds"]
+    startup = max(r["startup_seconds"] for r in ranks)
+    loop = max(r["loop_seconds"] for r in ranks)
+    firsts = [r["first_batch_seconds"] for r in ranks if r["first_batch_seconds"] is not None]
+    return {"outside_api_run": round(wall - inside, 3), "startup": round(startup, 3),
+            "first_batch": round(max(firsts), 3) if firsts else None, "loop": round(loop, 3),
+            "finish": round(inside - startup - loop, 3),
+            **{key: round(sum(r[key] for r in ranks), 3)
+               for key in ("read_seconds", "score_seconds", "write_seconds",
+                           "driver_cpu_seconds", "scorer_cpu_seconds")}}
+
+
+def run_rounds(jobs: dict[str, tuple[list[str], Path]], repeat: int
+               ) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
+    """Every job once per round, round after round, so noise hits all alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in jobs}
+    stages: dict[str, list[dict]] = {name: [] for name in jobs if "mpiscore" in name}
+    for _ in range(repeat):
+        for name, (command, out) in jobs.items():
+            seconds[name].append(round(timed(command), 3))
+            if name in stages:
+                stages[name].append(where_the_wall_went(out, seconds[name][-1]))
+    return seconds, stages
+
+
+def check_outputs(jobs: dict[str, tuple[list[str], Path]]) -> None:
+    with h5py.File(jobs[LOOP][1], "r") as handle:
+        reference = handle["scores"][()]
+    for name, (_, out) in jobs.items():
+        with h5py.File(out, "r") as handle:
+            np.testing.assert_allclose(handle["scores"][()], reference, rtol=1e-5, atol=1e-5,
+                                       err_msg=name)
+
+
+def summarise(kind: str, rows: int, seconds: dict[str, list[float]],
+              stages: dict[str, list[dict]]) -> dict:
+    loop, pool = statistics.median(seconds[LOOP]), statistics.median(seconds[POOL])
+    results = {}
+    for name, runs in seconds.items():
+        median = statistics.median(runs)
+        results[name] = {"median_seconds": round(median, 3),
+                         "rows_per_second": round(rows / median),
+                         "speed_vs_loop": round(loop / median, 3),
+                         "speed_vs_pool": round(pool / median, 3), "runs": runs}
+        if name in stages:  # the round whose wall is the median's
+            middle = sorted(range(len(runs)), key=runs.__getitem__)[len(runs) // 2]
+            results[name]["stages_of_median_run"] = stages[name][middle]
+    return {"model": "x".join(map(str, WIDTHS[kind])), "rows": rows, "results": results}
+
+
+def table(models: dict[str, dict]) -> None:
+    print(f"\n{'model':<7}{'contender':<24}{'median s':>10}{'vs loop':>9}{'vs Pool':>9}"
+          f"  mpiscore s: outside api.run / start-up / loop / finish")
+    for kind, data in models.items():
+        for name, r in data["results"].items():
+            stage = r.get("stages_of_median_run")
+            where = "" if stage is None else (
+                f"  {stage['outside_api_run']} / {stage['startup']} / {stage['loop']} / "
+                f"{stage['finish']}")
+            print(f"{kind:<7}{name:<24}{r['median_seconds']:>10.2f}{r['speed_vs_loop']:>8.2f}x"
+                  f"{r['speed_vs_pool']:>8.2f}x{where}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--rows", type=int, default=2_000_000, help="light model's rows")
+    parser.add_argument("--heavy-rows", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--models", nargs="+", choices=list(WIDTHS), default=list(WIDTHS))
+    parser.add_argument("--no-futures", action="store_true",
+                        help="leave out mpi4py.futures (slow, and far behind)")
     parser.add_argument("--run", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -134,37 +247,29 @@ def main() -> None:
         else:
             RUNNERS[kind](model, data, out, cores())
         return
+    rows = {"light": args.rows, "heavy": args.heavy_rows}
     with tempfile.TemporaryDirectory(prefix="mpiscore-bench-") as tmp:
-        scratch = Path(tmp)
-        model = mlp(scratch / "light.onnx", MODELS["light"])
-        data = dataset(scratch / "light.h5", args.rows, MODELS["light"][0])
-        n = cores()
-        outs = {"mpiscore": scratch / "mpiscore.h5"}
-        jobs = {"mpiscore": mpiscore_command(n, model, data, outs["mpiscore"], BATCH_ROWS)}
-        peers = {"multiprocessing_pool": "pool", "dask_distributed": "dask", "ray_data": "ray"}
-        for name, kind in peers.items():
-            if kind == "pool" or installed("distributed" if kind == "dask" else "ray"):
-                outs[name] = scratch / f"{name}.h5"
-                jobs[name] = [sys.executable, __file__, "--run", kind, str(model), str(data),
-                              str(outs[name])]
-        outs["mpi4py_futures"] = scratch / "futures.h5"
-        jobs["mpi4py_futures"] = [MPIEXEC, "-n", str(n + 1), sys.executable, "-m",
-                                  "mpi4py.futures", __file__, "--run", "futures", str(model),
-                                  str(data), str(outs["mpi4py_futures"])]
-        seconds = interleaved(jobs, args.repeat)
-        with h5py.File(outs["mpiscore"], "r") as handle:
-            reference = handle["scores"][()]
-        for name in set(outs) - {"mpiscore"}:
-            with h5py.File(outs[name], "r") as handle:
-                np.testing.assert_allclose(handle["scores"][()], reference, rtol=1e-6,
-                                           atol=1e-6, err_msg=name)
-    report("peers", args.rows, seconds, "mpiscore", model="64x256x256x16",
-           batch_rows=BATCH_ROWS, outputs_match=True)
+        per_model = {kind: contenders(kind, Path(tmp), rows[kind], not args.no_futures)
+                     for kind in args.models}
+        jobs = {f"{kind}/{name}": job for kind, named in per_model.items()
+                for name, job in named.items()}
+        seconds, stages = run_rounds(jobs, args.repeat)
+        for named in per_model.values():
+            check_outputs(named)
+    models = {kind: summarise(kind, rows[kind],
+                              {n: seconds[f"{kind}/{n}"] for n in per_model[kind]},
+                              {n: stages[f"{kind}/{n}"] for n in per_model[kind]
+                               if f"{kind}/{n}" in stages})
+              for kind in args.models}
+    print(json.dumps({"benchmark": "peers", "cores": cores(), "batch_rows": BATCH_ROWS,
+                      "repeat": args.repeat, "load_average": [round(x, 2) for x in os.getloadavg()],
+                      "outputs_match": True, "models": models}, indent=1))
+    table(models)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import MPIEXEC, cores, interleaved, mpiscore_command, report
-    from overhead import MODELS, dataset, mlp
+    from common import MPIEXEC, cores, mpiscore_command, plain_loop_command, timed
+    from overhead import dataset, mlp
 
     main()

@@ -12,12 +12,12 @@ catch_early()  # first: a signal during start-up is recorded, never a death (sig
 
 import sys  # noqa: E402
 
-from .rank.process import ScorerProcess  # noqa: E402
+from .rank.process import early_processes  # noqa: E402
 
 
 def main() -> None:
-    """Start a scoring process for ``score``, then run the command line with it."""
-    early = [ScorerProcess()] if sys.argv[1:2] == ["score"] else []
+    """Start the scoring processes for ``score``, then run the command line with them."""
+    early = early_processes(sys.argv[1:])
     from .cli import main as cli
 
     try:

@@ -46,9 +46,16 @@ def test_dispatch(ranks: int) -> None:
 
 
 def test_peers() -> None:
-    (report,) = run_script("peers.py", "--rows", 40000, "--repeat", 1)
-    assert {"mpiscore", "multiprocessing_pool", "mpi4py_futures"} <= set(report["results"])
-    assert report["outputs_match"]
+    (report,) = run_script("peers.py", "--rows", 20000, "--heavy-rows", 5000, "--repeat", 1,
+                           "--no-futures")
+    n = report["cores"]
+    assert set(report["models"]) == {"light", "heavy"} and report["outputs_match"]
+    for model in report["models"].values():
+        results = model["results"]
+        assert {"plain_onnxruntime_loop", f"mpiscore_n{n}", f"mpiscore_n1_procs{n}",
+                "multiprocessing_pool"} <= set(results)
+        assert all(r["speed_vs_loop"] > 0 and r["speed_vs_pool"] > 0 for r in results.values())
+        assert results[f"mpiscore_n{n}"]["stages_of_median_run"]["loop"] > 0
 
 
 def test_memory() -> None:
