@@ -67,15 +67,6 @@ def _cut(values: Sequence[object]) -> str:
     return f"{text} ... and {len(values) - SHOWN} more" if len(values) > SHOWN else text
 
 
-def _durable_replace(temporary: Path, target: Path) -> None:
-    fd = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, target)
-
-
 class LinesWriter:
     """Writes each batch's lines (``columns[LINES]``) as its own part file."""
 
@@ -127,7 +118,7 @@ class LinesWriter:
         unsynced, self.unsynced = self.unsynced, []
         for temporary, target in unsynced:
             try:
-                _durable_replace(temporary, target)
+                staging.durable_replace(temporary, target)
             except OSError as exc:
                 raise storage_error(target, exc, "cannot flush batch output") from exc
 
@@ -184,7 +175,7 @@ class Assembly:
                 out.truncate(sum(size for _, size in sizes))
             layout = self.staging / f"{LAYOUT}.{os.getpid()}.tmp"
             layout.write_text(json.dumps(sizes))
-            _durable_replace(layout, self.staging / LAYOUT)
+            staging.durable_replace(layout, self.staging / LAYOUT)
         except OSError as exc:
             raise storage_error(self.target, exc, "cannot prepare the output's assembly") \
                 from exc

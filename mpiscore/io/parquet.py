@@ -336,12 +336,7 @@ class ParquetWriter:
         unsynced, self.unsynced = self.unsynced, []
         for temporary, target in unsynced:
             try:
-                fd = os.open(temporary, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(temporary, target)
+                staging.durable_replace(temporary, target)
             except OSError as exc:
                 raise OutputError(f"{target}: cannot flush batch output: {exc}") from exc
 

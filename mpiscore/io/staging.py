@@ -11,6 +11,17 @@ from pathlib import Path
 STAGING = "_staging"
 
 
+def durable_replace(temporary: Path, target: Path) -> None:
+    """Flush a staged file to storage, then give it its name: under its name, it is
+    whole on disk."""
+    fd = os.open(temporary, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, target)
+
+
 def written_batches(partial: Path, part: re.Pattern[str]) -> set[int]:
     """Batches whose part file (``part``'s first group: the batch id) is on disk under
     its name (what --resume may skip)."""
