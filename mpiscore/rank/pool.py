@@ -39,6 +39,7 @@ from ..wire import (
     Closed,
     Done,
     DryRunDone,
+    Flushed,
     JobPrepared,
     PrepareFailed,
     PrepareRequest,
@@ -230,8 +231,7 @@ class ScorerPool:
             heard = proc.conn.fileno() in ready
             if heard:
                 for message in self._receive_all(proc):
-                    outcome = self._message(proc, message)
-                    outcomes.extend([outcome] if outcome else [])
+                    self._message(proc, message, outcomes)
             if not proc.busy:
                 if heard or look:
                     self._check_idle(proc)
@@ -297,25 +297,32 @@ class ScorerPool:
         return [Outcome(batches[0], False, why)] + [
             Outcome(b, False, why, returned=True) for b in batches[1:]]
 
-    def _message(self, proc: ScorerProcess, message: ToRank) -> Outcome | None:
+    def _message(self, proc: ScorerProcess, message: ToRank, outcomes: list[Outcome]) -> None:
+        """Take in one message of ``proc``, adding the batches it ends to ``outcomes``."""
         match message:
+            case Scored(batch_id, done):  # now being written; the process is free for the next
+                proc.writing.append(proc.take(batch_id))
+                if self.recorder is not None:
+                    self.recorder.scored(batch_id)
+                if done:  # made durable while it was scored
+                    self._done(proc, done, outcomes)
+            case Flushed(done):
+                self._done(proc, done, outcomes)
+            case BatchFailed(batch_id, error, traceback, fatal):  # the process goes on
+                outcomes.append(Outcome(proc.take(batch_id), False, error, traceback,
+                                        fatal=fatal))
             case Ready():
                 proc.ready = True
             case StartFailed(error):
                 raise ScoringProcessError(f"{self.where}: scoring process failed to start: "
                                           f"{error}")
-            case Scored(batch_id):  # now being written; the process is free for the next batch
-                proc.writing.append(proc.take(batch_id))
-                if self.recorder is not None:
-                    self.recorder.scored(batch_id)
-            case Done(batch_id, times, failed_items):
-                return Outcome(proc.take(batch_id), True, times=times,
-                               failed_items=failed_items)
-            case BatchFailed(batch_id, error, traceback, fatal):  # the process goes on
-                return Outcome(proc.take(batch_id), False, error, traceback, fatal=fatal)
             case _:
-                raise unexpected(message, "Ready, StartFailed, Scored, Done or BatchFailed")
-        return None
+                raise unexpected(message, "Ready, StartFailed, Scored, Flushed or BatchFailed")
+
+    @staticmethod
+    def _done(proc: ScorerProcess, done: tuple[Done, ...], outcomes: list[Outcome]) -> None:
+        outcomes.extend(Outcome(proc.take(entry.batch_id), True, times=entry.times,
+                                failed_items=entry.failed_items) for entry in done)
 
     def _replace(self, index: int) -> None:
         self.procs[index].kill()

@@ -111,9 +111,12 @@ class RankWorker:
 
     def patience(self) -> float:
         """How long to wait on the scoring processes before looking at the link again:
-        while assignments are due, as the pacer says (a share of the usual time between
-        batch ends, growing while none comes); else only as late as a Drain may be seen."""
-        if self.owed > 0 or self.drain_started is not None:
+        while assignments are due and a process could take one now, as the pacer says
+        (a share of the usual time between batch ends, growing while none comes); else
+        only as late as a Drain may be seen. While every process holds all it may,
+        only a message on its pipe can make room, and the wake-up for it looks at
+        the link too: a timer would wake the rank for nothing."""
+        if self.drain_started is not None or (self.owed > 0 and self.pool.idle):
             return self.pacer.next_delay()
         return LONGEST_WAIT_SECONDS
 

@@ -29,7 +29,7 @@ from ..io.registry import open_reader
 from ..model import read_model
 from ..plan import Batch
 from ..report import write_json
-from ..tuning import READ_AHEAD, SYNC_GROUP, SYNC_SECONDS
+from ..tuning import LONGEST_WAIT_SECONDS, READ_AHEAD, SYNC_GROUP, SYNC_SECONDS
 from ..wire import (
     BatchFailed,
     Channel,
@@ -37,6 +37,7 @@ from ..wire import (
     Closed,
     Done,
     DryRunDone,
+    Flushed,
     JobPrepared,
     PrepareFailed,
     PrepareRequest,
@@ -111,8 +112,10 @@ def scorer_main(conn: Channel) -> None:
     sender.send(Ready())
     reads = _ReadAhead(conn, processor)
     writer = _WriteBehind(processor, sender, reads.fail)
+    scoring = float("inf")  # how long the last batch took to score
     while (item := reads.next(writer)) is not None:
         batch, attempt, loaded = item
+        sender.hold(scoring < LONGEST_WAIT_SECONDS)
         try:
             spec.faults.before_batch(batch.batch_id, attempt)
             if isinstance(loaded, BaseException):
@@ -120,10 +123,12 @@ def scorer_main(conn: Channel) -> None:
             prepared = processor.score(batch, loaded)
         except Exception as exc:
             sender.send(_failed(batch, exc))
+            sender.release()
             continue
         finally:
             reads.done_with_last()
-        sender.send(Scored(batch.batch_id))  # free for the next batch while this one writes
+        sender.scored(batch.batch_id)  # free for the next batch while this one writes
+        scoring = prepared.score
         writer.put(batch, prepared)
     writer.close()
     try:
@@ -136,14 +141,49 @@ def scorer_main(conn: Channel) -> None:
 
 
 class _Sender:
-    """The pipe to the rank, shared by the scoring loop and the writer thread."""
+    """The pipe to the rank, shared by the scoring loop and the writer thread.
+
+    Each message wakes the rank, so the batches a flush made durable are reported
+    together, and while the loop scores a batch that will not take long (it holds
+    them: :meth:`hold`), they wait for that batch's Scored and ride in it: one
+    wake-up of the rank per batch instead of two. They wait at most about
+    LONGEST_WAIT_SECONDS, and never while the loop has no batch (waiting for
+    the rank, or closing), so neither the journal nor the rank's requests lag.
+    """
 
     def __init__(self, conn: Channel) -> None:
         self.conn, self.lock = conn, threading.Lock()
+        self.held: list[Done] | None = None  # while held: Dones waiting for the next Scored
 
     def send(self, message: ToRank) -> None:
         with self.lock:
             self.conn.send(message)
+
+    def done(self, done: list[Done]) -> None:
+        """Report batches made durable: now, or with the Scored of the batch held for."""
+        with self.lock:
+            if self.held is None:
+                self.conn.send(Flushed(tuple(done)))
+            else:
+                self.held += done
+
+    def hold(self, short: bool) -> None:
+        """The loop starts scoring a batch: if ``short``, Dones wait for its Scored."""
+        with self.lock:
+            self.held = [] if short else None
+
+    def scored(self, batch_id: int) -> None:
+        """The batch the loop held for is scored: say so, with the Dones that waited."""
+        with self.lock:
+            held, self.held = self.held, None
+            self.conn.send(Scored(batch_id, tuple(held)) if held else Scored(batch_id))
+
+    def release(self) -> None:
+        """The batch held for failed: the Dones that waited go now."""
+        with self.lock:
+            held, self.held = self.held, None
+            if held:
+                self.conn.send(Flushed(tuple(held)))
 
 
 class _ReadAhead:
@@ -303,10 +343,9 @@ class _WriteBehind:
             for batch, _, _ in written:
                 self.sender.send(_failed(batch, exc))
             return
-        for batch, times, failed_items in written:  # the flush's time shared out among them
-            self.sender.send(Done(batch.batch_id,
-                                  times._replace(write=times.write + seconds / len(written)),
-                                  failed_items))
+        share = seconds / len(written)  # the flush's time shared out among them
+        self.sender.done([Done(batch.batch_id, times._replace(write=times.write + share),
+                               failed_items) for batch, times, failed_items in written])
 
 
 _SYNC = "sync"  # in the writer's queue: flush what is written now

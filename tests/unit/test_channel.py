@@ -13,6 +13,7 @@ from mpiscore.wire import (
     Channel,
     Close,
     Done,
+    Flushed,
     ProtocolError,
     Score,
     StageTimes,
@@ -80,12 +81,15 @@ def test_each_end_takes_its_own_messages_and_refuses_any_other() -> None:
     batch = Batch(3, 0, 0, 10, 0)
     ours.send(Score(batch, 1))
     ours.send(("scored", 3))  # an untyped message: a bug, not a failed batch
-    theirs.send(Done(3, StageTimes(0.1, 0.2, 0.3)))
+    theirs.send(Flushed((Done(3, StageTimes(0.1, 0.2, 0.3)),)))
+    theirs.send(Done(3, StageTimes(0.1, 0.2, 0.3)))  # an entry of a report, not a message
     theirs.send(Score(batch, 0))  # a message for a scoring process sent to the rank
     assert recv_in_scorer(theirs) == Score(batch, 1)
     with pytest.raises(ProtocolError, match="tuple received; expected a message to a scoring"):
         recv_in_scorer(theirs)
-    assert recv_at_rank(ours) == Done(3, StageTimes(0.1, 0.2, 0.3))
+    assert recv_at_rank(ours) == Flushed((Done(3, StageTimes(0.1, 0.2, 0.3)),))
+    with pytest.raises(ProtocolError, match="Done received; expected a message to a rank"):
+        recv_at_rank(ours)
     with pytest.raises(ProtocolError, match="Score received; expected a message to a rank"):
         recv_at_rank(ours)
     ours.close()

@@ -30,7 +30,18 @@ from mpiscore.scoring.pipeline import BatchProcessor, Loaded
 from mpiscore.scoring.prepare import prepare
 from mpiscore.scoring.scorers import open_scorer
 from mpiscore.tuning import SYNC_GROUP
-from mpiscore.wire import Channel, Close, Done, ProtocolError, Score, ScorerSpec, pipe
+from mpiscore.wire import (
+    Channel,
+    Close,
+    Done,
+    Flushed,
+    ProtocolError,
+    Score,
+    Scored,
+    ScorerSpec,
+    StageTimes,
+    pipe,
+)
 from tests import builders
 
 TIMEOUT = 10.0  # seconds any wait here may take before the test fails
@@ -157,12 +168,41 @@ def test_written_batches_are_flushed_in_groups_and_reported_after(
     assert not bugs
     assert log.flushes == [[0, 1, 2, 3], [4, 5], [6]]
     assert not log.reported_before_first_flush
-    reports = [ours.recv() for _ in batches]
-    assert all(isinstance(report, Done) for report in reports), reports
-    assert [report.batch_id for report in reports] == [b.batch_id for b in batches]
+    reports = [ours.recv() for _ in log.flushes]  # one message a flush
+    assert all(isinstance(report, Flushed) for report in reports), reports
+    assert [[done.batch_id for done in report.done] for report in reports] == log.flushes
     with h5py.File(job.target.partial, "r") as handle:
         expected = builders.reference(model, features=data)
         np.testing.assert_allclose(handle["logits"][()], expected["logits"], rtol=1e-6)
+
+
+def test_dones_wait_for_the_scored_of_a_short_batch_and_ride_in_it() -> None:
+    """While the loop scores a short batch, a flush's Dones wait for its Scored: one
+    message (one wake-up of the rank); while it scores none, or a long one, they go at
+    once; those held for a batch that failed go when it does."""
+    ours, (read_fd, write_fd) = pipe()
+    sender = scorer._Sender(Channel(read_fd, write_fd))
+    done = [Done(1, StageTimes(0.1, 0.2, 0.3)), Done(2, StageTimes(0.1, 0.2, 0.3))]
+    sender.done(done[:1])  # no batch being scored
+    assert ours.recv() == Flushed((done[0],))
+    sender.hold(True)
+    sender.done(done)
+    assert not ours.poll()
+    sender.scored(7)
+    assert ours.recv() == Scored(7, tuple(done))
+    sender.hold(False)  # a long batch: no waiting
+    sender.done(done[1:])
+    assert ours.recv() == Flushed((done[1],))
+    sender.scored(8)
+    assert ours.recv() == Scored(8)
+    sender.hold(True)
+    sender.done(done[:1])
+    sender.release()  # the batch failed
+    assert ours.recv() == Flushed((done[0],))
+    sender.hold(True)
+    sender.scored(9)
+    assert ours.recv() == Scored(9)
+    assert not ours.poll()
 
 
 def test_a_reader_thread_bug_reaches_the_scoring_loop(tmp_path: Path) -> None:
@@ -187,6 +227,9 @@ class BrokenSender:
     """A report that fails as a bug would: the writer thread cannot go on."""
 
     def send(self, message: object) -> None:
+        raise RuntimeError("a bug in reporting")
+
+    def done(self, done: object) -> None:
         raise RuntimeError("a bug in reporting")
 
 
