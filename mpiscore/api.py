@@ -78,7 +78,7 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
     pool = pool or start_pool(config, world)
     job = None
     try:
-        job, model, whole = _broadcast_job(config, world, pool)
+        job, model, whole = _broadcast_job(config, world, pool, started)
         host = world.hostname()
         where = f"rank {rank} of {size} ({host})"
         stop_early_stderr()
@@ -120,11 +120,12 @@ class Whole(NamedTuple):
     plan_file: PlanFile
 
 
-def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool
+def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool, started: float
                    ) -> tuple[Job, bytes, Whole | None]:
     """Rank 0 prepares the job (in its first scoring process) and reads the model;
     every rank gets the job as ranks share it (the plan's files, not its batches:
-    Job.shared) and the model, or raises rank 0's error; rank 0 also the Whole."""
+    Job.shared) and the model, or raises rank 0's error; rank 0 also the Whole.
+    ``started``: when the run started (``time.perf_counter``)."""
     whole: list[Whole] = []
 
     def prepare() -> tuple[Job, bytes]:
@@ -135,7 +136,8 @@ def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool
         job, done = pool.prepared()
         try:
             _check_same_model(job, model)
-            whole.append(Whole(job, done, create_run_dir(job)))
+            started_at = time.time() - (time.perf_counter() - started)
+            whole.append(Whole(job, done, create_run_dir(job, started_at)))
         except BaseException:
             job.lock.release()
             raise

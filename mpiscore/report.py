@@ -79,19 +79,64 @@ HISTORY = "history.jsonl"
 
 def append_history(run_dir: Path, report: RunReport) -> dict:
     """Add this run's line to ``RUN_DIR/history.jsonl`` (one JSON object per run of the
-    job: requeues and resumes append, a fresh job starts it anew); the job's totals.
+    job: requeues and resumes append, a fresh job starts it anew); the job's totals."""
+    firsts = [s.first_batch_seconds for s in report.per_rank
+              if s.first_batch_seconds is not None]
+    return _append_run(run_dir, {
+        "status": report.status, "stop_reason": report.stop_reason,
+        "rows_scored": report.rows_scored, "batches_done": report.batches_done,
+        "wall_seconds": report.wall_seconds, "setup_seconds": report.setup_seconds,
+        "first_batch_seconds": max(firsts) if firsts else None, "ranks": report.ranks,
+        "slurm": report.slurm})
+
+
+def record_death(run_dir: Path, output: str, reason: str) -> bool:
+    """Record in the run directory that the job died (its rank was killed), ``output``
+    left partial: the run's line in ``history.jsonl`` and a ``summary.json`` saying
+    "died", with what this run's files tell (the start in the running summary, rank
+    0's last ``status.json``); whether it did (not if the job had ended already)."""
+    summary = _load_json(run_dir / "summary.json")
+    if summary.get("status") != "running":
+        return False
+    status = _load_json(run_dir / "status.json")
+    if status.get("pid") != summary.get("pid"):
+        status = {}  # none yet, or an earlier run's
+    started, ready = _seconds(summary, "started_at"), _seconds(status, "started_at")
+    ranks = status.get("ranks")
+    job = _append_run(run_dir, {
+        "status": "died", "stop_reason": reason, "rows_scored": status.get("rows_scored", 0),
+        "batches_done": status.get("batches_done"),
+        "wall_seconds": 0.0 if started is None else time.time() - started,
+        # rank 0 writes its first status.json as scoring begins
+        "setup_seconds": None if started is None or ready is None else ready - started,
+        "first_batch_seconds": None, "ranks": len(ranks) if isinstance(ranks, list) else None,
+        "slurm": summary.get("slurm")})
+    write_json(run_dir / "summary.json", {"status": "died", "output": output,
+                                          "stop_reason": reason, "job": job})
+    return True
+
+
+def _seconds(record: dict, key: str) -> float | None:
+    value = record.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _load_json(path: Path) -> dict:
+    """The object a JSON file holds, or {} where there is none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _append_run(run_dir: Path, entry: dict) -> dict:
+    """Append ``entry``, one run's line, to ``history.jsonl``; the job's totals.
 
     A torn line (a run killed while appending) is skipped, never merged with the next:
     each line is written whole, after a newline."""
     path = run_dir / HISTORY
-    firsts = [s.first_batch_seconds for s in report.per_rank
-              if s.first_batch_seconds is not None]
-    entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": report.status,
-             "stop_reason": report.stop_reason, "rows_scored": report.rows_scored,
-             "batches_done": report.batches_done, "wall_seconds": report.wall_seconds,
-             "setup_seconds": report.setup_seconds,
-             "first_batch_seconds": max(firsts) if firsts else None, "ranks": report.ranks,
-             "slurm": report.slurm}
+    entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
     runs = [*read_history(path), entry]
     try:
         text = path.read_bytes()

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 PLAN_CHUNK = 8192  # batches encoded at a time: the thread lets the coordinator run between
 
 
-def create_run_dir(job: Job) -> PlanFile:
-    """The run directory as a job starts; a write that fails is a storage error.
+def create_run_dir(job: Job, started_at: float) -> PlanFile:
+    """The run directory as a job starts (at ``started_at``, seconds since the epoch);
+    a write that fails is a storage error.
 
     ``plan.json`` is written by the returned PlanFile's thread (rank 0 checks on it
     and waits for it before the job ends)."""
@@ -47,6 +48,7 @@ def create_run_dir(job: Job) -> PlanFile:
         write_json(run_dir / "summary.json",
                    {"status": "running", "output": str(job.config.output),
                     "host": owner.host, "pid": owner.pid, "slurm": slurm_ids(),
+                    "started_at": started_at,  # report.record_death: a died run's wall time
                     "lock": [str(path) for path in job.lock.paths]})
         if not job.config.resume:  # a fresh job: its own runs only (report.append_history)
             (run_dir / HISTORY).unlink(missing_ok=True)

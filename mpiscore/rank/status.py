@@ -65,6 +65,7 @@ class StatusFile:
                       if tries and (batch_id not in scheduler.failed or len(tries) > 1))
         return {
             "state": state, "rows_done": done, "rows": self.rows,
+            "rows_scored": progress.rows,  # by this run (report.record_death counts them)
             "rows_per_second": rate,
             "eta_seconds": None if state not in RUNNING or rate <= 0 else max(0.0, left / rate),
             "batches_done": len(scheduler.completed), "batches": self.batches,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import queue
 import resource
@@ -28,7 +27,7 @@ from ..errors import InputChanged, MpiscoreError, is_storage_failure
 from ..io.registry import open_reader
 from ..model import read_model
 from ..plan import Batch
-from ..report import write_json
+from ..report import record_death
 from ..tuning import LONGEST_WAIT_SECONDS, READ_AHEAD, SYNC_GROUP, SYNC_SECONDS
 from ..wire import (
     BatchFailed,
@@ -437,21 +436,19 @@ def _die_with_parent(signum: int = signal.SIGKILL) -> None:
 
 def _record_death_of_rank(spec: ScorerSpec) -> None:
     """On rank 0's first scoring process, die with the rank as before, but first say in
-    one line, and record in ``summary.json``, that the job died, so that it does not
-    end in silence and say "running" for ever after a hard kill. The launcher
-    SIGKILLs every rank when one dies, so no rank can say it; this process, in a
-    session of its own, outlives its rank long enough, and its stderr still reaches
-    the launcher's output."""
-    summary = spec.job.config.resolved_run_dir / "summary.json"
+    one line, and record in the run directory (``summary.json``, ``history.jsonl``),
+    that the job died, so that it does not end in silence and say "running" for ever
+    after a hard kill. The launcher SIGKILLs every rank when one dies, so no rank can
+    say it; this process, in a session of its own, outlives its rank long enough, and
+    its stderr still reaches the launcher's output."""
+    partial = spec.job.target.partial
 
     def record(signum: int, frame: object) -> None:
         with contextlib.suppress(Exception):  # dying anyway: nothing must stop the exit
-            if json.loads(summary.read_text()).get("status") == "running":
-                reason = (f"{spec.where} was killed while the job ran (by a signal, out "
-                          "of memory, or by the MPI launcher after another rank died); "
-                          f"{spec.job.target.partial} stays partial: rerun with --resume")
-                write_json(summary, {"status": "died", "output": str(spec.job.target.partial),
-                                     "stop_reason": reason})
+            reason = (f"{spec.where} was killed while the job ran (by a signal, out "
+                      "of memory, or by the MPI launcher after another rank died); "
+                      f"{partial} stays partial: rerun with --resume")
+            if record_death(spec.job.config.resolved_run_dir, str(partial), reason):
                 os.write(2, f"mpiscore: the job died: {reason}\n".encode())
         os._exit(1)
 

@@ -64,6 +64,10 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
 def test_journal_torn_by_a_file_size_limit_then_resume_is_exact(data, tmp_path, jobs) -> None:
     """The reported fault: rank 0's file size capped mid-run tore a journal record;
     the resume then trusted a merged record and completed with rows of zeros."""
@@ -123,10 +127,19 @@ def test_a_killed_job_says_it_died_and_its_lock_is_taken_over(data, tmp_path, ki
         time.sleep(0.05)
     report = summary(Path(f"{out}.run"))
     assert report["status"] == "died" and "rank 0 of 2" in report["stop_reason"]
+    [died] = history(Path(f"{out}.run"))  # the job's totals and `mpiscore slurm` count it
+    assert died["status"] == "died" and died["stop_reason"] == report["stop_reason"]
+    assert died["ranks"] == 2 and died["wall_seconds"] > died["setup_seconds"] > 0
+    assert 0 <= died["rows_scored"] <= ROWS and isinstance(died["batches_done"], int)
+    assert report["job"] == {"runs": 1, "wall_seconds": died["wall_seconds"],
+                             "rows_scored": died["rows_scored"],
+                             "history": str(Path(f"{out}.run/history.jsonl"))}
     result = mpiscore(2, *job(data, out, 40, "--resume"))
     assert result.returncode == 0, result.stderr
     assert "died" in result.stderr and "taking it over" in result.stderr
     identical(out, data["clean40"])
+    assert [run["status"] for run in history(Path(f"{out}.run"))] == ["died", "complete"]
+    assert summary(Path(f"{out}.run"))["job"]["runs"] == 2
 
 
 def test_overwrite_never_deletes_an_input_or_a_foreign_directory(data, tmp_path) -> None:
