@@ -172,6 +172,7 @@ def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, starte
                           config.stop_grace)
 
     scheduler = None
+    job.target.warm()
     loop_started, loop_cpu = time.perf_counter(), time.process_time()
     with StopSignals(spec.where) as signals:
         if whole is not None:

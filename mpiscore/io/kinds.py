@@ -200,6 +200,9 @@ class Hdf5SinkKind:
     def owned(self, path: Path) -> bool:
         return path.is_file() and _hdf5().owned(path)
 
+    def warm(self) -> None:
+        _hdf5()
+
 
 class ParquetSinkKind:
     """Parquet output: a directory of one part file per batch (parquet.ParquetWriter)."""
@@ -229,3 +232,6 @@ class ParquetSinkKind:
 
     def owned(self, path: Path) -> bool:
         return path.is_dir() and _parquet().owned(path)
+
+    def warm(self) -> None:
+        _parquet()

@@ -369,6 +369,9 @@ class LinesSinkKind:
     def owned(self, path: Path) -> bool:
         return owned(path)
 
+    def warm(self) -> None:
+        """Finishing needs nothing heavy (os.copy_file_range)."""
+
 
 def _refuse_kept(kept: list[Field], action: str) -> None:
     if kept:
@@ -429,3 +432,6 @@ class NoOutputSinkKind:
 
     def owned(self, path: Path) -> bool:
         return False  # the script's files are never ours to delete
+
+    def warm(self) -> None:
+        """There is nothing to finish."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -76,6 +77,9 @@ class SinkKind(Protocol):
 
     def owned(self, path: Path) -> bool:
         """Whether ``path`` is an output or partial output of this kind that mpiscore wrote."""
+
+    def warm(self) -> None:
+        """Import what a rank's writer needs to finish the output (OutputTarget.warm)."""
 
 
 SOURCES: dict[str, SourceKind] = {}
@@ -304,6 +308,21 @@ class OutputTarget:
         """A writer for a scoring process (write, close) or a rank (finish)."""
         return self.sink.open_writer(self.partial, self.final, fields, kept, plan, offsets,
                                      attrs)
+
+    def warm(self) -> threading.Thread:
+        """Import, on a thread, what finishing the output will need (h5py and numpy take
+        60-80 ms, pyarrow more), while the rank mostly waits on its scoring processes,
+        so the rank does not pay for it after the last batch, on every job's critical
+        path. An import that fails here fails again, with its message, when finishing."""
+        thread = threading.Thread(target=self._warm_quietly, name="warm-output", daemon=True)
+        thread.start()
+        return thread
+
+    def _warm_quietly(self) -> None:
+        try:
+            self.sink.warm()
+        except Exception:  # reported again by the finish that needs it
+            return
 
 
 def _refuse_an_input(path: Path, inputs: list[str]) -> None:

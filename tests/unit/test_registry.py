@@ -3,6 +3,8 @@ registration; Parquet dataset directories."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,21 @@ def test_directory_without_parquet_raises(tmp_path: Path) -> None:
                        tmp_path / "o.h5", faults="")
     with pytest.raises(InputError, match=r"--input .*table: directory holds no \.parquet files"):
         resolve_input(config, INPUTS)
+
+
+@pytest.mark.parametrize(("output", "module"), [
+    ("y.h5", "mpiscore.io.hdf5"), ("y.parquet", "mpiscore.io.parquet")])
+def test_warming_an_output_loads_its_writer_module_on_a_thread(output: str, module: str
+                                                               ) -> None:
+    """A rank imports the writer it finishes the output with while it scores, not after
+    its last batch: in a fresh interpreter, nothing before warm() and all of it after."""
+    code = ("import sys, threading; from pathlib import Path; "
+            "from mpiscore.io.registry import OutputTarget; "
+            f"target = OutputTarget({detect_format(output, 'auto', '--output')!r}, "
+            f"Path({output!r}), False); "
+            f"before = {module!r} in sys.modules; thread = target.warm(); "
+            "print(before, thread is not threading.main_thread(), end=' '); thread.join(); "
+            f"print({module!r} in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["False", "True", "True"], done.stderr
