@@ -118,6 +118,20 @@ class Score(NamedTuple):
     batch: Batch
     attempt: int
 
+    def __reduce__(self) -> tuple[object, tuple[int, ...]]:
+        """Pickled as plain numbers: a slotted dataclass's own pickling looks its fields
+        up on every message, both ends, once a batch."""
+        batch = self.batch
+        return _score, (batch.batch_id, batch.file_index, batch.start, batch.stop,
+                        batch.global_start, self.attempt)
+
+
+def _score(batch_id: int, file_index: int, start: int, stop: int, global_start: int,
+           attempt: int) -> Score:
+    from .plan import Batch  # loaded by then in a scoring process, the only end that reads it
+
+    return Score(Batch(batch_id, file_index, start, stop, global_start), attempt)
+
 
 class Scored(NamedTuple):
     """The batch is read and scored and is being written: the process takes the next.
@@ -186,12 +200,16 @@ def unexpected(message: object, expected: str) -> ProtocolError:
     return ProtocolError(f"{type(message).__name__} received; expected {expected}")
 
 
+_TO_RANK: tuple[type, ...] = ToRank.__args__  # isinstance on a tuple: no union to walk
+_TO_SCORER: tuple[type, ...] = ToScorer.__args__
+
+
 def recv_at_rank(channel: Channel) -> ToRank:
     """The next message from a scoring process; ``EOFError``/``OSError`` if it is gone."""
     message = channel.recv()
-    if not isinstance(message, ToRank):
+    if not isinstance(message, _TO_RANK):
         raise unexpected(message, "a message to a rank")
-    return message
+    return message  # type: ignore[return-value]  # one of _TO_RANK
 
 
 def recv_in_scorer(channel: Channel) -> ToScorer:
@@ -200,9 +218,9 @@ def recv_in_scorer(channel: Channel) -> ToScorer:
         message = channel.recv()
     except EOFError:
         return Close()
-    if not isinstance(message, ToScorer):
+    if not isinstance(message, _TO_SCORER):
         raise unexpected(message, "a message to a scoring process")
-    return message
+    return message  # type: ignore[return-value]  # one of _TO_SCORER
 
 
 # -- the channel
@@ -230,11 +248,16 @@ class Channel:
 
     def send(self, message: object) -> None:
         data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-        view = memoryview(_LENGTH.pack(len(data)) + data)
-        while view:
-            view = view[os.write(self.write_fd, view):]
+        data = _LENGTH.pack(len(data)) + data
+        written = os.write(self.write_fd, data)  # all of it, but for a message > the pipe's
+        if written < len(data):
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(self.write_fd, view):]
 
     def recv(self) -> object:
+        # one read each for the length and the message, as a whole message is there
+        # almost always: the other end writes it at once
         (length,) = _LENGTH.unpack(self._read_exactly(_LENGTH.size))
         return pickle.loads(self._read_exactly(length))
 
@@ -247,14 +270,16 @@ class Channel:
             os.close(fd)
         self.read_fd = self.write_fd = -1
 
-    def _read_exactly(self, size: int) -> bytearray:
-        buffer = bytearray(size)
-        view, done = memoryview(buffer), 0
-        while done < size:
-            got = os.readv(self.read_fd, [view[done:]])
-            if got == 0:
+    def _read_exactly(self, size: int) -> bytes | bytearray:
+        data = os.read(self.read_fd, size)
+        if len(data) == size:
+            return data
+        buffer = bytearray(data)
+        while len(buffer) < size:
+            more = os.read(self.read_fd, size - len(buffer))
+            if not more:
                 raise EOFError("the other end of the channel is closed")
-            done += got
+            buffer += more
         return buffer
 
 

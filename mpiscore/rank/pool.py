@@ -218,8 +218,9 @@ class ScorerPool:
         whether processes that said nothing are alive is looked at every
         LONGEST_WAIT_SECONDS, as each look is a system call per process.
         """
-        waiting = [p for p in self.procs if p.busy or not p.ready]
-        ready = self._wait(waiting, timeout) if waiting else set()
+        procs = self.procs
+        waiting = [p for p in procs if p.scoring or p.writing or not p.ready]
+        ready = self._wait(waiting, timeout) if waiting else ()
         if not waiting:
             time.sleep(timeout)
         now = time.monotonic()
@@ -227,16 +228,14 @@ class ScorerPool:
         if look:
             self.next_look = now + LONGEST_WAIT_SECONDS
         outcomes: list[Outcome] = []
-        for index, proc in enumerate(list(self.procs)):
-            heard = proc.conn.fileno() in ready
-            if heard:
-                for message in self._receive_all(proc):
-                    self._message(proc, message, outcomes)
-            if not proc.busy:
-                if heard or look:
-                    self._check_idle(proc)
+        for index, proc in enumerate(procs):  # _replace swaps in place: no copy needed
+            # the end of its pipe (it died) shows as something to read, then EOF
+            gone = proc.conn.read_fd in ready and self._receive_all(proc, outcomes)
+            if not (proc.scoring or proc.writing):
+                if gone or look:
+                    self._check_idle(proc, gone)
                 continue
-            lost = self._lost(proc, heard or look)
+            lost = self._lost(proc, look, gone)
             if lost:
                 outcomes.extend(lost)
                 self._replace(index)
@@ -244,7 +243,7 @@ class ScorerPool:
             self._record(self.recorder, outcomes)
         return outcomes
 
-    def _wait(self, procs: list[ScorerProcess], timeout: float) -> set[int]:
+    def _wait(self, procs: list[ScorerProcess], timeout: float) -> list[int]:
         """The pipes of ``procs`` with something to read, waiting up to ``timeout`` s (at
         the system's millisecond: poll(2)); one poller while the pipes stay the same."""
         fds = tuple(proc.conn.fileno() for proc in procs)
@@ -253,7 +252,7 @@ class ScorerPool:
             for fd in fds:
                 self.poller.register(fd, select.POLLIN)
             self.watched = fds
-        return {fd for fd, _ in self.poller.poll(max(0.0, timeout) * 1000)}
+        return [fd for fd, _ in self.poller.poll(max(0.0, timeout) * 1000)]
 
     @staticmethod
     def _record(recorder: Recorder, outcomes: list[Outcome]) -> None:
@@ -262,29 +261,36 @@ class ScorerPool:
                            "returned" if outcome.returned else "failed", outcome.times)
         recorder.tick()
 
-    @staticmethod
-    def _receive_all(proc: ScorerProcess) -> list[ToRank]:
-        messages = []
-        with contextlib.suppress(EOFError, OSError):  # the process died: _lost reports it
+    def _receive_all(self, proc: ScorerProcess, outcomes: list[Outcome]) -> bool:
+        """Take in every message waiting in ``proc``'s pipe; True if the pipe ended (the
+        process died: _lost or _check_idle reports it)."""
+        conn = proc.conn
+        try:
             while True:
-                messages.append(recv_at_rank(proc.conn))
+                self._message(proc, recv_at_rank(conn), outcomes)
                 if not proc.pending():
-                    break
-        return messages
+                    return False
+        except (EOFError, OSError):
+            return True
 
-    def _check_idle(self, proc: ScorerProcess) -> None:
+    def _check_idle(self, proc: ScorerProcess, gone: bool = False) -> None:
+        """Raise if ``proc``, holding no batch, died (``gone``: its pipe ended, so its exit
+        is awaited a moment)."""
+        if gone:
+            proc.join(1)
         if not proc.alive():
             raise ScoringProcessError(f"{self.where}: a scoring process died while idle or "
                                       f"starting ({proc.exit_text()})")
 
-    def _lost(self, proc: ScorerProcess, look: bool = True) -> list[Outcome]:
-        """The busy process's batches, if it died (looked at if ``look``) or overran the
-        timeout (then it is killed).
+    def _lost(self, proc: ScorerProcess, look: bool = True, gone: bool = False
+              ) -> list[Outcome]:
+        """The busy process's batches, if it died (``gone``: its pipe ended; else looked at
+        if ``look``) or overran the timeout (then it is killed).
 
         The batch being scored is charged with the failure (the one being written
         if none is); the others are handed back without counting a try.
         """
-        if look and (not proc.alive() or proc.conn.closed):
+        if gone or (look and (not proc.alive() or proc.conn.closed)):
             proc.join(1)
             why = f"scoring process on {self.where} died ({proc.exit_text()})"
         elif proc.scoring and self.batch_timeout is not None and \

@@ -203,5 +203,6 @@ def work(worker: RankWorker, stop_requested: Callable[[], str | None]) -> None:
             if message is not None:
                 worker.handle(message)
                 worker.just_asked = 0
-                continue
+                if worker.owed > 0 or worker.drain_started is not None:
+                    continue  # more may be waiting; else the next look is soon enough
         worker.poll(worker.patience())
