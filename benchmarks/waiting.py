@@ -3,7 +3,7 @@ fast rank 0 still dispatches, for two code trees side by side in one run.
 
     python benchmarks/waiting.py [--before DIR] [--after DIR] [--heavy-rows 400000]
                                  [--short-rows 200000] [--short-batch-rows 768]
-                                 [--many 8] [--repeat 1]
+                                 [--many 8] [--repeat 1] [--jobs heavy_n2,short_n2,...]
                                  [--dispatch-ranks 8] [--dispatch-batches 20000]
 
 Jobs (HDF5 in and out, the heavy MLP 64 -> 1024 -> 1024 -> 16): ``heavy_n2``
@@ -15,8 +15,12 @@ CPU in its scoring loop: start-up and finishing excluded) over ``scorer_cpu_seco
 Dispatch: ``dispatch.py --ranks 8`` (``--dispatch-ranks``; instant batches:
 rank 0's reaction is the only limit), batches/s. ``--before DIR``: a checkout of
 the code before the change (for example ``git worktree add -f /tmp/base HEAD``),
-run through PYTHONPATH; "after" is this checkout, or ``--after DIR``. Needs ``onnx`` (pip install
-'.[test]'). Prints JSON, then a table.
+run through PYTHONPATH; "after" is this checkout, or ``--after DIR``. ``--jobs``: only
+these (``--dispatch-ranks 0``: no dispatch). ``wakeup_floor``: what one wake-up costs a
+process that waits in poll(2) on a pipe and is woken every short batch's time by a
+peer that computes meanwhile, reads one small pickled message and writes one back
+(no mpiscore code at all): the least a rank can spend per batch if each batch wakes
+it once. Needs ``onnx`` (pip install '.[test]'). Prints JSON, then a table.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
+import select
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common import HERE, MPIEXEC, cores
@@ -91,6 +99,42 @@ def dispatch(tree: Path, ranks: int, batches: int) -> float:
     return float(report["batches_per_second"])
 
 
+def wakeup_floor(seconds: float, count: int = 200) -> dict:
+    """CPU per wake-up of a process blocked in poll(2), woken every ``seconds`` by a
+    peer that computes in between (so the waiter's caches are cold, as a rank's are)."""
+    import numpy as np
+
+    up_read, up_write = os.pipe()
+    down_read, down_write = os.pipe()
+    header = struct.Struct("!Q")
+    pid = os.fork()
+    if pid == 0:  # the peer: compute, then say so and wait for the answer
+        a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+        for i in range(count):
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                a @ a[:, :64]
+            data = pickle.dumps(("scored", i))
+            os.write(up_write, header.pack(len(data)) + data)
+            os.read(down_read, 65536)
+        os._exit(0)
+    poller = select.poll()
+    poller.register(up_read, select.POLLIN)
+    cpu = time.process_time()
+    for i in range(count):
+        poller.poll(10_000)
+        (length,) = header.unpack(os.read(up_read, header.size))
+        pickle.loads(os.read(up_read, length))
+        data = pickle.dumps(("score", i))
+        os.write(down_write, header.pack(len(data)) + data)
+    cpu = time.process_time() - cpu
+    os.waitpid(pid, 0)
+    for fd in (up_read, up_write, down_read, down_write):
+        os.close(fd)
+    return {"interval_seconds": seconds, "wakeups": count,
+            "cpu_us_per_wakeup": 1e6 * cpu / count, "share_of_interval": cpu / count / seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="the code before the change (a checkout)")
@@ -101,12 +145,15 @@ def main() -> None:
     parser.add_argument("--many", type=int, default=8, help="ranks of the third job")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds, interleaved; the median is reported, all in runs")
-    parser.add_argument("--dispatch-ranks", type=int, default=8)
+    parser.add_argument("--jobs", help="only these jobs, comma-separated (default: all)")
+    parser.add_argument("--dispatch-ranks", type=int, default=8, help="0: no dispatch")
     parser.add_argument("--dispatch-batches", type=int, default=20_000)
     args = parser.parse_args()
     code = trees(args.before, args.after)
     jobs = {"heavy_n2": (2, "heavy", 16384), "short_n2": (2, "short", args.short_batch_rows),
             f"heavy_n{args.many}": (args.many, "heavy", 16384)}
+    if args.jobs:
+        jobs = {job: jobs[job] for job in args.jobs.split(",")}
     results: dict[str, dict[str, list[dict]]] = {job: {name: [] for name in code}
                                                  for job in jobs}
     speeds: dict[str, list[float]] = {name: [] for name in code}
@@ -121,14 +168,19 @@ def main() -> None:
                     results[job][name].append(score(tree, ranks, model, data[rows],
                                                     scratch / f"{job}.{name}.h5", batch_rows))
             for name, tree in code.items():
-                speeds[name].append(dispatch(tree, args.dispatch_ranks, args.dispatch_batches))
+                if args.dispatch_ranks:
+                    speeds[name].append(dispatch(tree, args.dispatch_ranks,
+                                                 args.dispatch_batches))
+        short = [r["batch_seconds"] for by in results.get("short_n2", {}).values() for r in by]
+        floor = wakeup_floor(statistics.median(short) if short else 0.01)
     best = {job: {name: median_run(runs) for name, runs in by.items()}
             for job, by in results.items()}
     data_out = {"benchmark": "waiting", "cores": cores(), "model": "x".join(map(str, HEAVY)),
                 "short_batch_rows": args.short_batch_rows, "jobs": best,
                 "dispatch_ranks": args.dispatch_ranks,
-                "dispatch_batches_per_second": {n: statistics.median(s) for n, s in speeds.items()},
-                "runs": results}
+                "dispatch_batches_per_second": {n: statistics.median(s) for n, s in speeds.items()
+                                                if s},
+                "wakeup_floor": floor, "runs": results}
     print(json.dumps(data_out, indent=2))
     names = list(code)
     print(f"\n{'job':<12}{'tree':<8}{'worst rank/scorer CPU':>22}{'rank CPU s':>12}"
@@ -139,9 +191,10 @@ def main() -> None:
             print(f"{job:<12}{name:<8}{r['worst_ratio']:>21.2%}{r['rank_cpu_seconds']:>12.2f}"
                   f"{r['scorer_cpu_seconds']:>14.2f}{r['batch_seconds'] * 1e3:>10.1f}"
                   f"{r['loop_rows_per_second']:>13,.0f}")
-    for name in names:
-        print(f"dispatch, {args.dispatch_ranks} ranks, {name}: "
-              f"{data_out['dispatch_batches_per_second'][name]:,.0f} batches/s")
+    for name, speed in data_out["dispatch_batches_per_second"].items():
+        print(f"dispatch, {args.dispatch_ranks} ranks, {name}: {speed:,.0f} batches/s")
+    print(f"one wake-up every {floor['interval_seconds'] * 1e3:.1f} ms, nothing else: "
+          f"{floor['cpu_us_per_wakeup']:.0f} us of CPU, {floor['share_of_interval']:.2%}")
 
 
 if __name__ == "__main__":
