@@ -207,17 +207,16 @@ def _coordinate(whole: Whole, world: World, worker: Callable[[WorkerLink], RankW
     the scheduler as the job ended, and rank 0's own worker."""
     job, done, plan_file = whole
     config = job.config
-    todo = [b for b in job.plan.batches if b.batch_id not in done]
     policy = FailurePolicy(config.max_retries, config.error_threshold,
                            config.allowed_failed_percent, config.mini_batch_error_threshold,
                            job.item)
-    scheduler = Scheduler.for_batches(todo, job.plan.total_rows, policy)
-    scheduler.completed.update(done)
+    scheduler = Scheduler.for_batches(job.plan.batches, job.plan.total_rows, policy, done)
     if done:
         LOG.info("resuming: %d of %d batches already written", len(done), job.plan.batch_count)
     journal = Journal(config.resolved_run_dir, journal_token(job.fingerprint),
                       job.plan.batch_count, fresh=not config.resume)
-    progress = Progress(sum(b.rows for b in todo), len(todo), config.progress_seconds, job.item,
+    todo = scheduler.pending
+    progress = Progress(todo.rows(), len(todo), config.progress_seconds, job.item,
                         progress_mode(config.progress, config.quiet, world.rank),
                         lambda: _activity(scheduler))
     watchdog = Watchdog(scheduler, config.progress_timeout)

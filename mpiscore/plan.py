@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
 
@@ -69,6 +69,26 @@ class Batch:
         return self.global_start + self.rows
 
 
+# Each field's slot setter: a Batch made with them takes half the time of the frozen
+# dataclass's __init__ (five object.__setattr__ calls), and rank 0 makes one for every
+# batch it hands out (BatchTable.getter).
+_SETTERS = tuple(Batch.__dict__[name].__set__ for name in (
+    "batch_id", "file_index", "start", "stop", "global_start"))
+
+
+def _make_batch(batch_id: int, file_index: int, start: int, stop: int, global_start: int,
+                new: Callable[[type[Batch]], Batch] = object.__new__,
+                setters: tuple[Callable[[Batch, int], None], ...] = _SETTERS) -> Batch:
+    batch = new(Batch)
+    set_id, set_file, set_start, set_stop, set_global = setters
+    set_id(batch, batch_id)
+    set_file(batch, file_index)
+    set_start(batch, start)
+    set_stop(batch, stop)
+    set_global(batch, global_start)
+    return batch
+
+
 class BatchTable(Sequence[Batch]):
     """A plan's batches as four int64 columns, 32 bytes a batch (a tuple of Batch
     objects costs ~10 times that, and as much again to pickle); each Batch is made
@@ -108,13 +128,35 @@ class BatchTable(Sequence[Batch]):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:
             index += len(self)
-        return Batch(index, self.file_index[index], self.start[index], self.stop[index],
-                     self.global_start[index])
+        return self.batch(index)
+
+    def batch(self, batch_id: int) -> Batch:
+        """Batch ``batch_id`` (0 to n-1, no negative or slice indexing)."""
+        return _make_batch(batch_id, self.file_index[batch_id], self.start[batch_id],
+                           self.stop[batch_id], self.global_start[batch_id])
+
+    def getter(self) -> Callable[[int], Batch]:
+        """:meth:`batch` as one call: the fastest way to make Batches one by one."""
+        file_index, start, stop, global_start = (
+            self.file_index, self.start, self.stop, self.global_start)
+        new = object.__new__
+        set_id, set_file, set_start, set_stop, set_global = _SETTERS
+
+        def batch(batch_id: int) -> Batch:
+            made = new(Batch)
+            set_id(made, batch_id)
+            set_file(made, file_index[batch_id])
+            set_start(made, start[batch_id])
+            set_stop(made, stop[batch_id])
+            set_global(made, global_start[batch_id])
+            return made
+
+        return batch
 
     def __iter__(self) -> Iterator[Batch]:
         for batch_id, columns in enumerate(zip(self.file_index, self.start, self.stop,
                                                self.global_start, strict=True)):
-            yield Batch(batch_id, *columns)
+            yield _make_batch(batch_id, *columns)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, BatchTable):

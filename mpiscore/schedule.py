@@ -10,21 +10,29 @@ decides whether the job may go on.
 Every step costs O(1) in the number of ranks and of batches: the coordinator
 calls it on every message, at thousands of ranks. Only the first RETRY_LOOKAHEAD
 retries are searched for one that did not fail on the asking rank.
+
+Its memory does not grow with the plan either: batches not yet handed out are a
+cursor over the plan's batches (:class:`PendingBatches`; a ``BatchTable`` makes
+each Batch as it is taken), the batches done are a bitmap (:class:`BatchIds`),
+and only what is in flight, given back or failed is held as Batch objects.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator, MutableSet, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import TypeVar
 
-from .plan import Batch
+from .plan import Batch, BatchTable
 
 # How many queued retries assign() looks through for one that has not failed on the
 # asking rank (beyond them it hands out a new batch, or nothing): a rank whose every
 # batch fails would otherwise scan the whole queue of retries on each request.
 RETRY_LOOKAHEAD = 16
+
+_S = TypeVar("_S")
 
 
 @dataclass(frozen=True)
@@ -80,17 +88,134 @@ class Attempt:
     traceback: str = ""
 
 
+class BatchIds(MutableSet[int]):
+    """A set of batch ids below ``count`` as a bitmap: count/8 bytes however many it
+    holds (a set of a million ints takes ~60 MB). Operators with other sets give sets."""
+
+    def __init__(self, count: int, ids: Iterable[int] = ()) -> None:
+        self.count = count
+        self.bits = bytearray((count + 7) // 8)
+        self.size = 0
+        self.update(ids)
+
+    def __contains__(self, batch_id: object) -> bool:
+        return isinstance(batch_id, int) and 0 <= batch_id < self.count and \
+            bool(self.bits[batch_id >> 3] >> (batch_id & 7) & 1)
+
+    def add(self, batch_id: int) -> None:
+        if not 0 <= batch_id < self.count:
+            raise ValueError(f"batch {batch_id}: not in a plan of {self.count:,} batches")
+        byte, bit = batch_id >> 3, 1 << (batch_id & 7)
+        if not self.bits[byte] & bit:
+            self.bits[byte] |= bit
+            self.size += 1
+
+    def discard(self, batch_id: int) -> None:
+        if batch_id in self:
+            self.bits[batch_id >> 3] &= ~(1 << (batch_id & 7)) & 0xFF
+            self.size -= 1
+
+    def update(self, ids: Iterable[int]) -> None:
+        for batch_id in ids:
+            self.add(batch_id)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        """The ids in order."""
+        for byte, bits in enumerate(self.bits):
+            if bits:
+                yield from (byte * 8 + bit for bit in range(8) if bits >> bit & 1)
+
+    @classmethod
+    def _from_iterable(cls, ids: Iterable[_S]) -> set[_S]:
+        return set(ids)
+
+    def __repr__(self) -> str:
+        return f"BatchIds({self.count}, {sorted(self)!r})" if self.size <= 20 else \
+            f"<BatchIds: {self.size:,} of {self.count:,}>"
+
+
+class PendingBatches:
+    """The batches not handed out yet, in the order they go: those given back (in
+    front), then the plan's own from a cursor, skipping those in ``done`` (written
+    before a resume). Holds the plan's sequence and a position, never a copy of it.
+    Batch ids are positions in ``batches``, as in every plan."""
+
+    def __init__(self, batches: Sequence[Batch], done: Collection[int] = ()) -> None:
+        self.batches = batches
+        self.next = 0  # the cursor: the plan's batches from here on are pending
+        self.done = done  # looked at as the cursor passes; a live set may grow behind it
+        self.front: deque[Batch] = deque()  # given back: handed out first
+        self.left = self.count = count = len(batches)
+        self.make = batches.getter() if isinstance(batches, BatchTable) else batches.__getitem__
+        self.done_below = 0  # from here on, nothing is skipped
+        for batch_id in done:
+            if 0 <= batch_id < count:
+                self.left -= 1
+                self.done_below = max(self.done_below, batch_id + 1)
+        self._skip_done()
+
+    def _skip_done(self) -> None:
+        done = self.done
+        while self.next < self.done_below and self.next in done:
+            self.next += 1
+
+    def popleft(self) -> Batch | None:
+        """The next batch (taken off), or None when none is left."""
+        if self.front:
+            self.left -= 1
+            return self.front.popleft()
+        if self.next >= self.count:
+            return None
+        batch = self.make(self.next)
+        self.next += 1
+        self.left -= 1
+        if self.next < self.done_below:
+            self._skip_done()
+        return batch
+
+    def appendleft(self, batch: Batch) -> None:
+        """``batch`` goes out next (it was handed out and came back unfinished)."""
+        self.front.appendleft(batch)
+        self.left += 1
+
+    def __len__(self) -> int:
+        return self.left
+
+    def rows(self) -> int:
+        """The rows (items, for file input) of what is left, without making every Batch
+        of a BatchTable."""
+        table, first = self.batches, self.next
+        if not isinstance(table, BatchTable):
+            return sum(batch.rows for batch in self)
+        skipped = [position for position in self.done if first <= position < len(table)] \
+            if first < self.done_below else []
+        return (sum(islice(table.stop, first, None)) - sum(islice(table.start, first, None))
+                + sum(batch.rows for batch in self.front)
+                - sum(table.stop[i] - table.start[i] for i in skipped))
+
+    def __iter__(self) -> Iterator[Batch]:
+        """What is left, in the order it goes (each Batch made as it is reached)."""
+        yield from self.front
+        batches, done = self.batches, self.done
+        for position in range(self.next, len(batches)):
+            if position >= self.done_below or position not in done:
+                yield batches[position]
+
+
 @dataclass
 class Scheduler:
     """Tracks pending, in-flight, completed and failed batches."""
 
-    pending: deque[Batch]
+    pending: PendingBatches
     total_rows: int
     policy: FailurePolicy = field(default_factory=FailurePolicy)
     retries: deque[Batch] = field(default_factory=deque)
     in_flight: dict[int, tuple[Batch, int]] = field(default_factory=dict)  # id -> batch, rank
     held: Counter[int] = field(default_factory=Counter)  # batches in flight, by rank
-    completed: set[int] = field(default_factory=set)
+    completed: MutableSet[int] = field(default_factory=set)  # BatchIds from for_batches
     short: dict[int, int] = field(default_factory=dict)  # completed id -> items without result
     attempts: dict[int, list[Attempt]] = field(default_factory=dict)
     failed: dict[int, Batch] = field(default_factory=dict)
@@ -101,24 +226,29 @@ class Scheduler:
 
     @classmethod
     def for_batches(cls, batches: Iterable[Batch], total_rows: int,
-                    policy: FailurePolicy | None = None) -> Scheduler:
-        return cls(pending=deque(batches), total_rows=total_rows,
-                   policy=policy or FailurePolicy())
+                    policy: FailurePolicy | None = None, done: Collection[int] = ()
+                    ) -> Scheduler:
+        """A scheduler handing out ``batches`` (a plan's, ids their positions) in order,
+        but those in ``done``, which count as completed (a resume)."""
+        batches = batches if isinstance(batches, Sequence) else tuple(batches)
+        completed = BatchIds(len(batches), done)
+        return cls(pending=PendingBatches(batches, completed), total_rows=total_rows,
+                   policy=policy or FailurePolicy(), completed=completed)
 
     def assign(self, rank: int) -> Batch | None:
         """The next batch for ``rank``: a retry that did not fail there, else a new one."""
         if self.stop_reason is not None:
             return None
         if self.retries:
-            batch = self._retry_for(rank) or (self.pending.popleft() if self.pending else None)
+            batch = self._retry_for(rank) or self.pending.popleft()
             if batch is None and not self.in_flight:
                 batch = self.retries.popleft()  # no other rank is busy: retry where it failed
             if batch is None:
                 return None
-        elif self.pending:
-            batch = self.pending.popleft()
         else:
-            return None
+            batch = self.pending.popleft()
+            if batch is None:
+                return None
         self.in_flight[batch.batch_id] = (batch, rank)
         self.held[rank] += 1
         return batch
@@ -127,7 +257,10 @@ class Scheduler:
         """Up to ``count`` batches for ``rank`` (of ``ranks``) in row order, as many as
         :meth:`may_take` lets it hold: a bundle for one message."""
         taken: list[Batch] = []
-        while len(taken) < count and self.may_take(rank, ranks):
+        held, pending, retries = self.held, self.pending, self.retries
+        # may_take, inlined: this loop runs for every batch handed out
+        while len(taken) < count and (
+                ranks == 1 or held[rank] <= max(1, -(-(pending.left + len(retries)) // ranks))):
             batch = self.assign(rank)
             if batch is None:
                 break
@@ -137,12 +270,12 @@ class Scheduler:
     @property
     def has_work(self) -> bool:
         """Whether there is anything to hand out (pending or retries, and not stopping)."""
-        return self.stop_reason is None and bool(self.pending or self.retries)
+        return self.stop_reason is None and bool(self.pending.left or self.retries)
 
     def fair_share(self, ranks: int) -> int:
         """The most batches a rank should hold before taking one more, of ``ranks``
         (see :meth:`may_take`)."""
-        return max(1, -(-(len(self.pending) + len(self.retries)) // ranks))
+        return max(1, -(-(self.pending.left + len(self.retries)) // ranks))
 
     def may_take(self, rank: int, ranks: int) -> bool:
         """Whether ``rank`` may take another batch (of ``ranks``): at the tail each holds
@@ -224,4 +357,4 @@ class Scheduler:
         """Nothing in flight and nothing more to hand out."""
         if self.in_flight:
             return False
-        return self.stop_reason is not None or not (self.pending or self.retries)
+        return self.stop_reason is not None or not (self.pending.left or self.retries)

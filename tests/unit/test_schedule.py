@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mpiscore.plan import SourceFile, make_plan
-from mpiscore.schedule import RETRY_LOOKAHEAD, Attempt, FailurePolicy, Scheduler
+from mpiscore.schedule import RETRY_LOOKAHEAD, Attempt, BatchIds, FailurePolicy, Scheduler
 
 
 def scheduler(batches: int = 3, rows: int = 10, **policy: object) -> Scheduler:
@@ -216,3 +216,45 @@ def test_failed_rows_are_counted_as_they_happen() -> None:
     assert not s.has_work or s.pending
     s.stop("signal")
     assert not s.has_work
+
+
+def test_a_resume_skips_the_batches_done_and_counts_them_completed() -> None:
+    plan = make_plan([SourceFile("x.h5", 100)], 10)
+    s = Scheduler.for_batches(plan.batches, plan.total_rows, done={0, 1, 4, 9})
+    assert s.completed == {0, 1, 4, 9} and len(s.pending) == 6
+    assert [b.batch_id for b in s.pending] == [2, 3, 5, 6, 7, 8]
+    assert s.pending.rows() == 60 and s.fair_share(2) == 3
+    taken = s.assign_many(1, 4, 1)
+    assert [b.batch_id for b in taken] == [2, 3, 5, 6] and taken[2] == plan.batches[5]
+    s.give_back(5, 1)
+    assert [b.batch_id for b in s.pending] == [5, 7, 8] and s.pending.rows() == 30
+    assert [s.assign(1).batch_id for _ in range(3)] == [5, 7, 8]  # type: ignore[union-attr]
+    assert s.assign(1) is None and not s.has_work
+    for batch_id in (2, 3, 5, 6, 7, 8):
+        s.complete(batch_id, 1)
+    assert s.finished and s.completed == set(range(10))
+
+
+def test_pending_batches_are_a_cursor_over_the_plan_not_a_copy() -> None:
+    """Rank 0's memory does not grow with the plan: the scheduler holds the plan's
+    BatchTable and a position, its done batches as a bitmap, and Batch objects only
+    for what is in flight or was given back."""
+    plan = make_plan([SourceFile("x.h5", 100_000)], 1)
+    s = Scheduler.for_batches(plan.batches, plan.total_rows, done=range(0, 100_000, 2))
+    assert s.pending.batches is plan.batches and not s.pending.front
+    assert isinstance(s.completed, BatchIds) and len(s.completed.bits) == 12_500
+    assert len(s.pending) == 50_000 and s.pending.rows() == 50_000
+    assert [b.batch_id for b in s.assign_many(0, 3, 1)] == [1, 3, 5]
+    assert set(s.in_flight) == {1, 3, 5} and s.pending.next == 7
+
+
+def test_batch_ids_behave_as_a_set() -> None:
+    ids = BatchIds(20, [3, 17, 3])
+    assert len(ids) == 2 and 3 in ids and 4 not in ids and -1 not in ids and 99 not in ids
+    assert ids == {3, 17} and list(ids) == [3, 17] and ids != {3}
+    ids.add(0)
+    ids.discard(17)
+    ids.discard(5)
+    assert sorted(ids) == [0, 3] and {1, 3} | ids == {0, 1, 3} and not {1} & ids
+    with pytest.raises(ValueError, match="not in a plan of 20 batches"):
+        ids.add(20)
