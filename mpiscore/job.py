@@ -3,8 +3,9 @@
 Built by prepare.py; rank 0 keeps it whole (the plan with every batch, the
 fingerprint), and broadcasts :meth:`Job.shared` to every rank, which hands it to
 every scoring process: the plan's file table and batch count, never its batches,
-which travel one by one as they are assigned. Kept free of onnxruntime, so
-ranks can hold it without loading it.
+which travel one by one as they are assigned. The file table is held once: file
+input's paths are the plan's (io/files.py). Kept free of onnxruntime, so ranks
+can hold it without loading it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from .config import JobConfig
 from .io.fields import ROW_STATUS, Field
+from .io.files import FilesInput
 from .io.registry import InputSource, OutputTarget
 from .lock import JobLock
 from .model import InputBinding
@@ -38,6 +40,14 @@ class Job:
     fingerprint: dict[str, Any]  # rank 0's only (journal token, fingerprint.json)
     lock: JobLock  # held by rank 0 for the job's life
     warnings: tuple[str, ...] = ()  # found while preparing; rank 0 logs them once
+
+    def __post_init__(self) -> None:
+        """File input's paths are the plan's file table (stamped after the input was
+        resolved): bound to it, the job holds and sends each path once."""
+        if isinstance(self.source.resolved, FilesInput):
+            bound = self.source.resolved.bound(self.plan.files)
+            if bound is not self.source.resolved:
+                object.__setattr__(self, "source", replace(self.source, resolved=bound))
 
     def shared(self) -> Job:
         """The job as every other process gets it: the plan without its batches, and no

@@ -8,6 +8,11 @@ names that start with ``.`` (hidden files and directories) and not following
 symbolic links to directories. Sizes are taken once, on rank 0, to pack batches
 by bytes (plan.make_item_plan); the reader hands out paths and opens nothing, so
 a file that cannot be read is the script's failure on its batch.
+
+Once planned, the paths live in one place, the plan's file table: the job binds
+its FilesInput to it (:meth:`FilesInput.bound`, Job), so a job of 100,000 files
+carries one table to every rank and scoring process, not the table and a second
+list of the same paths (and sizes).
 """
 
 from __future__ import annotations
@@ -32,10 +37,31 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class FilesInput:
-    """File input, resolved: the files in item order, and their sizes in bytes."""
+    """File input, resolved: the files in item order, and their sizes in bytes; once
+    bound to the plan, its file table instead (each file's path and stamped size),
+    the same tuple as the plan's, and no paths or sizes of its own."""
 
-    paths: tuple[str, ...]
-    sizes: tuple[int, ...]
+    paths: tuple[str, ...] = ()
+    sizes: tuple[int, ...] = ()
+    files: tuple[SourceFile, ...] | None = None  # the plan's file table, once bound
+
+    def bound(self, files: tuple[SourceFile, ...]) -> FilesInput:
+        """This input with ``files``, the plan's file table, as its only list of paths."""
+        if self.files is files:
+            return self
+        if len(files) != self.count or [f.path for f in files] != self.items(0, self.count):
+            raise ValueError("a file input is bound to the plan of its own files only")
+        return FilesInput(files=files)
+
+    @property
+    def count(self) -> int:
+        return len(self.paths) if self.files is None else len(self.files)
+
+    def items(self, first: int, stop: int) -> list[str]:
+        """The paths of files ``first:stop``, in item order."""
+        if self.files is None:
+            return list(self.paths[first:stop])
+        return [file.path for file in self.files[first:stop]]
 
 
 class FilesSourceKind:
@@ -57,15 +83,16 @@ class FilesSourceKind:
         return [SourceFile(path, 1) for path in source.paths], {}, []
 
     def open_reader(self, source: FilesInput) -> Reader:
-        return FilesReader(source.paths)
+        return FilesReader(source)
 
     def names(self, source: FilesInput) -> list[str]:
-        return list(source.paths)
+        return source.items(0, source.count)
 
     def plan(self, source: FilesInput, files: Sequence[SourceFile], batch_size: BatchSize,
              row_nbytes: int = 0) -> Plan:
         """Batches of consecutive files: ``--mini-batch-size N`` files, or bytes packed."""
-        return make_item_plan(files, batch_size, source.sizes)
+        sizes = source.sizes if source.files is None else [f.size for f in source.files]
+        return make_item_plan(files, batch_size, sizes)
 
 
 def _refuse_tabular_options(config: JobConfig) -> None:
@@ -104,11 +131,12 @@ def _size(path: str) -> int:
 class FilesReader:
     """Gives each batch its files' paths; opening them is the script's business."""
 
-    def __init__(self, paths: tuple[str, ...]) -> None:
-        self.paths = paths
+    def __init__(self, source: FilesInput) -> None:
+        self.source = source
 
     def read(self, batch: Batch) -> tuple[dict[str, np.ndarray], Columns]:
-        return {}, {FILE_PATHS: list(self.paths[batch.file_index:batch.file_index + batch.rows])}
+        return {}, {FILE_PATHS: self.source.items(batch.file_index,
+                                                  batch.file_index + batch.rows)}
 
     def close(self) -> None:
         """Nothing is open."""

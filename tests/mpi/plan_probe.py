@@ -23,17 +23,28 @@ start_original = pool_module.ScorerPool.start
 seen: dict[str, Any] = {}
 
 
+def own_paths(job: Any) -> int | None:
+    """File input: how many paths its source holds besides the plan's file table (the
+    table is the plan's own tuple when bound); None for other kinds."""
+    if job.source.kind != "files":
+        return None
+    resolved = job.source.resolved
+    return len(resolved.paths) + (0 if resolved.files is job.plan.files else len(job.plan.files))
+
+
 def from_rank_zero(self: world_module.World, step: Any, what: str) -> Any:
     value = broadcast_original(self, step, what)
     job = value[0]
     seen.update(rank=self.rank, broadcast_holds_batches=job.plan.holds_batches,
-                batches=job.plan.batch_count, broadcast_bytes=len(pickle.dumps(value)))
+                batches=job.plan.batch_count, broadcast_bytes=len(pickle.dumps(value)),
+                broadcast_own_paths=own_paths(job))
     return value
 
 
 def start(self: pool_module.ScorerPool, spec: Any) -> None:
     seen.update(spec_holds_batches=spec.job.plan.holds_batches,
-                spec_job_bytes=len(pickle.dumps(spec.job)), fingerprint=spec.job.fingerprint)
+                spec_job_bytes=len(pickle.dumps(spec.job)), fingerprint=spec.job.fingerprint,
+                spec_own_paths=own_paths(spec.job))
     (FOLDER / f"rank-{seen['rank']}.json").write_text(json.dumps(seen))
     start_original(self, spec)
 

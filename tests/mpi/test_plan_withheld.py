@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests import builders
+from tests import scripts_fixtures as fx
 from tests.mpi.launch import MPIEXEC, TIMEOUT_SECONDS
 
 ROWS = 1003
@@ -57,3 +58,26 @@ def test_three_ranks_never_see_the_batches(tmp_path: Path) -> None:
     assert [b[0] for b in plan["batches"]] == list(range(12))
     failed = json.loads(Path(f"{out}.run/failed_batches.json").read_text())["failed"]
     assert [(f["batch_id"], f["rows"]) for f in failed] == [(2, [200, 300])]
+
+
+def test_file_input_sends_each_path_once(tmp_path: Path) -> None:
+    """File input under mpiexec -n 2: the job every rank is broadcast, and the one each
+    scoring process is sent, hold the paths in the plan's file table only (the
+    source's file table is that same tuple), and every file is still scored once."""
+    scripts, data = fx.write_scripts(tmp_path), fx.write_data(tmp_path)
+    out, seen = tmp_path / "lines.txt", tmp_path / "seen"
+    seen.mkdir()
+    assert MPIEXEC
+    args = ["score", "--entry-script", scripts["per_file"], "--input", data["files"],
+            "--input-mode", "files", "--output-action", "append_row", "--output", out,
+            "--mini-batch-size", fx.FILE_BATCH, "--progress-seconds", 60]
+    result = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, str(PROBE), *map(str, args)],
+        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, cwd=tmp_path,
+        env={**os.environ, "PLAN_PROBE_DIR": str(seen),
+             "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert result.returncode == 0, result.stderr
+    for rank in range(2):
+        record = json.loads((seen / f"rank-{rank}.json").read_text())
+        assert record["broadcast_own_paths"] == 0 and record["spec_own_paths"] == 0, record
+    assert out.read_text().splitlines() == fx.file_lines()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from mpiscore.io import lines
 from mpiscore.io.fields import FILE_PATHS, HEADER, LINES, Field
 from mpiscore.io.files import FilesSourceKind
 from mpiscore.io.lines import LinesSinkKind, NoOutputSinkKind
+from mpiscore.journal import stamped
 from mpiscore.plan import Batch, Plan, SourceFile, make_item_plan
 
 
@@ -133,6 +135,33 @@ def test_the_reader_gives_each_batch_its_paths(tmp_path: Path) -> None:
     # sizes 1..7 packed up to 8 bytes
     assert seen == [["00.npy", "01.npy", "02.npy"], ["03.npy"], ["04.npy"], ["05.npy"],
                     ["06.npy"]]
+
+
+def test_bound_to_the_plan_the_paths_are_held_and_sent_once(tmp_path: Path) -> None:
+    """A planned file input keeps no paths or sizes of its own: its file table is the
+    plan's (the same tuple, also after a pickle round trip, as every rank and scoring
+    process gets it), so the job carries each path once; the reader reads from it."""
+    tree(tmp_path, {f"in/{i:04d}.txt": b"x" * (i % 5 + 1) for i in range(300)})
+    root = str(tmp_path / "in")
+    kind = FilesSourceKind()
+    source = kind.resolve(config(tmp_path, root), [(InputSpec(root), root)], [])
+    plan = kind.plan(source, stamped(kind.describe(source)[0]), BatchSize(rows=7))
+    bound = source.bound(plan.files)
+    assert bound.paths == () and bound.sizes == () and bound.files is plan.files
+    assert bound.bound(plan.files) is bound and kind.names(bound) == list(source.paths)
+    alone = len(pickle.dumps(plan.shared()))
+    both = len(pickle.dumps((source, plan.shared())))
+    sent = pickle.dumps((bound, plan.shared()))
+    assert len(sent) < alone + 200 < both - 300 * 8  # not a second table of 300 paths
+    received, shared = pickle.loads(sent)
+    assert received.files is shared.files
+    reader = kind.open_reader(received)
+    assert [reader.read(b)[1][FILE_PATHS] for b in plan.batches] == \
+        [list(source.paths[b.file_index:b.file_index + b.rows]) for b in plan.batches]
+    assert kind.plan(bound, plan.files, BatchSize(nbytes=8)) == \
+        kind.plan(source, plan.files, BatchSize(nbytes=8))
+    with pytest.raises(ValueError, match="its own files only"):
+        source.bound(plan.files[1:])
 
 
 # ---- append_row: writing ---------------------------------------------------------------
