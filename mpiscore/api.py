@@ -30,7 +30,7 @@ from .io.fill import write_fills
 from .job import Job
 from .journal import Journal, changed_input, journal_token
 from .model import model_digest, read_model
-from .placement import slurm_ids, window_for
+from .placement import slurm_ids, visible_gpu, window_for
 from .plan import Batch
 from .progress import Activity, Progress, progress_mode
 from .rank.coordinator import wire_rank_zero
@@ -312,7 +312,8 @@ def _rank_stats(worker: RankWorker, pool: ScorerPool, world: World, spec: Scorer
         scorer_cpu_seconds=pool.cpu_seconds, scorer_peak_rss_mib=pool.peak_rss_mib,
         loop_seconds=loop[0], loop_cpu_seconds=loop[1], startup_seconds=ready - started,
         first_batch_seconds=None if s.first_batch_done is None else s.first_batch_done - started,
-        scorer_restarts=pool.restarts, intra_op_threads=spec.settings.intra_op_threads)
+        scorer_restarts=pool.restarts, intra_op_threads=spec.settings.intra_op_threads,
+        gpu=visible_gpu(spec.settings.device_id))
 
 
 def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],

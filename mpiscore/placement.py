@@ -54,6 +54,14 @@ def gpus_per_node() -> int:
     return max(1, len([d for d in visible.split(",") if d.strip()]))
 
 
+def visible_gpu(device_id: int) -> str | None:
+    """The GPU that device ``device_id`` is, as CUDA_VISIBLE_DEVICES names it (Slurm's
+    GPU allocation sets it for each task), or None where this process sees none."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if d.strip()]
+    return visible[device_id] if device_id < len(visible) else None
+
+
 class Layout(NamedTuple):
     """A rank's scoring processes and the ONNX Runtime threads of each."""
 

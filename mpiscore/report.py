@@ -44,6 +44,10 @@ class RankStats:
     first_batch_seconds: float | None
     scorer_restarts: int
     intra_op_threads: int
+    # the GPU its sessions are given (device_id: placement.scorer_settings), as
+    # CUDA_VISIBLE_DEVICES names it; None where the rank sees none. Only a device
+    # provider (--providers CUDAExecutionProvider,...) uses it.
+    gpu: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
 #   tests/slurm/cluster.sh stop DIR    stop the daemons started in DIR (by their pid files)
 #
 # Clients find the cluster with SLURM_CONF=DIR/slurm.conf. Runs as root, no systemd.
+# The node has 2 fake GPUs (gres/gpu on device nodes DIR/dev/nvidia0-1, no hardware).
 # Ports are picked free, so several clusters (CI sessions) can share one machine.
 # Exit status 0: running. Anything else: not available, with the reason on stderr.
 set -euo pipefail
@@ -52,7 +53,19 @@ configure() {
     node=$(slurmd -C | head -1 | sed -e 's/ RealMemory=[0-9]*//')
     port_ctld=$(free_port)
     port_d=$(free_port)
-    mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
+    mkdir -p "$dir/state" "$dir/spool" "$dir/munge" "$dir/dev"
+    # Two GPUs for Slurm to allocate (gres/gpu): device nodes with NVIDIA's major number
+    # and no GPU behind them. Slurm sets CUDA_VISIBLE_DEVICES from them as on a GPU
+    # node; nothing opens them (the tests score with the CPU provider). Without them
+    # (mknod refused) the node has none, and DIR/gpus says why.
+    gres="" gres_types=""
+    rm -f "$dir/dev/nvidia0" "$dir/dev/nvidia1" "$dir/gres.conf"
+    if mknod "$dir/dev/nvidia0" c 195 0 2>"$dir/gpus" && mknod "$dir/dev/nvidia1" c 195 1 \
+            2>>"$dir/gpus"; then
+        echo 2 >"$dir/gpus"
+        echo "Name=gpu File=$dir/dev/nvidia[0-1]" >"$dir/gres.conf"
+        gres="Gres=gpu:2 " gres_types="GresTypes=gpu"
+    fi
     chmod 711 "$dir" "$dir/munge"
     cat >"$dir/slurm.conf" <<EOF
 ClusterName=mpiscore-test
@@ -77,6 +90,7 @@ SwitchType=switch/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+$gres_types
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
@@ -88,7 +102,7 @@ InactiveLimit=0
 MinJobAge=300
 SlurmctldTimeout=30
 SlurmdTimeout=30
-$node NodeAddr=127.0.0.1 State=UNKNOWN
+$node ${gres}NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
     echo "$host" >"$dir/host"

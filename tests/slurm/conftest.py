@@ -25,6 +25,13 @@ class Slurm:
 
     conf: Path
 
+    def gpus(self) -> int:
+        """The node's fake GPUs (cluster.sh); skips the test, saying why, if it has none."""
+        said = (self.conf.parent / "gpus").read_text().strip()
+        if not said.isdigit() or int(said) == 0:
+            pytest.skip(f"Slurm GPU tests: the test node has no GPUs: {said or 'no reason'}")
+        return int(said)
+
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLURM_CONF": str(self.conf),

@@ -10,6 +10,8 @@ state and restart count in Slurm.
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 
 from tests import builders
 from tests.mpi.launch import mpiscore
+from tests.slurm.conftest import TERMINAL
 
 SCRIPTS = Path(__file__).parents[2] / "slurm"
 ROWS, BATCH = 6000, 50  # 120 batches
@@ -212,30 +215,128 @@ def test_restart_cap(slurm, data, tmp_path) -> None:
     assert info["Restarts"] == "0" and "MAX_RESTARTS" in text
 
 
-@pytest.mark.timeout(90)
-def test_mpiscore_slurm_script_stops_requeues_and_resumes(slurm, data, tmp_path) -> None:
-    """`mpiscore slurm` output as a user would submit it (paths with spaces): a stop
-    signal to the tasks, drain, requeue, --resume, and the output bitwise identical."""
-    folder = tmp_path / "job dir"
+def rendered(slurm, data: dict[str, Path], folder: Path, *options: object) -> Path:
+    """``mpiscore slurm`` output for the test job in ``folder`` (output ``out dir/y.h5``,
+    relative paths are the folder's), written to ``folder/job.sbatch``."""
     (folder / "out dir").mkdir(parents=True)
-    out = folder / "out dir" / "y.h5"
     command = [slurm.env["MPISCORE"], "slurm", "--ntasks-per-node", 2, "--cpus-per-task", 1,
-               "--time", "0-00:03:00", "--launcher", "mpiexec", "--stop-grace", 5,
+               "--time", "0-00:03:00", "--stop-grace", 5, *options,
                "--model", data["model"], "--input", data["h5"], "--output", "out dir/y.h5",
                "--mini-batch-size", BATCH, "--progress-seconds", 60]
-    rendered = subprocess.run([str(c) for c in command], capture_output=True, text=True,
-                              timeout=30, cwd=folder, env=slurm.env)  # relative paths: folder's
-    assert rendered.returncode == 0 and rendered.stdout.startswith("#!/bin/bash"), rendered
-    (folder / "job.sbatch").write_text(rendered.stdout)
-    job = slurm.submit(folder / "job.sbatch", cwd=folder, MPISCORE_FAULTS="sleep:0.15")
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True,
+                          timeout=30, cwd=folder, env=slurm.env)
+    assert done.returncode == 0 and done.stdout.startswith("#!/bin/bash"), done
+    (folder / "job.sbatch").write_text(done.stdout)
+    return folder / "job.sbatch"
+
+
+def runs(output: Path) -> list[str]:
+    """The status of each run of the job, from its run directory's history."""
+    history = output.with_name(output.name + ".run") / "history.jsonl"
+    return [json.loads(line)["status"] for line in history.read_text().splitlines()]
+
+
+@pytest.mark.timeout(90)
+def test_mpiscore_slurm_script_stops_requeues_and_resumes(slurm, data, tmp_path) -> None:
+    """`mpiscore slurm --overwrite` output as a user would submit it (paths with spaces):
+    a stop signal to the tasks, drain, requeue, and the requeued run resumes (the
+    first run's --overwrite is not repeated: the job's history keeps both runs), the
+    output bitwise identical."""
+    folder = tmp_path / "job dir"
+    script = rendered(slurm, data, folder, "--launcher", "mpiexec", "--overwrite")
+    out = folder / "out dir" / "y.h5"
+    job = slurm.submit(script, cwd=folder, MPISCORE_FAULTS="sleep:0.15")
     wait_for_batches(out, 4)
     assert slurm.run("scancel", "--signal=TERM", job).returncode == 0
     info = slurm.wait(job, 80, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
     text = log(folder)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, text
     assert "requeued" in text and "--resume" in text and "Traceback" not in text
+    assert re.search(rf"^mpiscore-long: job {job} run 2 at \S+ --resume$", text, re.M), text
+    assert runs(out)[0] == "stopped" and runs(out)[-1] == "complete"
     assert summary(out)["ranks"] == 2
     assert_identical(out, data["clean"])
+
+
+def job_tasks(job: int) -> list[int]:
+    """The pids of the job's mpiscore ranks on this node (its step's tasks) that have
+    their SIGTERM handler in place: from then on, a signal is mpiscore's to handle."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"mpiscore" not in b"".join(command) or b"score" not in command \
+                    or b"-S" in command:
+                continue
+            if f"SLURM_JOB_ID={job}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            caught = next(line for line in (proc / "status").read_text().splitlines()
+                          if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            continue
+        if int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_during_start_up_then_resume_as_told(slurm, data, tmp_path) -> None:
+    """Slurm's stop signal to the tasks while mpiscore is still starting (its ranks have
+    just installed their first handler; set-up takes a second or more after that): a
+    clean stop, exit 75, no traceback. With `--max-restarts 0` and `--overwrite` the
+    script is not requeued and says how to resume it by hand (RESUME=1, not "submit it
+    again", whose first run would start afresh); doing so resumes and completes."""
+    folder = tmp_path / "job dir"
+    script = rendered(slurm, data, folder, "--overwrite", "--max-restarts", 0)
+    out = folder / "out dir" / "y.h5"
+    job = slurm.submit(script, cwd=folder)
+    deadline = time.monotonic() + JOB_SECONDS
+    while len(job_tasks(job)) < 2:
+        if time.monotonic() > deadline or slurm.job(job)["JobState"] in TERMINAL:
+            pytest.fail(f"job {job}'s 2 ranks did not start: {log(folder)}")
+        time.sleep(0.005)
+    assert slurm.run("scancel", "--signal=TERM", job).returncode == 0
+    info = slurm.wait(job, JOB_SECONDS)
+    text = log(folder)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "75:0", text
+    assert "SIGTERM during start-up" in text and "mpiscore-long: exit 75" in text, text
+    assert "Traceback" not in text and "Killed" not in text
+    told = "not requeued; sbatch --export=ALL,RESUME=1 this script to resume"
+    assert told in text and "sbatch this script again" not in text, text
+    again = slurm.submit(script, "--export=ALL,RESUME=1", cwd=folder)
+    info = slurm.wait(again, JOB_SECONDS)
+    text = log(folder)
+    assert info["JobState"] == "COMPLETED", text
+    assert re.search(rf"^mpiscore-long: job {again} run 1 at \S+ --resume$", text, re.M), text
+    assert "Traceback" not in text
+    assert runs(out) == ["stopped", "complete"]  # resumed: an --overwrite run starts anew
+    assert_identical(out, data["clean"])
+
+
+@pytest.mark.parametrize("bind", [[], ["--gpus-per-task=1"]])  # both GPUs seen, or one
+def test_gpu_sbatch_one_scoring_process_per_gpu(slurm, data, tmp_path, bind) -> None:
+    """slurm/gpu.sbatch through Slurm's GPU allocation (gres/gpu; the test node's 2 GPUs
+    are device nodes with no hardware, and this onnxruntime has no CUDA provider, so
+    the sessions score on the CPU provider). Whether Slurm shows each task both GPUs
+    (CUDA_VISIBLE_DEVICES=0,1: rank i takes GPU i by its node-local rank) or binds one
+    per task (CUDA_VISIBLE_DEVICES=0 or 1), the two ranks are given different GPUs,
+    one scoring process each. What is tested is the allocation and the mapping, not
+    CUDA."""
+    slurm.gpus()
+    out = tmp_path / "y.h5"
+    job = slurm.submit(SCRIPTS / "gpu.sbatch", "-N", 1, "--ntasks-per-node", 2, "-c", 1,
+                       "--gpus-per-node", 2, *bind, "-o", "job.out", cwd=tmp_path,
+                       PROVIDERS="CPUExecutionProvider",
+                       **job_env(data, out, MPISCORE_ARGS=f"--mini-batch-size {BATCH}"))
+    info = slurm.wait(job, JOB_SECONDS)
+    assert info["JobState"] == "COMPLETED", log(tmp_path)
+    assert "gpu:2" in info.get("TresPerNode", "") + info.get("AllocTRES", ""), info
+    ranks = summary(out)["per_rank"]
+    assert [r["gpu"] for r in ranks] == ["0", "1"], ranks
+    for rank in range(2):
+        said = (out.with_name("y.h5.run") / "logs" / f"rank-0000{rank}.log").read_text()
+        assert "scoring: 1 scoring process on this rank" in said, said
+    assert_scored(out, data)
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sbatch")))
