@@ -155,23 +155,6 @@ def test_job_array_one_output_per_task(slurm, data, tmp_path) -> None:
         "scores-0.h5", "scores-1.h5", "scores-2.h5"]
 
 
-def test_stop_signal_requeues_and_resumes_identically(slurm, data, tmp_path) -> None:
-    """The warning signal (or preemption) as Slurm sends it, to the tasks only:
-    drain, exit 75, requeue, --resume, output bitwise identical."""
-    out = tmp_path / "y.h5"
-    job = slurm.submit(SCRIPTS / "long.sbatch", "-n", 2, "-c", 1, "-o", "job.out",
-                       cwd=tmp_path, MPISCORE_FAULTS="sleep:0.15", STOP_GRACE=20,
-                       **job_env(data, out))
-    wait_for_batches(out, 4)
-    assert slurm.run("scancel", "--signal=TERM", job).returncode == 0
-    info = slurm.wait(job, 2 * JOB_SECONDS, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
-    text = log(tmp_path)
-    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, text
-    assert "exit 75" in text and "requeued" in text and "--resume" in text
-    assert "Traceback" not in text
-    assert_identical(out, data["clean"])
-
-
 @pytest.mark.timeout(360)
 def test_walltime_stop_requeues_and_resumes_identically(slurm, data, tmp_path) -> None:
     """A 1-minute job whose work takes ~45 s of a 1-minute limit: SIGTERM@50 comes
