@@ -1,7 +1,7 @@
 """Ranks hold only their work: memory, set-up and the broadcast job against the batch count.
 
     python benchmarks/plan_scale.py [--batches 10000 1000000] [--ranks 2] [--base CHECKOUT]
-                                    [--files 10000] [--skip-files]
+                                    [--files 10000] [--skip-files] [--file-items 100000]
 
 For each batch count N, the example model scores N one-row batches (an HDF5
 file of N rows, ``--mini-batch-size 1``) with ``mpiexec -n RANKS``; once the
@@ -17,6 +17,11 @@ runs another checkout (``git worktree add``) through ``PYTHONPATH``, side by sid
 parallel (this checkout), and the base checkout's planning; ``--open-latency-ms``
 adds a sleep before every file's open, as a parallel filesystem's metadata round
 trip would (``--batches`` with no count skips the jobs).
+
+``--file-items F``: a file-input job (``--input-mode files``, an entry script,
+``--mini-batch-size 10``) over F empty files, probed as above: the pickle sizes of
+the broadcast and of the job a scoring process is sent, and how many paths the
+job's source holds besides the plan's file table.
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ def from_rank_zero(self, step, what):
 world_module.World.from_rank_zero = from_rank_zero
 def start(self, spec):
     sizes["spec_job_bytes"] = len(pickle.dumps(spec.job, protocol=5))
+    resolved = spec.job.source.resolved  # file input: paths besides the plan's table
+    own = len(getattr(resolved, "paths", ()))
+    table = getattr(resolved, "files", None)
+    if table is not None and table is not spec.job.plan.files:
+        own += len(table)
+    sizes["source_own_paths"] = own if spec.job.source.kind == "files" else None
     print("PROBE " + json.dumps(sizes), flush=True)
     raise SystemExit(0)
 pool_module.ScorerPool.start = start
@@ -192,6 +203,39 @@ def probe(tree: Path | None, data: Path, out: Path) -> dict:
     return {"error": result.stderr[-300:]}
 
 
+ENTRY_SCRIPT = """
+def init():
+    pass
+
+def run(mini_batch):
+    return [str(len(mini_batch))]
+"""
+
+
+def file_items(trees: dict[str, Path | None], count: int, scratch: Path) -> list[dict]:
+    """Probe a file-input job over ``count`` empty files with each checkout."""
+    folder = scratch / "items"
+    folder.mkdir()
+    for index in range(count):
+        (folder / f"item-{index:07d}.txt").touch()
+    script = scratch / "per_files.py"
+    script.write_text(ENTRY_SCRIPT)
+    args = ["score", "--entry-script", str(script), "--input", str(folder), "--input-mode",
+            "files", "--output-action", "append_row", "--mini-batch-size", "10", "--quiet"]
+    rows = []
+    for label, tree in trees.items():
+        out = scratch / f"items-{label}.txt"
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-c", PROBE, *args, "--output", str(out),
+                                 "--overwrite"], env=env_for(tree), capture_output=True,
+                                text=True, timeout=1800, cwd=scratch)
+        seconds = time.perf_counter() - started
+        sizes = next((json.loads(line[6:]) for line in result.stdout.splitlines()
+                      if line.startswith("PROBE ")), {"error": result.stderr[-300:]})
+        rows.append({"checkout": label, "files": count, "probe_seconds": seconds, **sizes})
+    return rows
+
+
 def make_files(folder: Path, count: int) -> None:
     subprocess.run([sys.executable, "-c", (
         "import h5py, numpy as np, sys\n"
@@ -228,6 +272,8 @@ def main() -> None:
     parser.add_argument("--skip-files", action="store_true")
     parser.add_argument("--open-latency-ms", type=float, default=0.0,
                         help="add this much latency to every input file's open (many files)")
+    parser.add_argument("--file-items", type=int, default=0,
+                        help="also probe a file-input job over this many files")
     args = parser.parse_args()
     trees: dict[str, Path | None] = {"after": HERE.parent}
     if args.base:
@@ -247,8 +293,9 @@ def main() -> None:
                              **probe(tree, data, out), **run_job(tree, args.ranks, data, out)})
         files = None if args.skip_files else plan_files(trees, args.files, scratch,
                                                         args.open_latency_ms)
+        items = file_items(trees, args.file_items, scratch) if args.file_items else []
     print(json.dumps({"benchmark": "plan_scale", "ranks": args.ranks, "cores": cores(),
-                      "results": rows, "many_files": files}, indent=2))
+                      "results": rows, "many_files": files, "file_input": items}, indent=2))
     print(f"\n{'checkout':<8}{'batches':>10}{'broadcast':>12}{'to scorer':>12}{'set-up s':>10}"
           f"{'rank0 MiB':>11}{'rank MiB':>10}{'scorer0':>9}{'scorer':>8}")
     for r in rows:
@@ -258,6 +305,13 @@ def main() -> None:
               f"{r.get('spec_job_bytes', 0):>12,}{shown:>10}"
               f"{r['rank0_peak_rss_mib']:>11.0f}{r['other_rank_peak_rss_mib']:>10.0f}"
               f"{r['scorer0_peak_rss_mib']:>9.0f}{r['other_scorer_peak_rss_mib']:>8.0f}")
+    if items:
+        print(f"\n{'checkout':<8}{'files':>9}{'broadcast':>12}{'to scorer':>12}"
+              f"{'own paths':>11}")
+        for r in items:
+            own = r.get("source_own_paths")
+            print(f"{r['checkout']:<8}{r['files']:>9,}{r.get('broadcast_bytes', 0):>12,}"
+                  f"{r.get('spec_job_bytes', 0):>12,}{'-' if own is None else own:>11}")
     if files:
         print(f"\nplanning {files['files']:,} HDF5 files "
               f"(+{files['open_latency_ms']} ms an open):")
