@@ -21,7 +21,7 @@ import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
     from .config import BatchSize
@@ -42,6 +42,11 @@ class SourceFile:
     # scoring process checks before reading on from it; -1 until stamped
     size: int = -1
     mtime_ns: int = -1
+
+    def __reduce__(self) -> tuple[type[SourceFile], tuple[Any, ...]]:
+        """Pickled as its five values, without the field names a dataclass's state
+        carries: a fifth fewer bytes in the file table sent to every process."""
+        return SourceFile, (self.path, self.rows, self.unit_rows, self.size, self.mtime_ns)
 
 
 @dataclass(frozen=True, slots=True)  # slots: 72 bytes, not 350 (a scheduler holds many)
