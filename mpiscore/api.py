@@ -172,7 +172,7 @@ def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, starte
                           config.stop_grace)
 
     scheduler = None
-    job.target.warm()
+    warming = job.target.warm()
     loop_started, loop_cpu = time.perf_counter(), time.process_time()
     with StopSignals(spec.where) as signals:
         if whole is not None:
@@ -180,7 +180,9 @@ def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, starte
         else:
             own = worker(world.worker_link())
             work(own, signals.requested)
-    loop = (time.perf_counter() - loop_started, time.process_time() - loop_cpu)
+    loop_wall = time.perf_counter() - loop_started
+    warming.join()  # finishing needs it
+    loop = (loop_wall, time.process_time() - loop_cpu - warming.cpu_seconds)
     pool.close()
     status = world.broadcast(_status(scheduler) if world.rank == 0 else "")
     finish_error = _finish_output(job, scheduler, world, status)
