@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
@@ -130,7 +131,10 @@ class BatchTable(Sequence[Batch]):
 
     def __getitem__(self, index: int | slice) -> Batch | list[Batch]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+            first, stop, step = index.indices(len(self))
+            if step == 1:
+                return self.take(first, stop)
+            return [self[i] for i in range(first, stop, step)]
         if index < 0:
             index += len(self)
         return self.batch(index)
@@ -140,28 +144,21 @@ class BatchTable(Sequence[Batch]):
         return _make_batch(batch_id, self.file_index[batch_id], self.start[batch_id],
                            self.stop[batch_id], self.global_start[batch_id])
 
-    def getter(self) -> Callable[[int], Batch]:
-        """:meth:`batch` as one call: the fastest way to make Batches one by one."""
-        file_index, start, stop, global_start = (
-            self.file_index, self.start, self.stop, self.global_start)
-        new = object.__new__
-        set_id, set_file, set_start, set_stop, set_global = _SETTERS
-
-        def batch(batch_id: int) -> Batch:
-            made = new(Batch)
-            set_id(made, batch_id)
-            set_file(made, file_index[batch_id])
-            set_start(made, start[batch_id])
-            set_stop(made, stop[batch_id])
-            set_global(made, global_start[batch_id])
-            return made
-
-        return batch
+    def take(self, first: int, stop: int) -> list[Batch]:
+        """Batches ``first:stop``, made together: each field is set for all of them in one
+        pass that runs in C, the fastest way to make many (rank 0's scheduler makes
+        every batch it hands out, a few dozen at a time)."""
+        stop = min(stop, len(self))
+        made = list(map(object.__new__, itertools.repeat(Batch, max(0, stop - first))))
+        for setter, column in zip(_SETTERS, (
+                range(first, stop), self.file_index[first:stop], self.start[first:stop],
+                self.stop[first:stop], self.global_start[first:stop]), strict=True):
+            deque(map(setter, made, column), maxlen=0)
+        return made
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch_id, columns in enumerate(zip(self.file_index, self.start, self.stop,
-                                               self.global_start, strict=True)):
-            yield _make_batch(batch_id, *columns)
+        for first in range(0, len(self), 4096):  # a few at a time: never all made at once
+            yield from self.take(first, first + 4096)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, BatchTable):

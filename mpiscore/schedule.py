@@ -20,7 +20,7 @@ and only what is in flight, given back or failed is held as Batch objects.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Collection, Iterable, Iterator, MutableSet, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, MutableSet, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TypeVar
@@ -31,6 +31,10 @@ from .plan import Batch, BatchTable
 # asking rank (beyond them it hands out a new batch, or nothing): a rank whose every
 # batch fails would otherwise scan the whole queue of retries on each request.
 RETRY_LOOKAHEAD = 16
+
+# How many batches PendingBatches makes at a time from the plan's table: enough that
+# making them together costs less each, few enough that holding them costs nothing.
+MADE_AHEAD = 64
 
 _S = TypeVar("_S")
 
@@ -140,16 +144,20 @@ class BatchIds(MutableSet[int]):
 class PendingBatches:
     """The batches not handed out yet, in the order they go: those given back (in
     front), then the plan's own from a cursor, skipping those in ``done`` (written
-    before a resume). Holds the plan's sequence and a position, never a copy of it.
+    before a resume). Holds the plan's sequence and a position, never a copy of it,
+    and at most MADE_AHEAD Batches made ahead of the cursor (in ``front``, behind
+    those given back): made together, they cost less each than made one by one.
     Batch ids are positions in ``batches``, as in every plan."""
 
     def __init__(self, batches: Sequence[Batch], done: Collection[int] = ()) -> None:
         self.batches = batches
         self.next = 0  # the cursor: the plan's batches from here on are pending
         self.done = done  # looked at as the cursor passes; a live set may grow behind it
-        self.front: deque[Batch] = deque()  # given back: handed out first
+        self.front: deque[Batch] = deque()  # given back, then made ahead: handed out first
         self.left = self.count = count = len(batches)
-        self.make = batches.getter() if isinstance(batches, BatchTable) else batches.__getitem__
+        self.take: Callable[[int, int], Sequence[Batch]] = \
+            batches.take if isinstance(batches, BatchTable) else \
+            lambda first, stop: batches[first:stop]
         self.done_below = 0  # from here on, nothing is skipped
         for batch_id in done:
             if 0 <= batch_id < count:
@@ -164,17 +172,25 @@ class PendingBatches:
 
     def popleft(self) -> Batch | None:
         """The next batch (taken off), or None when none is left."""
-        if self.front:
-            self.left -= 1
-            return self.front.popleft()
-        if self.next >= self.count:
+        front = self.front
+        if not front and not self._make_ahead():
             return None
-        batch = self.make(self.next)
-        self.next += 1
         self.left -= 1
-        if self.next < self.done_below:
+        return front.popleft()
+
+    def _make_ahead(self) -> bool:
+        """Make the next batches from the cursor into ``front``; False if none is left."""
+        first = self.next
+        if first >= self.count:
+            return False
+        if first < self.done_below:  # a resume's done batches lie ahead: one at a time
+            self.front.append(self.batches[first])
+            self.next += 1
             self._skip_done()
-        return batch
+        else:
+            self.next = stop = min(first + MADE_AHEAD, self.count)
+            self.front.extend(self.take(first, stop))
+        return True
 
     def appendleft(self, batch: Batch) -> None:
         """``batch`` goes out next (it was handed out and came back unfinished)."""

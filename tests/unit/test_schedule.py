@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from mpiscore.plan import SourceFile, make_plan
-from mpiscore.schedule import RETRY_LOOKAHEAD, Attempt, BatchIds, FailurePolicy, Scheduler
+from mpiscore.schedule import (
+    MADE_AHEAD,
+    RETRY_LOOKAHEAD,
+    Attempt,
+    BatchIds,
+    FailurePolicy,
+    Scheduler,
+)
 
 
 def scheduler(batches: int = 3, rows: int = 10, **policy: object) -> Scheduler:
@@ -246,6 +253,10 @@ def test_pending_batches_are_a_cursor_over_the_plan_not_a_copy() -> None:
     assert len(s.pending) == 50_000 and s.pending.rows() == 50_000
     assert [b.batch_id for b in s.assign_many(0, 3, 1)] == [1, 3, 5]
     assert set(s.in_flight) == {1, 3, 5} and s.pending.next == 7
+    fresh = Scheduler.for_batches(plan.batches, plan.total_rows)
+    assert [b.batch_id for b in fresh.assign_many(0, 1000, 1)] == list(range(1000))
+    assert len(fresh.pending.front) < MADE_AHEAD and len(fresh.pending) == 99_000
+    assert fresh.pending.rows() == 99_000 and next(iter(fresh.pending)).batch_id == 1000
 
 
 def test_batch_ids_behave_as_a_set() -> None:
