@@ -76,6 +76,7 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
     rank, size = world.rank, world.size
     early_stderr(rank, size, world.hostname(), config.quiet)  # rank 0 says what it does
     pool = pool or start_pool(config, world)
+    pool.preopen(config)  # while rank 0's first process prepares the job (once: the CLI may have)
     job = None
     try:
         job, model, whole = _broadcast_job(config, world, pool, started)
@@ -315,7 +316,7 @@ def _rank_stats(worker: RankWorker, pool: ScorerPool, world: World, spec: Scorer
         loop_seconds=loop[0], loop_cpu_seconds=loop[1], startup_seconds=ready - started,
         first_batch_seconds=None if s.first_batch_done is None else s.first_batch_done - started,
         scorer_restarts=pool.restarts, intra_op_threads=spec.settings.intra_op_threads,
-        gpu=visible_gpu(spec.settings.device_id))
+        gpu=visible_gpu(spec.settings.device_id), preopened_sessions=pool.preopened)
 
 
 def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],

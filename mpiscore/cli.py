@@ -252,6 +252,7 @@ def score(early: list[ScorerProcess] | None, **options: Any) -> None:
         if rank == 0:  # its first scoring process checks the job meanwhile
             log_start(config, size, pool.size)
             pool.prepare(config)
+        pool.preopen(config)  # the others open the model's session meanwhile
         from .api import run  # heavy (h5py): imported while the scoring processes start
 
         run(config, world, pool)

@@ -48,6 +48,9 @@ class RankStats:
     # CUDA_VISIBLE_DEVICES names it; None where the rank sees none. Only a device
     # provider (--providers CUDAExecutionProvider,...) uses it.
     gpu: str | None = None
+    # its scoring processes whose ONNX session was opened from the model's path before
+    # the job came, and kept as the job's (wire.Preopen)
+    preopened_sessions: int = 0
 
 
 @dataclass(frozen=True)

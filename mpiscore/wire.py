@@ -3,6 +3,10 @@ message that crosses it, both ends of each exchange side by side.
 
     exchange  rank sends (rank/pool.py)   scoring process answers (scoring/main.py)
     --------  --------------------------  --------------------------------------------
+    preopen   Preopen                     (no answer of its own: Ready says whether the
+              (before the job, to every   session it opened was the job's, reused)
+              process but rank 0's first;
+              ONNX models only)
     prepare   PrepareRequest              JobPrepared | PrepareFailed
               (rank 0's first process only, before the job exists; for a dry run
               it answers DryRunDone | PrepareFailed, then ends)
@@ -50,6 +54,22 @@ if TYPE_CHECKING:
     from .job import Job
     from .lock import LockOwner
     from .plan import Batch
+
+
+# -- preopen: open the model's session from its path before the job is known
+
+
+class Preopen(NamedTuple):
+    """Open an ONNX session for the model at ``model`` with ``settings`` now, while rank 0
+    prepares the job: the session is kept for the job only if ScorerSpec then asks for
+    exactly it (the same bytes, by digest, the same settings); else it is dropped and
+    one opened as without this. A failure here is not reported: opening again then
+    reports it as without this."""
+
+    kind: str  # the scorer kind (only "onnx" is ever sent: an entry script's init()
+    # runs only after the job's lock is taken)
+    model: str  # the model's path, as the job names it (Job.model_name)
+    settings: ScorerSettings
 
 
 # -- prepare: rank 0's first scoring process checks and plans the job (scoring/prepare.py)
@@ -100,7 +120,10 @@ class ScorerSpec(NamedTuple):
 
 
 class Ready(NamedTuple):
-    """The process is set up: it takes batches from now on."""
+    """The process is set up: it takes batches from now on. ``preopened``: its scorer is
+    the session a Preopen opened before the job came."""
+
+    preopened: bool = False
 
 
 class StartFailed(NamedTuple):
@@ -186,7 +209,7 @@ class Closed(NamedTuple):
     peak_rss_mib: float
 
 
-ToScorer: TypeAlias = PrepareRequest | ScorerSpec | Score | Close
+ToScorer: TypeAlias = Preopen | PrepareRequest | ScorerSpec | Score | Close
 ToRank: TypeAlias = (JobPrepared | DryRunDone | PrepareFailed | Ready | StartFailed | Scored
                      | Flushed | BatchFailed | Closed)
 

@@ -41,6 +41,7 @@ from ..wire import (
     DryRunDone,
     Flushed,
     JobPrepared,
+    Preopen,
     PrepareFailed,
     PrepareRequest,
     Ready,
@@ -110,6 +111,22 @@ class ScorerPool:
         self.poller = select.poll()  # on the pipes in ``watched``, kept while they are the same
         self.watched: tuple[int, ...] = ()
         self.next_look = 0.0  # when to look again whether processes that said nothing live
+        self.preopening = False
+        self.preopened = 0  # processes whose Ready said their session was the preopened one
+
+    def preopen(self, config: JobConfig) -> None:
+        """Have every process but the one preparing the job (rank 0's first) open the ONNX
+        model's session from its path now, while rank 0 prepares the job (wire.Preopen);
+        :meth:`start` then finds it open if it is the job's. Once; an entry script never
+        (its init() runs only once the job's lock is taken). Not for a dry run: its
+        processes time batches with sessions of their own."""
+        if self.preopening or config.scorer_kind != "onnx":
+            return
+        self.preopening = True
+        request = Preopen(config.scorer_kind, str(config.scorer_file), self.settings)
+        for proc in self.procs[1 if self.rank == 0 else 0:]:
+            with contextlib.suppress(OSError):  # it died starting: start() replaces it
+                proc.conn.send(request)
 
     def prepare(self, config: JobConfig, dry_run_seconds: float = 0.0,
                 settings: ScorerSettings | None = None) -> None:
@@ -317,8 +334,9 @@ class ScorerPool:
             case BatchFailed(batch_id, error, traceback, fatal):  # the process goes on
                 outcomes.append(Outcome(proc.take(batch_id), False, error, traceback,
                                         fatal=fatal))
-            case Ready():
+            case Ready(preopened):
                 proc.ready = True
+                self.preopened += preopened
             case StartFailed(error):
                 raise ScoringProcessError(f"{self.where}: scoring process failed to start: "
                                           f"{error}")

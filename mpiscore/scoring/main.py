@@ -22,10 +22,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import InputChanged, MpiscoreError, is_storage_failure
 from ..io.registry import open_reader
-from ..model import read_model
+from ..model import model_digest, read_model
 from ..plan import Batch
 from ..report import record_death
 from ..tuning import LONGEST_WAIT_SECONDS, READ_AHEAD, SYNC_GROUP, SYNC_SECONDS
@@ -38,6 +40,7 @@ from ..wire import (
     DryRunDone,
     Flushed,
     JobPrepared,
+    Preopen,
     PrepareFailed,
     PrepareRequest,
     Ready,
@@ -85,9 +88,14 @@ def scorer_main(conn: Channel) -> None:
 
     The process is started before the job is known, so its interpreter start
     and heavy imports overlap with the rank's. On rank 0, the first process is
-    first asked to prepare the job, and keeps that scorer for scoring.
+    first asked to prepare the job, and keeps that scorer for scoring; the others may
+    first be asked to open the model's session (Preopen), kept if the job is for it.
     """
     message = recv_in_scorer(conn)
+    preopened = None
+    if isinstance(message, Preopen):
+        preopened = _preopen(message)
+        message = recv_in_scorer(conn)
     scorer = None
     if isinstance(message, PrepareRequest) and message.dry_run_seconds > 0:
         _dry_run(conn, message)
@@ -102,13 +110,15 @@ def scorer_main(conn: Channel) -> None:
     spec = message
     if spec.records_death:
         _record_death_of_rank(spec)
+    reused = scorer is None and (scorer := _preopened_for(spec, preopened)) is not None
+    preopened = None  # a session the job does not take is dropped here
     try:
         processor = _processor(spec, scorer)
     except BaseException as exc:
         conn.send(StartFailed(f"{type(exc).__name__}: {exc}"))
         return
     sender = _Sender(conn)
-    sender.send(Ready())
+    sender.send(Ready(reused))
     reads = _ReadAhead(conn, processor)
     writer = _WriteBehind(processor, sender, reads.fail)
     scoring = float("inf")  # how long the last batch took to score
@@ -367,6 +377,39 @@ def _prepare(conn: Channel, request: PrepareRequest) -> Scorer | None:
         return None
     conn.send(JobPrepared(job, done))
     return scorer
+
+
+class _Preopened(NamedTuple):
+    """A session opened before the job came, and what it was opened for."""
+
+    request: Preopen
+    sha256: str  # of the bytes read from the path
+    scorer: Scorer
+
+
+def _preopen(request: Preopen) -> _Preopened | None:
+    """The session ``request`` asks for, or None if it cannot be opened: the job then
+    opens one as without a Preopen, and reports the error as that would."""
+    if request.kind != "onnx":  # an entry script's init() waits for the job's lock
+        return None
+    try:
+        model_bytes = read_model(Path(request.model))
+        scorer = open_scorer(request.kind, model_bytes, request.model, request.settings)
+    except Exception:
+        return None
+    return _Preopened(request, model_digest(model_bytes), scorer)
+
+
+def _preopened_for(spec: ScorerSpec, preopened: _Preopened | None) -> Scorer | None:
+    """The preopened scorer if it is exactly the one the job's spec asks for: the model
+    bytes the job checked (its digest: a file replaced since is not the job's model),
+    the same kind, name and session settings."""
+    if preopened is None:
+        return None
+    job, request = spec.job, preopened.request
+    same = (preopened.sha256 == job.model_sha256 and request.kind == job.config.scorer_kind
+            and request.model == job.model_name and request.settings == spec.settings)
+    return preopened.scorer if same else None
 
 
 def _dry_run(conn: Channel, request: PrepareRequest) -> None:

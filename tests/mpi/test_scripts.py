@@ -303,6 +303,8 @@ def test_crashing_script_is_recovered_by_retry(env, data, tmp_path) -> None:
     np.testing.assert_array_equal(got.column("id2").to_numpy(), data["id"])
     assert not any(got.column("row_status").to_pylist())
     assert sum(r["scorer_restarts"] for r in summary(out)["per_rank"]) == 1
+    # an entry script's init() runs only once the job's lock is taken: never before the job
+    assert [r["preopened_sessions"] for r in summary(out)["per_rank"]] == [0, 0]
 
 
 # -- SIGTERM and --resume

@@ -25,24 +25,32 @@ from mpiscore.lock import LockOwner
 from mpiscore.model import read_model
 from mpiscore.placement import scorer_settings
 from mpiscore.plan import Batch
+from mpiscore.rank.pool import ScorerPool
+from mpiscore.rank.process import ScorerProcess
 from mpiscore.scoring import main as scorer
 from mpiscore.scoring.pipeline import BatchProcessor, Loaded
 from mpiscore.scoring.prepare import prepare
 from mpiscore.scoring.scorers import open_scorer
 from mpiscore.tuning import SYNC_GROUP
 from mpiscore.wire import (
+    BatchFailed,
     Channel,
     Close,
+    Closed,
     Done,
     Flushed,
+    Preopen,
     ProtocolError,
+    Ready,
     Score,
     Scored,
     ScorerSpec,
     StageTimes,
     pipe,
+    recv_at_rank,
 )
 from tests import builders
+from tests.builders import assert_matches
 
 TIMEOUT = 10.0  # seconds any wait here may take before the test fails
 
@@ -248,3 +256,69 @@ def test_a_writer_thread_bug_reaches_the_scoring_loop(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="a bug in reporting"):
         writer.close()
     processor.close()
+
+
+def preopen_job(tmp_path: Path) -> tuple[Path, np.ndarray, Job, ScorerSpec]:
+    """A 20-row job in batches of 10 for the model at m.onnx, prepared as rank 0's first
+    process does, and the ScorerSpec of a process of rank 1 for it."""
+    model = builders.mlp(tmp_path / "m.onnx", seed=1)
+    data = builders.features(20)
+    source = builders.write_h5(tmp_path / "x.h5", chunks=10, features=data)
+    config = JobConfig(model=model, inputs=(InputSpec(str(source), "/features"),),
+                       output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
+    settings = scorer_settings(config, 0, 1)
+    job_bytes = read_model(model)
+    job, _, _ = prepare(config, job_bytes,
+                        lambda: open_scorer("onnx", job_bytes, str(model), settings),
+                        LockOwner.here())
+    return model, data, job, ScorerSpec(job, job_bytes, settings, "test", FaultPlan())
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["same", "replaced"])
+def test_a_preopened_session_serves_only_the_job_s_own_model(tmp_path: Path,
+                                                             replaced: bool) -> None:
+    """A real scoring process opens the model at the job's path before the job comes
+    (wire.Preopen); the job keeps that session only if the bytes it opened are the
+    job's (by digest). A file replaced after the job read it is not the job's model:
+    that session is dropped, one is opened from the job's bytes, and they score."""
+    model, data, job, spec = preopen_job(tmp_path)
+    job_bytes, settings = spec.model_bytes, spec.settings
+    (tmp_path / "job.onnx").write_bytes(job_bytes)
+    if replaced:  # what the process will open is another model now
+        builders.mlp(model, seed=2)
+    proc = ScorerProcess()
+    try:
+        proc.conn.send(Preopen("onnx", str(model), settings))
+        proc.conn.send(spec)
+        assert proc.conn.poll(TIMEOUT)
+        assert recv_at_rank(proc.conn) == Ready(preopened=not replaced)
+        proc.conn.send(Score(job.plan.batches[0], 0))
+        proc.conn.send(Close())
+        messages = []
+        while not messages or not isinstance(messages[-1], Closed):
+            assert proc.conn.poll(TIMEOUT), messages
+            messages.append(recv_at_rank(proc.conn))
+    finally:
+        proc.kill()
+    assert not any(isinstance(m, BatchFailed) for m in messages), messages
+    with h5py.File(job.target.partial, "r") as handle:
+        got = {name: handle[name][:10] for name in handle if not name.startswith("_")}
+    assert not got.pop("row_status").any()
+    assert_matches(got, builders.reference(tmp_path / "job.onnx", features=data[:10]))
+
+
+def test_a_process_killed_while_it_preopens_is_replaced_at_start(tmp_path: Path) -> None:
+    """A scoring process that dies while it opens its session before the job (killed,
+    out of memory) is replaced when the job starts, as one that died idle is: no hang."""
+    _, _, job, spec = preopen_job(tmp_path)
+    job.config.resolved_run_dir.mkdir(exist_ok=True)
+    pool = ScorerPool(2, None, spec.settings, rank=1)
+    try:
+        pool.preopen(job.config)
+        pool.procs[0].process.kill()  # dies by itself: its rank has not looked
+        pool.procs[0].process.wait()
+        pool.start(spec)
+        assert pool.restarts == 1 and pool.preopened == 1  # the other kept its session
+    finally:
+        pool.close()
+        pool.reap()
