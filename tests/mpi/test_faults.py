@@ -161,8 +161,8 @@ def test_killed_rank_ends_job_then_resume_completes(data, tmp_path, ranks) -> No
     assert result.returncode != 0
     assert time.monotonic() - started < 30
     assert not out.exists()
-    journal = journaled(out)
-    assert 0 < len(journal) < ROWS // BATCH
+    journal = journaled(out)  # rank 1's first batch may die with the job unjournaled
+    assert len(journal) < ROWS // BATCH  # under load, rank 0 may have none of its own
     result = mpiscore(ranks, *job_args(data, out, "--resume"))
     assert result.returncode == 0, result.stderr
     assert_identical(out, data["clean"])
