@@ -81,17 +81,7 @@ class SyncLog(Hdf5Writer):
 def scoring_process_parts(tmp_path: Path) -> tuple[Path, np.ndarray, Job, BatchProcessor]:
     """A 70-row job in batches of 10, prepared as rank 0's first process does, and a
     scoring process's BatchProcessor for it."""
-    model = builders.mlp(tmp_path / "m.onnx")
-    data = builders.features(70)
-    source = builders.write_h5(tmp_path / "x.h5", chunks=10, features=data)
-    config = JobConfig(model=model, inputs=(InputSpec(str(source), "/features"),),
-                       output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
-    settings = scorer_settings(config, 0, 1)
-    model_bytes = read_model(model)
-    job, _, _ = prepare(config, model_bytes,
-                        lambda: open_scorer("onnx", model_bytes, str(model), settings),
-                        LockOwner.here())
-    spec = ScorerSpec(job, model_bytes, settings, "test", FaultPlan())
+    model, data, job, spec = prepared_job(tmp_path, rows=70, seed=0)
     return model, data, job, scorer._processor(spec, None)
 
 
@@ -258,11 +248,12 @@ def test_a_writer_thread_bug_reaches_the_scoring_loop(tmp_path: Path) -> None:
     processor.close()
 
 
-def preopen_job(tmp_path: Path) -> tuple[Path, np.ndarray, Job, ScorerSpec]:
-    """A 20-row job in batches of 10 for the model at m.onnx, prepared as rank 0's first
-    process does, and the ScorerSpec of a process of rank 1 for it."""
-    model = builders.mlp(tmp_path / "m.onnx", seed=1)
-    data = builders.features(20)
+def prepared_job(tmp_path: Path, rows: int, seed: int
+                 ) -> tuple[Path, np.ndarray, Job, ScorerSpec]:
+    """A ``rows``-row job in batches of 10 for the model at m.onnx, prepared as rank 0's
+    first process does, and the ScorerSpec a scoring process gets for it."""
+    model = builders.mlp(tmp_path / "m.onnx", seed=seed)
+    data = builders.features(rows)
     source = builders.write_h5(tmp_path / "x.h5", chunks=10, features=data)
     config = JobConfig(model=model, inputs=(InputSpec(str(source), "/features"),),
                        output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
@@ -272,6 +263,11 @@ def preopen_job(tmp_path: Path) -> tuple[Path, np.ndarray, Job, ScorerSpec]:
                         lambda: open_scorer("onnx", job_bytes, str(model), settings),
                         LockOwner.here())
     return model, data, job, ScorerSpec(job, job_bytes, settings, "test", FaultPlan())
+
+
+def preopen_job(tmp_path: Path) -> tuple[Path, np.ndarray, Job, ScorerSpec]:
+    """A 20-row job for a process of rank 1 (prepared_job)."""
+    return prepared_job(tmp_path, rows=20, seed=1)
 
 
 @pytest.mark.parametrize("replaced", [False, True], ids=["same", "replaced"])
