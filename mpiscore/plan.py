@@ -74,6 +74,13 @@ class Batch:
     def global_stop(self) -> int:
         return self.global_start + self.rows
 
+    def __reduce__(self) -> tuple[type[Batch], tuple[int, int, int, int, int]]:
+        """Pickled as its five ints: a slotted dataclass's own pickling looks its fields
+        up (``dataclasses.fields``) for every Batch of every Assign and Completed, and
+        undoing it calls ``__setstate__``: 2.6 us a batch there and back, 0.95 us so."""
+        return Batch, (self.batch_id, self.file_index, self.start, self.stop,
+                       self.global_start)
+
 
 # Each field's slot setter: a Batch made with them takes half the time of the frozen
 # dataclass's __init__ (five object.__setattr__ calls), and rank 0 makes one for every

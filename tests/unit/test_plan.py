@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import pickle
@@ -233,3 +234,17 @@ def test_plan_file_is_written_on_a_thread_and_its_failure_is_an_output_error(
     with pytest.raises(OutputError, match="cannot write the job's plan"):
         failing.check()
     failing.check()  # said once
+
+
+
+
+def test_a_batch_pickles_without_looking_up_its_fields(monkeypatch) -> None:
+    """Every Assign and Completed carries Batches: pickling them both ways must not
+    walk the dataclass's fields (a slotted dataclass's own pickling does, per Batch)."""
+    batch = Batch(7, 2, 30, 40, 130)
+
+    def no_fields(_: object) -> None:
+        raise AssertionError("dataclasses.fields called while pickling a Batch")
+
+    monkeypatch.setattr(dataclasses, "fields", no_fields)
+    assert pickle.loads(pickle.dumps(batch)) == batch
