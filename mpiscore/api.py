@@ -88,8 +88,10 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
         try:
             if rank == 0:
                 _log_plan(job)
+            warming = job.target.warm()  # while the sessions open, the rank waits
             pool.start(ScorerSpec(job, model, pool.settings, where,
                                   FaultPlan.parse(config.faults), records_death=rank == 0))
+            warming.join()  # before the loop, whose CPU is the rank's waiting
             return _score(job, whole, pool, world, started)
         finally:
             stop_logging(handlers)
@@ -173,7 +175,6 @@ def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, starte
                           config.stop_grace)
 
     scheduler = None
-    warming = job.target.warm()
     loop_started, loop_cpu = time.perf_counter(), time.process_time()
     with StopSignals(spec.where) as signals:
         if whole is not None:
@@ -181,9 +182,7 @@ def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, starte
         else:
             own = worker(world.worker_link())
             work(own, signals.requested)
-    loop_wall = time.perf_counter() - loop_started
-    warming.join()  # finishing needs it
-    loop = (loop_wall, time.process_time() - loop_cpu - warming.cpu_seconds)
+    loop = (time.perf_counter() - loop_started, time.process_time() - loop_cpu)
     pool.close()
     status = world.broadcast(_status(scheduler) if world.rank == 0 else "")
     finish_error = _finish_output(job, scheduler, world, status)

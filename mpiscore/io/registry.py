@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -310,33 +309,23 @@ class OutputTarget:
         return self.sink.open_writer(self.partial, self.final, fields, kept, plan, offsets,
                                      attrs)
 
-    def warm(self) -> Warming:
+    def warm(self) -> threading.Thread:
         """Import, on a thread, what finishing the output will need (h5py and numpy take
-        60-80 ms, pyarrow more), while the rank mostly waits on its scoring processes,
-        so the rank does not pay for it after the last batch, on every job's critical
-        path. An import that fails here fails again, with its message, when finishing."""
-        warming = Warming(self.sink)
-        warming.start()
-        return warming
+        60-80 ms, pyarrow more) while the rank waits for its scoring processes to open
+        their sessions, so that it is not imported after the last batch, on every job's
+        critical path. An import that fails here fails again, with its message, when
+        finishing. The thread is joined before the scoring loop: an import running
+        beside the loop cost the rank more than its own CPU (benchmarks/README.md,
+        Waiting)."""
+        thread = threading.Thread(target=self._warm_quietly, name="warm-output", daemon=True)
+        thread.start()
+        return thread
 
-
-class Warming(threading.Thread):
-    """OutputTarget.warm's thread. Its CPU (``cpu_seconds``, once joined) is finishing
-    work done early, not the rank's waiting, so the loop's CPU leaves it out."""
-
-    def __init__(self, sink: SinkKind) -> None:
-        super().__init__(name="warm-output", daemon=True)
-        self.sink = sink
-        self.cpu_seconds = 0.0
-
-    def run(self) -> None:
-        started = time.thread_time()
+    def _warm_quietly(self) -> None:
         try:
             self.sink.warm()
         except Exception:  # reported again by the finish that needs it
             return
-        finally:
-            self.cpu_seconds = time.thread_time() - started
 
 
 def _refuse_an_input(path: Path, inputs: list[str]) -> None:
