@@ -102,10 +102,10 @@ def record_death(run_dir: Path, output: str, reason: str) -> bool:
     left partial: the run's line in ``history.jsonl`` and a ``summary.json`` saying
     "died", with what this run's files tell (the start in the running summary, rank
     0's last ``status.json``); whether it did (not if the job had ended already)."""
-    summary = _load_json(run_dir / "summary.json")
+    summary = read_json_object(run_dir / "summary.json") or {}
     if summary.get("status") != "running":
         return False
-    status = _load_json(run_dir / "status.json")
+    status = read_json_object(run_dir / "status.json") or {}
     if status.get("pid") != summary.get("pid"):
         status = {}  # none yet, or an earlier run's
     started, ready = _seconds(summary, "started_at"), _seconds(status, "started_at")
@@ -128,13 +128,14 @@ def _seconds(record: dict, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _load_json(path: Path) -> dict:
-    """The object a JSON file holds, or {} where there is none."""
+def read_json_object(path: Path) -> dict | None:
+    """The object a JSON file of the run directory holds, or None where there is none
+    (missing, torn or not an object)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _append_run(run_dir: Path, entry: dict) -> dict:

@@ -273,10 +273,7 @@ class Scheduler:
         """Up to ``count`` batches for ``rank`` (of ``ranks``) in row order, as many as
         :meth:`may_take` lets it hold: a bundle for one message."""
         taken: list[Batch] = []
-        held, pending, retries = self.held, self.pending, self.retries
-        # may_take, inlined: this loop runs for every batch handed out
-        while len(taken) < count and (
-                ranks == 1 or held[rank] <= max(1, -(-(pending.left + len(retries)) // ranks))):
+        while len(taken) < count and self.may_take(rank, ranks):
             batch = self.assign(rank)
             if batch is None:
                 break

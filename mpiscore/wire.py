@@ -141,20 +141,6 @@ class Score(NamedTuple):
     batch: Batch
     attempt: int
 
-    def __reduce__(self) -> tuple[object, tuple[int, ...]]:
-        """Pickled as plain numbers: a slotted dataclass's own pickling looks its fields
-        up on every message, both ends, once a batch."""
-        batch = self.batch
-        return _score, (batch.batch_id, batch.file_index, batch.start, batch.stop,
-                        batch.global_start, self.attempt)
-
-
-def _score(batch_id: int, file_index: int, start: int, stop: int, global_start: int,
-           attempt: int) -> Score:
-    from .plan import Batch  # loaded by then in a scoring process, the only end that reads it
-
-    return Score(Batch(batch_id, file_index, start, stop, global_start), attempt)
-
 
 class Scored(NamedTuple):
     """The batch is read and scored and is being written: the process takes the next.

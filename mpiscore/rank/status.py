@@ -12,7 +12,6 @@ heartbeat stopped, from any node that sees the filesystem.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
@@ -22,7 +21,7 @@ from typing import Any
 from ..errors import InputError
 from ..lock import pid_alive
 from ..progress import Progress
-from ..report import plural, write_json
+from ..report import plural, read_json_object, write_json
 from ..schedule import Scheduler
 from ..tuning import STALE_SECONDS, STATUS_SECONDS
 
@@ -89,7 +88,8 @@ def job_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a run directory (no such directory)")
-    summary, status = _load(run_dir / "summary.json"), _load(run_dir / STATUS_FILE)
+    summary = read_json_object(run_dir / "summary.json")
+    status = read_json_object(run_dir / STATUS_FILE)
     lock = _mtime(run_dir / "lock")
     if summary is None and status is None:
         if lock is not None and now - lock < STALE_SECONDS:
@@ -125,7 +125,7 @@ def job_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
 def _counters(run_dir: Path, status: dict[str, Any] | None) -> dict[str, Any]:
     if status is not None:
         return {key: value for key, value in status.items() if key != "state"}
-    plan = _load(run_dir / "plan.json") or {}
+    plan = read_json_object(run_dir / "plan.json") or {}
     batches = plan.get("batches")  # plan.json lists them; the job's attributes count them
     return {"rows_done": 0, "rows": plan.get("rows"), "rows_per_second": 0.0,
             "eta_seconds": None, "batches_done": 0,
@@ -139,14 +139,6 @@ def _stopped(summary: dict[str, Any], heartbeat: float | None, now: float) -> bo
         return True
     return (summary.get("host") == socket.gethostname() and isinstance(summary.get("pid"), int)
             and not pid_alive(summary["pid"]))
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _mtime(path: Path) -> float | None:
