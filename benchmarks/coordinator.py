@@ -101,7 +101,7 @@ def measure(ranks: int, batches: int, window: int, seconds: float, burst: int
                     message = inbox.popleft()
                     if isinstance(message, Assign):
                         for batch_id in assigned_ids(message):
-                            deliver(rank, Completed(batch_id))
+                            deliver(rank, Completed((batch_id,)))
                             done += 1
                             unserved += 1
                             if unserved == burst:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import zip_longest
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,8 +88,11 @@ class Coordinator:
         self.heard[rank] = time.time()
         scheduler = self.scheduler
         if isinstance(message, Completed):  # the busiest path first
-            self.on_complete(scheduler.complete(message.batch_id, rank, message.failed_items))
-            self._want(rank, 1)
+            complete, on_complete = scheduler.complete, self.on_complete
+            for batch_id, failed_items in zip_longest(message.batch_ids, message.failed_items,
+                                                      fillvalue=0):
+                on_complete(complete(batch_id, rank, failed_items))
+            self._want(rank, len(message.batch_ids))
             if not scheduler.in_flight and self.starved:
                 self._wake(self.starved)  # no other rank busy: a retry may go where it failed
         elif isinstance(message, Request):

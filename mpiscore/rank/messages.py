@@ -6,7 +6,8 @@ Protocol, all messages small and typed; bulk data never travels here:
       Request(count=window)     --->     hand out up to `count` batches
                                 <---     Assign(batches, attempts)  (one bundle)
       (its scoring processes read, score, write)
-      Completed(batch_id)       --->     journal it, hand out one more
+      Completed(batch_ids)      --->     journal them, hand out as many more (one message
+                                          for every batch a wake-up of the rank ended)
       Failed(batch_id, error)   --->     retry elsewhere or give up (error budget); or,
                                           when fatal (storage full, input changed), hand
                                           it back and stop the job with that error
@@ -41,9 +42,12 @@ class Request:
 
 @dataclass(frozen=True)
 class Completed:
+    """Batches written and durable, in the order they ended: one message for all that a
+    wake-up of the rank found ended, so rank 0's cost is per report, not per batch."""
+
     tag: ClassVar[int] = 12
-    batch_id: int
-    failed_items: int = 0  # items of the batch without a result (they count as failed)
+    batch_ids: tuple[int, ...]
+    failed_items: tuple[int, ...] = ()  # per batch, items without a result; () when none
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,8 @@ class RankWorker:
     def poll(self, timeout: float) -> None:
         """Collect finished batches, report them, and keep the processes busy."""
         self.just_asked = 0
+        completed: list[int] = []
+        failed_items: list[int] = []
         for outcome in self.pool.poll(timeout):
             if not outcome.returned:  # reported ended: the coordinator owes one more
                 self.requested += 1
@@ -149,14 +151,18 @@ class RankWorker:
             if outcome.ok:
                 assert outcome.times is not None
                 self.stats.add(outcome.batch, outcome.times)
-                self.link.send(Completed(outcome.batch.batch_id, outcome.failed_items))
-                self.faults.after_rank_batch(self.rank)
+                completed.append(outcome.batch.batch_id)
+                failed_items.append(outcome.failed_items)
             elif outcome.returned:
                 self.link.send(Returned((outcome.batch.batch_id,)))
             else:
                 self.stats.failures += 1
                 self.link.send(Failed(outcome.batch.batch_id, outcome.error, outcome.traceback,
                                       outcome.fatal))
+        if completed:  # one report for all: rank 0 journals them and hands out as many
+            self.link.send(Completed(tuple(completed),
+                                     tuple(failed_items) if any(failed_items) else ()))
+            self.faults.after_rank_batch(self.rank)
         self._feed()
         self._abandon_after_grace()
 

@@ -67,7 +67,8 @@ class Record:
     def reported(self, rank: int, message: Message) -> None:
         if isinstance(message, Completed | Failed):
             with self.lock:
-                self.outstanding[rank] -= 1
+                self.outstanding[rank] -= len(message.batch_ids) \
+                    if isinstance(message, Completed) else 1
 
 
 class FakePool:
@@ -347,7 +348,7 @@ def test_a_request_is_answered_with_one_bundle_in_row_order() -> None:
     assert isinstance(bundle, Assign) and assigned([bundle]) == [0, 1, 2, 3]
     assert bundle.attempts == (0, 0, 0, 0)
     assert assigned(inboxes.take(0)) == [4, 5, 6]
-    c.handle(2, Completed(1))
+    c.handle(2, Completed((1,)))
     assert assigned(inboxes.take(2)) == [7]
 
 
@@ -356,7 +357,7 @@ def test_reports_received_in_a_burst_are_answered_with_one_bundle() -> None:
     c.handle(1, Request(4))
     assert assigned(inboxes.take(1)) == [0, 1, 2, 3]
     for batch_id in (2, 0, 3):
-        c.receive(1, Completed(batch_id))
+        c.receive(1, Completed((batch_id,)))
     c.receive(0, Request(2))
     assert inboxes.sent == {}
     assert c.hand_out() and not c.hand_out()
@@ -383,9 +384,9 @@ def test_a_retry_waits_for_another_rank_unless_no_other_is_busy() -> None:
     assert assigned(inboxes.take(0)) == [0] and assigned(inboxes.take(1)) == [1]
     c.handle(0, Failed(0, "boom"))
     assert inboxes.take(0) == [] and c.starved == {0}
-    c.handle(1, Completed(1))
+    c.handle(1, Completed((1,)))
     assert assigned(inboxes.take(1)) == [0] and inboxes.take(0) == []
-    c.handle(1, Completed(0))
+    c.handle(1, Completed((0,)))
     assert c.finished and c.scheduler.completed == {0, 1}
 
 
@@ -404,17 +405,17 @@ def test_at_the_tail_a_rank_holding_its_share_waits_and_the_first_to_free_up_get
     assert assigned(inboxes.take(0)) == [0, 1, 2, 3] and c.held_back == {0}
     c.handle(1, Request(6))
     assert assigned(inboxes.take(1)) == [4, 5, 6] and c.held_back == {0, 1}
-    c.handle(1, Completed(4))
+    c.handle(1, Completed((4,)))
     assert inboxes.take(1) == []  # holds 2, more than its share of the 2 left
-    c.handle(1, Completed(5))
+    c.handle(1, Completed((5,)))
     assert assigned(inboxes.take(1)) == [7] and inboxes.take(0) == []
-    c.handle(0, Completed(0))
-    c.handle(0, Completed(1))
+    c.handle(0, Completed((0,)))
+    c.handle(0, Completed((1,)))
     assert inboxes.take(0) == []
-    c.handle(0, Completed(2))
+    c.handle(0, Completed((2,)))
     assert assigned(inboxes.take(0)) == [8] and not c.scheduler.pending
     for rank, batch_id in [(0, 3), (0, 8), (1, 6), (1, 7)]:
-        c.handle(rank, Completed(batch_id))
+        c.handle(rank, Completed((batch_id,)))
     assert c.finished and inboxes.sent == {}
 
 
@@ -432,7 +433,7 @@ def test_drain_with_bundles_returns_every_unstarted_batch_to_the_front() -> None
     c, inboxes = coordinator(3, 30)
     for rank in range(3):
         c.handle(rank, Request(4))
-    c.handle(1, Completed(4))
+    c.handle(1, Completed((4,)))
     c.handle(2, StopRequested("SIGTERM on rank 2"))
     for rank in range(3):
         messages = inboxes.take(rank)
@@ -441,7 +442,7 @@ def test_drain_with_bundles_returns_every_unstarted_batch_to_the_front() -> None
     c.handle(0, Returned((1, 2, 3)))
     c.handle(2, Returned((8, 9, 10, 11)))
     assert not c.finished  # batch 0 is still being scored
-    c.handle(0, Completed(0))
+    c.handle(0, Completed((0,)))
     assert c.finished and c.scheduler.completed == {0, 4}
     assert [b.batch_id for b in c.scheduler.pending] == [8, 9, 10, 11, 1, 2, 3, 5, 6, 7, 12,
                                                          *range(13, 30)]
@@ -503,7 +504,7 @@ def test_no_batch_lost_or_duplicated_under_random_message_orders(seed: int) -> N
         if rng.random() < 0.15:
             deliver(rank, Failed(batch_id, "boom"))
         else:
-            deliver(rank, Completed(batch_id))
+            deliver(rank, Completed((batch_id,)))
     s = c.scheduler
     assert sorted(journal) == sorted(s.completed) and len(set(journal)) == len(journal)
     left = [b.batch_id for b in s.pending] + [b.batch_id for b in s.retries]
