@@ -315,7 +315,8 @@ def _rank_stats(worker: RankWorker, pool: ScorerPool, world: World, spec: Scorer
         loop_seconds=loop[0], loop_cpu_seconds=loop[1], startup_seconds=ready - started,
         first_batch_seconds=None if s.first_batch_done is None else s.first_batch_done - started,
         scorer_restarts=pool.restarts, intra_op_threads=spec.settings.intra_op_threads,
-        gpu=visible_gpu(spec.settings.device_id), preopened_sessions=pool.preopened)
+        gpu=visible_gpu(spec.settings.device_id), preopened_sessions=pool.preopened,
+        scoring_depth=pool.depth)
 
 
 def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],

@@ -51,6 +51,9 @@ class RankStats:
     # its scoring processes whose ONNX session was opened from the model's path before
     # the job came, and kept as the job's (wire.Preopen)
     preopened_sessions: int = 0
+    # batches each of its scoring processes came to hold, not reported scored, at most:
+    # tuning.SCORING_DEPTH, more where batches were short (rank/pool.py deepen)
+    scoring_depth: int = 2
 
 
 @dataclass(frozen=True)

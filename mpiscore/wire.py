@@ -11,17 +11,23 @@ message that crosses it, both ends of each exchange side by side.
               (rank 0's first process only, before the job exists; for a dry run
               it answers DryRunDone | PrepareFailed, then ends)
     start     ScorerSpec                  Ready | StartFailed
-    score     Score (at most              Scored (read and scored: now being written),
-              tuning.SCORING_DEPTH        then Flushed (durable: each Done of up to
-              not yet Scored)             tuning.SYNC_GROUP batches one flush made
-                                          durable) | BatchFailed; Done that comes
-                                          while a short batch is scored rides in its
-                                          Scored instead of a Flushed of its own
+    score     Score (a bundle: as many    Scored (read and scored: now being written),
+              as the process has room     then Flushed (durable: each Done of up to
+              for, at most its depth,     tuning.SYNC_GROUP batches one flush made
+              rank/pool.py, not yet       durable) | BatchFailed; Done that comes
+              Scored)                     while a short batch is scored rides in its
+                                          Scored instead of a Flushed of its own, and
+                                          while short batches keep coming one Scored
+                                          says several (up to tuning.REPORT_SECONDS)
     close     Close                       Closed (what the process used)
+    (always)  Scoreboard: which batch the process finished last, and when, in memory
+              both share: which batch it is on, without a message
 
 One message is one wake-up of the rank (~30 us of its CPU on a busy node, as much as
 the Python that handles it), so a scoring process says as much as it can in each: a
-flush's Dones travel together, and with the next Scored when that is near.
+flush's Dones travel together, and with the next Scored when that is near; the
+Scored of short batches wait while the next batches are there, and the rank hands a
+process all it has room for in one Score.
 
 A scoring process handles the exchanges in that order and never sends unasked;
 a peer that is gone shows as the end of its pipe (``EOFError``), which a
@@ -136,17 +142,18 @@ class StartFailed(NamedTuple):
 
 
 class Score(NamedTuple):
-    """Score ``batch``; ``attempt`` counts its earlier tries (0 for the first)."""
+    """Score ``batches``, in order; ``attempts`` counts each one's earlier tries (0 for the
+    first)."""
 
-    batch: Batch
-    attempt: int
+    batches: tuple[Batch, ...]
+    attempts: tuple[int, ...]
 
 
 class Scored(NamedTuple):
-    """The batch is read and scored and is being written: the process takes the next.
-    ``done``: batches made durable while it was scored (their Flushed waited for this)."""
+    """These batches, in order, are read and scored and being written: the process takes
+    the next. ``done``: batches made durable meanwhile (their Flushed waited for this)."""
 
-    batch_id: int
+    batch_ids: tuple[int, ...]
     done: tuple[Done, ...] = ()
 
 
@@ -179,6 +186,55 @@ class BatchFailed(NamedTuple):
     error: str
     traceback: str
     fatal: str = ""  # the error class the job ends with, when it is not the batch's
+
+
+class Scoreboard:
+    """Which batch a scoring process finished last (scored or failed), and when: 16 bytes
+    of memory the process and its rank share (a memfd), written by the process
+    after each batch, read by the rank.
+
+    The Scored of short batches wait while more are there, so the rank's messages
+    no longer say which of the batches it handed over the process is on: the one
+    after the last finished, since it finished. Without a message or a wake-up the
+    rank so charges a process's death, or a batch that overran --batch-timeout, to
+    the right batch. The time is CLOCK_MONOTONIC, one clock for the node's processes.
+    """
+
+    _LAYOUT = struct.Struct("=dq")  # when, batch id
+
+    def __init__(self, fd: int) -> None:
+        """On ``fd``, a memfd of the rank (:meth:`create`), inherited by the process."""
+        import mmap  # a C module; only where a scoreboard is made
+
+        self.fd = fd
+        self.memory = mmap.mmap(fd, self._LAYOUT.size)
+
+    @classmethod
+    def create(cls) -> Scoreboard:
+        """A new scoreboard that says no batch finished yet (batch id -1)."""
+        fd = os.memfd_create("mpiscore-scoreboard")  # close-on-exec: passed on by name
+        os.ftruncate(fd, cls._LAYOUT.size)
+        board = cls(fd)
+        board._LAYOUT.pack_into(board.memory, 0, 0.0, -1)
+        return board
+
+    def finished(self, batch_id: int, when: float) -> None:
+        """The process is done scoring ``batch_id`` (or it failed) at ``when``."""
+        self._LAYOUT.pack_into(self.memory, 0, when, batch_id)
+
+    def last_finished(self) -> tuple[int, float]:
+        """The batch the process finished last and when: (-1, 0.0) before the first.
+        Read until two reads agree: the process may be writing it."""
+        layout, memory = self._LAYOUT, self.memory
+        seen = layout.unpack_from(memory)
+        while (again := layout.unpack_from(memory)) != seen:
+            seen = again
+        when, batch_id = seen
+        return batch_id, when
+
+    def close(self) -> None:
+        self.memory.close()
+        os.close(self.fd)
 
 
 # -- close: the process closes its files and says what it used

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from itertools import zip_longest
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import zip_longest
 
 from ..plan import Batch
 from ..report import LOG

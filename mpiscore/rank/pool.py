@@ -17,6 +17,7 @@ stop) and die with their rank (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import time
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from ..plan import Batch
 from ..tuning import (
     CLOSE_TIMEOUT_SECONDS,
     LONGEST_WAIT_SECONDS,
+    MAX_SCORING_DEPTH,
+    REPORT_SECONDS,
     SCORING_DEPTH,
     START_TIMEOUT_SECONDS,
 )
@@ -113,6 +116,7 @@ class ScorerPool:
         self.next_look = 0.0  # when to look again whether processes that said nothing live
         self.preopening = False
         self.preopened = 0  # processes whose Ready said their session was the preopened one
+        self.depth = SCORING_DEPTH  # batches each process may hold not yet Scored (deepen)
 
     def preopen(self, config: JobConfig) -> None:
         """Have every process but the one preparing the job (rank 0's first) open the ONNX
@@ -214,9 +218,32 @@ class ScorerPool:
                         lambda: [p.process.pid for p in self.procs])
 
     def submit_to(self, proc: ScorerProcess, batch: Batch, attempt: int) -> None:
+        """Give ``proc`` a batch; :meth:`hand_over` sends it."""
         if self.recorder is not None:
             self.recorder.sent(self.procs.index(proc), batch, attempt)
         proc.submit(batch, attempt)
+
+    def hand_over(self) -> None:
+        """Send each process what :meth:`submit_to` gave it since, in one message."""
+        for proc in self.procs:
+            proc.send()
+
+    def deepen(self, seconds_per_batch: float) -> int:
+        """Let each process hold as many batches as it scores in about REPORT_SECONDS
+        (at least SCORING_DEPTH, at most MAX_SCORING_DEPTH), as its Scored of short
+        batches wait that long (scoring/main.py _Sender); only ever more. The batches
+        the processes may now hold beyond what they could, in all: the rank asks for
+        as many."""
+        wanted = SCORING_DEPTH if seconds_per_batch <= 0 else \
+            1 + math.ceil(REPORT_SECONDS / seconds_per_batch)
+        depth = min(MAX_SCORING_DEPTH, max(SCORING_DEPTH, wanted))
+        more = depth - self.depth
+        if more <= 0:
+            return 0
+        self.depth = depth
+        for proc in self.procs:
+            proc.depth = depth
+        return more * len(self.procs)
 
     @property
     def where(self) -> str:
@@ -225,7 +252,7 @@ class ScorerPool:
     @property
     def idle(self) -> list[ScorerProcess]:
         """Processes that can take another batch now, the least loaded first."""
-        return sorted((p for p in self.procs if p.ready and len(p.scoring) < SCORING_DEPTH),
+        return sorted((p for p in self.procs if p.ready and len(p.scoring) < p.depth),
                       key=lambda p: len(p.scoring))
 
     def poll(self, timeout: float) -> list[Outcome]:
@@ -304,15 +331,16 @@ class ScorerPool:
         """The busy process's batches, if it died (``gone``: its pipe ended; else looked at
         if ``look``) or overran the timeout (then it is killed).
 
-        The batch being scored is charged with the failure (the one being written
-        if none is); the others are handed back without counting a try.
+        The batch it was on is charged with the failure (its Scoreboard says which;
+        the first it holds if it was on none); the others are handed back without
+        counting a try.
         """
         if gone or (look and (not proc.alive() or proc.conn.closed)):
             proc.join(1)
             why = f"scoring process on {self.where} died ({proc.exit_text()})"
-        elif proc.scoring and self.batch_timeout is not None and \
-                time.monotonic() - proc.started > self.batch_timeout:
-            why = (f"batch timed out after {time.monotonic() - proc.started:.1f}s "
+        elif self.batch_timeout is not None and (on := proc.current()) is not None and \
+                time.monotonic() - on[1] > self.batch_timeout:
+            why = (f"batch timed out after {time.monotonic() - on[1]:.1f}s "
                    f"(--batch-timeout {self.batch_timeout:g}) on {self.where}")
         else:
             return []
@@ -323,11 +351,12 @@ class ScorerPool:
     def _message(self, proc: ScorerProcess, message: ToRank, outcomes: list[Outcome]) -> None:
         """Take in one message of ``proc``, adding the batches it ends to ``outcomes``."""
         match message:
-            case Scored(batch_id, done):  # now being written; the process is free for the next
-                proc.writing.append(proc.take(batch_id))
-                if self.recorder is not None:
-                    self.recorder.scored(batch_id)
-                if done:  # made durable while it was scored
+            case Scored(batch_ids, done):  # now being written; the process has room again
+                for batch_id in batch_ids:
+                    proc.writing.append(proc.take(batch_id))
+                    if self.recorder is not None:
+                        self.recorder.scored(batch_id)
+                if done:  # made durable while they were scored
                     self._done(proc, done, outcomes)
             case Flushed(done):
                 self._done(proc, done, outcomes)
@@ -351,6 +380,7 @@ class ScorerPool:
     def _replace(self, index: int) -> None:
         self.procs[index].kill()
         self.procs[index] = ScorerProcess()
+        self.procs[index].depth = self.depth
         assert self.spec is not None
         self.procs[index].conn.send(self.spec if index == 0 else
                                     self.spec._replace(records_death=False))

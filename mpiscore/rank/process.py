@@ -18,7 +18,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..wire import Score, pipe
+from ..tuning import SCORING_DEPTH
+from ..wire import Score, Scoreboard, pipe
 
 if TYPE_CHECKING:
     from ..plan import Batch
@@ -65,6 +66,7 @@ class ScorerProcess:
 
     def __init__(self) -> None:
         self.conn, (read_fd, write_fd) = pipe()
+        self.board = Scoreboard.create()
         paths = sys.path if _PACKAGE_ROOT in sys.path else [*sys.path, _PACKAGE_ROOT]
         # The child starts with SIGTERM/SIGINT blocked (a mask survives exec) until it
         # ignores them: a stop signal sent to every process of the job while the child
@@ -72,8 +74,9 @@ class ScorerProcess:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-S", "-c", _CHILD, f"{read_fd},{write_fd}", *paths],
-                pass_fds=[read_fd, write_fd], stdin=subprocess.DEVNULL,
+                [sys.executable, "-S", "-c", _CHILD,
+                 f"{read_fd},{write_fd},{self.board.fd}", *paths],
+                pass_fds=[read_fd, write_fd, self.board.fd], stdin=subprocess.DEVNULL,
                 start_new_session=True)  # out of the rank's group: see scoring/main.py
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -82,16 +85,37 @@ class ScorerProcess:
         self.listener = select.poll()  # this process's pipe alone: is there more to read?
         self.listener.register(self.conn.fileno(), select.POLLIN)
         self.ready = False
-        self.scoring: deque[Batch] = deque()  # the first is being read and scored
+        self.depth = SCORING_DEPTH  # batches it may hold not yet Scored (pool.deepen)
+        self.scoring: deque[Batch] = deque()  # not reported scored, oldest first (Scoreboard)
         self.writing: list[Batch] = []  # scored, being written (oldest first)
         self.started = 0.0  # when the first of ``scoring`` was started
+        self.unsent: list[tuple[Batch, int]] = []  # submitted, to go in the next Score
 
     def submit(self, batch: Batch, attempt: int) -> None:
+        """Hand the process a batch, sent with the others of this wake-up by :meth:`send`."""
         if not self.scoring:
             self.started = time.monotonic()
         self.scoring.append(batch)
-        with contextlib.suppress(OSError):  # it just died: the pool's next poll finds it
-            self.conn.send(Score(batch, attempt))  # and retries or hands back what it held
+        self.unsent.append((batch, attempt))
+
+    def send(self) -> None:
+        """Send what :meth:`submit` handed over since the last call, in one Score."""
+        if self.unsent:
+            batches, attempts = zip(*self.unsent, strict=True)
+            self.unsent.clear()
+            with contextlib.suppress(OSError):  # it just died: the pool's next poll finds it
+                self.conn.send(Score(batches, attempts))  # and retries or hands back its own
+
+    def current(self) -> tuple[int, float] | None:
+        """Which of ``scoring`` the process is on (its index), and since when; None when it
+        holds none, or has finished all it holds (its Scored are on their way)."""
+        if not self.scoring:
+            return None
+        batch_id, when = self.board.last_finished()
+        index = next((i + 1 for i, b in enumerate(self.scoring) if b.batch_id == batch_id), 0)
+        if index == len(self.scoring):
+            return None
+        return index, max(when, self.started)
 
     def pending(self) -> bool:
         """Whether a message (or the end of the pipe) is there to read now."""
@@ -103,14 +127,20 @@ class ScorerProcess:
         return bool(self.scoring or self.writing)
 
     def release(self) -> list[Batch]:
-        """Forget (and return) every batch the process holds, the one being scored first."""
+        """Forget (and return) every batch the process holds, the one it is on first
+        (:meth:`current`)."""
+        on = self.current()
+        if on is not None and on[0]:
+            self.scoring.rotate(-on[0])
         batches = [*self.scoring, *self.writing]
+        self.unsent.clear()
         self.scoring.clear()
         self.writing.clear()
         return batches
 
     def take(self, batch_id: int) -> Batch:
-        """Remove a batch the process reports on; the next one's scoring starts now."""
+        """Remove a batch the process reports on; the next one's scoring starts now (or
+        started when the Scoreboard says: its Scored may have waited)."""
         if self.scoring and self.scoring[0].batch_id == batch_id:
             self.started = time.monotonic()
             return self.scoring.popleft()
@@ -134,3 +164,4 @@ class ScorerProcess:
         self.process.kill()
         self.join(5)
         self.conn.close()
+        self.board.close()

@@ -47,7 +47,15 @@ class ScoringProcesses(Protocol[Process]):
     def idle(self) -> list[Process]:
         """Processes that can take another batch now, the one to use first first."""
 
-    def submit_to(self, proc: Process, batch: Batch, attempt: int) -> None: ...
+    def submit_to(self, proc: Process, batch: Batch, attempt: int) -> None:
+        """Give ``proc`` a batch (it counts at once: ``idle`` sees it)."""
+
+    def hand_over(self) -> None:
+        """Send what :meth:`submit_to` gave each process, one message each."""
+
+    def deepen(self, seconds_per_batch: float) -> int:
+        """Let each process hold more batches when they are this short; how many more
+        they may hold in all."""
 
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; how they ended."""
@@ -133,10 +141,23 @@ class RankWorker:
         self._feed()
 
     def _feed(self) -> None:
+        """Hand queued batches to the processes with room, the least loaded first, each
+        its share in one message."""
         while self.queue and (idle := self.pool.idle):
             batch, attempt = self.queue.popleft()
             self.pool.submit_to(idle[0], batch, attempt)
             self.submitted += 1
+        self.pool.hand_over()
+
+    def _deepen(self) -> None:
+        """When batches prove short, the processes may hold more (pool.deepen): the window
+        grows by as many, asked for at once."""
+        stats = self.stats
+        more = self.pool.deepen((stats.read + stats.score + stats.write) / stats.batches)
+        if more:
+            self.window += more
+            self.requested += more
+            self.link.send(Request(more))
 
     def poll(self, timeout: float) -> None:
         """Collect finished batches, report them, and keep the processes busy."""
@@ -163,6 +184,8 @@ class RankWorker:
             self.link.send(Completed(tuple(completed),
                                      tuple(failed_items) if any(failed_items) else ()))
             self.faults.after_rank_batch(self.rank)
+            if self.drain_started is None:
+                self._deepen()
         self._feed()
         self._abandon_after_grace()
 

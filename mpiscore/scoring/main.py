@@ -30,7 +30,13 @@ from ..io.registry import open_reader
 from ..model import model_digest, read_model
 from ..plan import Batch
 from ..report import record_death
-from ..tuning import LONGEST_WAIT_SECONDS, READ_AHEAD, SYNC_GROUP, SYNC_SECONDS
+from ..tuning import (
+    LONGEST_WAIT_SECONDS,
+    READ_AHEAD,
+    REPORT_SECONDS,
+    SYNC_GROUP,
+    SYNC_SECONDS,
+)
 from ..wire import (
     BatchFailed,
     Channel,
@@ -45,6 +51,7 @@ from ..wire import (
     PrepareRequest,
     Ready,
     Score,
+    Scoreboard,
     Scored,
     ScorerSpec,
     StageTimes,
@@ -58,14 +65,15 @@ from .prepare import dry_run, prepare
 from .scorers import Scorer, open_scorer
 
 
-def main(read_fd: int, write_fd: int) -> None:
-    """Entry of a scoring process; the descriptors are its end of the channel to the rank."""
+def main(read_fd: int, write_fd: int, board_fd: int) -> None:
+    """Entry of a scoring process; the descriptors are its end of the channel to the rank
+    and its scoreboard (wire.Scoreboard)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # process.py
     _die_with_parent()
     try:
-        scorer_main(Channel(read_fd, write_fd))
+        scorer_main(Channel(read_fd, write_fd), Scoreboard(board_fd))
     except BrokenPipeError:  # the rank is gone: no one to tell
         _exit(1)
     except BaseException:  # a bug: its traceback; the rank sees the exit, retries the batches
@@ -83,7 +91,7 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def scorer_main(conn: Channel) -> None:
+def scorer_main(conn: Channel, board: Scoreboard) -> None:
     """Body of a scoring process: wait for the job, set up once, then process batches.
 
     The process is started before the job is known, so its interpreter start
@@ -131,14 +139,16 @@ def scorer_main(conn: Channel) -> None:
                 raise loaded
             prepared = processor.score(batch, loaded)
         except Exception as exc:
+            board.finished(batch.batch_id, time.monotonic())
             sender.send(_failed(batch, exc))
-            sender.release()
             continue
         finally:
             reads.done_with_last()
-        sender.scored(batch.batch_id)  # free for the next batch while this one writes
+        board.finished(batch.batch_id, time.monotonic())
+        sender.scored(batch.batch_id, reads.more())  # free for the next while this one writes
         scoring = prepared.score
         writer.put(batch, prepared)
+    sender.release()
     writer.close()
     try:
         processor.close()
@@ -152,20 +162,27 @@ def scorer_main(conn: Channel) -> None:
 class _Sender:
     """The pipe to the rank, shared by the scoring loop and the writer thread.
 
-    Each message wakes the rank, so the batches a flush made durable are reported
-    together, and while the loop scores a batch that will not take long (it holds
-    them: :meth:`hold`), they wait for that batch's Scored and ride in it: one
-    wake-up of the rank per batch instead of two. They wait at most about
-    LONGEST_WAIT_SECONDS, and never while the loop has no batch (waiting for
-    the rank, or closing), so neither the journal nor the rank's requests lag.
+    Each message wakes the rank, so a scoring process says as much as it can in each.
+    The batches a flush made durable are reported together, and while the loop
+    scores a batch that will not take long (it holds them: :meth:`hold`), they wait
+    for that batch's Scored and ride in it. While short batches keep coming, their
+    Scored wait too, as long as the next batch is already here (so the rank is not
+    needed yet) and the oldest has waited under REPORT_SECONDS: one message, one
+    wake-up of the rank, for several batches (the rank hands over as many at once,
+    rank/pool.py). Nothing waits while the loop has no batch (waiting for the rank,
+    or closing), so neither the journal nor the rank's requests lag; any other
+    message sends what waits first, so the rank hears of batches in order.
     """
 
     def __init__(self, conn: Channel) -> None:
         self.conn, self.lock = conn, threading.Lock()
         self.held: list[Done] | None = None  # while held: Dones waiting for the next Scored
+        self.scored_ids: list[int] = []  # batches scored whose Scored waits
+        self.oldest = 0.0  # when the first of ``scored_ids`` was scored
 
     def send(self, message: ToRank) -> None:
         with self.lock:
+            self._send_held()
             self.conn.send(message)
 
     def done(self, done: list[Done]) -> None:
@@ -177,22 +194,37 @@ class _Sender:
                 self.held += done
 
     def hold(self, short: bool) -> None:
-        """The loop starts scoring a batch: if ``short``, Dones wait for its Scored."""
+        """The loop starts scoring a batch: if ``short``, Dones wait for its Scored; else
+        what waits goes now."""
         with self.lock:
-            self.held = [] if short else None
+            if not short:
+                self._send_held()
+            elif self.held is None:
+                self.held = []
 
-    def scored(self, batch_id: int) -> None:
-        """The batch the loop held for is scored: say so, with the Dones that waited."""
+    def scored(self, batch_id: int, more: bool = False) -> None:
+        """The batch the loop held for is scored: say so, with what waited; unless
+        ``more`` batches are here to score next and the wait is still short."""
         with self.lock:
-            held, self.held = self.held, None
-            self.conn.send(Scored(batch_id, tuple(held)) if held else Scored(batch_id))
+            now = time.monotonic()
+            if not self.scored_ids:
+                self.oldest = now
+            self.scored_ids.append(batch_id)
+            if not (more and self.held is not None and now - self.oldest < REPORT_SECONDS):
+                self._send_held()
 
     def release(self) -> None:
-        """The batch held for failed: the Dones that waited go now."""
+        """Send what waits now: the loop has no batch."""
         with self.lock:
-            held, self.held = self.held, None
-            if held:
-                self.conn.send(Flushed(tuple(held)))
+            self._send_held()
+
+    def _send_held(self) -> None:
+        held, self.held = self.held, None
+        if self.scored_ids:
+            self.conn.send(Scored(tuple(self.scored_ids), tuple(held or ())))
+            self.scored_ids.clear()
+        elif held:
+            self.conn.send(Flushed(tuple(held)))
 
 
 class _ReadAhead:
@@ -212,6 +244,7 @@ class _ReadAhead:
                                  | None] = queue.Queue()
         self.free_readers = threading.Semaphore(len(processor.readers))
         self.waiting_for_rank = False
+        self.in_hand = 0  # batches of the last Score not read yet
         self.thread = threading.Thread(target=self._run, name="mpiscore-reader", daemon=True)
         self.thread.start()
 
@@ -225,6 +258,11 @@ class _ReadAhead:
         if isinstance(item, BaseException):  # a reader's or writer's bug
             raise item
         return item
+
+    def more(self) -> bool:
+        """Whether another batch is here to score next (read, being read, or in the
+        pipe): the loop will not wait for the rank before it. A moment's doubt says no."""
+        return not self.loaded.empty() or self.in_hand > 0 or self.conn.poll()
 
     def fail(self, exc: BaseException) -> None:
         """Have the scoring loop raise ``exc`` (a thread's bug) once it takes the batches
@@ -252,13 +290,16 @@ class _ReadAhead:
                 return
             if not isinstance(message, Score):
                 raise unexpected(message, "Score or Close")
-            self.free_readers.acquire()
-            try:
-                loaded: Loaded | BaseException = self.processor.read(message.batch, slot)
-            except Exception as exc:
-                loaded = exc
-            self.loaded.put((message.batch, message.attempt, loaded))
-            slot = (slot + 1) % len(self.processor.readers)
+            self.in_hand = len(message.batches)
+            for batch, attempt in zip(message.batches, message.attempts, strict=True):
+                self.free_readers.acquire()
+                try:
+                    loaded: Loaded | BaseException = self.processor.read(batch, slot)
+                except Exception as exc:
+                    loaded = exc
+                self.loaded.put((batch, attempt, loaded))
+                self.in_hand -= 1
+                slot = (slot + 1) % len(self.processor.readers)
 
 
 class _WriteBehind:

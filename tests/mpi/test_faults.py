@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
+from mpiscore.tuning import SCORING_DEPTH
 from tests import builders
 from tests.mpi.launch import error_lines, journaled, mpiscore, wait_for_batches
 
@@ -315,3 +316,27 @@ def test_progress_timeout_leaves_a_slow_but_moving_job_alone(data, tmp_path) -> 
     result = faulty(2, "sleep:0.05", *job_args(data, out, "--progress-timeout", 5))
     assert result.returncode == 0, result.stderr
     assert_identical(out, data["clean"])
+
+
+def test_killed_process_holding_short_batches_charges_the_batch_it_was_on(data, tmp_path
+                                                                         ) -> None:
+    """Short batches: a process holds many and says Scored for several at once, so its
+    messages do not say which batch it is on; its scoreboard does. The batch it was
+    killed on is charged (and succeeds when retried); had another been charged, the
+    killing batch would come back untried and kill again and again, until the
+    innocent ones ran out of tries."""
+    out = tmp_path / "y.h5"
+    result = faulty(2, "kill:250", "--model", data["model"], "--input", data["h5"],
+                    "--output", out, "--mini-batch-size", 4, "--intra-op-threads", 1,
+                    "--max-retries", 1)
+    assert result.returncode == 0, result.stderr
+    got, want = h5(out), h5(data["clean"])  # other batch sizes: the same rows, to rounding
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-6)
+    assert got["row_status"].tobytes() == want["row_status"].tobytes()
+    per_rank = summary(out)["per_rank"]
+    assert sum(r["scorer_restarts"] for r in per_rank) == 1
+    assert max(r["scoring_depth"] for r in per_rank) > SCORING_DEPTH  # it held several
+    tries = [json.loads(line) for events in Path(f"{out}.run/events").glob("*.jsonl")
+             for line in events.read_text().splitlines()]
+    failed = [(t["id"], t["try"]) for t in tries if t.get("k") == "b" and t["out"] == "failed"]
+    assert failed == [(250, 0)]

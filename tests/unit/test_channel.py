@@ -79,12 +79,12 @@ def test_a_gone_peer_shows_as_eof_and_broken_pipe() -> None:
 def test_each_end_takes_its_own_messages_and_refuses_any_other() -> None:
     ours, theirs = connected()  # ours: the rank's end
     batch = Batch(3, 0, 0, 10, 0)
-    ours.send(Score(batch, 1))
+    ours.send(Score((batch,), (1,)))
     ours.send(("scored", 3))  # an untyped message: a bug, not a failed batch
     theirs.send(Flushed((Done(3, StageTimes(0.1, 0.2, 0.3)),)))
     theirs.send(Done(3, StageTimes(0.1, 0.2, 0.3)))  # an entry of a report, not a message
-    theirs.send(Score(batch, 0))  # a message for a scoring process sent to the rank
-    assert recv_in_scorer(theirs) == Score(batch, 1)
+    theirs.send(Score((batch,), (0,)))  # a message for a scoring process sent to the rank
+    assert recv_in_scorer(theirs) == Score((batch,), (1,))
     with pytest.raises(ProtocolError, match="tuple received; expected a message to a scoring"):
         recv_in_scorer(theirs)
     assert recv_at_rank(ours) == Flushed((Done(3, StageTimes(0.1, 0.2, 0.3)),))

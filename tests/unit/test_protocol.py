@@ -87,6 +87,12 @@ class FakePool:
     def busy(self) -> list[int]:
         return [i for i, slot in enumerate(self.slots) if slot is not None]
 
+    def hand_over(self) -> None:
+        pass
+
+    def deepen(self, seconds_per_batch: float) -> int:
+        return 0
+
     def submit_to(self, proc: int, batch: Batch, attempt: int) -> None:
         assert self.slots[proc] is None
         self.slots[proc] = (batch, attempt)

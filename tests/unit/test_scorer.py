@@ -121,7 +121,7 @@ def test_read_ahead_never_overwrites_the_batch_being_scored(tmp_path: Path) -> N
     writer = scorer._WriteBehind(processor, scorer._Sender(ours), reads.fail)
     batches = job.plan.batches
     for batch in batches:
-        ours.send(Score(batch, 0))
+        ours.send(Score((batch,), (0,)))
     ours.send(Close())
     taken = []
     while (item := reads.next(writer)) is not None:
@@ -187,19 +187,19 @@ def test_dones_wait_for_the_scored_of_a_short_batch_and_ride_in_it() -> None:
     sender.done(done)
     assert not ours.poll()
     sender.scored(7)
-    assert ours.recv() == Scored(7, tuple(done))
+    assert ours.recv() == Scored((7,), tuple(done))
     sender.hold(False)  # a long batch: no waiting
     sender.done(done[1:])
     assert ours.recv() == Flushed((done[1],))
     sender.scored(8)
-    assert ours.recv() == Scored(8)
+    assert ours.recv() == Scored((8,))
     sender.hold(True)
     sender.done(done[:1])
     sender.release()  # the batch failed
     assert ours.recv() == Flushed((done[0],))
     sender.hold(True)
     sender.scored(9)
-    assert ours.recv() == Scored(9)
+    assert ours.recv() == Scored((9,))
     assert not ours.poll()
 
 
@@ -210,7 +210,7 @@ def test_a_reader_thread_bug_reaches_the_scoring_loop(tmp_path: Path) -> None:
     ours, (read_fd, write_fd) = pipe()
     reads = scorer._ReadAhead(Channel(read_fd, write_fd), processor)
     writer = scorer._WriteBehind(processor, scorer._Sender(ours), reads.fail)
-    ours.send(Score(job.plan.batches[0], 0))
+    ours.send(Score((job.plan.batches[0],), (0,)))
     ours.send(ScorerSpec(job, None, None, "test", FaultPlan()))  # once only, before batches
     item = reads.next(writer)
     assert item is not None and item[0] == job.plan.batches[0]
@@ -288,7 +288,7 @@ def test_a_preopened_session_serves_only_the_job_s_own_model(tmp_path: Path,
         proc.conn.send(spec)
         assert proc.conn.poll(TIMEOUT)
         assert recv_at_rank(proc.conn) == Ready(preopened=not replaced)
-        proc.conn.send(Score(job.plan.batches[0], 0))
+        proc.conn.send(Score((job.plan.batches[0],), (0,)))
         proc.conn.send(Close())
         messages = []
         while not messages or not isinstance(messages[-1], Closed):

@@ -92,6 +92,12 @@ class Pool:
     def idle(self) -> list[int]:
         return [0]
 
+    def hand_over(self) -> None:
+        pass
+
+    def deepen(self, seconds_per_batch: float) -> int:
+        return 0
+
     def submit_to(self, proc: int, batch: Batch, attempt: int) -> None:
         self.held.append(batch)
 
