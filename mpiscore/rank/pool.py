@@ -255,6 +255,12 @@ class ScorerPool:
         return sorted((p for p in self.procs if p.ready and len(p.scoring) < p.depth),
                       key=lambda p: len(p.scoring))
 
+    @property
+    def running_low(self) -> bool:
+        """Whether a process holds fewer batches than SCORING_DEPTH (the one it scores and
+        the next): it may run dry before it reports again."""
+        return any(p.ready and len(p.scoring) < SCORING_DEPTH for p in self.procs)
+
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; replace dead or hung processes.
 

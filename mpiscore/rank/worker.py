@@ -57,6 +57,11 @@ class ScoringProcesses(Protocol[Process]):
         """Let each process hold more batches when they are this short; how many more
         they may hold in all."""
 
+    @property
+    def running_low(self) -> bool:
+        """Whether a process holds so few batches (under SCORING_DEPTH) that it may run
+        dry before it next reports: only then are assignments urgent."""
+
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; how they ended."""
 
@@ -121,10 +126,11 @@ class RankWorker:
         """How long to wait on the scoring processes before looking at the link again:
         while assignments are due and a process could take one now, as the pacer says
         (a share of the usual time between batch ends, growing while none comes); else
-        only as late as a Drain may be seen. While every process holds all it may,
-        only a message on its pipe can make room, and the wake-up for it looks at
-        the link too: a timer would wake the rank for nothing."""
-        if self.drain_started is not None or (self.owed > 0 and self.pool.idle):
+        only as late as a Drain may be seen. While every process holds enough not to run
+        dry (all it may, or SCORING_DEPTH of a deeper share), the message on its pipe
+        that makes room wakes the rank, and that wake-up looks at the link too: a
+        timer would wake the rank for nothing."""
+        if self.drain_started is not None or (self.owed > 0 and self.pool.running_low):
             return self.pacer.next_delay()
         return LONGEST_WAIT_SECONDS
 

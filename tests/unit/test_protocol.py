@@ -84,6 +84,10 @@ class FakePool:
         return [i for i, slot in enumerate(self.slots) if slot is None]
 
     @property
+    def running_low(self) -> bool:
+        return bool(self.idle)
+
+    @property
     def busy(self) -> list[int]:
         return [i for i, slot in enumerate(self.slots) if slot is not None]
 

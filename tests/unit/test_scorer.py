@@ -203,6 +203,42 @@ def test_dones_wait_for_the_scored_of_a_short_batch_and_ride_in_it() -> None:
     assert not ours.poll()
 
 
+def test_scored_of_short_batches_wait_while_more_are_here(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """While short batches keep coming, one Scored says several (one wake-up of the rank):
+    they wait while the next batch is here, up to REPORT_SECONDS; they go when none is,
+    and before any other message, so the rank hears of batches in order."""
+    ours, (read_fd, write_fd) = pipe()
+    sender = scorer._Sender(Channel(read_fd, write_fd))
+    done = Done(1, StageTimes(0.1, 0.2, 0.3))
+    for batch_id in (7, 8):
+        sender.hold(True)
+        sender.scored(batch_id, more=True)
+    sender.done([done])
+    assert not ours.poll()
+    sender.hold(True)
+    sender.scored(9, more=False)  # the loop would wait for the rank next
+    assert ours.recv() == Scored((7, 8, 9), (done,))
+    sender.hold(True)
+    sender.scored(10, more=True)
+    sender.send(BatchFailed(11, "boom", ""))  # what waits goes first
+    assert ours.recv() == Scored((10,))
+    assert ours.recv() == BatchFailed(11, "boom", "")
+    sender.hold(True)
+    sender.scored(12, more=True)
+    sender.hold(False)  # a long batch: nothing waits through it
+    assert ours.recv() == Scored((12,))
+    monkeypatch.setattr(scorer, "REPORT_SECONDS", 0.0)  # waited long enough
+    sender.hold(True)
+    sender.scored(13, more=True)
+    assert ours.recv() == Scored((13,))
+    sender.hold(True)
+    sender.scored(14, more=True)
+    sender.release()  # the loop has no batch: closing
+    assert ours.recv() == Scored((14,))
+    assert not ours.poll()
+
+
 def test_a_reader_thread_bug_reaches_the_scoring_loop(tmp_path: Path) -> None:
     """A message the reader cannot take is raised by the loop's next(), in this thread:
     the process's main() then exits with its traceback; no thread ends the process."""

@@ -84,19 +84,27 @@ class Pool:
     """One process holding any number of batches; ``poll`` ends the oldest at the
     ``wakes`` given (one wake-up per poll), and counts its waits."""
 
-    def __init__(self, ends: list[bool]) -> None:
+    def __init__(self, ends: list[bool], deeper: int = 0) -> None:
         self.held: list[Batch] = []
         self.ends, self.timeouts = ends, []
+        self.deeper = deeper  # what deepen allows once
+        self.seconds_seen: list[float] = []
 
     @property
     def idle(self) -> list[int]:
         return [0]
 
+    @property
+    def running_low(self) -> bool:
+        return bool(self.idle)
+
     def hand_over(self) -> None:
         pass
 
     def deepen(self, seconds_per_batch: float) -> int:
-        return 0
+        self.seconds_seen.append(seconds_per_batch)
+        more, self.deeper = self.deeper, 0
+        return more
 
     def submit_to(self, proc: int, batch: Batch, attempt: int) -> None:
         self.held.append(batch)
@@ -104,7 +112,7 @@ class Pool:
     def poll(self, timeout: float) -> list[Outcome]:
         self.timeouts.append(timeout)
         if self.ends and self.ends.pop(0) and self.held:
-            return [Outcome(self.held.pop(0), True, times=StageTimes(0.0, 0.0, 0.0))]
+            return [Outcome(self.held.pop(0), True, times=StageTimes(0.001, 0.002, 0.003))]
         return []
 
     def abandon(self) -> list[Batch]:
@@ -126,6 +134,21 @@ def test_a_worker_is_owed_what_it_asked_for_and_was_not_assigned() -> None:
     assert worker.owed == 0 and worker.patience() == LONGEST_WAIT_SECONDS
     worker.poll(0.0)  # a batch ended: reported, and one more is owed
     assert isinstance(link.sent[-1], Completed) and worker.owed == 1
+
+
+def test_short_batches_deepen_the_processes_and_the_window_grows_to_match() -> None:
+    """Once batches prove short the pool lets its processes hold more: the worker asks
+    for as many more at once, after its report, and keeps them in its window."""
+    link, pool = Link(), Pool([True, True], deeper=5)
+    worker = RankWorker(pool, link, window=3)
+    worker.start()
+    worker.handle(Assign(BATCHES[:3], (0, 0, 0)))
+    worker.poll(0.0)
+    assert link.sent == [Request(3), Completed((BATCHES[0].batch_id,)), Request(5)]
+    assert pool.seconds_seen == [pytest.approx(0.006)]  # read + score + write a batch
+    assert worker.window == 8 and worker.owed == 1 + 5
+    worker.poll(0.0)  # no deeper: nothing more asked
+    assert link.sent[-1] == Completed((BATCHES[1].batch_id,))
 
 
 def test_a_worker_with_its_window_full_looks_at_mpi_only_every_longest_wait() -> None:
