@@ -32,8 +32,18 @@ class InstantPool:
     def idle(self) -> list[int]:
         return [i for i, s in enumerate(self.slots) if s is None]
 
+    @property
+    def running_low(self) -> bool:
+        return bool(self.idle)
+
     def submit_to(self, proc: int, batch, attempt: int) -> None:
         self.slots[proc] = batch
+
+    def hand_over(self) -> None:
+        pass
+
+    def deepen(self, seconds_per_batch: float) -> int:
+        return 0  # the window stays as given: this measures rank 0's dispatch
 
     def poll(self, timeout: float) -> list:
         from mpiscore.rank.pool import Outcome

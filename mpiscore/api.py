@@ -172,7 +172,7 @@ def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, starte
 
     def worker(link: WorkerLink) -> RankWorker:
         return RankWorker(pool, link, window_for(config, pool.size), world.rank, spec.faults,
-                          config.stop_grace)
+                          config.stop_grace, deepens=not config.window)
 
     scheduler = None
     loop_started, loop_cpu = time.perf_counter(), time.process_time()

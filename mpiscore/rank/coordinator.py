@@ -257,11 +257,21 @@ class RankZero:
                     worker.handle(message)
             elif remote is not None and (received := remote.poll()) is not None:
                 if pacer is not None:
-                    pacer.event()
+                    pacer.event(_events_in(received[1]))
                 coordinator.receive(*received)
             elif not coordinator.hand_out():
                 return moved
             moved = True
+
+
+def _events_in(message: Message) -> int:
+    """What a message counts for rank 0's pacer: each batch of a report from a rank that
+    may run dry, so such a rank is answered at the pace of its batches; one for any
+    other, so a rank whose processes hold plenty (short batches reported in bundles)
+    costs rank 0 one look per report, not one per batch."""
+    if isinstance(message, Completed) and message.running_low:
+        return len(message.batch_ids)
+    return 1
 
 
 def _await_finished(remote: CoordinatorLink, count: int) -> None:

@@ -23,7 +23,10 @@ A worker keeps ``window`` batches assigned, ``placement.window_for``:
 it scores and the next one, read meanwhile (SCORING_DEPTH), and those written
 and waiting for their group's flush to storage (SYNC_GROUP), plus one queued
 at the rank. So the next batch is there before the current one ends, and no
-rank waits on rank 0 between batches. Each message's ``tag`` is its MPI tag.
+rank waits on rank 0 between batches. Where batches prove short, a worker lets its
+processes hold more (pool.deepen: ~tuning.REPORT_SECONDS of batches each) and asks
+for as many more with another Request (not under ``--window``). Each message's
+``tag`` is its MPI tag.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class Completed:
     tag: ClassVar[int] = 12
     batch_ids: tuple[int, ...]
     failed_items: tuple[int, ...] = ()  # per batch, items without a result; () when none
+    # its processes may run dry before its next report: rank 0 looks for its messages at
+    # the pace of its batches, not of its reports (coordinator.py RankZero._pump)
+    running_low: bool = True
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ class RankWorker:
     rank: int = 0
     faults: FaultPlan = field(default_factory=FaultPlan)
     stop_grace: float = 30.0
+    deepens: bool = True  # lets its processes hold more where batches are short (not --window)
     queue: deque[tuple[Batch, int]] = field(default_factory=deque)
     stats: WorkerStats = field(default_factory=WorkerStats)
     drain_started: float | None = None
@@ -186,13 +187,14 @@ class RankWorker:
                 self.stats.failures += 1
                 self.link.send(Failed(outcome.batch.batch_id, outcome.error, outcome.traceback,
                                       outcome.fatal))
+        self._feed()
         if completed:  # one report for all: rank 0 journals them and hands out as many
             self.link.send(Completed(tuple(completed),
-                                     tuple(failed_items) if any(failed_items) else ()))
+                                     tuple(failed_items) if any(failed_items) else (),
+                                     self.pool.running_low))
             self.faults.after_rank_batch(self.rank)
-            if self.drain_started is None:
+            if self.deepens and self.drain_started is None:
                 self._deepen()
-        self._feed()
         self._abandon_after_grace()
 
     def _abandon_after_grace(self) -> None:

@@ -74,10 +74,11 @@ class Pacer:
         self.last: float | None = None  # when the last event came
         self.delay = first
 
-    def event(self) -> None:
+    def event(self, count: int = 1) -> None:
+        """``count`` events came now (one message may stand for several)."""
         now = self.clock()
         if self.last is not None:  # the time before the first event is no interval
-            gap = now - self.last
+            gap = (now - self.last) / count
             self.interval = gap if self.interval is None else \
                 self.interval + (gap - self.interval) / 8
         self.last = now
