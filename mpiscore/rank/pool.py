@@ -258,8 +258,10 @@ class ScorerPool:
     @property
     def running_low(self) -> bool:
         """Whether a process holds fewer batches than SCORING_DEPTH (the one it scores and
-        the next): it may run dry before it reports again."""
-        return any(p.ready and len(p.scoring) < SCORING_DEPTH for p in self.procs)
+        the next), or than half its depth once deepened: it may run dry before its
+        next report and the rank's next assignment."""
+        return any(p.ready and len(p.scoring) < max(SCORING_DEPTH, p.depth // 2)
+                   for p in self.procs)
 
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; replace dead or hung processes.
