@@ -76,10 +76,10 @@ def measure(ranks: int, batches: int, window: int, seconds: float, burst: int
         status = StatusFile(Path(run_dir), scheduler, progress, {}, ranks, plan.total_rows,
                             len(plan.batches))
 
-        def on_complete(batch: Any) -> None:  # as api._coordinate's
+        def on_complete(batches: list[Any]) -> None:  # as api._coordinate's
             watchdog.completed()
-            journal.record(batch.batch_id)
-            progress(batch.rows)
+            journal.record(*(batch.batch_id for batch in batches))
+            progress(sum(batch.rows for batch in batches), len(batches))
             status.tick()
 
         coordinator = Coordinator(scheduler, list(range(ranks)), links, links, on_complete)

@@ -223,11 +223,11 @@ def _coordinate(whole: Whole, world: World, worker: Callable[[WorkerLink], RankW
                         lambda: _activity(scheduler))
     watchdog = Watchdog(scheduler, config.progress_timeout)
 
-    def on_complete(batch: Batch) -> None:
+    def on_complete(batches: list[Batch]) -> None:  # a report's bundle: once for all
         watchdog.completed()
         if scheduler.stop_error != "StorageError":  # a journal that failed takes no more
-            _halting_on(scheduler, lambda: journal.record(batch.batch_id))
-        progress(batch.rows)
+            _halting_on(scheduler, lambda: journal.record(*(b.batch_id for b in batches)))
+        progress(sum(batch.rows for batch in batches), len(batches))
         status.tick()
 
     def between_messages() -> str | None:

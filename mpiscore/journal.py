@@ -271,12 +271,16 @@ class Journal:
         except OSError as exc:
             raise storage_error(self.file.path, exc, "cannot write the journal") from exc
 
-    def record(self, batch_id: int) -> None:
+    def record(self, *batch_ids: int) -> None:
+        """Record these batches, one ``write`` for all (a report's bundle): each record
+        is still verified alone, so a torn write loses only its torn tail."""
         try:
-            self._write(self.file.record(batch_id))
+            self._write(b"".join(map(self.file.record, batch_ids)))
         except OSError as exc:
+            which = f"batch {batch_ids[0]}" if len(batch_ids) == 1 else \
+                f"batches {', '.join(map(str, batch_ids))}"
             raise storage_error(self.file.path, exc,
-                                f"cannot record batch {batch_id} in the journal") from exc
+                                f"cannot record {which} in the journal") from exc
 
     def _write(self, data: bytes) -> None:
         """Write all of ``data``; after a short write (a disk or a limit just filled up)

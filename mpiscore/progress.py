@@ -43,9 +43,9 @@ class Progress:
         self.bar = _Bar(total_rows, item) if mode == "bar" else None
         self.lines = mode == "lines"
 
-    def __call__(self, rows: int) -> None:
+    def __call__(self, rows: int, batches: int = 1) -> None:
         self.rows += rows
-        self.batches += 1
+        self.batches += batches
         self.tick()
 
     def tick(self) -> None:

@@ -58,7 +58,8 @@ class Coordinator:
 
     def __init__(self, scheduler: Scheduler, ranks: list[int], local: CoordinatorLink,
                  remote: CoordinatorLink | None,
-                 on_complete: Callable[[Batch], None] = lambda batch: None) -> None:
+                 on_complete: Callable[[list[Batch]], None] = lambda batches: None) -> None:
+        """``on_complete``: called with the batches of each report (Completed), in order."""
         self.scheduler, self.ranks = scheduler, ranks
         self.links = {rank: local if rank == 0 else remote for rank in ranks}
         self.on_complete = on_complete
@@ -88,10 +89,10 @@ class Coordinator:
         self.heard[rank] = time.time()
         scheduler = self.scheduler
         if isinstance(message, Completed):  # the busiest path first
-            complete, on_complete = scheduler.complete, self.on_complete
-            for batch_id, failed_items in zip_longest(message.batch_ids, message.failed_items,
-                                                      fillvalue=0):
-                on_complete(complete(batch_id, rank, failed_items))
+            complete = scheduler.complete
+            self.on_complete([complete(batch_id, rank, failed_items) for batch_id, failed_items
+                              in zip_longest(message.batch_ids, message.failed_items,
+                                             fillvalue=0)])
             self._want(rank, len(message.batch_ids))
             if not scheduler.in_flight and self.starved:
                 self._wake(self.starved)  # no other rank busy: a retry may go where it failed
@@ -191,7 +192,8 @@ class Coordinator:
 
 def wire_rank_zero(scheduler: Scheduler, links: Links,
                    worker: Callable[[WorkerLink], RankWorker],
-                   on_complete: Callable[[Batch], None] = lambda batch: None) -> RankZero:
+                   on_complete: Callable[[list[Batch]], None] = lambda batches: None
+                   ) -> RankZero:
     """Rank 0, wired: the coordinator of ``links.size`` ranks, rank 0's own worker (built
     by ``worker`` on its in-process link), and the link to the other ranks if any."""
     local = Loopback()

@@ -25,6 +25,21 @@ def test_records_round_trip(tmp_path: Path) -> None:
     assert completed(tmp_path, TOKEN, BATCHES) == {1, 2, 3, 99}
 
 
+def test_a_bundle_is_one_write_of_records_each_verified_alone(tmp_path: Path) -> None:
+    """A report's batches go in one write; the bytes are those of one record each, so a
+    write torn inside the bundle keeps the records before the tear."""
+    journal = Journal(tmp_path, TOKEN, BATCHES, fresh=True)
+    journal.record(5, 6, 7)
+    journal.close()
+    bundled = (tmp_path / JOURNAL).read_bytes()
+    one_by_one = tmp_path / "one-by-one"
+    one_by_one.mkdir()
+    assert bundled == written(one_by_one, [5, 6, 7])
+    assert completed(tmp_path, TOKEN, BATCHES) == {5, 6, 7}
+    (tmp_path / JOURNAL).write_bytes(bundled[:-4])  # the write stopped inside batch 7's
+    assert completed(tmp_path, TOKEN, BATCHES) == {5, 6}
+
+
 def test_every_tear_of_the_last_record_drops_it_and_a_resume_appends_cleanly(
         tmp_path: Path) -> None:
     """The reported fault: ``...\\n3`` torn, then ``3\\n`` appended gave ``33``. Tear the

@@ -341,8 +341,8 @@ def coordinator(ranks: int, batches: int, policy: FailurePolicy | None = None,
     plan = make_plan([SourceFile("a.h5", batches)], 1)
     scheduler = Scheduler.for_batches(plan.batches, plan.total_rows, policy)
     inboxes = Inboxes()
-    on_complete = (lambda batch: done.append(batch.batch_id)) if done is not None else \
-        (lambda batch: None)
+    on_complete = (lambda batches: done.extend(b.batch_id for b in batches)) \
+        if done is not None else (lambda batches: None)
     return Coordinator(scheduler, list(range(ranks)), inboxes, inboxes, on_complete), inboxes
 
 
