@@ -173,9 +173,7 @@ class RankWorker:
         failed_items: list[int] = []
         for outcome in self.pool.poll(timeout):
             if not outcome.returned:  # reported ended: the coordinator owes one more
-                self.requested += 1
                 self.just_asked += 1
-                self.pacer.event()
             if outcome.ok:
                 assert outcome.times is not None
                 self.stats.add(outcome.batch, outcome.times)
@@ -187,6 +185,9 @@ class RankWorker:
                 self.stats.failures += 1
                 self.link.send(Failed(outcome.batch.batch_id, outcome.error, outcome.traceback,
                                       outcome.fatal))
+        if self.just_asked:
+            self.requested += self.just_asked
+            self.pacer.event(self.just_asked)
         self._feed()
         if completed:  # one report for all: rank 0 journals them and hands out as many
             self.link.send(Completed(tuple(completed),
