@@ -258,8 +258,8 @@ class RankZero:
                 if not isinstance(message, Stop):
                     worker.handle(message)
             elif remote is not None and (received := remote.poll()) is not None:
-                if pacer is not None and (events := _events_in(received[1])):
-                    pacer.event(events)
+                if pacer is not None:
+                    pacer.event(_events_in(received[1]))
                 coordinator.receive(*received)
             elif not coordinator.hand_out():
                 return moved
@@ -268,13 +268,11 @@ class RankZero:
 
 def _events_in(message: Message) -> int:
     """What a message counts for rank 0's pacer: each batch of a report from a rank that
-    may run dry, so such a rank is answered at the pace of its batches; none for a
-    report from a rank whose processes hold plenty (half their depth or more: ~50 ms
-    of short batches), which rank 0 answers on its own next wake-up, at most
-    LONGEST_WAIT_SECONDS away, instead of waking for it several times; one for any
-    other message."""
-    if isinstance(message, Completed):
-        return len(message.batch_ids) if message.running_low else 0
+    may run dry, so such a rank is answered at the pace of its batches; one for any
+    other, so a rank whose processes hold plenty (short batches reported in bundles)
+    costs rank 0 one look per report, not one per batch."""
+    if isinstance(message, Completed) and message.running_low:
+        return len(message.batch_ids)
     return 1
 
 

@@ -229,22 +229,21 @@ class ScorerPool:
             proc.send()
 
     def deepen(self, seconds_per_batch: float) -> int:
-        """Let each process hold twice the batches it scores in about REPORT_SECONDS (at
-        least SCORING_DEPTH, at most MAX_SCORING_DEPTH), as its Scored of short batches
-        wait that long (scoring/main.py _Sender): when it reports, half is still
-        there, so it does not run low waiting for the rank's next assignment. Only
-        ever more. The batches the rank may now keep beyond what it could, in all
-        (the rank asks for as many): the deeper share of each process, and half as
-        many again for the written batches whose Done rides in its next report."""
+        """Let each process hold as many batches as it scores in about REPORT_SECONDS
+        (at least SCORING_DEPTH, at most MAX_SCORING_DEPTH), as its Scored of short
+        batches wait that long (scoring/main.py _Sender); only ever more. The batches
+        the processes may now hold beyond what they could, in all: the rank asks for
+        as many."""
         wanted = SCORING_DEPTH if seconds_per_batch <= 0 else \
-            1 + 2 * math.ceil(REPORT_SECONDS / seconds_per_batch)
+            1 + math.ceil(REPORT_SECONDS / seconds_per_batch)
         depth = min(MAX_SCORING_DEPTH, max(SCORING_DEPTH, wanted))
-        if depth <= self.depth:
+        more = depth - self.depth
+        if more <= 0:
             return 0
-        before, self.depth = self.depth, depth
+        self.depth = depth
         for proc in self.procs:
             proc.depth = depth
-        return (_kept_for(depth) - _kept_for(before)) * len(self.procs)
+        return more * len(self.procs)
 
     @property
     def where(self) -> str:
@@ -437,13 +436,6 @@ class ScorerPool:
             proc.join(CLOSE_TIMEOUT_SECONDS)
             if proc.alive():
                 proc.kill()
-
-
-def _kept_for(depth: int) -> int:
-    """Batches a rank keeps for a process of ``depth`` beyond the window's fixed part
-    (placement.window_for): those it holds, and for a deepened one half as many again,
-    written and waiting for the report that carries their Done."""
-    return depth + (depth - SCORING_DEPTH) // 2
 
 
 def _closing_message(proc: ScorerProcess, deadline: float) -> tuple[float, float] | None:

@@ -44,17 +44,19 @@ def test_pacer_polls_a_share_of_the_interval_after_an_event_and_no_longer_apart(
     assert delays == pytest.approx([0.0025, 0.005, 0.01, 0.01])
 
 
-def test_rank_zero_paces_a_rank_that_may_run_dry_by_its_batches_and_no_other() -> None:
-    """A report of 4 batches every 40 ms from a rank that may run dry: 10 ms between
-    events (answered at its batches' pace). From one whose processes hold plenty the
-    reports are no events: rank 0 looks on its own wake-ups, and at its longest wait."""
-    clock = Clock()
-    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
-    for _ in range(4):
-        pacer.event(_events_in(Completed((1, 2, 3, 4), running_low=True)))
-        clock.now += 0.04
-    assert pacer.interval == pytest.approx(0.01)
-    assert _events_in(Completed((1, 2, 3, 4), running_low=False)) == 0
+def test_rank_zero_paces_a_rank_that_may_run_dry_by_its_batches_else_by_its_reports(
+        ) -> None:
+    """A report of 4 batches every 40 ms: 10 ms between events from a rank that may run
+    dry (answered at its batches' pace), 40 ms from one whose processes hold plenty."""
+    for running_low, interval in ((True, 0.01), (False, 0.04)):
+        clock = Clock()
+        pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+        report = Completed((1, 2, 3, 4), running_low=running_low)
+        for _ in range(3):
+            pacer.event(_events_in(report))
+            clock.now += 0.04
+        pacer.event(_events_in(report))
+        assert pacer.interval == pytest.approx(interval)
     assert _events_in(Request(5)) == 1
 
 
