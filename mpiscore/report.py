@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .placement import describe_slurm, slurm_ids
+from .tuning import SCORING_DEPTH
 
 if TYPE_CHECKING:
     from .config import JobConfig
@@ -53,7 +54,7 @@ class RankStats:
     preopened_sessions: int = 0
     # batches each of its scoring processes came to hold, not reported scored, at most:
     # tuning.SCORING_DEPTH, more where batches were short (rank/pool.py deepen)
-    scoring_depth: int = 2
+    scoring_depth: int = SCORING_DEPTH
 
 
 @dataclass(frozen=True)

@@ -241,8 +241,6 @@ class ScorerPool:
         if more <= 0:
             return 0
         self.depth = depth
-        for proc in self.procs:
-            proc.depth = depth
         return more * len(self.procs)
 
     @property
@@ -252,7 +250,8 @@ class ScorerPool:
     @property
     def idle(self) -> list[ScorerProcess]:
         """Processes that can take another batch now, the least loaded first."""
-        return sorted((p for p in self.procs if p.ready and len(p.scoring) < p.depth),
+        depth = self.depth
+        return sorted((p for p in self.procs if p.ready and len(p.scoring) < depth),
                       key=lambda p: len(p.scoring))
 
     @property
@@ -260,8 +259,8 @@ class ScorerPool:
         """Whether a process holds fewer batches than SCORING_DEPTH (the one it scores and
         the next), or than half its depth once deepened: it may run dry before its
         next report and the rank's next assignment."""
-        return any(p.ready and len(p.scoring) < max(SCORING_DEPTH, p.depth // 2)
-                   for p in self.procs)
+        low = max(SCORING_DEPTH, self.depth // 2)
+        return any(p.ready and len(p.scoring) < low for p in self.procs)
 
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; replace dead or hung processes.
@@ -388,7 +387,6 @@ class ScorerPool:
     def _replace(self, index: int) -> None:
         self.procs[index].kill()
         self.procs[index] = ScorerProcess()
-        self.procs[index].depth = self.depth
         assert self.spec is not None
         self.procs[index].conn.send(self.spec if index == 0 else
                                     self.spec._replace(records_death=False))

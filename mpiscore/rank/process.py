@@ -18,7 +18,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..tuning import SCORING_DEPTH
 from ..wire import Score, Scoreboard, pipe
 
 if TYPE_CHECKING:
@@ -85,7 +84,6 @@ class ScorerProcess:
         self.listener = select.poll()  # this process's pipe alone: is there more to read?
         self.listener.register(self.conn.fileno(), select.POLLIN)
         self.ready = False
-        self.depth = SCORING_DEPTH  # batches it may hold not yet Scored (pool.deepen)
         self.scoring: deque[Batch] = deque()  # not reported scored, oldest first (Scoreboard)
         self.writing: list[Batch] = []  # scored, being written (oldest first)
         self.started = 0.0  # when the first of ``scoring`` was started
