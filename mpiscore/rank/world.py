@@ -59,11 +59,21 @@ class Pacer:
     ``event()`` marks what calls for a poll soon (a message arriving at rank 0, a
     batch ending at a worker, which then asks for the next). The first poll after
     one comes ``share`` of the usual interval between them later (a running
-    mean), and each wait after that doubles, up to that interval while events
-    keep coming at their pace, up to ``most`` once they have stopped (four
-    intervals without one). So MPI is polled a few times per event, whether
-    events come every 10 us or every 10 s, instead of a thousand times a second.
-    Before the first interval is known the waits start at ``first``.
+    mean, in which a message that stands for several events weighs as they
+    would one by one), and each wait after that doubles, up to that interval while events
+    keep coming at their pace, up to ``most`` once they have stopped. So MPI is
+    polled a few times per event, whether events come every 10 us or every 10 s,
+    instead of a thousand times a second. Before the first interval is known the
+    waits start at ``first``.
+
+    Events have stopped only after a silence four times the longest of late:
+    events come in bursts (every rank answers the same hand-out), so the mean
+    interval is far shorter than the silence between two bursts. Were that
+    silence taken for a stop, a rank would back off to ``most`` while its reply
+    was on its way, the ranks it waits on would back off in turn while they
+    wait for it, and the two would settle at ``most`` per round trip, each
+    slow because the other is (rank 0 answering 300 batches/s instead of
+    20,000, benchmarks/dispatch.py).
     """
 
     def __init__(self, share: float = POLL_SHARE, first: float = 1e-5,
@@ -72,15 +82,18 @@ class Pacer:
         self.share, self.first, self.most, self.clock = share, first, most, clock
         self.interval: float | None = None  # the running mean between events
         self.last: float | None = None  # when the last event came
+        self.longest = 0.0  # the longest silence between events of late
         self.delay = first
 
     def event(self, count: int = 1) -> None:
         """``count`` events came now (one message may stand for several)."""
         now = self.clock()
         if self.last is not None:  # the time before the first event is no interval
-            gap = (now - self.last) / count
+            silence = now - self.last
+            gap = silence / count
             self.interval = gap if self.interval is None else \
-                self.interval + (gap - self.interval) / 8
+                self.interval + (gap - self.interval) * (1 - (7 / 8) ** count)
+            self.longest = max(silence, self.longest - silence / 8)  # forgotten in 8x its time
         self.last = now
         if self.interval is not None:
             self.delay = min(self.most, max(self.first, self.interval * self.share))
@@ -89,7 +102,7 @@ class Pacer:
         """The wait before the next poll (each call lengthens the next)."""
         delay, interval, most = self.delay, self.interval, self.most
         if interval is not None and self.last is not None and \
-                self.clock() - self.last < 4 * interval:  # events keep their pace
+                self.clock() - self.last < 4 * max(interval, self.longest):  # pace kept
             most = min(most, max(self.first, interval))
         self.delay = min(most, delay * 2)
         return delay

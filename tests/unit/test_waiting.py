@@ -71,6 +71,51 @@ def test_pacer_waits_up_to_its_most_once_events_have_stopped() -> None:
     assert delays[-1] == 0.05
 
 
+def test_a_report_of_several_batches_moves_the_mean_as_their_events_one_by_one_would(
+        ) -> None:
+    """Events every 10 ms, then every 1 ms: one pacer sees them one by one, the other in
+    reports of 4 every 4 ms (a worker's wake-up, a rank's Completed). Both learn the
+    faster pace alike; a report weighing as one event would leave the second at ~2x the
+    first's interval, and its rank polling for a reply half as often."""
+    clock = Clock()
+    single, bundled = (Pacer(1.0, first=1e-5, most=0.05, clock=clock) for _ in range(2))
+    for _ in range(8):
+        clock.now += 0.01
+        single.event(), bundled.event()
+    for step in range(8):
+        clock.now += 0.001
+        single.event()
+        if step % 4 == 3:
+            bundled.event(4)
+    assert single.interval == pytest.approx(bundled.interval)
+    assert single.interval < 0.007
+
+
+def test_a_silence_between_bursts_is_no_stop() -> None:
+    """Seven ranks answer each hand-out with two reports each within 2 ms, every 20 ms:
+    the mean interval is ~3 ms, but a silence of 20 ms is the pace, and the pacer
+    keeps polling within the interval through it. Taken for a stop, the waits would
+    back off to 50 ms, the other ranks would back off waiting for the answer, and each
+    round trip would take the longest wait on both sides for good."""
+    clock = Clock()
+    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    for _ in range(20):
+        for _ in range(14):
+            pacer.event()
+            clock.now += 0.00015
+        clock.now += 0.018
+    pacer.event()
+    assert pacer.interval is not None and pacer.interval < 0.003
+    waited, delays = 0.0, []
+    while waited < 0.02:
+        delays.append(pacer.next_delay())
+        waited += delays[-1]
+        clock.now += delays[-1]
+    assert max(delays) <= pacer.interval
+    clock.now += 0.2  # ten bursts missed: now the ranks have stopped
+    assert max(pacer.next_delay() for _ in range(8)) == 0.05
+
+
 def test_a_slow_job_polls_every_most_seconds() -> None:
     clock = Clock()
     pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
