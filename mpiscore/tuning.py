@@ -15,15 +15,15 @@ from __future__ import annotations
 SCORING_DEPTH = 2
 
 # The longest the Scored of a short batch waits in its scoring process for those of the
-# next ones, while they are there to score (scoring/main.py _Sender); how many batches
-# the rank lets a process hold grows to match (rank/pool.py deepen). One report, one
-# wake-up of the rank, for ~0.1 s of batches: ~10 batches of 10 ms, where a wake-up and
-# its Python (100-400 us here) would otherwise take 1-4% of a core per batch. What a
-# process holds beyond SCORING_DEPTH is so at most ~0.1 s of work.
+# next ones, while they are there to score (scoring/main.py _Sender); the rank lets a
+# process hold twice as many batches (rank/pool.py deepen), so half is still there when
+# it reports. One report, one wake-up of the rank, for ~0.1 s of batches: ~10 batches of
+# 10 ms, where a wake-up and its Python (100-400 us here) would otherwise take 1-4% of a
+# core per batch. What a process holds beyond SCORING_DEPTH is so ~0.2 s of work.
 REPORT_SECONDS = 0.1
 
 # Most batches a scoring process may hold not yet reported scored, however short they are.
-MAX_SCORING_DEPTH = 16
+MAX_SCORING_DEPTH = 32
 
 # Written batches that one flush to storage makes durable together, at most; so many
 # are held after writing until they are reported done. Groups of four kept most of

@@ -229,19 +229,19 @@ class ScorerPool:
             proc.send()
 
     def deepen(self, seconds_per_batch: float) -> int:
-        """Let each process hold as many batches as it scores in about REPORT_SECONDS
-        (at least SCORING_DEPTH, at most MAX_SCORING_DEPTH), as its Scored of short
-        batches wait that long (scoring/main.py _Sender); only ever more. The batches
-        the processes may now hold beyond what they could, in all: the rank asks for
-        as many."""
-        wanted = SCORING_DEPTH if seconds_per_batch <= 0 else \
-            1 + math.ceil(REPORT_SECONDS / seconds_per_batch)
-        depth = min(MAX_SCORING_DEPTH, max(SCORING_DEPTH, wanted))
-        more = depth - self.depth
-        if more <= 0:
+        """Let each process hold twice the batches it scores in about REPORT_SECONDS (at
+        least SCORING_DEPTH, at most MAX_SCORING_DEPTH), as its Scored of short batches
+        wait that long (scoring/main.py _Sender): when it reports, half is still
+        there, so it is not low (:attr:`running_low`) and neither this rank nor rank 0
+        hurries to refill it. Only ever more. The batches the rank may now keep beyond
+        what it could, in all (it asks for as many): the deeper share of each process,
+        and half as many again for its written batches, whose Done rides in its next
+        report."""
+        depth = depth_for(seconds_per_batch)
+        if depth <= self.depth:
             return 0
-        self.depth = depth
-        return more * len(self.procs)
+        before, self.depth = self.depth, depth
+        return (kept_for(depth) - kept_for(before)) * len(self.procs)
 
     @property
     def where(self) -> str:
@@ -434,6 +434,23 @@ class ScorerPool:
             proc.join(CLOSE_TIMEOUT_SECONDS)
             if proc.alive():
                 proc.kill()
+
+
+def depth_for(seconds_per_batch: float) -> int:
+    """How many batches a process may hold where they take this long (ScorerPool.deepen):
+    the one it scores and twice what it scores in REPORT_SECONDS, within SCORING_DEPTH
+    and MAX_SCORING_DEPTH. Batches of REPORT_SECONDS or more are reported one by one:
+    they stay at SCORING_DEPTH, and a job's tail is not held up in one process."""
+    wanted = SCORING_DEPTH if not 0 < seconds_per_batch < REPORT_SECONDS else \
+        1 + 2 * math.ceil(REPORT_SECONDS / seconds_per_batch)
+    return min(MAX_SCORING_DEPTH, max(SCORING_DEPTH, wanted))
+
+
+def kept_for(depth: int) -> int:
+    """Batches a rank keeps for a process of ``depth`` beyond the window's fixed part
+    (placement.window_for): those it holds, and for a deepened one half as many again,
+    written and waiting for the report that carries their Done."""
+    return depth + (depth - SCORING_DEPTH) // 2
 
 
 def _closing_message(proc: ScorerProcess, deadline: float) -> tuple[float, float] | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mpiscore.plan import Batch, SourceFile, make_plan
-from mpiscore.rank.coordinator import _events_in
-from mpiscore.rank.messages import Assign, Completed, Message, Request, Stop
-from mpiscore.rank.pool import Outcome
+from mpiscore.rank.coordinator import RemoteWait, _events_in
+from mpiscore.rank.messages import Assign, Completed, Failed, Message, Request, Stop
+from mpiscore.rank.pool import Outcome, depth_for, kept_for
 from mpiscore.rank.worker import RankWorker, work
 from mpiscore.rank.world import Pacer
 from mpiscore.tuning import LONGEST_WAIT_SECONDS
@@ -58,6 +58,38 @@ def test_rank_zero_paces_a_rank_that_may_run_dry_by_its_batches_else_by_its_repo
         pacer.event(_events_in(report))
         assert pacer.interval == pytest.approx(interval)
     assert _events_in(Request(5)) == 1
+
+
+def test_rank_zero_waits_its_longest_while_no_other_rank_may_run_dry() -> None:
+    """Ranks 1 and 2 start wanting work (paced); once each has said its processes hold
+    plenty, rank 0 waits its longest; a report that says low, or a failure, paces it
+    again."""
+    remote = RemoteWait([1, 2])
+    for rank in (1, 2):
+        remote.heard(rank, Completed((rank,), running_low=True))
+    assert remote.next_delay() < LONGEST_WAIT_SECONDS
+    remote.heard(1, Completed((3, 4), running_low=False))
+    assert remote.next_delay() < LONGEST_WAIT_SECONDS  # rank 2 may still run dry
+    remote.heard(2, Completed((5, 6), running_low=False))
+    assert [remote.next_delay() for _ in range(3)] == [LONGEST_WAIT_SECONDS] * 3
+    remote.heard(2, Failed(7, "boom"))
+    assert remote.low == {2}
+    remote.heard(2, Completed((8,), running_low=False))
+    remote.heard(1, Completed((9,), running_low=True))
+    assert remote.low == {1}
+
+
+def test_short_batches_deepen_to_twice_a_report_and_the_rank_keeps_their_writes_too(
+        ) -> None:
+    """10 ms batches: a report every 0.1 s says ~10, so a process holds 21 and half is
+    still there when it reports; the rank keeps half as many again written and waiting
+    for the Done in the next report. Long batches stay at SCORING_DEPTH; the depth is
+    bounded."""
+    assert depth_for(0.01) == 21
+    assert kept_for(21) == 21 + 9
+    assert depth_for(0.1) == depth_for(0.5) == depth_for(0.0) == 2 and kept_for(2) == 2
+    assert depth_for(0.05) == 5
+    assert depth_for(1e-6) == 32
 
 
 def test_pacer_waits_up_to_its_most_once_events_have_stopped() -> None:
