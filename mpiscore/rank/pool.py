@@ -257,9 +257,10 @@ class ScorerPool:
     @property
     def running_low(self) -> bool:
         """Whether a process holds fewer batches than SCORING_DEPTH (the one it scores and
-        the next), or than half its depth once deepened: it may run dry before its
-        next report and the rank's next assignment."""
-        low = max(SCORING_DEPTH, self.depth // 2)
+        the next), or than a third of its depth once deepened (~70 ms of work): it may
+        run dry before the rank's next assignment reaches it. Not low, its rank and
+        rank 0 answer on their own next wake-ups, within LONGEST_WAIT_SECONDS each."""
+        low = low_mark(self.depth)
         return any(p.ready and len(p.scoring) < low for p in self.procs)
 
     def poll(self, timeout: float) -> list[Outcome]:
@@ -444,6 +445,14 @@ def depth_for(seconds_per_batch: float) -> int:
     wanted = SCORING_DEPTH if not 0 < seconds_per_batch < REPORT_SECONDS else \
         1 + 2 * math.ceil(REPORT_SECONDS / seconds_per_batch)
     return min(MAX_SCORING_DEPTH, max(SCORING_DEPTH, wanted))
+
+
+def low_mark(depth: int) -> int:
+    """Held batches under which a process of ``depth`` runs low (ScorerPool.running_low):
+    SCORING_DEPTH, or a third of a deepened depth (~70 ms of short batches: a report,
+    every ~0.1 s, takes about half of them, so a process that has just reported is
+    not low)."""
+    return max(SCORING_DEPTH, depth // 3)
 
 
 def kept_for(depth: int) -> int:

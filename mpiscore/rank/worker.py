@@ -59,9 +59,9 @@ class ScoringProcesses(Protocol[Process]):
 
     @property
     def running_low(self) -> bool:
-        """Whether a process holds so few batches (under SCORING_DEPTH, or half its
-        share once deepened) that it may run dry before it next reports: only then
-        are assignments urgent."""
+        """Whether a process holds so few batches (under SCORING_DEPTH, or a third of
+        its share once deepened) that it may run dry before the next assignment
+        reaches it: only then are assignments urgent."""
 
     def poll(self, timeout: float) -> list[Outcome]:
         """Wait up to ``timeout`` seconds for batches to end; how they ended."""

@@ -7,7 +7,7 @@ import pytest
 from mpiscore.plan import Batch, SourceFile, make_plan
 from mpiscore.rank.coordinator import RemoteWait, _events_in
 from mpiscore.rank.messages import Assign, Completed, Failed, Message, Request, Stop
-from mpiscore.rank.pool import Outcome, depth_for, kept_for
+from mpiscore.rank.pool import Outcome, depth_for, kept_for, low_mark
 from mpiscore.rank.worker import RankWorker, work
 from mpiscore.rank.world import Pacer
 from mpiscore.tuning import LONGEST_WAIT_SECONDS
@@ -87,6 +87,8 @@ def test_short_batches_deepen_to_twice_a_report_and_the_rank_keeps_their_writes_
     bounded."""
     assert depth_for(0.01) == 21
     assert kept_for(21) == 21 + 9
+    assert low_mark(21) == 7 < 21 - 10  # a report's 10 taken away: not low
+    assert low_mark(2) == low_mark(5) == 2
     assert depth_for(0.1) == depth_for(0.5) == depth_for(0.0) == 2 and kept_for(2) == 2
     assert depth_for(0.05) == 5
     assert depth_for(1e-6) == 32
