@@ -64,8 +64,10 @@ MAX_SLEEP_SECONDS = 1e-3
 # The longest a rank waits on its scoring processes' pipes before it looks at MPI, the
 # stop signals and the batch timeouts again: how late a stop, a Drain or a timeout is
 # seen at worst. A pipe wakes the rank at once when a batch ends, so this costs no
-# latency; 50 ms is 20 wake-ups a second, nothing next to a scoring process's work.
-LONGEST_WAIT_SECONDS = 0.05
+# latency; but each wake-up of a rank costs 200-300 us of CPU on the caches a scoring
+# process has just emptied: every 50 ms, that was 0.5% of a core per rank, half of what
+# a rank may spend in all (benchmarks/README.md, "Fourth pass"). 100 ms: 0.25%.
+LONGEST_WAIT_SECONDS = 0.1
 
 # While a reply over MPI is due, MPI is polled again after a share of the usual
 # interval between the events that call for one, the wait doubling while nothing
