@@ -3,8 +3,8 @@
 Built by prepare.py; rank 0 keeps it whole (the plan with every batch, the
 fingerprint), and broadcasts :meth:`Job.shared` to every rank, which hands it to
 every scoring process: the plan's file table and batch count, never its batches,
-which travel one by one as they are assigned. The file table is held once: file
-input's paths are the plan's (io/files.py). Kept free of onnxruntime, so ranks
+which travel one by one as they are assigned. The file table is held once: the
+input's paths are the plan's (SourceKind.bound). Kept free of onnxruntime, so ranks
 can hold it without loading it.
 """
 
@@ -15,7 +15,6 @@ from typing import Any
 
 from .config import JobConfig
 from .io.fields import ROW_STATUS, Field
-from .io.files import FilesInput
 from .io.registry import InputSource, OutputTarget
 from .lock import JobLock
 from .model import InputBinding
@@ -42,12 +41,12 @@ class Job:
     warnings: tuple[str, ...] = ()  # found while preparing; rank 0 logs them once
 
     def __post_init__(self) -> None:
-        """File input's paths are the plan's file table (stamped after the input was
-        resolved): bound to it, the job holds and sends each path once."""
-        if isinstance(self.source.resolved, FilesInput):
-            bound = self.source.resolved.bound(self.plan.files)
-            if bound is not self.source.resolved:
-                object.__setattr__(self, "source", replace(self.source, resolved=bound))
+        """The input's paths are the plan's file table's (stamped after the input was
+        resolved, or described in other processes): bound to it, the job holds and
+        sends each path once."""
+        bound = self.source.bound(self.plan.files)
+        if bound is not self.source:
+            object.__setattr__(self, "source", bound)
 
     def shared(self) -> Job:
         """The job as every other process gets it: the plan without its batches, and no

@@ -82,6 +82,9 @@ class FilesSourceKind:
         """One item per file: the fingerprint then stamps every file, for --resume."""
         return [SourceFile(path, 1) for path in source.paths], {}, []
 
+    def bound(self, source: FilesInput, files: tuple[SourceFile, ...]) -> FilesInput:
+        return source.bound(files)
+
     def open_reader(self, source: FilesInput) -> Reader:
         return FilesReader(source)
 

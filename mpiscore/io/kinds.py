@@ -10,7 +10,8 @@ rank's start-up imports neither (tests/cli/test_cli.py checks it).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,17 @@ class Hdf5SourceKind:
              batch_size: BatchSize, row_nbytes: int) -> Plan:
         return make_plan(files, batch_size.rows_for(row_nbytes))
 
+    def bound(self, sources: tuple[Hdf5Source, ...], files: tuple[SourceFile, ...]
+              ) -> tuple[Hdf5Source, ...]:
+        """Each file's path from the file table, and one tuple for equal dataset lists
+        (each file's own, as resolved: 10,000 files would carry 10,000 copies)."""
+        paths = _same_paths([s.path for s in sources], files)
+        if all(s.path is path for s, path in zip(sources, paths, strict=True)):
+            return sources
+        datasets: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+        return tuple(Hdf5Source(path, datasets.setdefault(s.datasets, s.datasets))
+                     for s, path in zip(sources, paths, strict=True))
+
     def open_reader(self, sources: tuple[Hdf5Source, ...]) -> Reader:
         return _hdf5().Hdf5Reader(sources)
 
@@ -113,6 +125,12 @@ class ParquetSourceKind:
 
         return partition_plan(source.paths, source.partition_by, batch_size, row_nbytes)
 
+    def bound(self, source: ParquetInput, files: tuple[SourceFile, ...]) -> ParquetInput:
+        paths = _same_paths(source.paths, files)
+        if all(a is b for a, b in zip(source.paths, paths, strict=True)):
+            return source
+        return replace(source, paths=paths)
+
     def open_reader(self, source: ParquetInput) -> Reader:
         reader = _parquet().ParquetReader(source.paths, source.selection)
         if not source.partition_by:
@@ -123,6 +141,15 @@ class ParquetSourceKind:
 
     def names(self, source: ParquetInput) -> list[str]:
         return list(source.paths)
+
+
+def _same_paths(paths: Sequence[str], files: tuple[SourceFile, ...]) -> tuple[str, ...]:
+    """The file table's path objects for ``paths``, which must be its paths, in order (a
+    batch's file_index indexes both)."""
+    table = tuple(file.path for file in files)
+    if len(table) != len(paths) or any(a != b for a, b in zip(paths, table, strict=True)):
+        raise ValueError("an input is bound to the plan of its own files only")
+    return table
 
 
 def _files(path: str) -> list[str]:

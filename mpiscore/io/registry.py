@@ -47,6 +47,11 @@ class SourceKind(Protocol):
              row_nbytes: int) -> Plan:
         """The batches over ``files`` (rows of ``row_nbytes`` bytes), in row order."""
 
+    def bound(self, resolved: Any, files: tuple[SourceFile, ...]) -> Any:
+        """``resolved`` naming its files by the plan's file table (one SourceFile per
+        input file, in order), the same path objects: a job that carries both pickles
+        each path once."""
+
     def open_reader(self, resolved: Any) -> Reader: ...
 
     def names(self, resolved: Any) -> list[str]:
@@ -138,6 +143,12 @@ class InputSource:
 
     kind: str
     resolved: Any
+
+    def bound(self, files: tuple[SourceFile, ...]) -> InputSource:
+        """This input with its paths taken from ``files``, the plan's file table
+        (SourceKind.bound); itself if they are already."""
+        resolved = SOURCES[self.kind].bound(self.resolved, files)
+        return self if resolved is self.resolved else InputSource(self.kind, resolved)
 
 
 def resolve_input(config: JobConfig, inputs: list[TensorSpec]) -> InputSource:

@@ -10,11 +10,13 @@ ones that matter in a file. Noting onnxruntime proves the watch ran there.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import mpiscore
+from mpiscore.plan import SourceFile
 from mpiscore.rank import process
 from tests import builders
 
@@ -74,7 +76,8 @@ def test_a_rank_holds_a_job_without_numpy_h5py_or_pyarrow(tmp_path: Path, output
         from mpiscore.io.registry import resolve_input
 
         job = type(job)(**{**vars(job), "config": config, "source": resolve_input(
-            config, [mpiscore.model.TensorSpec("features", "float32", (None, 8))])})
+            config, [mpiscore.model.TensorSpec("features", "float32", (None, 8))]),
+            "plan": replace(job.plan, files=(SourceFile(str(data), 20),))})
     code = ("import pickle, sys; import mpiscore.cli, mpiscore.api, mpiscore.rank.pool; "
             "pickle.loads(sys.stdin.buffer.read()); "
             "print(sorted({'numpy', 'h5py', 'pyarrow', 'onnxruntime'} & set(sys.modules)))")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiscore.config import InputSpec, JobConfig
+from mpiscore.config import BatchSize, InputSpec, JobConfig
 from mpiscore.errors import ConfigError, InputError
 from mpiscore.io import registry
 from mpiscore.io.registry import InputSource, OutputTarget, detect_format, resolve_input
@@ -140,3 +140,54 @@ def test_warming_an_output_loads_its_writer_module_on_a_thread(output: str, modu
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.split() == ["False", "True", "True"], done.stderr
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "parquet"])
+def test_a_planned_input_holds_the_file_table_s_paths_and_sends_each_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Many HDF5 files are described in forked processes, so the file table's paths come
+    back as new strings; Parquet's come from the input as resolved. Bound to the plan
+    (as Job does), the input names its files by the table's own path objects, also after
+    the pickle every rank gets, so a job carries each path once (and one list of
+    datasets for all HDF5 files); it reads as before; a plan of other files is refused."""
+    import pickle
+
+    import numpy as np
+
+    from mpiscore.io import hdf5
+    from tests import builders
+
+    monkeypatch.setattr(hdf5, "PROCESSES_FROM", 8)
+    monkeypatch.setattr(hdf5, "FILES_PER_TASK", 4)
+    data = np.arange(40 * 3 * 4, dtype="<f4").reshape(-1, 4)
+    long = tmp_path / ("a-directory-name-that-makes-each-path-long-" * 2)
+    long.mkdir()
+    for i in range(40):
+        part = data[i * 3:(i + 1) * 3]
+        if kind == "hdf5":
+            builders.write_h5(long / f"part-{i:03d}.h5", x=part)
+        else:
+            builders.write_parquet(long / f"part-{i:03d}.parquet", part)
+    pattern = str(long / ("*.h5" if kind == "hdf5" else "*.parquet"))
+    config = JobConfig(model=tmp_path / "m.onnx", inputs=(InputSpec(pattern),),
+                       output=tmp_path / "y.h5", batch_size=BatchSize(rows=5),
+                       columns=() if kind == "hdf5" else ("f*",))
+    source = resolve_input(config, INPUTS)
+    files, fields, _ = registry.describe(source)
+    plan = registry.plan_batches(config, source, files, fields["x"].row_nbytes)
+    bound = source.bound(plan.files)
+    assert bound.bound(plan.files) is bound
+    sent = pickle.dumps((bound, plan.shared()))
+    saved = len(pickle.dumps((source, plan.shared()))) - len(sent)
+    if kind == "hdf5":  # 40 long paths, and 39 lists of datasets, no longer sent twice
+        assert saved > 40 * len(str(long))
+    else:  # described in this process: the table's paths were the input's already
+        assert bound is source
+    received, shared = pickle.loads(sent)
+    paths = [s.path for s in received.resolved] if kind == "hdf5" else received.resolved.paths
+    assert all(path is file.path for path, file in zip(paths, shared.files, strict=True))
+    reader = registry.open_reader(received)
+    read = np.concatenate([reader.read(batch)[0]["x"].copy() for batch in plan.batches])
+    np.testing.assert_array_equal(read, data)
+    with pytest.raises(ValueError, match="its own files only"):
+        source.bound(plan.files[1:])
