@@ -2,6 +2,7 @@
 
     python benchmarks/plan_scale.py [--batches 10000 1000000] [--ranks 2] [--base CHECKOUT]
                                     [--files 10000] [--skip-files] [--file-items 100000]
+                                    [--hdf5-items 10000]
 
 For each batch count N, the example model scores N one-row batches (an HDF5
 file of N rows, ``--mini-batch-size 1``) with ``mpiexec -n RANKS``; once the
@@ -17,6 +18,9 @@ runs another checkout (``git worktree add``) through ``PYTHONPATH``, side by sid
 parallel (this checkout), and the base checkout's planning; ``--open-latency-ms``
 adds a sleep before every file's open, as a parallel filesystem's metadata round
 trip would (``--batches`` with no count skips the jobs).
+
+``--hdf5-items F``: the same probe of a job of the example model over F small HDF5
+files (described in forked processes from 1,000 files).
 
 ``--file-items F``: a file-input job (``--input-mode files``, an entry script,
 ``--mini-batch-size 10``) over F empty files, probed as above: the pickle sizes of
@@ -222,27 +226,43 @@ def file_items(trees: dict[str, Path | None], count: int, scratch: Path) -> list
     script.write_text(ENTRY_SCRIPT)
     args = ["score", "--entry-script", str(script), "--input", str(folder), "--input-mode",
             "files", "--output-action", "append_row", "--mini-batch-size", "10", "--quiet"]
+    return probe_many(trees, "files", count, args, scratch / "items-{}.txt")
+
+
+def hdf5_items(trees: dict[str, Path | None], count: int, scratch: Path) -> list[dict]:
+    """Probe a job of the example model over ``count`` small HDF5 files."""
+    folder = scratch / "h5items"
+    folder.mkdir()
+    make_files(folder, count)
+    args = ["score", "--model", str(MODEL), "--input", f"{folder}/*.h5:/features", "--quiet"]
+    return probe_many(trees, "hdf5", count, args, scratch / "h5items-{}.h5")
+
+
+def probe_many(trees: dict[str, Path | None], kind: str, count: int, args: list[str],
+               output: Path) -> list[dict]:
+    """The probe of one job over many input files, with each checkout."""
     rows = []
     for label, tree in trees.items():
-        out = scratch / f"items-{label}.txt"
+        out = Path(str(output).format(label))
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-c", PROBE, *args, "--output", str(out),
                                  "--overwrite"], env=env_for(tree), capture_output=True,
-                                text=True, timeout=1800, cwd=scratch)
+                                text=True, timeout=1800, cwd=output.parent)
         seconds = time.perf_counter() - started
         sizes = next((json.loads(line[6:]) for line in result.stdout.splitlines()
                       if line.startswith("PROBE ")), {"error": result.stderr[-300:]})
-        rows.append({"checkout": label, "files": count, "probe_seconds": seconds, **sizes})
+        rows.append({"checkout": label, "kind": kind, "files": count,
+                     "probe_seconds": seconds, **sizes})
     return rows
 
 
 def make_files(folder: Path, count: int) -> None:
     subprocess.run([sys.executable, "-c", (
         "import h5py, numpy as np, sys\n"
-        "x = np.zeros((10, 4), np.float32)\n"
+        "x = np.zeros((10, 16), np.float32)\n"
         "for i in range(int(sys.argv[2])):\n"
         "    with h5py.File(f'{sys.argv[1]}/f{i:06d}.h5', 'w') as f:\n"
-        "        f.create_dataset('features', data=x, chunks=(5, 4))\n"),
+        "        f.create_dataset('features', data=x, chunks=(5, 16))\n"),
         str(folder), str(count)], check=True, timeout=1800)
 
 
@@ -274,6 +294,8 @@ def main() -> None:
                         help="add this much latency to every input file's open (many files)")
     parser.add_argument("--file-items", type=int, default=0,
                         help="also probe a file-input job over this many files")
+    parser.add_argument("--hdf5-items", type=int, default=0,
+                        help="also probe a job over this many small HDF5 files")
     args = parser.parse_args()
     trees: dict[str, Path | None] = {"after": HERE.parent}
     if args.base:
@@ -294,6 +316,8 @@ def main() -> None:
         files = None if args.skip_files else plan_files(trees, args.files, scratch,
                                                         args.open_latency_ms)
         items = file_items(trees, args.file_items, scratch) if args.file_items else []
+        if args.hdf5_items:
+            items += hdf5_items(trees, args.hdf5_items, scratch)
     print(json.dumps({"benchmark": "plan_scale", "ranks": args.ranks, "cores": cores(),
                       "results": rows, "many_files": files, "file_input": items}, indent=2))
     print(f"\n{'checkout':<8}{'batches':>10}{'broadcast':>12}{'to scorer':>12}{'set-up s':>10}"
@@ -306,11 +330,12 @@ def main() -> None:
               f"{r['rank0_peak_rss_mib']:>11.0f}{r['other_rank_peak_rss_mib']:>10.0f}"
               f"{r['scorer0_peak_rss_mib']:>9.0f}{r['other_scorer_peak_rss_mib']:>8.0f}")
     if items:
-        print(f"\n{'checkout':<8}{'files':>9}{'broadcast':>12}{'to scorer':>12}"
+        print(f"\n{'checkout':<9}{'input':<7}{'files':>9}{'broadcast':>12}{'to scorer':>12}"
               f"{'own paths':>11}")
         for r in items:
             own = r.get("source_own_paths")
-            print(f"{r['checkout']:<8}{r['files']:>9,}{r.get('broadcast_bytes', 0):>12,}"
+            print(f"{r['checkout']:<9}{r['kind']:<7}{r['files']:>9,}"
+                  f"{r.get('broadcast_bytes', 0):>12,}"
                   f"{r.get('spec_job_bytes', 0):>12,}{'-' if own is None else own:>11}")
     if files:
         print(f"\nplanning {files['files']:,} HDF5 files "
