@@ -109,6 +109,11 @@ def record_death(run_dir: Path, output: str, reason: str) -> bool:
     summary = read_json_object(run_dir / "summary.json") or {}
     if summary.get("status") != "running":
         return False
+    history = read_history(run_dir / HISTORY)
+    if history and "started_at" in summary and \
+            history[-1].get("run_started_at") == summary["started_at"]:
+        _ended_unsummarized(run_dir, output, history)
+        return False
     status = read_json_object(run_dir / "status.json") or {}
     if status.get("pid") != summary.get("pid"):
         status = {}  # none yet, or an earlier run's
@@ -125,6 +130,17 @@ def record_death(run_dir: Path, output: str, reason: str) -> bool:
     write_json(run_dir / "summary.json", {"status": "died", "output": output,
                                           "stop_reason": reason, "job": job})
     return True
+
+
+def _ended_unsummarized(run_dir: Path, output: str, history: list[dict]) -> None:
+    """The run had ended, its line in the history, when its rank 0 was killed before the
+    final summary: the summary says how it ended, from that line, instead of a second
+    line saying "died"."""
+    ended = history[-1]
+    write_json(run_dir / "summary.json", {
+        "status": ended["status"], "output": output, "stop_reason": ended.get("stop_reason"),
+        "job": _totals(run_dir / HISTORY, history),
+        "note": "rank 0 was killed after the run ended, before its full summary"})
 
 
 def _seconds(record: dict, key: str) -> float | None:
@@ -148,7 +164,9 @@ def _append_run(run_dir: Path, entry: dict) -> dict:
     A torn line (a run killed while appending) is skipped, never merged with the next:
     each line is written whole, after a newline."""
     path = run_dir / HISTORY
-    entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
+    running = read_json_object(run_dir / "summary.json") or {}
+    entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "run_started_at": running.get("started_at"), **entry}  # the run's own key
     runs = [*read_history(path), entry]
     try:
         text = path.read_bytes()
@@ -157,9 +175,13 @@ def _append_run(run_dir: Path, entry: dict) -> dict:
     with path.open("a") as handle:
         handle.write(("\n" if text and not text.endswith(b"\n") else "")
                      + json.dumps(entry) + "\n")
+    return _totals(path, runs)
+
+
+def _totals(path: Path, runs: list[dict]) -> dict:
+    """The job's totals over its runs."""
     return {"runs": len(runs), "wall_seconds": sum(r["wall_seconds"] for r in runs),
-            "rows_scored": sum(r["rows_scored"] for r in runs),
-            "history": str(path)}
+            "rows_scored": sum(r["rows_scored"] for r in runs), "history": str(path)}
 
 
 def read_history(path: Path) -> list[dict]:

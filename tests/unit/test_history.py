@@ -40,3 +40,25 @@ def test_slurm_ids(monkeypatch) -> None:
     assert ids == {"job_id": "125", "array_job_id": "120", "array_task_id": "5",
                    "restart_count": 2}
     assert describe_slurm(ids) == "Slurm job 125 (array 120_5), run 3 (restart 2)"
+
+
+def test_a_run_killed_after_its_line_is_not_recorded_again_as_died(tmp_path) -> None:
+    """Each line carries its run's start (from the running summary). Rank 0 killed in the
+    instant after it appended its line and before its final summary: the death recorder
+    finds the run's line and writes the summary from it instead of a second, "died" line.
+    A run that dies before its line gets one."""
+    from mpiscore.report import record_death, write_json
+
+    write_json(tmp_path / "summary.json", {"status": "running", "pid": 7, "started_at": 100.0})
+    append_history(tmp_path, report(300, 2.0))
+    assert not record_death(tmp_path, "y.h5.partial", "rank 0 was killed")
+    runs = read_history(tmp_path / HISTORY)
+    assert [(r["status"], r["run_started_at"]) for r in runs] == [("stopped", 100.0)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["stop_reason"], summary["job"]["runs"]) == \
+        ("stopped", "SIGTERM", 1)
+    write_json(tmp_path / "summary.json", {"status": "running", "pid": 8, "started_at": 200.0})
+    assert record_death(tmp_path, "y.h5.partial", "rank 0 was killed")
+    runs = read_history(tmp_path / HISTORY)
+    assert [(r["status"], r["run_started_at"]) for r in runs] == \
+        [("stopped", 100.0), ("died", 200.0)]
