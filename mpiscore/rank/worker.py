@@ -113,6 +113,7 @@ class RankWorker:
     submitted: int = 0  # batches handed to the scoring processes
     just_asked: int = 0  # of ``requested``, those asked for in the last poll (not answered yet)
     pacer: Pacer = field(default_factory=lambda: Pacer(WORKER_POLL_SHARE))  # when to look
+    stopped: bool = False  # a Stop came in through take_in: work() says Finished
 
     def start(self) -> None:
         self.requested += self.window
@@ -147,6 +148,18 @@ class RankWorker:
         else:
             raise RuntimeError(f"rank {self.rank} got unexpected {message!r}")
         self._feed()
+
+    def take_in(self) -> None:
+        """Take in what waits on the link: assignments go to the processes at once; a
+        Stop is kept for the loop (``stopped``). Called before a report while the
+        answer to an earlier one is due, so the report's ``running_low`` counts what
+        that answer brought (else a rank would look low to rank 0, which then hurries,
+        each time its answer was waiting unread)."""
+        while not self.stopped and (message := self.link.poll()) is not None:
+            if isinstance(message, Stop):
+                self.stopped = True
+            else:
+                self.handle(message)
 
     def _feed(self) -> None:
         """Hand queued batches to the processes with room, the least loaded first, each
@@ -190,6 +203,8 @@ class RankWorker:
             self.requested += self.just_asked
             self.pacer.event(self.just_asked)
         self._feed()
+        if completed and self.owed > self.just_asked:
+            self.take_in()  # the answer to an earlier report may be here: low is then known
         if completed:  # one report for all: rank 0 journals them and hands out as many
             self.link.send(Completed(tuple(completed),
                                      tuple(failed_items) if any(failed_items) else (),
@@ -226,6 +241,9 @@ def work(worker: RankWorker, stop_requested: Callable[[], str | None]) -> None:
     asked_to_stop = False
     looked = time.monotonic()  # when the link was last looked at
     while True:
+        if worker.stopped:  # seen while it took in assignments before a report
+            link.send(Finished())
+            return
         reason = stop_requested()
         if reason and not asked_to_stop:
             asked_to_stop = True

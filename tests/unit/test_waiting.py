@@ -6,7 +6,7 @@ import pytest
 
 from mpiscore.plan import Batch, SourceFile, make_plan
 from mpiscore.rank.coordinator import RemoteWait, _events_in
-from mpiscore.rank.messages import Assign, Completed, Failed, Message, Request, Stop
+from mpiscore.rank.messages import Assign, Completed, Failed, Finished, Message, Request, Stop
 from mpiscore.rank.pool import Outcome, depth_for, kept_for, low_mark
 from mpiscore.rank.worker import RankWorker, work
 from mpiscore.rank.world import Pacer
@@ -264,3 +264,33 @@ def test_a_worker_with_its_window_full_looks_at_mpi_only_every_longest_wait() ->
     # the window is full from the first assignment on: no probe of MPI per wake-up
     assert link.polls - polls_before < 10
     assert all(timeout == LONGEST_WAIT_SECONDS for timeout in pool.timeouts)
+
+
+class HoldingPool(Pool):
+    """A Pool that runs low when it holds fewer than two batches."""
+
+    @property
+    def running_low(self) -> bool:
+        return len(self.held) < 2
+
+
+def test_a_report_says_low_only_after_the_waiting_answer_is_taken_in() -> None:
+    """The answer to the worker's last report is waiting on the link when the next batch
+    ends: the worker hands it to its process before it reports, so the report says
+    what the process holds then (not low) and rank 0 need not hurry. A Stop met so is
+    kept for the loop, which says Finished."""
+    link, pool = Link(), HoldingPool([True, True])
+    worker = RankWorker(pool, link, window=3)
+    worker.start()
+    worker.handle(Assign(BATCHES[:3], (0, 0, 0)))
+    worker.poll(0.0)  # one ended; two held, one more owed
+    assert link.sent[-1] == Completed((BATCHES[0].batch_id,), running_low=False)
+    link.inbox = [Assign(BATCHES[3:4], (0,))]
+    worker.poll(0.0)  # the second ended: one held, until the answer waiting is fed
+    assert link.sent[-1] == Completed((BATCHES[1].batch_id,), running_low=False)
+    assert len(pool.held) == 2 and not link.inbox
+    link.inbox = [Stop()]
+    worker.take_in()
+    assert worker.stopped
+    work(worker, lambda: None)
+    assert link.sent[-1] == Finished()
