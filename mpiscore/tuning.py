@@ -16,10 +16,11 @@ SCORING_DEPTH = 2
 
 # The longest the Scored of a short batch waits in its scoring process for those of the
 # next ones, while they are there to score (scoring/main.py _Sender); the rank lets a
-# process hold twice as many batches (rank/pool.py deepen), so half is still there when
-# it reports. One report, one wake-up of the rank, for ~0.1 s of batches: ~10 batches of
-# 10 ms, where a wake-up and its Python (100-400 us here) would otherwise take 1-4% of a
-# core per batch. What a process holds beyond SCORING_DEPTH is so ~0.2 s of work.
+# process hold three times as many batches (rank/pool.py deepen), so two thirds are
+# still there when it reports, and the rank's answer may wait for its next wake-up, the
+# next report. One report, one wake-up of the rank, for ~0.1 s of batches: ~10 batches
+# of 10 ms, where a wake-up and its Python (100-400 us here) would otherwise take 1-4%
+# of a core per batch. What a process holds beyond SCORING_DEPTH is so ~0.3 s of work.
 REPORT_SECONDS = 0.1
 
 # Most batches a scoring process may hold not yet reported scored, however short they are.
@@ -66,8 +67,10 @@ MAX_SLEEP_SECONDS = 1e-3
 # seen at worst. A pipe wakes the rank at once when a batch ends, so this costs no
 # latency; but each wake-up of a rank costs 200-300 us of CPU on the caches a scoring
 # process has just emptied: every 50 ms, that was 0.5% of a core per rank, half of what
-# a rank may spend in all (benchmarks/README.md, "Fourth pass"). 100 ms: 0.25%.
-LONGEST_WAIT_SECONDS = 0.1
+# a rank may spend in all (benchmarks/README.md, "Fourth pass"). Longer than
+# REPORT_SECONDS: while short batches flow, their reports wake the rank first and the
+# timer seldom fires (at 100 ms it raced them, and fired almost as often).
+LONGEST_WAIT_SECONDS = 0.15
 
 # While a reply over MPI is due, MPI is polled again after a share of the usual
 # interval between the events that call for one, the wait doubling while nothing

@@ -24,7 +24,7 @@ it scores and the next one, read meanwhile (SCORING_DEPTH), and those written
 and waiting for their group's flush to storage (SYNC_GROUP), plus one queued
 at the rank. So the next batch is there before the current one ends, and no
 rank waits on rank 0 between batches. Where batches prove short, a worker lets its
-processes hold more (pool.deepen: ~2 x tuning.REPORT_SECONDS of batches each) and asks
+processes hold more (pool.deepen: ~3 x tuning.REPORT_SECONDS of batches each) and asks
 for as many more with another Request (not under ``--window``). Each message's
 ``tag`` is its MPI tag.
 """

@@ -229,11 +229,11 @@ class ScorerPool:
             proc.send()
 
     def deepen(self, seconds_per_batch: float) -> int:
-        """Let each process hold twice the batches it scores in about REPORT_SECONDS (at
-        least SCORING_DEPTH, at most MAX_SCORING_DEPTH), as its Scored of short batches
-        wait that long (scoring/main.py _Sender): when it reports, half is still
-        there, so it is not low (:attr:`running_low`) and neither this rank nor rank 0
-        hurries to refill it. Only ever more. The batches the rank may now keep beyond
+        """Let each process hold three times the batches it scores in about
+        REPORT_SECONDS (depth_for), as its Scored of short batches wait that long
+        (scoring/main.py _Sender): when it reports, two thirds are still there, so it
+        is not low (:attr:`running_low`) and neither this rank nor rank 0 hurries to
+        refill it. Only ever more. The batches the rank may now keep beyond
         what it could, in all (it asks for as many): the deeper share of each process,
         and half as many again for its written batches, whose Done rides in its next
         report."""
@@ -439,19 +439,20 @@ class ScorerPool:
 
 def depth_for(seconds_per_batch: float) -> int:
     """How many batches a process may hold where they take this long (ScorerPool.deepen):
-    the one it scores and twice what it scores in REPORT_SECONDS, within SCORING_DEPTH
-    and MAX_SCORING_DEPTH. Batches of REPORT_SECONDS or more are reported one by one:
-    they stay at SCORING_DEPTH, and a job's tail is not held up in one process."""
+    the one it scores and three times what it scores in REPORT_SECONDS (tuning.py),
+    within SCORING_DEPTH and MAX_SCORING_DEPTH. Batches of REPORT_SECONDS or more are
+    reported one by one: they stay at SCORING_DEPTH, and a job's tail is not held up
+    in one process."""
     wanted = SCORING_DEPTH if not 0 < seconds_per_batch < REPORT_SECONDS else \
-        1 + 2 * math.ceil(REPORT_SECONDS / seconds_per_batch)
+        1 + 3 * math.ceil(REPORT_SECONDS / seconds_per_batch)
     return min(MAX_SCORING_DEPTH, max(SCORING_DEPTH, wanted))
 
 
 def low_mark(depth: int) -> int:
     """Held batches under which a process of ``depth`` runs low (ScorerPool.running_low):
-    SCORING_DEPTH, or a third of a deepened depth (~70 ms of short batches: a report,
-    every ~0.1 s, takes about half of them, so a process that has just reported is
-    not low)."""
+    SCORING_DEPTH, or a third of a deepened depth (~0.1 s of short batches: a report,
+    every ~0.1 s, takes a third of them, so a process that has just reported, and been
+    given the answer to its last report, is not low)."""
     return max(SCORING_DEPTH, depth // 3)
 
 

@@ -31,7 +31,6 @@ from ..model import model_digest, read_model
 from ..plan import Batch
 from ..report import record_death
 from ..tuning import (
-    LONGEST_WAIT_SECONDS,
     READ_AHEAD,
     REPORT_SECONDS,
     SYNC_GROUP,
@@ -132,7 +131,7 @@ def scorer_main(conn: Channel, board: Scoreboard) -> None:
     scoring = float("inf")  # how long the last batch took to score
     while (item := reads.next(writer)) is not None:
         batch, attempt, loaded = item
-        sender.hold(scoring < LONGEST_WAIT_SECONDS)
+        sender.hold(scoring < REPORT_SECONDS)
         try:
             spec.faults.before_batch(batch.batch_id, attempt)
             if isinstance(loaded, BaseException):

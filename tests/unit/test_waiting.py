@@ -79,18 +79,18 @@ def test_rank_zero_waits_its_longest_while_no_other_rank_may_run_dry() -> None:
     assert remote.low == {1}
 
 
-def test_short_batches_deepen_to_twice_a_report_and_the_rank_keeps_their_writes_too(
+def test_short_batches_deepen_to_three_reports_and_the_rank_keeps_their_writes_too(
         ) -> None:
-    """10 ms batches: a report every 0.1 s says ~10, so a process holds 21 and half is
-    still there when it reports; the rank keeps half as many again written and waiting
-    for the Done in the next report. Long batches stay at SCORING_DEPTH; the depth is
-    bounded."""
-    assert depth_for(0.01) == 21
-    assert kept_for(21) == 21 + 9
-    assert low_mark(21) == 7 < 21 - 10  # a report's 10 taken away: not low
+    """10 ms batches: a report every 0.1 s says ~10, so a process holds 31 and two thirds
+    are still there when it reports (not low even before the answer to its last report
+    comes); the rank keeps half as many again written and waiting for the Done in the
+    next report. Long batches stay at SCORING_DEPTH; the depth is bounded."""
+    assert depth_for(0.01) == 31
+    assert kept_for(31) == 31 + 14
+    assert low_mark(31) == 10 < 31 - 2 * 10  # two reports' 10 taken away: not low
     assert low_mark(2) == low_mark(5) == 2
     assert depth_for(0.1) == depth_for(0.5) == depth_for(0.0) == 2 and kept_for(2) == 2
-    assert depth_for(0.05) == 5
+    assert depth_for(0.05) == 7
     assert depth_for(1e-6) == 32
 
 
