@@ -69,8 +69,8 @@ class Hdf5SourceKind:
               ) -> tuple[Hdf5Source, ...]:
         """Each file's path from the file table, and one tuple for equal dataset lists
         (each file's own, as resolved: 10,000 files would carry 10,000 copies)."""
-        paths = _same_paths([s.path for s in sources], files)
-        if all(s.path is path for s, path in zip(sources, paths, strict=True)):
+        paths = _table_paths([s.path for s in sources], files)
+        if paths is None:
             return sources
         datasets: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         return tuple(Hdf5Source(path, datasets.setdefault(s.datasets, s.datasets))
@@ -126,10 +126,8 @@ class ParquetSourceKind:
         return partition_plan(source.paths, source.partition_by, batch_size, row_nbytes)
 
     def bound(self, source: ParquetInput, files: tuple[SourceFile, ...]) -> ParquetInput:
-        paths = _same_paths(source.paths, files)
-        if all(a is b for a, b in zip(source.paths, paths, strict=True)):
-            return source
-        return replace(source, paths=paths)
+        paths = _table_paths(source.paths, files)
+        return source if paths is None else replace(source, paths=paths)
 
     def open_reader(self, source: ParquetInput) -> Reader:
         reader = _parquet().ParquetReader(source.paths, source.selection)
@@ -143,13 +141,14 @@ class ParquetSourceKind:
         return list(source.paths)
 
 
-def _same_paths(paths: Sequence[str], files: tuple[SourceFile, ...]) -> tuple[str, ...]:
+def _table_paths(paths: Sequence[str], files: tuple[SourceFile, ...]
+                 ) -> tuple[str, ...] | None:
     """The file table's path objects for ``paths``, which must be its paths, in order (a
-    batch's file_index indexes both)."""
+    batch's file_index indexes both); None where they are those objects already."""
     table = tuple(file.path for file in files)
     if len(table) != len(paths) or any(a != b for a, b in zip(paths, table, strict=True)):
         raise ValueError("an input is bound to the plan of its own files only")
-    return table
+    return None if all(a is b for a, b in zip(paths, table, strict=True)) else table
 
 
 def _files(path: str) -> list[str]:

@@ -272,11 +272,11 @@ class RemoteWait:
     While a rank may run dry (its last message was a report saying so, or asked for
     work: Request, Failed, Returned), as the pacer says, paced by such ranks'
     batches. While none may (each said in its last report that its processes hold
-    plenty: a third of their depth or more, ~70 ms of short batches),
-    LONGEST_WAIT_SECONDS: their reports wait for rank 0's next wake-up, which its
-    own pipes often bring
-    sooner, instead of waking rank 0 several times each (short batches reported in
-    bundles: ~300 timer wake-ups for 43 reports in 260 batches of 10 ms).
+    plenty: a third of their depth or more, ~0.1 s of short batches, pool.low_mark),
+    LONGEST_WAIT_SECONDS: their reports wait for rank 0's next wake-up, which its own
+    pipes often bring sooner, instead of waking rank 0 several times each (short
+    batches reported in bundles: ~300 timer wake-ups for 43 reports in 260 batches of
+    10 ms).
     """
 
     def __init__(self, ranks: list[int]) -> None:

@@ -257,8 +257,8 @@ class ScorerPool:
     @property
     def running_low(self) -> bool:
         """Whether a process holds fewer batches than SCORING_DEPTH (the one it scores and
-        the next), or than a third of its depth once deepened (~70 ms of work): it may
-        run dry before the rank's next assignment reaches it. Not low, its rank and
+        the next), or than a third of its depth once deepened (low_mark): it may run
+        dry before the rank's next assignment reaches it. Not low, its rank and
         rank 0 answer on their own next wake-ups, within LONGEST_WAIT_SECONDS each."""
         low = low_mark(self.depth)
         return any(p.ready and len(p.scoring) < low for p in self.procs)

@@ -60,8 +60,8 @@ class Pacer:
     batch ending at a worker, which then asks for the next). The first poll after
     one comes ``share`` of the usual interval between them later (a running
     mean, in which a message that stands for several events weighs as they
-    would one by one), and each wait after that doubles, up to that interval while events
-    keep coming at their pace, up to ``most`` once they have stopped. So MPI is
+    would one by one), and each wait after that doubles, up to that interval
+    while events keep coming at their pace, up to ``most`` once they have stopped. So MPI is
     polled a few times per event, whether events come every 10 us or every 10 s,
     instead of a thousand times a second. Before the first interval is known the
     waits start at ``first``.
