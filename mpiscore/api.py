@@ -316,7 +316,7 @@ def _rank_stats(worker: RankWorker, pool: ScorerPool, world: World, spec: Scorer
         first_batch_seconds=None if s.first_batch_done is None else s.first_batch_done - started,
         scorer_restarts=pool.restarts, intra_op_threads=spec.settings.intra_op_threads,
         gpu=visible_gpu(spec.settings.device_id), preopened_sessions=pool.preopened,
-        scoring_depth=pool.depth)
+        scoring_depth=pool.depth, run_rows=tuple(pool.run_rows))
 
 
 def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],

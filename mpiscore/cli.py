@@ -161,6 +161,10 @@ def main() -> None:
               help="Let ONNX Runtime threads spin while idle (faster on dedicated cores).")
 @click.option("--cast", type=click.Choice(["safe", "same_kind", "unsafe"]), default="safe",
               show_default=True, help="Which dtype conversions of input data are allowed.")
+@click.option("--run-rows", default="auto", show_default=True,
+              help="Rows of a batch per ONNX Runtime run (a batch larger runs in slices); "
+              "auto = each scoring process measures the fastest on its first batches (CPU), "
+              "or whole batches (GPU providers).")
 @click.option("--procs-per-rank", default="1", show_default=True,
               help="Scoring processes per rank, each with its own session; auto = one per "
               "core (or per --intra-op-threads cores).")

@@ -114,6 +114,7 @@ class SessionConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     allow_spinning: bool = False
     cast: CastPolicy = "safe"
+    run_rows: int | None = None  # rows per session run; None: measured (run_rows.py)
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
@@ -124,6 +125,8 @@ class SessionConfig:
             raise ConfigError("--intra-op-threads must be at least 1")
         if self.inter_op_threads < 1:
             raise ConfigError("--inter-op-threads must be at least 1")
+        if self.run_rows is not None and self.run_rows < 1:
+            raise ConfigError("--run-rows must be at least 1 (or auto)")
         if not self.providers:
             raise ConfigError("--providers: give at least one execution provider")
 
@@ -336,6 +339,7 @@ _SESSION_OPTIONS: dict[str, tuple[str, Callable[[Any], object]]] = {
     "graph_optimization": ("graph_optimization", str),
     "providers": ("providers", split_names), "spin": ("allow_spinning", bool),
     "cast": ("cast", str),
+    "run_rows": ("run_rows", lambda v: auto_number(v, "--run-rows")),
 }
 OPTION_KEYS = (*_JOB_OPTIONS, *_SESSION_OPTIONS)
 
@@ -383,7 +387,8 @@ def options_of(config: JobConfig) -> dict[str, object]:
         "inter_op_threads": session.inter_op_threads,
         "graph_optimization": session.graph_optimization,
         "providers": ",".join(session.providers), "spin": session.allow_spinning,
-        "cast": session.cast, "procs_per_rank": config.procs_per_rank or "auto",
+        "cast": session.cast, "run_rows": session.run_rows or "auto",
+        "procs_per_rank": config.procs_per_rank or "auto",
         "window": config.window, "max_retries": config.max_retries,
         "batch_timeout": config.batch_timeout, "error_threshold": config.error_threshold,
         "allowed_failed_percent": config.allowed_failed_percent, "on_nan": config.on_nan,

@@ -55,6 +55,9 @@ class RankStats:
     # batches each of its scoring processes came to hold, not reported scored, at most:
     # tuning.SCORING_DEPTH, more where batches were short (rank/pool.py deepen)
     scoring_depth: int = SCORING_DEPTH
+    # rows each of its scoring processes gave an ONNX session per run, as measured or
+    # --run-rows chose (0: whole batches; scoring/scorers/run_rows.py)
+    run_rows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -245,10 +245,12 @@ class Close(NamedTuple):
 
 
 class Closed(NamedTuple):
-    """The files are closed; the process's CPU seconds and peak RSS."""
+    """The files are closed; the process's CPU seconds and peak RSS, and the rows its
+    scorer ran at a time (0: whole batches; scorers/run_rows.py)."""
 
     cpu_seconds: float
     peak_rss_mib: float
+    run_rows: int = 0
 
 
 ToScorer: TypeAlias = Preopen | PrepareRequest | ScorerSpec | Score | Close

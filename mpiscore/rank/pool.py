@@ -106,6 +106,7 @@ class ScorerPool:
         self.spec: ScorerSpec | None = None
         self.restarts = 0
         self.cpu_seconds = 0.0  # of the processes that closed normally
+        self.run_rows: list[int] = []  # of the processes that closed normally (Closed)
         self.peak_rss_mib = 0.0
         self.preparing: PrepareRequest | None = None
         self.closing: list[ScorerProcess] = []
@@ -421,12 +422,13 @@ class ScorerPool:
                 proc.conn.send(Close())
         deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
         for proc in procs:
-            usage = _closing_message(proc, deadline)
-            if usage is None:
+            closed = _closing_message(proc, deadline)
+            if closed is None:
                 proc.kill()
             else:
-                self.cpu_seconds += usage[0]
-                self.peak_rss_mib = max(self.peak_rss_mib, usage[1])
+                self.cpu_seconds += closed.cpu_seconds
+                self.peak_rss_mib = max(self.peak_rss_mib, closed.peak_rss_mib)
+                self.run_rows.append(closed.run_rows)
 
     def reap(self) -> None:
         """Wait for closed processes to exit (killing those that hang)."""
@@ -463,12 +465,12 @@ def kept_for(depth: int) -> int:
     return depth + (depth - SCORING_DEPTH) // 2
 
 
-def _closing_message(proc: ScorerProcess, deadline: float) -> tuple[float, float] | None:
-    """A closing process's CPU seconds and peak RSS (MiB), or None if it did not close
-    by ``deadline``; other messages left in its pipe are dropped."""
+def _closing_message(proc: ScorerProcess, deadline: float) -> Closed | None:
+    """A closing process's last word (what it used), or None if it did not close by
+    ``deadline``; other messages left in its pipe are dropped."""
     with contextlib.suppress(EOFError, OSError):
         while proc.conn.poll(max(0.0, deadline - time.monotonic())):
             message = recv_at_rank(proc.conn)
             if isinstance(message, Closed):
-                return message.cpu_seconds, message.peak_rss_mib
+                return message
     return None

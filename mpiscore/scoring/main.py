@@ -154,7 +154,8 @@ def scorer_main(conn: Channel, board: Scoreboard) -> None:
     except MpiscoreError as exc:  # a script's shutdown() failed: its batches are written
         print(f"mpiscore: {spec.where}: {type(exc).__name__}: {exc}", file=sys.stderr)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    sender.send(Closed(usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024))
+    sender.send(Closed(usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+                       processor.scorer.run_rows))
     _exit(0)  # now, while the scorer is still alive: not worth destroying
 
 

@@ -166,3 +166,16 @@ def test_fixed_batch_model(tmp_path, fixed) -> None:
                       "--mini-batch-size", 50)
     assert result.returncode == 0, result.stderr
     assert_matches(read_h5(out), builders.reference(model, features=data))
+
+
+def test_run_rows_slices_each_batch_and_the_summary_says_so(mlp_h5, tmp_path) -> None:
+    model, data, features = mlp_h5
+    out = tmp_path / "scores.h5"
+    result = mpiscore(2, "--model", model, "--input", f"{data}:/features", "--output", out,
+                      "--mini-batch-size", 400, "--run-rows", 64, "--intra-op-threads", 1)
+    assert result.returncode == 0, result.stderr
+    got, want = read_h5(out), builders.reference(model, features=features)
+    assert {name: got[name].tobytes() for name in want} == \
+        {name: array.tobytes() for name, array in want.items()}
+    summary = json.loads((out.parent / "scores.h5.run" / "summary.json").read_text())
+    assert [r["run_rows"] for r in summary["per_rank"]] == [[64], [64]]

@@ -154,3 +154,57 @@ def test_outputs_never_share_memory_with_inputs(tmp_path: Path) -> None:
     result = scorer(model, features_field()).score({"features": data})["same"]
     np.testing.assert_array_equal(result, data)
     assert not np.shares_memory(result, data)
+
+
+def sliced(model: Path, fields: dict[str, Field], run_rows: int | None) -> Bound:
+    return scorer(model, fields, settings=ScorerSettings(SessionConfig(run_rows=run_rows), 1))
+
+
+@pytest.mark.parametrize("run_rows", [1, 7, 300, 5000])
+def test_a_batch_run_in_slices_gives_the_rows_of_one_whole_run(tmp_path: Path,
+                                                               run_rows: int) -> None:
+    """Bitwise: slices change where a run starts, never what a row gets."""
+    model = builders.mlp(tmp_path / "mlp.onnx")
+    data = builders.features(1003, seed=12)
+    s = sliced(model, features_field(), run_rows)
+    got = s.score({"features": data})
+    want = builders.reference(model, features=data)
+    assert s.scorer.run_rows == run_rows
+    for name, array in want.items():
+        assert got[name].dtype == array.dtype and got[name].tobytes() == array.tobytes(), name
+
+
+def test_slices_of_a_two_input_model_keep_the_inputs_aligned(tmp_path: Path) -> None:
+    model = builders.two_inputs(tmp_path / "two.onnx")
+    a, b = builders.features(50, width=4, seed=1), builders.features(50, width=3, seed=2)
+    fields = {"a": Field("a", "<f4", (4,)), "b": Field("b", "<f4", (3,))}
+    got = sliced(model, fields, 8).score({"b": b, "a": a})
+    assert_matches(got, builders.reference(model, a=a, b=b))
+
+
+def test_a_measured_slice_size_scores_every_batch_as_one_whole_run_would(tmp_path: Path
+                                                                         ) -> None:
+    """The measuring batches (whole, then 4,096, 1,024, 256 rows a run) and those after
+    it: each equal to plain onnxruntime on the batch, and a size is chosen."""
+    model = builders.mlp(tmp_path / "mlp.onnx", hidden=256)
+    s = sliced(model, features_field(), None)
+    for seed in range(8):
+        data = builders.features(8192 + seed, seed=seed)
+        got = s.score({"features": data})
+        for name, array in builders.reference(model, features=data).items():
+            assert got[name].tobytes() == array.tobytes(), (seed, name)
+    assert not s.scorer.slicing.measuring
+    assert s.scorer.run_rows in (0, 4096, 1024, 256)
+
+
+def test_zipmap_outputs_of_slices_join_into_the_batch_s_rows(tmp_path: Path) -> None:
+    from tests import sklearn_models
+
+    model = sklearn_models.classifier(tmp_path / "forest.onnx", kind="forest")
+    x, _ = sklearn_models.training_data(700, seed=3)
+    fields = {"X": Field("X", "<f4", (x.shape[1],))}
+    whole = sliced(model, fields, 700).score({"X": x})
+    in_slices = sliced(model, fields, 64).score({"X": x})
+    assert list(in_slices) == list(whole)
+    for name in whole:
+        np.testing.assert_array_equal(in_slices[name], whole[name], err_msg=name)

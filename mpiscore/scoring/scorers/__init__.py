@@ -34,6 +34,10 @@ class Scorer(Protocol):
         """The rows it insists on per call, if any (the probe scores so many)."""
 
     @property
+    def run_rows(self) -> int:
+        """Rows it gives its runtime per call, where it slices batches (0: whole)."""
+
+    @property
     def label_width(self) -> int:
         """Bytes of the longest string label it can output (0: the probe sizes strings)."""
 

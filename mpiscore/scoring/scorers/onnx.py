@@ -1,15 +1,18 @@
 """The "onnx" scorer: one ONNX Runtime session, created once, applied batch after batch.
 
 Thread counts are always set explicitly (ONNX Runtime otherwise sizes its
-pools from the whole machine and spins idle threads), and models with a
-fixed batch dimension are fed in sub-batches of that size, the last one
-padded with zeros and its padding dropped from the output. What the session
+pools from the whole machine and spins idle threads). A batch is run in
+slices: of the size run_rows.py measures as fastest (or ``--run-rows``),
+where intermediate tensors stay in cache; for a model with a fixed batch
+dimension, of that size, the last one padded with zeros and its padding
+dropped from the output. What the session
 returns becomes one NumPy array per output column here (onnx_outputs.py), so
 ZipMap maps and string labels look like any other output downstream.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,6 +22,7 @@ from ...config import ScorerSettings
 from ...errors import ConfigError, ModelError, ScoringError
 from ...model import Column, TensorSpec, tensor_spec
 from .onnx_outputs import OutputConverter, label_width, output_kinds
+from .run_rows import WHOLE, RunRows
 
 OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -67,17 +71,20 @@ def _first_line(exc: BaseException) -> str:
 class OnnxScorer:
     """Scores batches of model inputs with one session (a scorers.Scorer)."""
 
-    def __init__(self, session: ort.InferenceSession, model: str, model_bytes: bytes) -> None:
+    def __init__(self, session: ort.InferenceSession, model: str, model_bytes: bytes,
+                 slicing: RunRows | None = None) -> None:
         self.session, self.model, self.model_bytes = session, model, model_bytes
         self.inputs = [tensor_spec(node, model) for node in session.get_inputs()]
         self.output_names = [node.name for node in session.get_outputs()]
         self.converter = OutputConverter(output_kinds(session.get_outputs(), model), model)
         self.fixed_batch = _fixed_batch(self.inputs, model)
+        self.slicing = RunRows(WHOLE) if slicing is None else slicing
 
     @classmethod
     def open(cls, model_bytes: bytes, model: str, settings: ScorerSettings) -> OnnxScorer:
         """The "onnx" kind's factory: a session with ``settings`` for ``model_bytes``."""
-        return cls(open_session(model_bytes, model, settings), model, model_bytes)
+        session = open_session(model_bytes, model, settings)
+        return cls(session, model, model_bytes, _slicing(session, settings))
 
     @property
     def label_width(self) -> int:
@@ -93,9 +100,22 @@ class OnnxScorer:
         """Output columns for a batch of bound inputs, one row per input row, keyed by
         their default names (``columns`` says where each comes from)."""
         rows = len(next(iter(feeds.values())))
-        if self.fixed_batch is None or self.fixed_batch == rows:
-            return _Columns(self.model, self.converter.convert(self._run(feeds), rows))
-        return _Columns(self.model, self._run_in_pieces(feeds, rows, self.fixed_batch))
+        if self.fixed_batch is not None:
+            if self.fixed_batch == rows:
+                return _Columns(self.model, self.converter.convert(self._run(feeds), rows))
+            return _Columns(self.model, self._run_in_pieces(feeds, rows, self.fixed_batch))
+        started = self.slicing.clock() if self.slicing.measuring else 0.0
+        size = self.slicing.size(rows)
+        columns = (self.converter.convert(self._run(feeds), rows) if size == rows
+                   else self._run_in_pieces(feeds, rows, size))
+        if self.slicing.measuring:
+            self.slicing.timed(rows, self.slicing.clock() - started)
+        return _Columns(self.model, columns)
+
+    @property
+    def run_rows(self) -> int:
+        """Rows per session run (0: whole batches), chosen so far."""
+        return self.fixed_batch or self.slicing.chosen or WHOLE
 
     def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
         """Nothing to hold: the graph fixes its outputs' types and shapes itself."""
@@ -111,11 +131,15 @@ class OnnxScorer:
 
     def _run_in_pieces(self, feeds: dict[str, np.ndarray], rows: int, size: int
                        ) -> dict[str, np.ndarray]:
+        """Runs of ``size`` rows, the last one padded for a fixed batch dimension."""
+        pad = size == self.fixed_batch
         pieces = []
         for start in range(0, rows, size):
-            chunk = {name: _pad(array[start:start + size], size) for name, array in feeds.items()}
+            chunk = {name: array[start:start + size] for name, array in feeds.items()}
             taken = min(size, rows - start)
-            columns = self.converter.convert(self._run(chunk), size)
+            if pad:
+                chunk = {name: _pad(array, size) for name, array in chunk.items()}
+            columns = self.converter.convert(self._run(chunk), size if pad else taken)
             pieces.append({key: column[:taken] for key, column in columns.items()})
         return {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
 
@@ -131,6 +155,17 @@ class _Columns(dict[str, np.ndarray]):
     def __missing__(self, key: str) -> np.ndarray:
         raise ScoringError(f"{self.model}: no output column {key!r} in this batch (it has "
                            f"{', '.join(self)}); the model's outputs changed form between batches")
+
+
+def _slicing(session: ort.InferenceSession, settings: ScorerSettings) -> RunRows:
+    """``--run-rows``, else measured on the CPU (a GPU's provider gets whole batches:
+    its kernels gain from more rows, and it has no core cache to fit); timed by the
+    thread's CPU clock where the session runs on the calling thread alone."""
+    fixed = settings.session.run_rows
+    if fixed is None and session.get_providers() != ["CPUExecutionProvider"]:
+        fixed = WHOLE
+    one_thread = settings.intra_op_threads == 1 and settings.session.inter_op_threads == 1
+    return RunRows(fixed, time.thread_time if one_thread else time.perf_counter)
 
 
 def _fixed_batch(inputs: list[TensorSpec], model: str) -> int | None:

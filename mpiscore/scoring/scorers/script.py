@@ -102,6 +102,7 @@ class ScriptScorer:
 
     fixed_batch: int | None = None
     label_width = LABEL_WIDTH
+    run_rows = 0  # run() gets each mini-batch whole
 
     def __init__(self, script: str, settings: ScriptSettings, rank: int) -> None:
         self.script, self.settings, self.rank = script, settings, rank

@@ -1,0 +1,65 @@
+"""scoring/scorers/run_rows.py: which slice size a scoring process keeps, from the
+seconds its batches took (the sizes are real onnxruntime runs in test_score.py; here,
+the choice alone, as the times would make it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpiscore.scoring.scorers.run_rows import CANDIDATES, WHOLE, RunRows
+
+ROWS = 16384
+
+
+def measure(per_row: dict[int, float], rows: int = ROWS, batches: int = 8) -> list[int]:
+    """Score ``batches`` batches of ``rows`` rows, each taking the seconds a row that
+    ``per_row`` gives for the size it is run at (WHOLE: the whole batch); the sizes
+    used, batch by batch."""
+    slicing = RunRows(None)
+    used = []
+    for _ in range(batches):
+        size = slicing.size(rows)
+        used.append(size)
+        slicing.timed(rows, rows * per_row[WHOLE if size == rows else size])
+    return used
+
+
+def test_the_first_batch_warms_up_then_each_size_is_tried_once_and_the_fastest_kept() -> None:
+    times = {WHOLE: 18.8, 4096: 17.7, 1024: 16.4, 256: 16.6}
+    assert measure(times) == [ROWS, ROWS, 4096, 1024, 256, 1024, 1024, 1024]
+
+
+def test_a_model_fastest_whole_stops_the_search_once_slices_prove_slower() -> None:
+    times = {WHOLE: 1.0, 4096: 1.3, 1024: 2.0, 256: 5.0}
+    assert measure(times) == [ROWS, ROWS, 4096, ROWS, ROWS, ROWS, ROWS, ROWS]
+
+
+def test_sizes_within_the_margin_keep_the_larger_one() -> None:
+    times = {WHOLE: 10.0, 4096: 9.0, 1024: 8.9, 256: 8.8}
+    assert measure(times)[-1] == 4096
+
+
+def test_the_smallest_size_wins_when_it_is_clearly_fastest() -> None:
+    times = {WHOLE: 282.0, 4096: 214.0, 1024: 199.0, 256: 179.0}
+    assert measure(times)[-3:] == [256, 256, 256]
+
+
+def test_only_sizes_below_the_batch_are_tried() -> None:
+    times = {WHOLE: 2.0, 256: 1.0}
+    assert measure(times, rows=1000) == [1000, 1000, 256, 256, 256, 256, 256, 256]
+
+
+def test_batches_too_small_to_slice_are_run_whole_and_not_measured() -> None:
+    slicing = RunRows(None)
+    for _ in range(5):
+        assert slicing.size(CANDIDATES[-1]) == CANDIDATES[-1]
+        slicing.timed(CANDIDATES[-1], 1.0)
+    assert slicing.measuring and not slicing.warmed
+
+
+@pytest.mark.parametrize("fixed", [WHOLE, 1, 300])
+def test_a_fixed_size_is_used_as_given_without_measuring(fixed: int) -> None:
+    slicing = RunRows(fixed)
+    assert not slicing.measuring
+    assert slicing.size(ROWS) == (ROWS if fixed == WHOLE else fixed)
+    assert slicing.size(100) == (100 if fixed in (WHOLE, 300) else 1)
