@@ -87,6 +87,15 @@ LONGEST_WAIT_SECONDS = 0.15
 POLL_SHARE = 0.25
 WORKER_POLL_SHARE = 1.0
 
+# Before its first event, for at most STARTING_SECONDS after the loop starts, a pacer's
+# waits grow only to PROMPT_WAIT_SECONDS: the first exchange (a rank's Request, rank 0's
+# Assign) is what every rank's start waits on, and with no pace known yet the waits
+# had doubled past it (rank 1's first batch began 80-100 ms after rank 0's, at -n 2
+# on 16,384-row batches). A rank given nothing (more ranks than batches) returns to
+# the longest waits after STARTING_SECONDS.
+PROMPT_WAIT_SECONDS = 2e-3
+STARTING_SECONDS = 1.0
+
 # How often rank 0 replaces RUN_DIR/status.json (mpiscore status): often enough to
 # watch, rare enough to cost nothing on a parallel filesystem.
 STATUS_SECONDS = 2.0

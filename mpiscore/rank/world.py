@@ -26,7 +26,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import MpiscoreError
-from ..tuning import LONGEST_WAIT_SECONDS, MAX_SLEEP_SECONDS, POLL_SHARE
+from ..tuning import (
+    LONGEST_WAIT_SECONDS,
+    MAX_SLEEP_SECONDS,
+    POLL_SHARE,
+    PROMPT_WAIT_SECONDS,
+    STARTING_SECONDS,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,7 +70,8 @@ class Pacer:
     while events keep coming at their pace, up to ``most`` once they have stopped. So MPI is
     polled a few times per event, whether events come every 10 us or every 10 s,
     instead of a thousand times a second. Before the first interval is known the
-    waits start at ``first``.
+    waits start at ``first``; before the first event, and for STARTING_SECONDS at
+    most, they grow only to PROMPT_WAIT_SECONDS (the first reply starts the rank).
 
     Events have stopped only after a silence four times the longest of late:
     events come in bursts (every rank answers the same hand-out), so the mean
@@ -80,6 +87,7 @@ class Pacer:
                  most: float = LONGEST_WAIT_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.share, self.first, self.most, self.clock = share, first, most, clock
+        self.starting_until = clock() + STARTING_SECONDS
         self.interval: float | None = None  # the running mean between events
         self.last: float | None = None  # when the last event came
         self.longest = 0.0  # the longest silence between events of late
@@ -100,10 +108,12 @@ class Pacer:
 
     def next_delay(self) -> float:
         """The wait before the next poll (each call lengthens the next)."""
-        delay, interval, most = self.delay, self.interval, self.most
+        delay, interval, most, now = self.delay, self.interval, self.most, self.clock()
         if interval is not None and self.last is not None and \
-                self.clock() - self.last < 4 * max(interval, self.longest):  # pace kept
+                now - self.last < 4 * max(interval, self.longest):  # pace kept
             most = min(most, max(self.first, interval))
+        elif self.last is None and now < self.starting_until:
+            most = min(most, PROMPT_WAIT_SECONDS)
         self.delay = min(most, delay * 2)
         return delay
 

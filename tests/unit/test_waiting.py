@@ -10,7 +10,7 @@ from mpiscore.rank.messages import Assign, Completed, Failed, Finished, Message,
 from mpiscore.rank.pool import Outcome, depth_for, kept_for, low_mark
 from mpiscore.rank.worker import RankWorker, work
 from mpiscore.rank.world import Pacer
-from mpiscore.tuning import LONGEST_WAIT_SECONDS
+from mpiscore.tuning import LONGEST_WAIT_SECONDS, PROMPT_WAIT_SECONDS, STARTING_SECONDS
 from mpiscore.wire import StageTimes
 
 
@@ -23,10 +23,25 @@ class Clock:
 
 
 def test_pacer_starts_small_and_doubles_up_to_its_most_before_any_interval() -> None:
-    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=Clock())
+    clock = Clock()
+    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    clock.now += STARTING_SECONDS
     delays = [pacer.next_delay() for _ in range(16)]
     assert delays[0] == 1e-5 and delays[1] == 2e-5
     assert max(delays) == 0.05 and delays[-1] == 0.05
+
+
+def test_before_its_first_event_a_starting_pacer_waits_no_longer_than_a_prompt_wait() -> None:
+    """A rank's first Request, and rank 0's first Assign, are looked for every few ms
+    (they start the rank) for STARTING_SECONDS; then as long as any other silence."""
+    clock = Clock()
+    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    delays, start = [], clock.now
+    while clock.now < start + STARTING_SECONDS:
+        delays.append(pacer.next_delay())
+        clock.now += delays[-1]
+    assert delays[0] == 1e-5 and max(delays) == PROMPT_WAIT_SECONDS
+    assert max(pacer.next_delay() for _ in range(16)) == 0.05
 
 
 def test_pacer_polls_a_share_of_the_interval_after_an_event_and_no_longer_apart() -> None:
