@@ -88,10 +88,11 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
         try:
             if rank == 0:
                 _log_plan(job)
-            warming = job.target.warm()  # while the sessions open, the rank waits
+            warming = job.target.warm(rank)  # while the sessions open, the rank waits
             pool.start(ScorerSpec(job, model, pool.settings, where,
                                   FaultPlan.parse(config.faults), records_death=rank == 0))
-            warming.join()  # before the loop, whose CPU is the rank's waiting
+            if warming is not None:  # before the loop, whose CPU is the rank's waiting
+                warming.join()
             return _score(job, whole, pool, world, started)
         finally:
             stop_logging(handlers)
@@ -282,6 +283,9 @@ def _finish_output(job: Job, scheduler: Scheduler | None, world: World, status: 
 
     Returns the error (class name, message) that kept this rank from finishing it,
     for rank 0 to report, instead of raising between collectives."""
+    if not job.target.finisher(world.rank):
+        world.barrier()  # the finish's: rank 0's writer does the rest
+        return None
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
     failure = None

@@ -413,7 +413,8 @@ class Hdf5Writer:
             self.fd = -1
 
     def finish(self, ranks: Ranks, complete: bool) -> None:
-        """After every rank is done: rank 0 marks the file complete and renames it."""
+        """After every rank is done: rank 0 marks the file complete and renames it (the
+        other ranks pass the barrier without a writer: OutputTarget.finisher)."""
         ranks.barrier()
         if complete and ranks.rank == 0:
             with h5py.File(self.partial, "r+") as handle:

@@ -191,6 +191,7 @@ class Hdf5SinkKind:
 
     suffixes: tuple[str, ...] = HDF5_SUFFIXES
     directories: bool = False
+    rank_zero_finishes: bool = True  # rank 0 marks the file complete and renames it
 
     def check(self, kept: list[Field]) -> None:
         import numpy as np
@@ -235,6 +236,7 @@ class ParquetSinkKind:
 
     suffixes: tuple[str, ...] = PARQUET_SUFFIXES
     directories: bool = True
+    rank_zero_finishes: bool = True  # rank 0 checks the part files and renames the directory
 
     def check(self, kept: list[Field]) -> None:
         """Any column type can be carried to Parquet."""

@@ -343,6 +343,7 @@ class LinesSinkKind:
 
     suffixes: tuple[str, ...] = ()
     directories: bool = False
+    rank_zero_finishes: bool = False  # every rank copies its share of the parts
 
     def check(self, kept: list[Field]) -> None:
         _refuse_kept(kept, "append_row")
@@ -404,6 +405,7 @@ class NoOutputSinkKind:
     suffixes: tuple[str, ...] = ()
     directories: bool = False
     in_place: bool = True
+    rank_zero_finishes: bool = False  # its writers' finish does nothing, on any rank
 
     def check(self, kept: list[Field]) -> None:
         _refuse_kept(kept, "summary_only")

@@ -344,7 +344,8 @@ class ParquetWriter:
         """Nothing stays open between batches."""
 
     def finish(self, ranks: Ranks, complete: bool) -> None:
-        """After every rank is done: rank 0 checks every batch's file, then commits.
+        """After every rank is done: rank 0 checks every batch's file, then commits (the
+        other ranks pass the barrier without a writer: OutputTarget.finisher).
 
         An incomplete job leaves the part files as they are, for --resume.
         """

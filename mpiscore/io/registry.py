@@ -63,6 +63,9 @@ class SinkKind(Protocol):
 
     suffixes: tuple[str, ...]  # as SourceKind's, for --output-format auto
     directories: bool
+    # whether its writers' finish is a barrier, then rank 0's work alone: the other ranks
+    # then pass the barrier without a writer, nor its library (OutputTarget.finisher)
+    rank_zero_finishes: bool
 
     def check(self, kept: list[Field]) -> None:
         """Refuse carried columns the format cannot hold."""
@@ -320,14 +323,23 @@ class OutputTarget:
         return self.sink.open_writer(self.partial, self.final, fields, kept, plan, offsets,
                                      attrs)
 
-    def warm(self) -> threading.Thread:
-        """Import, on a thread, what finishing the output will need (h5py and numpy take
-        60-80 ms, pyarrow more) while the rank waits for its scoring processes to open
+    def finisher(self, rank: int) -> bool:
+        """Whether ``rank`` opens a writer to finish the output: rank 0 always; the others
+        only for a kind whose finish they share (append_row's assembly), else they only
+        pass the finish's barrier (api._finish_output), and never import the format's
+        library: h5py and numpy cost a rank ~85 ms of CPU, pyarrow more."""
+        return rank == 0 or not self.sink.rank_zero_finishes
+
+    def warm(self, rank: int) -> threading.Thread | None:
+        """Import, on a thread, what finishing the output will need on ``rank`` (none where
+        it is no :meth:`finisher`) while the rank waits for its scoring processes to open
         their sessions, so that it is not imported after the last batch, on every job's
         critical path. An import that fails here fails again, with its message, when
         finishing. The thread is joined before the scoring loop: an import running
         beside the loop cost the rank more than its own CPU (benchmarks/README.md,
         Waiting)."""
+        if not self.finisher(rank):
+            return None
         thread = threading.Thread(target=self._warm_quietly, name="warm-output", daemon=True)
         thread.start()
         return thread

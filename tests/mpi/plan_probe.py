@@ -2,11 +2,13 @@
 
 Run under mpiexec by test_plan_withheld.py: every rank writes, to the folder
 named by ``PLAN_PROBE_DIR``, whether the job it was broadcast and the job it
-sends its scoring processes hold the plan's batches, then scores as usual.
+sends its scoring processes hold the plan's batches, then scores as usual; at
+its exit, which of the format libraries it had imported.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pickle
@@ -49,6 +51,12 @@ def start(self: pool_module.ScorerPool, spec: Any) -> None:
     start_original(self, spec)
 
 
+def record_libraries() -> None:
+    loaded = {name: name in sys.modules for name in ("numpy", "h5py", "pyarrow")}
+    (FOLDER / f"rank-{seen['rank']}-libraries.json").write_text(json.dumps(loaded))
+
+
+atexit.register(record_libraries)
 world_module.World.from_rank_zero = from_rank_zero  # type: ignore[method-assign]
 pool_module.ScorerPool.start = start  # type: ignore[method-assign]
 

@@ -58,6 +58,35 @@ def test_three_ranks_never_see_the_batches(tmp_path: Path) -> None:
     assert [b[0] for b in plan["batches"]] == list(range(12))
     failed = json.loads(Path(f"{out}.run/failed_batches.json").read_text())["failed"]
     assert [(f["batch_id"], f["rows"]) for f in failed] == [(2, [200, 300])]
+    libraries = [json.loads((seen / f"rank-{rank}-libraries.json").read_text())
+                 for rank in range(3)]
+    assert libraries[0]["pyarrow"]  # rank 0 checks the part files and commits
+    assert not any(loaded for rank in (1, 2) for loaded in libraries[rank].values()), libraries
+
+
+def test_an_hdf5_job_s_other_ranks_never_import_numpy_or_h5py(tmp_path: Path) -> None:
+    """Only rank 0 finishes an HDF5 output (marks it complete, renames it); the other
+    ranks pass the finish's barrier without a writer (OutputTarget.finisher), so they
+    spend no CPU on the libraries (~85 ms each), at start or at the end."""
+    data = builders.features(ROWS, seed=3)
+    path = builders.write_h5(tmp_path / "x.h5", features=data)
+    model = builders.mlp(tmp_path / "mlp.onnx")
+    out, seen = tmp_path / "scores.h5", tmp_path / "seen"
+    seen.mkdir()
+    assert MPIEXEC
+    args = ["score", "--model", model, "--input", path, "--output", out,
+            "--mini-batch-size", 100, "--intra-op-threads", 1]
+    result = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, str(PROBE), *map(str, args)],
+        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, cwd=tmp_path,
+        env={**os.environ, "PLAN_PROBE_DIR": str(seen),
+             "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert result.returncode == 0, result.stderr
+    libraries = [json.loads((seen / f"rank-{rank}-libraries.json").read_text())
+                 for rank in range(2)]
+    assert libraries[0]["h5py"] and libraries[0]["numpy"], libraries
+    assert libraries[1] == {"numpy": False, "h5py": False, "pyarrow": False}, libraries
+    builders.assert_matches(builders.read_h5(out), builders.reference(model, features=data))
 
 
 def test_file_input_sends_each_path_once(tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ def test_warming_an_output_loads_its_writer_module_on_a_thread(output: str, modu
             "from mpiscore.io.registry import OutputTarget; "
             f"target = OutputTarget({detect_format(output, 'auto', '--output')!r}, "
             f"Path({output!r}), False); "
-            f"before = {module!r} in sys.modules; thread = target.warm(); "
+            f"before = {module!r} in sys.modules; thread = target.warm(0); "
             "print(before, thread is not threading.main_thread(), end=' '); thread.join(); "
             f"print({module!r} in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -191,3 +191,15 @@ def test_a_planned_input_holds_the_file_table_s_paths_and_sends_each_once(
     np.testing.assert_array_equal(read, data)
     with pytest.raises(ValueError, match="its own files only"):
         source.bound(plan.files[1:])
+
+
+@pytest.mark.parametrize(("output", "others_finish"), [
+    ("y.h5", False), ("y.parquet", False), ("append_row", True), ("summary_only", True)])
+def test_only_kinds_whose_finish_every_rank_shares_have_other_ranks_open_a_writer(
+        tmp_path: Path, output: str, others_finish: bool) -> None:
+    kind = output if output in ("append_row", "summary_only") else \
+        detect_format(output, "auto", "--output")
+    target = OutputTarget(kind, tmp_path / output, False)
+    assert target.finisher(0)
+    assert target.finisher(1) is others_finish
+    assert (target.warm(1) is None) is not others_finish
