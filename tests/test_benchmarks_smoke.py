@@ -128,3 +128,13 @@ def test_waiting() -> None:
         assert after["scorer_cpu_seconds"] > 0 and after["worst_ratio"] > 0
         assert all(r["loop_cpu_seconds"] > 0 for r in after["per_rank"])
     assert report["dispatch_batches_per_second"]["after"] > 0
+
+
+def test_run_rows() -> None:
+    (report,) = run_script("run_rows.py", "--batch-rows", 1024, "--repeat", 1,
+                           "--models", "light")
+    light = report["models"]["light"]
+    assert set(light["layouts"]["1_process"]["ms_per_batch"]) == {"whole", "4096", "1024",
+                                                                   "256"}
+    assert all(layout["fastest_speed_vs_whole"] >= 1 for layout in light["layouts"].values())
+    assert light["mpiscore_keeps"] in (0, 256)  # below the batch's 1,024 rows, only 256 is tried
