@@ -2,12 +2,12 @@
 
 Thread counts are always set explicitly (ONNX Runtime otherwise sizes its
 pools from the whole machine and spins idle threads). A batch is run in
-slices: of the size run_rows.py measures as fastest (or ``--run-rows``),
-where intermediate tensors stay in cache; for a model with a fixed batch
+slices: of the size run_rows.py measures as fastest (or ``--run-rows``), so
+that intermediate tensors stay in cache; for a model with a fixed batch
 dimension, of that size, the last one padded with zeros and its padding
-dropped from the output. What the session
-returns becomes one NumPy array per output column here (onnx_outputs.py), so
-ZipMap maps and string labels look like any other output downstream.
+dropped from the output. What the session returns becomes one NumPy array
+per output column here (onnx_outputs.py), so ZipMap maps and string labels
+look like any other output downstream.
 """
 
 from __future__ import annotations
@@ -100,15 +100,12 @@ class OnnxScorer:
         """Output columns for a batch of bound inputs, one row per input row, keyed by
         their default names (``columns`` says where each comes from)."""
         rows = len(next(iter(feeds.values())))
-        if self.fixed_batch is not None:
-            if self.fixed_batch == rows:
-                return _Columns(self.model, self.converter.convert(self._run(feeds), rows))
-            return _Columns(self.model, self._run_in_pieces(feeds, rows, self.fixed_batch))
-        started = self.slicing.clock() if self.slicing.measuring else 0.0
-        size = self.slicing.size(rows)
+        measuring = self.fixed_batch is None and self.slicing.measuring
+        started = self.slicing.clock() if measuring else 0.0
+        size = self.fixed_batch or self.slicing.size(rows)
         columns = (self.converter.convert(self._run(feeds), rows) if size == rows
                    else self._run_in_pieces(feeds, rows, size))
-        if self.slicing.measuring:
+        if measuring:
             self.slicing.timed(rows, self.slicing.clock() - started)
         return _Columns(self.model, columns)
 
