@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from array import array
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -104,32 +105,60 @@ def _make_batch(batch_id: int, file_index: int, start: int, stop: int, global_st
 
 
 class BatchTable(Sequence[Batch]):
-    """A plan's batches as four int64 columns, 32 bytes a batch (a tuple of Batch
-    objects costs ~10 times that, and as much again to pickle); each Batch is made
-    when asked for. Batch ids are the positions, 0 to n-1."""
+    """A plan's batches as runs: a file cut every ``step`` rows is one run of equal
+    batches (its last may be shorter), seven int64 in all, so rank 0 holds a plan
+    of a million batches over a few files in a few hundred bytes, not 32 a batch,
+    and the preparing process sends it as much. A batch that does not continue
+    the run before it starts one (packed Parquet row groups of uneven sizes).
+    Each Batch is made when asked for. Batch ids are the positions, 0 to n-1."""
 
     def __init__(self, columns: Iterable[tuple[int, int, int, int]] = ()) -> None:
         """``columns``: (file_index, start, stop, global_start) of each batch, in order."""
-        self.file_index, self.start, self.stop, self.global_start = (
+        # per run: its first batch's id, file and start in the file, the rows of each batch
+        # but the last, how many, the last one's rows, and global_start - start
+        self.first, self.file_index, self.start, self.step = (
             array("q"), array("q"), array("q"), array("q"))
+        self.length, self.last, self.offset = array("q"), array("q"), array("q")
+        self.total = 0
         for file_index, start, stop, global_start in columns:
             self.append(file_index, start, stop, global_start)
 
     def append(self, file_index: int, start: int, stop: int, global_start: int) -> None:
-        self.file_index.append(file_index)
-        self.start.append(start)
-        self.stop.append(stop)
-        self.global_start.append(global_start)
+        rows = stop - start
+        if self.total and file_index == self.file_index[-1] and \
+                self.last[-1] == self.step[-1] >= rows and \
+                start == self.start[-1] + self.length[-1] * self.step[-1] and \
+                global_start - start == self.offset[-1]:  # the run's next batch
+            self.length[-1] += 1
+            self.last[-1] = rows
+        else:
+            for column, value in zip(self._runs, (self.total, file_index, start, rows, 1, rows,
+                                                  global_start - start), strict=True):
+                column.append(value)
+        self.total += 1
+
+    @property
+    def _runs(self) -> tuple[array[int], ...]:
+        return (self.first, self.file_index, self.start, self.step, self.length, self.last,
+                self.offset)
 
     def add_file(self, file_index: int, ranges: Sequence[tuple[int, int]], offset: int) -> None:
         """The batches of one file: its row ``ranges``, the file starting at global ``offset``."""
-        self.file_index.extend(itertools.repeat(file_index, len(ranges)))
-        self.start.extend(start for start, _ in ranges)
-        self.stop.extend(stop for _, stop in ranges)
-        self.global_start.extend(offset + start for start, _ in ranges)
+        for start, stop in ranges:
+            self.append(file_index, start, stop, offset + start)
+
+    def add_run(self, file_index: int, rows: int, step: int, offset: int) -> None:
+        """The batches of one file cut every ``step`` rows, in one run (no batch made)."""
+        if rows <= 0:
+            return
+        count = -(-rows // step)
+        for column, value in zip(self._runs, (self.total, file_index, 0, step, count,
+                                              rows - (count - 1) * step, offset), strict=True):
+            column.append(value)
+        self.total += count
 
     def __len__(self) -> int:
-        return len(self.start)
+        return self.total
 
     @overload
     def __getitem__(self, index: int) -> Batch: ...
@@ -149,20 +178,67 @@ class BatchTable(Sequence[Batch]):
 
     def batch(self, batch_id: int) -> Batch:
         """Batch ``batch_id`` (0 to n-1, no negative or slice indexing)."""
-        return _make_batch(batch_id, self.file_index[batch_id], self.start[batch_id],
-                           self.stop[batch_id], self.global_start[batch_id])
+        if not 0 <= batch_id < self.total:
+            raise IndexError(f"batch {batch_id} of {self.total}")
+        run = bisect_right(self.first, batch_id) - 1
+        k = batch_id - self.first[run]
+        start = self.start[run] + k * self.step[run]
+        rows = self.last[run] if k == self.length[run] - 1 else self.step[run]
+        return _make_batch(batch_id, self.file_index[run], start, start + rows,
+                           self.offset[run] + start)
 
     def take(self, first: int, stop: int) -> list[Batch]:
         """Batches ``first:stop``, made together: each field is set for all of them in one
         pass that runs in C, the fastest way to make many (rank 0's scheduler makes
         every batch it hands out, a few dozen at a time)."""
-        stop = min(stop, len(self))
-        made = list(map(object.__new__, itertools.repeat(Batch, max(0, stop - first))))
-        for setter, column in zip(_SETTERS, (
-                range(first, stop), self.file_index[first:stop], self.start[first:stop],
-                self.stop[first:stop], self.global_start[first:stop]), strict=True):
-            deque(map(setter, made, column), maxlen=0)
+        made: list[Batch] = []
+        for columns in self._spans(first, stop):
+            batches = list(map(object.__new__, itertools.repeat(Batch, len(columns[0]))))
+            for setter, column in zip(_SETTERS, columns, strict=True):
+                deque(map(setter, batches, column), maxlen=0)
+            made += batches
         return made
+
+    def columns(self) -> tuple[array[int], ...]:
+        """The batch_id, file_index, start and stop of every batch, one array each (the
+        HDF5 output's plan dataset)."""
+        made = tuple(array("q") for _ in range(4))
+        for columns in self._spans(0, None):
+            for column, part in zip(made, columns, strict=False):
+                column.extend(part)
+        return made
+
+    def _spans(self, first: int, stop: int | None) -> Iterator[tuple[Sequence[int], ...]]:
+        """The five columns of batches ``first:stop``, run by run, as ranges (made in C)."""
+        stop = self.total if stop is None else min(stop, self.total)
+        run = max(0, bisect_right(self.first, first) - 1)
+        while first < stop:
+            run_first, length, step = self.first[run], self.length[run], self.step[run]
+            k, k_stop = first - run_first, min(length, stop - run_first)
+            start = self.start[run] + k * step
+            starts = range(start, start + (k_stop - k) * step, step) if step else \
+                [start] * (k_stop - k)
+            stops: Sequence[int] = range(start + step, starts[-1] + 2 * step, step) \
+                if step else starts
+            if k_stop == length and self.last[run] != step:  # the run's last batch, shorter
+                stops = [*stops[:-1], starts[-1] + self.last[run]]
+            offset = self.offset[run]
+            yield (range(first, run_first + k_stop), [self.file_index[run]] * (k_stop - k),
+                   starts, stops, range(offset + start, offset + starts[-1] + 1, step or 1)
+                   if step else [offset + start] * (k_stop - k))
+            first, run = run_first + k_stop, run + 1
+
+    def rows_between(self, first: int = 0, stop: int | None = None) -> int:
+        """Rows of batches ``first:stop``, counted run by run (no Batch made)."""
+        stop = self.total if stop is None else min(stop, self.total)
+        rows, run = 0, max(0, bisect_right(self.first, first) - 1)
+        while first < stop:
+            run_first, count = self.first[run], self.length[run]
+            k, k_stop = first - run_first, min(count, stop - run_first)
+            last = k_stop == count
+            rows += (k_stop - k - last) * self.step[run] + last * self.last[run]
+            first, run = run_first + k_stop, run + 1
+        return rows
 
     def __iter__(self) -> Iterator[Batch]:
         for first in range(0, len(self), 4096):  # a few at a time: never all made at once
@@ -178,10 +254,10 @@ class BatchTable(Sequence[Batch]):
     def rows_json(self, first: int = 0, stop: int | None = None) -> list[list[int]]:
         """[[batch_id, file_index, start, stop], ...] of batches ``first:stop``: plan.json's
         and the fingerprint's form."""
-        stop = len(self) if stop is None else min(stop, len(self))
-        return [list(row) for row in zip(range(first, stop), self.file_index[first:stop],
-                                         self.start[first:stop], self.stop[first:stop],
-                                         strict=True)]
+        rows: list[list[int]] = []
+        for ids, files, starts, stops, _ in self._spans(first, stop):
+            rows += map(list, zip(ids, files, starts, stops, strict=True))
+        return rows
 
 
 class BatchesWithheld(Sequence[Batch]):
@@ -266,8 +342,12 @@ def make_plan(files: Sequence[SourceFile], batch_rows: int) -> Plan:
     batches = BatchTable()
     file_offset = 0
     for file_index, source in enumerate(files):
-        batches.add_file(file_index, cut_rows(source.rows, batch_rows, source.unit_rows),
-                         file_offset)
+        step = _regular_step(batch_rows, source.unit_rows)
+        if step is None:
+            batches.add_file(file_index, cut_rows(source.rows, batch_rows, source.unit_rows),
+                             file_offset)
+        else:
+            batches.add_run(file_index, source.rows, step, file_offset)
         file_offset += source.rows
     return Plan(tuple(files), batches, batch_rows)
 
@@ -311,14 +391,19 @@ def _pack_bytes(sizes: Sequence[int], nbytes: int) -> list[int]:
 
 def cut_rows(rows: int, target: int, unit_rows: int | tuple[int, ...]) -> list[tuple[int, int]]:
     """Row ranges covering ``0:rows``, aligned to units where sensible."""
-    if isinstance(unit_rows, int):
-        if unit_rows <= target:
-            step = target - target % max(1, unit_rows)
-            return [(s, min(s + step, rows)) for s in range(0, rows, step)]
-        units: Sequence[int] = _regular_units(rows, unit_rows)
-    else:
-        units = unit_rows
+    step = _regular_step(target, unit_rows)
+    if step is not None:
+        return [(s, min(s + step, rows)) for s in range(0, rows, step)]
+    units = _regular_units(rows, unit_rows) if isinstance(unit_rows, int) else unit_rows
     return list(_pack_units(units, target))
+
+
+def _regular_step(target: int, unit_rows: int | tuple[int, ...]) -> int | None:
+    """The rows of every batch but the last, where a file is cut at equal steps: units
+    (chunks, row groups) of one size no larger than ``target``, whole ones to a batch."""
+    if isinstance(unit_rows, int) and unit_rows <= target:
+        return target - target % max(1, unit_rows)
+    return None
 
 
 def _regular_units(rows: int, unit: int) -> list[int]:

@@ -208,9 +208,8 @@ class PendingBatches:
             return sum(batch.rows for batch in self)
         skipped = [position for position in self.done if first <= position < len(table)] \
             if first < self.done_below else []
-        return (sum(islice(table.stop, first, None)) - sum(islice(table.start, first, None))
-                + sum(batch.rows for batch in self.front)
-                - sum(table.stop[i] - table.start[i] for i in skipped))
+        return (table.rows_between(first) + sum(batch.rows for batch in self.front)
+                - sum(table.batch(i).rows for i in skipped))
 
     def __iter__(self) -> Iterator[Batch]:
         """What is left, in the order it goes (each Batch made as it is reached)."""

@@ -206,10 +206,9 @@ class Hdf5SinkKind:
         import numpy as np
 
         table = plan.batches
-        if isinstance(table, BatchTable):  # its columns as they are: no Batch made
-            plan_rows = np.column_stack([np.arange(len(table), dtype=np.int64), *(
-                np.frombuffer(column, dtype=np.int64)
-                for column in (table.file_index, table.start, table.stop))])
+        if isinstance(table, BatchTable):  # its columns, made in C: no Batch made
+            plan_rows = np.column_stack([np.frombuffer(column, dtype=np.int64)
+                                         for column in table.columns()])
         else:
             plan_rows = np.array(plan.batch_rows_json(), dtype=np.int64).reshape(-1, 4)
         return _hdf5().create(partial, fields + kept, plan.total_rows, attrs, plan_rows)

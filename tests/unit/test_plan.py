@@ -9,6 +9,7 @@ import pickle
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mpiscore.errors import OutputError
@@ -218,8 +219,55 @@ def test_a_shared_plan_has_the_file_table_and_the_count_only() -> None:
         shared.batches[0]
     with pytest.raises(PlanWithheld):
         list(shared.batches)  # never an empty iteration: a bug says so
-    big = make_plan([SourceFile("big.h5", 100_000)], 1)
-    assert len(pickle.dumps(big.shared())) < 500 < len(pickle.dumps(big)) // 1000
+    uneven = tuple(int(size) for size in np.random.default_rng(3).integers(1, 6, 50_000))
+    big = make_plan([SourceFile("big.parquet", sum(uneven), unit_rows=uneven)], 4)
+    table_bytes = len(pickle.dumps(big.files))  # the shared part: the file table
+    assert len(pickle.dumps(big.shared())) < table_bytes + 500
+    assert len(pickle.dumps(big)) > table_bytes + 500_000  # 25,794 runs of uneven batches
+
+
+def test_a_file_cut_at_equal_steps_is_one_run_however_many_batches() -> None:
+    """Rank 0 holds, and is sent, a million one-row batches in a few hundred bytes."""
+    plan = make_plan([SourceFile("a.h5", 1_000_003), SourceFile("b.h5", 10, unit_rows=4)], 1)
+    table = plan.batches
+    assert isinstance(table, BatchTable) and len(table) == 1_000_013
+    assert len(table.first) == 2 and len(pickle.dumps(plan)) < 1000
+    assert table[999_999] == Batch(999_999, 0, 999_999, 1_000_000, 999_999)
+    assert table[-1] == Batch(1_000_012, 1, 9, 10, 1_000_012)
+    assert table.rows_between(10) == plan.total_rows - 10
+    assert table.rows_json(1_000_001, 1_000_004) == [
+        [1_000_001, 0, 1_000_001, 1_000_002], [1_000_002, 0, 1_000_002, 1_000_003],
+        [1_000_003, 1, 0, 1]]
+
+
+def test_runs_give_the_batches_one_append_each_would() -> None:
+    """Uneven row groups (a run per stretch of equal batches), short last batches and
+    several files: every way of reading the table gives the batches as cut."""
+    rng = np.random.default_rng(11)
+    files = [SourceFile("even.h5", 103, unit_rows=10),
+             SourceFile("groups.parquet", 0, unit_rows=tuple(
+                 int(size) for size in rng.integers(1, 30, 40))),
+             SourceFile("one.h5", 5), SourceFile("empty.h5", 0)]
+    files[1] = SourceFile("groups.parquet", sum(files[1].unit_rows), unit_rows=files[1].unit_rows)
+    want, offset = [], 0
+    for index, source in enumerate(files):
+        for start, stop in cut_rows(source.rows, 12, source.unit_rows):
+            want.append(Batch(len(want), index, start, stop, offset + start))
+        offset += source.rows
+    table = make_plan(files, 12).batches
+    assert isinstance(table, BatchTable)
+    one_each = BatchTable((b.file_index, b.start, b.stop, b.global_start) for b in want)
+    for made in (table, one_each):
+        assert list(made) == want and [made.batch(i) for i in range(len(want))] == want
+        for first in range(0, len(want), 3):
+            for stop in (first, first + 1, first + 7, len(want) + 5):
+                assert made.take(first, stop) == want[first:stop], (first, stop)
+                assert made.rows_between(first, stop) == sum(b.rows for b in want[first:stop])
+                assert made.rows_json(first, stop) == [
+                    [b.batch_id, b.file_index, b.start, b.stop] for b in want[first:stop]]
+    assert len(table.first) < len(want) // 2
+    with pytest.raises(IndexError):
+        table.batch(len(want))
 
 
 def test_plan_file_is_written_on_a_thread_and_its_failure_is_an_output_error(
