@@ -12,12 +12,13 @@ catch_early()  # first: a signal during start-up is recorded, never a death (sig
 
 import sys  # noqa: E402
 
-from .rank.process import early_processes  # noqa: E402
+from .rank.process import early_processes, rank_without_blas_threads  # noqa: E402
 
 
 def main() -> None:
     """Start the scoring processes for ``score``, then run the command line with them."""
     early = early_processes(sys.argv[1:])
+    rank_without_blas_threads()
     from .cli import main as cli
 
     try:

@@ -31,6 +31,36 @@ _STOPS = {signal.SIGTERM, signal.SIGINT}  # the scoring process ignores them (sc
 # Where this package lies (mpiscore/rank/process.py, three levels up), for a parent that
 # finds it by an import hook (editable installs).
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# What the rank process sets for itself alone (rank_without_blas_threads), and the
+# values it replaced, which its scoring processes are started with.
+_RANK_ONLY = {"OPENBLAS_NUM_THREADS": "1"}
+_REPLACED: dict[str, str | None] = {}
+
+
+def rank_without_blas_threads() -> None:
+    """Have NumPy, which rank 0 loads (through h5py) to finish the output, start no
+    BLAS threads in this process: the rank does no linear algebra, and OpenBLAS's
+    worker spins on a core after it starts, 20-40 ms of rank 0's loop CPU on the
+    heavy 2-rank job (half of what waiting costs it there). Called once by the
+    command, before NumPy loads; scoring processes started from here on get the
+    variables as the launch set them (a script's BLAS is sized by scorers/)."""
+    for name, value in _RANK_ONLY.items():
+        _REPLACED.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+
+
+def _child_environment() -> dict[str, str] | None:
+    """The environment a scoring process starts with: the rank's, but for what
+    :func:`rank_without_blas_threads` replaced (None: the rank's as it is)."""
+    if not _REPLACED:
+        return None
+    environment = dict(os.environ)
+    for name, value in _REPLACED.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return environment
 
 
 def early_processes(args: list[str]) -> list[ScorerProcess]:
@@ -76,6 +106,7 @@ class ScorerProcess:
                 [sys.executable, "-S", "-c", _CHILD,
                  f"{read_fd},{write_fd},{self.board.fd}", *paths],
                 pass_fds=[read_fd, write_fd, self.board.fd], stdin=subprocess.DEVNULL,
+                env=_child_environment(),
                 start_new_session=True)  # out of the rank's group: see scoring/main.py
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

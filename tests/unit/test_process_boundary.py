@@ -85,3 +85,28 @@ def test_a_rank_holds_a_job_without_numpy_h5py_or_pyarrow(tmp_path: Path, output
                             capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == "[]"
+
+
+@pytest.mark.parametrize("launch", [None, "3"])
+def test_the_command_s_rank_starts_no_blas_threads_and_its_scoring_processes_keep_the_launch_s(
+        launch: str | None) -> None:
+    """In a fresh interpreter, as the command starts a rank: NumPy loaded after it has one
+    BLAS thread; a scoring process started then gets OPENBLAS_NUM_THREADS as launched."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from mpiscore.rank import process; process.rank_without_blas_threads(); "
+            "import numpy; from threadpoolctl import threadpool_info; "
+            "child = process.ScorerProcess(); "
+            "environ = open(f'/proc/{child.process.pid}/environ', 'rb').read().split(b'\\0'); "
+            "child.kill(); "
+            "print([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'], "
+            "[e.decode() for e in environ if e.startswith(b'OPENBLAS_NUM_THREADS=')])")
+    environment = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if launch is not None:
+        environment["OPENBLAS_NUM_THREADS"] = launch
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=environment, check=True)
+    expected = [] if launch is None else [f"OPENBLAS_NUM_THREADS={launch}"]
+    assert done.stdout.strip() == f"[1] {expected}", done.stderr
