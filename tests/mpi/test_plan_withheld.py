@@ -22,6 +22,25 @@ ROWS = 1003
 PROBE = Path(__file__).with_name("plan_probe.py")
 
 
+def run_probed(ranks: int, args: list[object], seen: Path, **environment: str) -> None:
+    """``mpiscore ARGS`` under ``mpiexec -n RANKS`` through plan_probe.py, which records
+    what each rank got (and, at its exit, loaded) in ``seen``; run from ``seen``'s
+    folder."""
+    assert MPIEXEC
+    result = subprocess.run(
+        [MPIEXEC, "-n", str(ranks), sys.executable, str(PROBE), *map(str, args)],
+        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, cwd=seen.parent,
+        env={**os.environ, "PLAN_PROBE_DIR": str(seen), **environment,
+             "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert result.returncode == 0, result.stderr
+
+
+def loaded_libraries(seen: Path, ranks: int) -> list[dict[str, bool]]:
+    """Which of NumPy, h5py and pyarrow each rank had imported when it left."""
+    return [json.loads((seen / f"rank-{rank}-libraries.json").read_text())
+            for rank in range(ranks)]
+
+
 def test_three_ranks_never_see_the_batches(tmp_path: Path) -> None:
     x = builders.features(ROWS, 16, seed=5)
     data = tmp_path / "blobs.parquet"
@@ -32,16 +51,10 @@ def test_three_ranks_never_see_the_batches(tmp_path: Path) -> None:
     model = builders.mlp(tmp_path / "mlp16.onnx", features=16)
     out, seen = tmp_path / "labels.parquet", tmp_path / "seen"
     seen.mkdir()
-    assert MPIEXEC
-    args = ["score", "--progress-seconds", 60, "--model", model, "--input", data,
-            "--columns", "f*", "--keep-columns", "id", "--output", out,
-            "--mini-batch-size", 100, "--error-threshold", 100, "--intra-op-threads", 1]
-    result = subprocess.run(
-        [MPIEXEC, "-n", "3", sys.executable, str(PROBE), *map(str, args)],
-        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, cwd=tmp_path,
-        env={**os.environ, "PLAN_PROBE_DIR": str(seen), "MPISCORE_FAULTS": "raise-always:2",
-             "PYTHONPATH": str(Path(__file__).parents[2])})
-    assert result.returncode == 0, result.stderr
+    run_probed(3, ["score", "--progress-seconds", 60, "--model", model, "--input", data,
+                   "--columns", "f*", "--keep-columns", "id", "--output", out,
+                   "--mini-batch-size", 100, "--error-threshold", 100,
+                   "--intra-op-threads", 1], seen, MPISCORE_FAULTS="raise-always:2")
     records = [json.loads((seen / f"rank-{rank}.json").read_text()) for rank in range(3)]
     for record in records:  # rank 0 too sends its scoring processes the file table only
         assert not record["broadcast_holds_batches"], record
@@ -58,8 +71,7 @@ def test_three_ranks_never_see_the_batches(tmp_path: Path) -> None:
     assert [b[0] for b in plan["batches"]] == list(range(12))
     failed = json.loads(Path(f"{out}.run/failed_batches.json").read_text())["failed"]
     assert [(f["batch_id"], f["rows"]) for f in failed] == [(2, [200, 300])]
-    libraries = [json.loads((seen / f"rank-{rank}-libraries.json").read_text())
-                 for rank in range(3)]
+    libraries = loaded_libraries(seen, 3)
     assert libraries[0]["pyarrow"]  # rank 0 checks the part files and commits
     assert not any(loaded for rank in (1, 2) for loaded in libraries[rank].values()), libraries
 
@@ -73,17 +85,9 @@ def test_an_hdf5_job_s_other_ranks_never_import_numpy_or_h5py(tmp_path: Path) ->
     model = builders.mlp(tmp_path / "mlp.onnx")
     out, seen = tmp_path / "scores.h5", tmp_path / "seen"
     seen.mkdir()
-    assert MPIEXEC
-    args = ["score", "--model", model, "--input", path, "--output", out,
-            "--mini-batch-size", 100, "--intra-op-threads", 1]
-    result = subprocess.run(
-        [MPIEXEC, "-n", "2", sys.executable, str(PROBE), *map(str, args)],
-        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, cwd=tmp_path,
-        env={**os.environ, "PLAN_PROBE_DIR": str(seen),
-             "PYTHONPATH": str(Path(__file__).parents[2])})
-    assert result.returncode == 0, result.stderr
-    libraries = [json.loads((seen / f"rank-{rank}-libraries.json").read_text())
-                 for rank in range(2)]
+    run_probed(2, ["score", "--model", model, "--input", path, "--output", out,
+                   "--mini-batch-size", 100, "--intra-op-threads", 1], seen)
+    libraries = loaded_libraries(seen, 2)
     assert libraries[0]["h5py"] and libraries[0]["numpy"], libraries
     assert libraries[1] == {"numpy": False, "h5py": False, "pyarrow": False}, libraries
     builders.assert_matches(builders.read_h5(out), builders.reference(model, features=data))
@@ -96,16 +100,9 @@ def test_file_input_sends_each_path_once(tmp_path: Path) -> None:
     scripts, data = fx.write_scripts(tmp_path), fx.write_data(tmp_path)
     out, seen = tmp_path / "lines.txt", tmp_path / "seen"
     seen.mkdir()
-    assert MPIEXEC
-    args = ["score", "--entry-script", scripts["per_file"], "--input", data["files"],
-            "--input-mode", "files", "--output-action", "append_row", "--output", out,
-            "--mini-batch-size", fx.FILE_BATCH, "--progress-seconds", 60]
-    result = subprocess.run(
-        [MPIEXEC, "-n", "2", sys.executable, str(PROBE), *map(str, args)],
-        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, cwd=tmp_path,
-        env={**os.environ, "PLAN_PROBE_DIR": str(seen),
-             "PYTHONPATH": str(Path(__file__).parents[2])})
-    assert result.returncode == 0, result.stderr
+    run_probed(2, ["score", "--entry-script", scripts["per_file"], "--input", data["files"],
+                   "--input-mode", "files", "--output-action", "append_row", "--output", out,
+                   "--mini-batch-size", fx.FILE_BATCH, "--progress-seconds", 60], seen)
     for rank in range(2):
         record = json.loads((seen / f"rank-{rank}.json").read_text())
         assert record["broadcast_own_paths"] == 0 and record["spec_own_paths"] == 0, record
