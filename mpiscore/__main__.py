@@ -18,7 +18,8 @@ from .rank.process import early_processes, rank_without_blas_threads  # noqa: E4
 def main() -> None:
     """Start the scoring processes for ``score``, then run the command line with them."""
     early = early_processes(sys.argv[1:])
-    rank_without_blas_threads()
+    if sys.argv[1:2] == ["score"]:  # a rank; not slurm --submit, whose sbatch passes it on
+        rank_without_blas_threads()
     from .cli import main as cli
 
     try:

@@ -42,7 +42,8 @@ def rank_without_blas_threads() -> None:
     BLAS threads in this process: the rank does no linear algebra, and OpenBLAS's
     worker spins on a core after it starts, 20-40 ms of rank 0's loop CPU on the
     heavy 2-rank job (half of what waiting costs it there). Called once by the
-    command, before NumPy loads; scoring processes started from here on get the
+    ``score`` command, before NumPy loads (not by others: ``slurm --submit`` hands
+    its environment to sbatch); scoring processes started from here on get the
     variables as the launch set them (a script's BLAS is sized by scorers/)."""
     for name, value in _RANK_ONLY.items():
         _REPLACED.setdefault(name, os.environ.get(name))

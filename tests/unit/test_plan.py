@@ -12,8 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpiscore.config import BatchSize
 from mpiscore.errors import OutputError
-from mpiscore.plan import Batch, BatchTable, PlanWithheld, SourceFile, cut_rows, make_plan
+from mpiscore.plan import (
+    Batch,
+    BatchTable,
+    PlanWithheld,
+    SourceFile,
+    cut_rows,
+    make_item_plan,
+    make_plan,
+)
 from mpiscore.rank.run_dir import PlanFile
 
 
@@ -296,3 +305,31 @@ def test_a_batch_pickles_without_looking_up_its_fields(monkeypatch) -> None:
 
     monkeypatch.setattr(dataclasses, "fields", no_fields)
     assert pickle.loads(pickle.dumps(batch)) == batch
+
+
+def test_a_table_of_short_runs_lists_its_batches_and_reads_the_same() -> None:
+    """Many one-batch files (or file input's batches of files) make one run a batch: past
+    RUNS_KEPT runs averaging under SHORT_RUN batches the table lists them, 32 bytes a
+    batch, read in C; what it gives is unchanged, runs added after included."""
+    files = [SourceFile(f"f{i}.h5", 3 + i % 5) for i in range(200)] + \
+        [SourceFile("big.h5", 1000)]
+    plan = make_plan(files, 10)
+    table = plan.batches
+    assert isinstance(table, BatchTable) and table.listed is not None
+    want, offset = [], 0
+    for index, source in enumerate(files):
+        for start, stop in cut_rows(source.rows, 10, source.unit_rows):
+            want.append(Batch(len(want), index, start, stop, offset + start))
+        offset += source.rows
+    assert list(table) == want and [table.batch(i) for i in range(len(want))] == want
+    for first, stop in [(0, 64), (63, 65), (190, 260), (250, len(want) + 3)]:
+        assert table.take(first, stop) == want[first:stop]
+        assert table.rows_between(first, stop) == sum(b.rows for b in want[first:stop])
+        assert table.rows_json(first, stop) == [[b.batch_id, b.file_index, b.start, b.stop]
+                                                for b in want[first:stop]]
+    assert [list(column) for column in table.columns()] == [
+        [b.batch_id for b in want], [b.file_index for b in want], [b.start for b in want],
+        [b.stop for b in want]]
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    items = make_item_plan(files, BatchSize(rows=3), [1] * len(files)).batches
+    assert isinstance(items, BatchTable) and items.listed is not None and len(items) == 67

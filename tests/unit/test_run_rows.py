@@ -63,3 +63,16 @@ def test_a_fixed_size_is_used_as_given_without_measuring(fixed: int) -> None:
     assert not slicing.measuring
     assert slicing.size(ROWS) == (ROWS if fixed == WHOLE else fixed)
     assert slicing.size(100) == (100 if fixed in (WHOLE, 300) else 1)
+
+
+def test_a_batch_no_larger_than_the_size_being_tried_runs_whole_and_is_not_counted() -> None:
+    """A file's short last batch comes while 4,096 is being tried: it runs whole, so its
+    time says nothing of 4,096, which is timed on the next batch large enough."""
+    slicing = RunRows(None)
+    for rows, seconds in [(ROWS, 1.0), (ROWS, 1.0)]:
+        slicing.timed(rows, seconds)
+    assert slicing.trying == 4096 and slicing.size(3000) == 3000
+    slicing.timed(3000, 0.01)  # a tenth of the time a row: it would win, unmeasured
+    assert 4096 not in slicing.tried and slicing.measuring
+    slicing.timed(ROWS, 0.9)
+    assert slicing.tried[4096] == pytest.approx(0.9 / ROWS)

@@ -21,7 +21,13 @@ import onnxruntime as ort
 from ...config import ScorerSettings
 from ...errors import ConfigError, ModelError, ScoringError
 from ...model import Column, TensorSpec, tensor_spec
-from .onnx_outputs import OutputConverter, label_width, output_kinds
+from .onnx_outputs import (
+    STANDARD_DOMAINS,
+    OutputConverter,
+    label_width,
+    node_domains,
+    output_kinds,
+)
 from .run_rows import WHOLE, RunRows
 
 OPTIMIZATION = {
@@ -84,7 +90,7 @@ class OnnxScorer:
     def open(cls, model_bytes: bytes, model: str, settings: ScorerSettings) -> OnnxScorer:
         """The "onnx" kind's factory: a session with ``settings`` for ``model_bytes``."""
         session = open_session(model_bytes, model, settings)
-        return cls(session, model, model_bytes, _slicing(session, settings))
+        return cls(session, model, model_bytes, _slicing(session, model_bytes, settings))
 
     @property
     def label_width(self) -> int:
@@ -138,7 +144,8 @@ class OnnxScorer:
                 chunk = {name: _pad(array, size) for name, array in chunk.items()}
             columns = self.converter.convert(self._run(chunk), size if pad else taken)
             pieces.append({key: column[:taken] for key, column in columns.items()})
-        return {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
+        return {key: _joined(self.model, key, [piece[key] for piece in pieces], size)
+                for key in pieces[0]}
 
 
 class _Columns(dict[str, np.ndarray]):
@@ -154,12 +161,28 @@ class _Columns(dict[str, np.ndarray]):
                            f"{', '.join(self)}); the model's outputs changed form between batches")
 
 
-def _slicing(session: ort.InferenceSession, settings: ScorerSettings) -> RunRows:
-    """``--run-rows``, else measured on the CPU (a GPU's provider gets whole batches:
-    its kernels gain from more rows, and it has no core cache to fit); timed by the
+def _joined(model: str, key: str, columns: list[np.ndarray], size: int) -> np.ndarray:
+    try:
+        return np.concatenate(columns)
+    except ValueError as exc:  # a sequence output whose elements' shape changed between runs
+        raise ScoringError(f"{model}: output column {key!r} differs in shape between the "
+                           f"batch's runs of {size} rows ({_first_line(exc)}); pass --run-rows "
+                           "with the batch's size to run it whole") from exc
+
+
+def _slicing(session: ort.InferenceSession, model_bytes: bytes, settings: ScorerSettings
+             ) -> RunRows:
+    """``--run-rows``, else measured, for a graph of standard operators on the CPU alone.
+    Whole batches otherwise: other providers (a GPU's kernels gain from more rows, and
+    it has no core cache to fit), and ai.onnx.ml operators (skl2onnx's linear models
+    and trees), whose results can change in the last bits with a run's row count
+    (2 ulp for a LinearClassifier and Normalizer at 1,024-row slices): a measured size
+    differs between processes and runs, and output must not depend on it. Timed by the
     thread's CPU clock where the session runs on the calling thread alone."""
     fixed = settings.session.run_rows
-    if fixed is None and session.get_providers() != ["CPUExecutionProvider"]:
+    domains = node_domains(model_bytes)
+    standard = domains is not None and domains <= STANDARD_DOMAINS
+    if fixed is None and (session.get_providers() != ["CPUExecutionProvider"] or not standard):
         fixed = WHOLE
     one_thread = settings.intra_op_threads == 1 and settings.session.inter_op_threads == 1
     return RunRows(fixed, time.thread_time if one_thread else time.perf_counter)

@@ -188,6 +188,34 @@ def _graph_labels(graph: memoryview) -> Iterator[bytes]:
                     yield bytes(value)  # AttributeProto s = 4, strings = 9
 
 
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def node_domains(model_bytes: bytes) -> set[str] | None:
+    """The operator domains of the model's nodes, subgraphs included (``""``: the standard
+    operators, ``ai.onnx.ml``: skl2onnx's trees, linear models, ZipMap), read from the
+    protobuf (NodeProto.domain); None for a model it cannot walk."""
+    try:
+        graph = _message(memoryview(model_bytes), 7)  # ModelProto.graph
+        return set() if graph is None else set(_graph_domains(graph))
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _graph_domains(graph: memoryview) -> Iterator[str]:
+    for number, node in _fields(graph):
+        if number != 1 or not isinstance(node, memoryview):
+            continue
+        parts = list(_fields(node))
+        yield next((bytes(v).decode() for n, v in parts if n == 7 and isinstance(v, memoryview)),
+                   "")
+        for kind, attribute in parts:
+            if kind == 5 and isinstance(attribute, memoryview):
+                for n, value in _fields(attribute):
+                    if n in (6, 11) and isinstance(value, memoryview):
+                        yield from _graph_domains(value)
+
+
 def _message(buffer: memoryview, number: int) -> memoryview | None:
     return next((v for n, v in _fields(buffer) if n == number and isinstance(v, memoryview)),
                 None)

@@ -18,7 +18,10 @@ of ``CANDIDATES``, smallest last, while the slices are not clearly slower than
 the best so far; it keeps the fastest per row, the larger of sizes within
 ``MARGIN`` of each other. A row-wise model (each output row depends on its
 input row alone, as mpiscore's output layout assumes) gives the same rows
-either way; MLAS's matrix products are bitwise equal at any slice size.
+either way; the standard operators' kernels (MLAS's matrix products) are
+bitwise equal at any slice size. ai.onnx.ml operators are not (a
+LinearClassifier's scores moved by 2 ulp at 1,024-row slices), so onnx.py
+gives such graphs whole batches unless ``--run-rows`` says otherwise.
 Pure: no onnxruntime here, so it is tested without one.
 """
 
@@ -63,8 +66,8 @@ class RunRows:
 
     def timed(self, rows: int, seconds: float) -> None:
         """A batch of ``rows`` took ``seconds`` to score at :meth:`size`'s slices."""
-        if self.chosen is not None or rows <= CANDIDATES[-1]:
-            return  # too few rows to tell the sizes apart
+        if self.chosen is not None or rows <= CANDIDATES[-1] or rows <= self.trying:
+            return  # too few rows to tell the sizes apart, or the size was not run
         if not self.warmed:
             self.warmed = True
             return
