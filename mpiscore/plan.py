@@ -178,13 +178,10 @@ class BatchTable(Sequence[Batch]):
         """The batches of one file cut every ``step`` rows, in one run (no batch made)."""
         if rows <= 0:
             return
-        count = -(-rows // step)
-        if self.listed is not None or self._runs_prove_short():
-            listed = self.listed or self._list()
-            listed.extend([file_index] * count, range(0, rows, step),
-                          [*range(step, rows, step), rows], range(offset, offset + rows, step))
-            self.total += count
+        if self.listed is not None or self._runs_prove_short():  # one by one, as listed
+            self.add_file(file_index, cut_rows(rows, step, 1), offset)
             return
+        count = -(-rows // step)
         for column, value in zip(self._runs, (self.total, file_index, 0, step, count,
                                               rows - (count - 1) * step, offset), strict=True):
             column.append(value)

@@ -180,12 +180,18 @@ def _slicing(session: ort.InferenceSession, model_bytes: bytes, settings: Scorer
     differs between processes and runs, and output must not depend on it. Timed by the
     thread's CPU clock where the session runs on the calling thread alone."""
     fixed = settings.session.run_rows
-    domains = node_domains(model_bytes)
-    standard = domains is not None and domains <= STANDARD_DOMAINS
-    if fixed is None and (session.get_providers() != ["CPUExecutionProvider"] or not standard):
+    if fixed is None and (session.get_providers() != ["CPUExecutionProvider"] or
+                          not _standard_graph(model_bytes)):
         fixed = WHOLE
     one_thread = settings.intra_op_threads == 1 and settings.session.inter_op_threads == 1
     return RunRows(fixed, time.thread_time if one_thread else time.perf_counter)
+
+
+def _standard_graph(model_bytes: bytes) -> bool:
+    """Whether every node is a standard operator (not one of a model whose nodes the
+    protobuf walk cannot read)."""
+    domains = node_domains(model_bytes)
+    return domains is not None and domains <= STANDARD_DOMAINS
 
 
 def _fixed_batch(inputs: list[TensorSpec], model: str) -> int | None:

@@ -171,21 +171,31 @@ def label_width(model_bytes: bytes) -> int:
 
 
 def _graph_labels(graph: memoryview) -> Iterator[bytes]:
-    """Label strings of a GraphProto's nodes (field 1) and their attributes (field 5),
-    subgraphs (AttributeProto g = 6, graphs = 11) included."""
-    for number, node in _fields(graph):
-        if number != 1 or not isinstance(node, memoryview):
-            continue
-        for kind, attribute in _fields(node):
+    """Label strings of a GraphProto's nodes' attributes (NodeProto field 5)."""
+    for node in _nodes(graph):
+        for kind, attribute in node:
             if kind != 5 or not isinstance(attribute, memoryview):
                 continue
             parts = list(_fields(attribute))
             name = next((bytes(v) for n, v in parts if n == 1 and isinstance(v, memoryview)), b"")
             for n, value in parts:
-                if isinstance(value, memoryview) and n in (6, 11):
-                    yield from _graph_labels(value)
-                elif isinstance(value, memoryview) and n in (4, 9) and name in LABEL_ATTRIBUTES:
+                if isinstance(value, memoryview) and n in (4, 9) and name in LABEL_ATTRIBUTES:
                     yield bytes(value)  # AttributeProto s = 4, strings = 9
+
+
+def _nodes(graph: memoryview) -> Iterator[list[tuple[int, memoryview | int]]]:
+    """The fields of each of a GraphProto's nodes (field 1), each followed by those of
+    its subgraphs' nodes (AttributeProto g = 6, graphs = 11)."""
+    for number, node in _fields(graph):
+        if number != 1 or not isinstance(node, memoryview):
+            continue
+        parts = list(_fields(node))
+        yield parts
+        for kind, attribute in parts:
+            if kind == 5 and isinstance(attribute, memoryview):
+                for n, value in _fields(attribute):
+                    if n in (6, 11) and isinstance(value, memoryview):
+                        yield from _nodes(value)
 
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
@@ -197,23 +207,12 @@ def node_domains(model_bytes: bytes) -> set[str] | None:
     protobuf (NodeProto.domain); None for a model it cannot walk."""
     try:
         graph = _message(memoryview(model_bytes), 7)  # ModelProto.graph
-        return set() if graph is None else set(_graph_domains(graph))
+        if graph is None:
+            return set()
+        return {next((bytes(v).decode() for n, v in node if n == 7 and isinstance(v, memoryview)),
+                     "") for node in _nodes(graph)}
     except (ValueError, IndexError, UnicodeDecodeError):
         return None
-
-
-def _graph_domains(graph: memoryview) -> Iterator[str]:
-    for number, node in _fields(graph):
-        if number != 1 or not isinstance(node, memoryview):
-            continue
-        parts = list(_fields(node))
-        yield next((bytes(v).decode() for n, v in parts if n == 7 and isinstance(v, memoryview)),
-                   "")
-        for kind, attribute in parts:
-            if kind == 5 and isinstance(attribute, memoryview):
-                for n, value in _fields(attribute):
-                    if n in (6, 11) and isinstance(value, memoryview):
-                        yield from _graph_domains(value)
 
 
 def _message(buffer: memoryview, number: int) -> memoryview | None:

@@ -83,7 +83,7 @@ class RunRows:
             self.ladder = [size for size in CANDIDATES if size < rows] + [WHOLE]
             if self.trying not in self.ladder:
                 self.trying = self.ladder[-2] if len(self.ladder) > 1 else WHOLE
-        if self.size(rows) != (rows if self.trying == WHOLE else self.trying):
+        if self.trying != WHOLE and rows <= self.trying:
             return  # this batch ran whole, not at the size being tried
         if not self.warmed:
             self.warmed = True
