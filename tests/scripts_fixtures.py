@@ -109,6 +109,17 @@ SCRIPTS: dict[str, str] = {
         def run(mini_batch):
             return [f"{token}:{i}" for i in mini_batch["id"]]
         """,
+    # the threads its numeric libraries were given (scorers._script)
+    "threads.py": """
+        import os
+
+        from threadpoolctl import threadpool_info
+
+        def run(mini_batch):
+            blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+            line = f"{blas}:{os.environ['OMP_NUM_THREADS']}:{os.environ['OPENBLAS_NUM_THREADS']}"
+            return [line for _ in mini_batch["id"]]
+        """,
     # file input: a line per file (append_row), or files of its own (summary_only)
     "per_file.py": """
         import argparse

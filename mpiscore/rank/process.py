@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from ..plan import Batch
 
 # The child's command: the parent's sys.path (as multiprocessing's spawn does), then
-# scoring/main.py. ``-S`` skips the site module (~10 ms): the paths it would add are given.
+# scoring/start.py. ``-S`` skips the site module (~10 ms): the paths it would add are given.
 _CHILD = ("import sys; sys.path[:] = sys.argv[2:]; "
-          "from mpiscore.scoring.main import main; main(*map(int, sys.argv[1].split(',')))")
+          "from mpiscore.scoring.start import loaded_main; "
+          "loaded_main()(*map(int, sys.argv[1].split(',')))")
 _STOPS = {signal.SIGTERM, signal.SIGINT}  # the scoring process ignores them (scoring/main.py)
 # Where this package lies (mpiscore/rank/process.py, three levels up), for a parent that
 # finds it by an import hook (editable installs).

@@ -1,12 +1,12 @@
 """The inside of a scoring process: set up once, then score batches while one thread
 reads the next and another writes (and flushes) the previous ones.
 
-Started by rank/process.py as a fresh interpreter (``python -S -c``, given its end
-of the channel to the rank; the messages are wire.py's). It ignores SIGINT/SIGTERM
-(its rank decides how to stop) and dies with its rank (PR_SET_PDEATHSIG), so no
-scorer outlives a killed job. A bug, here or in the reader or writer thread,
-reaches the scoring loop and ends the process (the rank sees it and retries its
-batches); threads never end the process themselves.
+Started by rank/process.py as a fresh interpreter (``python -S -c``, through
+start.py, given its end of the channel to the rank; the messages are wire.py's). It
+ignores SIGINT/SIGTERM (its rank decides how to stop) and dies with its rank
+(PR_SET_PDEATHSIG), so no scorer outlives a killed job. A bug, here or in the
+reader or writer thread, reaches the scoring loop and ends the process (the rank
+sees it and retries its batches); threads never end the process themselves.
 """
 
 from __future__ import annotations

@@ -182,6 +182,21 @@ def test_launch_environment_reaches_the_script(env, data, tmp_path, monkeypatch,
     assert out.read_text() == "".join(f"tok3n:{i}\n" for i in data["id"])
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_script_s_blas_and_openmp_get_the_process_s_threads(env, tmp_path, monkeypatch,
+                                                               threads) -> None:
+    """NumPy's BLAS, loaded with one thread (scoring/start.py), is sized to the scoring
+    process's share (``--intra-op-threads``) before the script runs, and so are the
+    variables libraries read when loaded later (OpenMP, OpenBLAS)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "lines.txt"
+    result = score(1, env["threads"], env["parquet"], out, "--output-action", "append_row",
+                   "--intra-op-threads", threads)
+    assert result.returncode == 0, result.stderr
+    assert set(out.read_text().splitlines()) == {f"[{threads}]:{threads}:{threads}"}
+
+
 # -- file input
 
 

@@ -110,3 +110,27 @@ def test_the_command_s_rank_starts_no_blas_threads_and_its_scoring_processes_kee
                           timeout=60, env=environment, check=True)
     expected = [] if launch is None else [f"OPENBLAS_NUM_THREADS={launch}"]
     assert done.stdout.strip() == f"[1] {expected}", done.stderr
+
+
+@pytest.mark.parametrize("launch", [None, "3"])
+def test_a_scoring_process_loads_numpy_with_one_blas_thread_unless_the_launch_sized_it(
+        launch: str | None) -> None:
+    """scoring/start.py, in a fresh interpreter: OpenBLAS loads with one thread (not one
+    per core) and the variable is gone again; a launch's own value stands (OpenBLAS
+    caps it at the cores)."""
+    import os
+    import subprocess
+    import sys
+
+    expected = "[1] None" if launch is None else f"[{min(3, os.cpu_count() or 1)}] 3"
+
+    code = ("import os; from mpiscore.scoring.start import loaded_main; loaded_main(); "
+            "from threadpoolctl import threadpool_info; "
+            "print([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'], "
+            "os.environ.get('OPENBLAS_NUM_THREADS'))")
+    environment = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if launch is not None:
+        environment["OPENBLAS_NUM_THREADS"] = launch
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=environment, check=True)
+    assert done.stdout.strip() == expected, done.stderr
