@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any
+
+from common import environment
 
 
 class SimulatedLinks:
@@ -128,14 +129,11 @@ def measure(ranks: int, batches: int, window: int, seconds: float, burst: int
 
 def run_child(code: Path, ranks: int, burst: int, args: argparse.Namespace
               ) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep)
     command = [sys.executable, __file__, "--one", str(ranks), "--batches", str(args.batches),
                "--window", str(args.window), "--seconds", str(args.seconds), "--burst",
                str(burst)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
-                            check=True)
+    result = subprocess.run(command, env=environment(code), capture_output=True, text=True,
+                            timeout=600, check=True)
     report: dict[str, Any] = json.loads(result.stdout)
     return report
 

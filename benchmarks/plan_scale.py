@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, MPIEXEC, cores
+from common import HERE, MPIEXEC, cores, environment
 
 EXAMPLES = HERE.parent / "examples"
 MODEL = EXAMPLES / "mlp_classifier.onnx"
@@ -103,13 +103,6 @@ print(json.dumps({"files": len(files), "seconds": time.perf_counter() - started}
 """
 
 
-def env_for(tree: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree)
-    return env
-
-
 def score_args(data: Path, out: Path) -> list[str]:
     return ["score", "--model", str(MODEL), "--input", f"{data}:/features", "--output",
             str(out), "--overwrite", "--mini-batch-size", "1", "--quiet"]
@@ -161,7 +154,7 @@ def run_job(tree: Path | None, ranks: int, data: Path, out: Path) -> dict:
     journal.unlink(missing_ok=True)
     started = time.perf_counter()
     job = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpiscore",
-                            *score_args(data, out)], env=env_for(tree),
+                            *score_args(data, out)], env=environment(tree),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            cwd=out.parent)  # not this checkout: PYTHONPATH picks the code
     first = None
@@ -199,7 +192,7 @@ def run_job(tree: Path | None, ranks: int, data: Path, out: Path) -> dict:
 
 def probe(tree: Path | None, data: Path, out: Path) -> dict:
     result = subprocess.run([sys.executable, "-c", PROBE, *score_args(data, out)],
-                            env=env_for(tree), capture_output=True, text=True, timeout=900,
+                            env=environment(tree), capture_output=True, text=True, timeout=900,
                             cwd=out.parent)
     for line in result.stdout.splitlines():
         if line.startswith("PROBE "):
@@ -246,7 +239,7 @@ def probe_many(trees: dict[str, Path | None], kind: str, count: int, args: list[
         out = Path(str(output).format(label))
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-c", PROBE, *args, "--output", str(out),
-                                 "--overwrite"], env=env_for(tree), capture_output=True,
+                                 "--overwrite"], env=environment(tree), capture_output=True,
                                 text=True, timeout=1800, cwd=output.parent)
         seconds = time.perf_counter() - started
         sizes = next((json.loads(line[6:]) for line in result.stdout.splitlines()
@@ -277,7 +270,7 @@ def plan_files(trees: dict[str, Path | None], count: int, scratch: Path,
         for mode in modes:
             result = subprocess.run([sys.executable, "-c", FILES_PROBE, mode, str(folder),
                                      str(latency_ms / 1000)],
-                                    env=env_for(tree), capture_output=True, text=True,
+                                    env=environment(tree), capture_output=True, text=True,
                                     check=True, timeout=1800, cwd=scratch)
             results[f"{label} {mode}"] = json.loads(result.stdout)["seconds"]
     return {"files": count, "open_latency_ms": latency_ms, "seconds": results}

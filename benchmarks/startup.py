@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, MPIEXEC, cores, example_data
+from common import HERE, MPIEXEC, cores, environment, example_data
 
 MODEL = HERE.parent / "examples" / "mlp_classifier.onnx"
 IMPORT_LINE = re.compile(r'^(\d+\.\d+) write\(2, "import time:\s+\d')
@@ -47,10 +47,6 @@ def command(ranks: int, data: Path, out: Path, batch_rows: int, *python: str) ->
     return [MPIEXEC, "-n", str(ranks), sys.executable, *python, "-m", "mpiscore", "score",
             "--model", str(MODEL), "--input", f"{data}:/features", "--output", str(out),
             "--overwrite", "--mini-batch-size", str(batch_rows)]
-
-
-def environment(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree)}
 
 
 def first_batches(run_dir: Path) -> tuple[list[float], list[float]]:

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, MPIEXEC, cores
+from common import HERE, MPIEXEC, cores, environment
 from overhead import dataset, mlp
 
 HEAVY = (64, 1024, 1024, 16)
@@ -49,11 +49,6 @@ def trees(before: str | None, after: str | None) -> dict[str, Path]:
     if before:
         found = {"before": Path(before).resolve(), **found}
     return found
-
-
-def environment(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def score(tree: Path, ranks: int, model: Path, data: Path, out: Path, batch_rows: int
