@@ -347,6 +347,20 @@ def as_world(comm: object | None) -> World:
     return comm if isinstance(comm, World) else MpiWorld(comm)
 
 
+def _probe(comm: Any, source: int, tag: int, status: Any = None) -> Any:
+    """``comm.improbe``, made again at once when it matched nothing.
+
+    MPICH (ch4, the mpich wheel's 5.0) matches a probe against what has arrived
+    before it makes progress, so a message that came in since the last call is
+    matched only by the next one. Where calls are paced (Pacer: tens of ms apart
+    on 20 ms batches) every message waited one wait more: at the end of a light
+    ``-n 2`` job rank 1's last report was seen 38 ms after it was sent and rank 0's
+    Stop 51 ms, against one wait each with two probes. The second costs 0.3 us.
+    """
+    pending = comm.improbe(source, tag, status)
+    return pending if pending is not None else comm.improbe(source, tag, status)
+
+
 class MpiCoordinatorLink:
     """Rank 0's end over MPI: messages from any worker rank, and to each of them."""
 
@@ -357,7 +371,7 @@ class MpiCoordinatorLink:
         self.any_source, self.any_tag = MPI.ANY_SOURCE, MPI.ANY_TAG
 
     def poll(self) -> tuple[int, Message] | None:
-        pending = self.comm.improbe(self.any_source, self.any_tag, self.status)
+        pending = _probe(self.comm, self.any_source, self.any_tag, self.status)
         if pending is None:
             return None
         source = self.status.Get_source()
@@ -376,7 +390,7 @@ class MpiWorkerLink:
         self.comm, self.coordinator, self.any_tag = comm, coordinator, MPI.ANY_TAG
 
     def poll(self) -> Message | None:
-        pending = self.comm.improbe(self.coordinator, self.any_tag)
+        pending = _probe(self.comm, self.coordinator, self.any_tag)
         return None if pending is None else pending.recv()
 
     def send(self, message: Message) -> None:
