@@ -12,6 +12,7 @@ point (cli.py), as mpi4py.run does.
 from __future__ import annotations
 
 import resource
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -27,6 +28,7 @@ from .errors import (
 )
 from .faults import FaultPlan
 from .io.fill import write_fills
+from .io.registry import OutputTarget
 from .job import Job
 from .journal import Journal, changed_input, journal_token
 from .model import model_digest, read_model
@@ -77,6 +79,7 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
     early_stderr(rank, size, world.hostname(), config.quiet)  # rank 0 says what it does
     pool = pool or start_pool(config, world)
     pool.preopen(config)  # while rank 0's first process prepares the job (once: the CLI may have)
+    warming = _warm_output(config, rank)
     job = None
     try:
         job, model, whole = _broadcast_job(config, world, pool, started)
@@ -88,7 +91,6 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
         try:
             if rank == 0:
                 _log_plan(job)
-            warming = job.target.warm(rank)  # while the sessions open, the rank waits
             pool.start(ScorerSpec(job, model, pool.settings, where,
                                   FaultPlan.parse(config.faults), records_death=rank == 0))
             if warming is not None:  # before the loop, whose CPU is the rank's waiting
@@ -102,6 +104,19 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
             job.lock.release()
         pool.close()
         pool.reap()
+
+
+def _warm_output(config: JobConfig, rank: int) -> threading.Thread | None:
+    """Import what finishing the output needs (OutputTarget.warm) while the ranks wait
+    for rank 0's first scoring process to prepare the job: started after the job
+    came, that import (h5py, ~40 ms of CPU) held back rank 0's first hand-out, and
+    so every rank's first batch, while the scoring processes sat ready. An output
+    the options cannot name is reported by the preparation."""
+    try:
+        target = OutputTarget.of(config)
+    except MpiscoreError:
+        return None
+    return target.warm(rank)
 
 
 def _log_plan(job: Job) -> None:

@@ -332,9 +332,9 @@ class OutputTarget:
 
     def warm(self, rank: int) -> threading.Thread | None:
         """Import, on a thread, what finishing the output will need on ``rank`` (none where
-        it is no :meth:`finisher`) while the rank waits for its scoring processes to open
-        their sessions, so that it is not imported after the last batch, on every job's
-        critical path. An import that fails here fails again, with its message, when
+        it is no :meth:`finisher`) while the rank waits for the job to be prepared
+        (api._warm_output), so that it is not imported after the last batch, on every
+        job's critical path. An import that fails here fails again, with its message, when
         finishing. The thread is joined before the scoring loop: an import running
         beside the loop cost the rank more than its own CPU (benchmarks/README.md,
         Waiting)."""
