@@ -219,8 +219,9 @@ class RankZero:
         It waits on its own scoring processes' pipes, which wake it as soon as one
         of its batches ends. The other ranks' messages, which MPI cannot wake it
         for, are looked for after every wake-up and, while one of them may run
-        dry, as the pacer says (RemoteWait); otherwise every LONGEST_WAIT_SECONDS
-        (also how late a stop signal is seen), as alone (no other ranks).
+        dry, or once its own processes hold no batch (the job's tail), as the pacer
+        says (RemoteWait); otherwise every LONGEST_WAIT_SECONDS (also how late a stop
+        signal is seen), as alone (no other ranks).
         """
         coordinator, worker = self.coordinator, self.worker
         remote_wait = RemoteWait(coordinator.ranks[1:]) if self.remote is not None else None
@@ -233,7 +234,7 @@ class RankZero:
             if coordinator.finished:
                 break
             worker.poll(0.0 if busy else LONGEST_WAIT_SECONDS if remote_wait is None else
-                        remote_wait.next_delay())
+                        remote_wait.next_delay(worker.idle))
         coordinator.stop_all()
         if self.remote is not None:
             _await_finished(self.remote, len(coordinator.ranks) - 1)
@@ -290,8 +291,11 @@ class RemoteWait:
         else:
             self.low.add(rank)
 
-    def next_delay(self) -> float:
-        return self.pacer.next_delay() if self.low else LONGEST_WAIT_SECONDS
+    def next_delay(self, idle: bool = False) -> float:
+        """``idle``: rank 0's own processes hold no batch, so only the other ranks' last
+        reports are left to end the job: they are looked for promptly even from ranks
+        whose processes hold plenty (Pacer, IDLE_POLL_SHARE)."""
+        return self.pacer.next_delay(idle) if self.low or idle else LONGEST_WAIT_SECONDS
 
 
 def _events_in(message: Message) -> int:

@@ -256,6 +256,10 @@ class ScorerPool:
                       key=lambda p: len(p.scoring))
 
     @property
+    def holding(self) -> bool:
+        return any(proc.busy for proc in self.procs)
+
+    @property
     def running_low(self) -> bool:
         """Whether a process holds fewer batches than SCORING_DEPTH (the one it scores and
         the next), or than a third of its depth once deepened (low_mark): it may run

@@ -58,6 +58,10 @@ class ScoringProcesses(Protocol[Process]):
         they may hold in all."""
 
     @property
+    def holding(self) -> bool:
+        """Whether any process holds a batch (scoring or writing it)."""
+
+    @property
     def running_low(self) -> bool:
         """Whether a process holds so few batches (under SCORING_DEPTH, or a third of
         its share once deepened) that it may run dry before the next assignment
@@ -132,10 +136,16 @@ class RankWorker:
         only as late as a Drain may be seen. While every process holds enough not to run
         dry (all it may, or SCORING_DEPTH of a deeper share), the message on its pipe
         that makes room wakes the rank, and that wake-up looks at the link too: a
-        timer would wake the rank for nothing."""
+        timer would wake the rank for nothing. A rank that holds no batch (the job's
+        tail: the Stop is due) looks more often (Pacer, IDLE_POLL_SHARE)."""
         if self.drain_started is not None or (self.owed > 0 and self.pool.running_low):
-            return self.pacer.next_delay()
+            return self.pacer.next_delay(self.idle)
         return LONGEST_WAIT_SECONDS
+
+    @property
+    def idle(self) -> bool:
+        """Whether the rank holds no batch: no pipe will wake it, only MPI (Pacer)."""
+        return not self.queue and not self.pool.holding
 
     def handle(self, message: Message) -> None:
         if isinstance(message, Assign):

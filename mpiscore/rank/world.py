@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import MpiscoreError
 from ..tuning import (
+    IDLE_POLL_SHARE,
     LONGEST_WAIT_SECONDS,
     MAX_SLEEP_SECONDS,
     POLL_SHARE,
@@ -106,14 +107,17 @@ class Pacer:
         if self.interval is not None:
             self.delay = min(self.most, max(self.first, self.interval * self.share))
 
-    def next_delay(self) -> float:
-        """The wait before the next poll (each call lengthens the next)."""
-        delay, interval, most, now = self.delay, self.interval, self.most, self.clock()
+    def next_delay(self, idle: bool = False) -> float:
+        """The wait before the next poll (each call lengthens the next). ``idle``: nothing
+        but MPI can wake the caller (its processes hold no batch); while the pace is
+        kept its waits then grow only to IDLE_POLL_SHARE of the interval."""
+        interval, most, now = self.interval, self.most, self.clock()
         if interval is not None and self.last is not None and \
                 now - self.last < 4 * max(interval, self.longest):  # pace kept
-            most = min(most, max(self.first, interval))
+            most = min(most, max(self.first, interval * (IDLE_POLL_SHARE if idle else 1.0)))
         elif self.last is None and now < self.starting_until:
             most = min(most, PROMPT_WAIT_SECONDS)
+        delay = min(self.delay, most)
         self.delay = min(most, delay * 2)
         return delay
 

@@ -10,7 +10,12 @@ from mpiscore.rank.messages import Assign, Completed, Failed, Finished, Message,
 from mpiscore.rank.pool import Outcome, depth_for, kept_for, low_mark
 from mpiscore.rank.worker import RankWorker, work
 from mpiscore.rank.world import Pacer
-from mpiscore.tuning import LONGEST_WAIT_SECONDS, PROMPT_WAIT_SECONDS, STARTING_SECONDS
+from mpiscore.tuning import (
+    IDLE_POLL_SHARE,
+    LONGEST_WAIT_SECONDS,
+    PROMPT_WAIT_SECONDS,
+    STARTING_SECONDS,
+)
 from mpiscore.wire import StageTimes
 
 
@@ -209,6 +214,10 @@ class Pool:
     def running_low(self) -> bool:
         return bool(self.idle)
 
+    @property
+    def holding(self) -> bool:
+        return bool(self.held)
+
     def hand_over(self) -> None:
         pass
 
@@ -309,3 +318,47 @@ def test_a_report_says_low_only_after_the_waiting_answer_is_taken_in() -> None:
     assert worker.stopped
     work(worker, lambda: None)
     assert link.sent[-1] == Finished()
+
+
+def paced_every_10_ms(clock: Clock) -> Pacer:
+    """A worker's pacer (a whole interval's share) whose last event came just now."""
+    pacer = Pacer(1.0, first=1e-5, most=0.05, clock=clock)
+    for _ in range(4):
+        clock.now += 0.01
+        pacer.event()
+    return pacer
+
+
+def test_an_idle_caller_s_waits_grow_to_an_eighth_of_the_interval_while_the_pace_holds(
+        ) -> None:
+    """Nothing but MPI can wake a rank that holds no batch (the Stop, the last reports):
+    it polls at an eighth of the interval, not the whole, until the pace is lost."""
+    clock = Clock()
+    busy, idle = paced_every_10_ms(Clock()), paced_every_10_ms(clock)
+    assert [busy.next_delay() for _ in range(3)] == pytest.approx([0.01] * 3)
+    assert [idle.next_delay(idle=True) for _ in range(3)] == pytest.approx([0.00125] * 3)
+    clock.now += 0.05  # four intervals of silence: the pace is lost, waits grow again
+    assert max(idle.next_delay(idle=True) for _ in range(8)) == 0.05
+
+
+def test_a_worker_that_holds_no_batch_is_idle_and_looks_sooner() -> None:
+    link, pool = Link(), Pool([True] * 4)
+    worker = RankWorker(pool, link, window=2)
+    worker.start()
+    worker.handle(Assign(BATCHES[:1], (0,)))
+    assert not worker.idle and worker.owed == 1
+    worker.pacer = paced_every_10_ms(Clock())
+    assert worker.patience() == pytest.approx(0.01)
+    worker.pacer = paced_every_10_ms(Clock())
+    worker.poll(0.0)  # its one batch ended: it holds none, and is owed two
+    assert worker.idle and worker.owed == 2
+    assert worker.pacer.interval is not None
+    assert worker.patience() == pytest.approx(worker.pacer.interval * IDLE_POLL_SHARE)
+
+
+def test_rank_zero_idle_looks_for_ranks_whose_processes_hold_plenty() -> None:
+    remote = RemoteWait([1])
+    remote.heard(1, Completed((1,), running_low=True))
+    remote.heard(1, Completed((2, 3), running_low=False))
+    assert remote.next_delay() == LONGEST_WAIT_SECONDS
+    assert remote.next_delay(idle=True) < LONGEST_WAIT_SECONDS
