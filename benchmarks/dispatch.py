@@ -33,6 +33,10 @@ class InstantPool:
         return [i for i, s in enumerate(self.slots) if s is None]
 
     @property
+    def holding(self) -> bool:
+        return any(self.slots)
+
+    @property
     def running_low(self) -> bool:
         return True  # its batches take no time: it always runs dry before the next report
 
