@@ -110,11 +110,15 @@ class Pacer:
     def next_delay(self, idle: bool = False) -> float:
         """The wait before the next poll (each call lengthens the next). ``idle``: nothing
         but MPI can wake the caller (its processes hold no batch); while the pace is
-        kept its waits then grow only to IDLE_POLL_SHARE of the interval."""
+        kept its waits then grow only to IDLE_POLL_SHARE of the interval, or to
+        MAX_SLEEP_SECONDS where that is less: batches of a few ms or less keep their
+        pace's waits, or ranks with nothing to do would spin beside the busy ones."""
         interval, most, now = self.interval, self.most, self.clock()
         if interval is not None and self.last is not None and \
                 now - self.last < 4 * max(interval, self.longest):  # pace kept
-            most = min(most, max(self.first, interval * (IDLE_POLL_SHARE if idle else 1.0)))
+            if idle:
+                interval = min(interval, max(interval * IDLE_POLL_SHARE, MAX_SLEEP_SECONDS))
+            most = min(most, max(self.first, interval))
         elif self.last is None and now < self.starting_until:
             most = min(most, PROMPT_WAIT_SECONDS)
         delay = min(self.delay, most)

@@ -91,6 +91,10 @@ class FakePool:
     def busy(self) -> list[int]:
         return [i for i, slot in enumerate(self.slots) if slot is not None]
 
+    @property
+    def holding(self) -> bool:
+        return bool(self.busy)
+
     def hand_over(self) -> None:
         pass
 

@@ -362,3 +362,17 @@ def test_rank_zero_idle_looks_for_ranks_whose_processes_hold_plenty() -> None:
     remote.heard(1, Completed((2, 3), running_low=False))
     assert remote.next_delay() == LONGEST_WAIT_SECONDS
     assert remote.next_delay(idle=True) < LONGEST_WAIT_SECONDS
+
+
+@pytest.mark.parametrize(("interval", "idle_most"), [(0.002, 0.001), (0.0005, 0.0005)])
+def test_an_idle_caller_of_a_fast_pace_waits_no_shorter_than_a_sleep_or_its_interval(
+        interval: float, idle_most: float) -> None:
+    """Batches of a few ms or less: idle waits grow to MAX_SLEEP_SECONDS, or to the
+    interval where that is shorter (as busy ones do), not to an eighth of it: ranks
+    that wait for instant batches (benchmarks/dispatch.py) would spin."""
+    clock = Clock()
+    pacer = Pacer(1.0, first=1e-5, most=0.05, clock=clock)
+    for _ in range(4):
+        clock.now += interval
+        pacer.event()
+    assert max(pacer.next_delay(idle=True) for _ in range(12)) == pytest.approx(idle_most)
