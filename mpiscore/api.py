@@ -99,6 +99,8 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
         finally:
             stop_logging(handlers)
     finally:
+        if warming is not None:  # an import still running when the process leaves crashes it
+            warming.join()
         stop_early_stderr()
         if job is not None and rank == 0:
             job.lock.release()
