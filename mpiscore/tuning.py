@@ -95,12 +95,14 @@ WORKER_POLL_SHARE = 1.0
 # late, up to one interval each. A few polls per batch, for the tail of the job only.
 IDLE_POLL_SHARE = 0.125
 
-# Before its first event, for at most STARTING_SECONDS after the loop starts, a pacer's
-# waits grow only to PROMPT_WAIT_SECONDS: the first exchange (a rank's Request, rank 0's
-# Assign) is what every rank's start waits on, and with no pace known yet the waits
-# had doubled past it (rank 1's first batch began 80-100 ms after rank 0's, at -n 2
-# on 16,384-row batches). A rank given nothing (more ranks than batches) returns to
-# the longest waits after STARTING_SECONDS.
+# Until it knows a pace (two events), for at most STARTING_SECONDS after the loop
+# starts, a pacer's waits grow only to PROMPT_WAIT_SECONDS: the first exchange (a rank's
+# Request, rank 0's Assign) is what every rank's start waits on, and with no pace known
+# yet the waits had doubled past it (rank 1's first batch began 80-100 ms after rank
+# 0's, at -n 2 on 16,384-row batches). So is the next one: a rank's first report, with
+# its request for more as its processes deepen, waited 128 ms for rank 0 while its
+# 2 batches ran out (light -n 2, 20 ms batches). A rank given nothing (more ranks than
+# batches) returns to the longest waits after STARTING_SECONDS.
 PROMPT_WAIT_SECONDS = 2e-3
 STARTING_SECONDS = 1.0
 

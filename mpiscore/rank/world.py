@@ -71,8 +71,11 @@ class Pacer:
     while events keep coming at their pace, up to ``most`` once they have stopped. So MPI is
     polled a few times per event, whether events come every 10 us or every 10 s,
     instead of a thousand times a second. Before the first interval is known the
-    waits start at ``first``; before the first event, and for STARTING_SECONDS at
-    most, they grow only to PROMPT_WAIT_SECONDS (the first reply starts the rank).
+    waits start at ``first``; until the pace is known (two events), and for
+    STARTING_SECONDS at most, they grow only to PROMPT_WAIT_SECONDS (before the first
+    event) or IDLE_POLL_SHARE of the time since the first, if longer: the first reply
+    starts the rank, and the next one is what its processes deepen on, a batch later,
+    so it is looked for a few times per batch whether batches take 10 ms or 1 s.
 
     Events have stopped only after a silence four times the longest of late:
     events come in bursts (every rank answers the same hand-out), so the mean
@@ -119,8 +122,9 @@ class Pacer:
             if idle:
                 interval = min(interval, max(interval * IDLE_POLL_SHARE, MAX_SLEEP_SECONDS))
             most = min(most, max(self.first, interval))
-        elif self.last is None and now < self.starting_until:
-            most = min(most, PROMPT_WAIT_SECONDS)
+        elif interval is None and now < self.starting_until:
+            since_first = 0.0 if self.last is None else now - self.last
+            most = min(most, max(PROMPT_WAIT_SECONDS, since_first * IDLE_POLL_SHARE))
         delay = min(self.delay, most)
         self.delay = min(most, delay * 2)
         return delay

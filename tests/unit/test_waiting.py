@@ -49,6 +49,26 @@ def test_before_its_first_event_a_starting_pacer_waits_no_longer_than_a_prompt_w
     assert max(pacer.next_delay() for _ in range(16)) == 0.05
 
 
+def test_after_its_first_event_a_starting_pacer_stays_prompt_until_it_knows_a_pace() -> None:
+    """A rank's first report (and its request for more as its processes deepen) comes
+    one batch after its first Request: rank 0 looks for it within an eighth of the
+    silence so far, not after waits doubled to its most; once two events give a pace,
+    the pace rules."""
+    clock = Clock()
+    pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    pacer.event()
+    start, delays = clock.now, []
+    while clock.now < start + 0.1:  # 0.1 s with no second event: prompt, then an eighth
+        delays.append(pacer.next_delay())  # of the silence so far, no more
+        clock.now += delays[-1]
+    assert PROMPT_WAIT_SECONDS in delays
+    assert all(delay <= max(PROMPT_WAIT_SECONDS, 0.101 / 8) for delay in delays)
+    assert len(delays) < 40
+    pacer.event()
+    assert pacer.interval is not None and pacer.interval > 0.05
+    assert max(pacer.next_delay() for _ in range(16)) == 0.05
+
+
 def test_pacer_polls_a_share_of_the_interval_after_an_event_and_no_longer_apart() -> None:
     clock = Clock()
     pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
