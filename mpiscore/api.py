@@ -79,9 +79,9 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
     early_stderr(rank, size, world.hostname(), config.quiet)  # rank 0 says what it does
     pool = pool or start_pool(config, world)
     pool.preopen(config)  # while rank 0's first process prepares the job (once: the CLI may have)
-    warming = _warm_output(config, rank)
-    job = None
+    job, warming = None, None
     try:
+        warming = _warm_output(config, rank)
         job, model, whole = _broadcast_job(config, world, pool, started)
         host = world.hostname()
         where = f"rank {rank} of {size} ({host})"

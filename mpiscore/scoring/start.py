@@ -4,28 +4,50 @@ and with it NumPy, with one BLAS thread unless the launch sized BLAS, then run i
 OpenBLAS starts a thread per core when loaded, and each spins for a while before it
 sleeps: ~0.1 s of CPU per scoring process here (0.31 -> 0.20 s to import onnxruntime,
 NumPy and the scoring modules), taken from the scoring of the other processes on
-a packed node. An ONNX session never calls NumPy's BLAS; a script's pool is sized
-afterwards by scorers/ (``_limit_loaded_pools``), and the variable is gone again
-before a script runs, so the launch's environment is what it sees.
+a packed node. An ONNX session never calls NumPy's BLAS; an entry script's pool is
+resized to its share afterwards (scorers._script, through threadpoolctl), so BLAS is
+held to one thread only where threadpoolctl is there to do that. The variable is
+gone again before a script runs: the launch's environment is what it sees.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 
 _BLAS_THREADS = "OPENBLAS_NUM_THREADS"
+# what OpenBLAS sizes its pool by when it loads, first found first: a launch that set
+# one of them sized BLAS itself
+_BLAS_SIZED_BY = (_BLAS_THREADS, "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+_held = False  # whether NumPy's BLAS was loaded with one thread here
 
 
 def loaded_main() -> Callable[[int, int, int], None]:
     """scoring/main.py's ``main``, imported with OpenBLAS held to one thread unless the
-    launch set ``OPENBLAS_NUM_THREADS``."""
-    launched = _BLAS_THREADS in os.environ
-    if not launched:
+    launch sized it or nothing could resize it for a script (no threadpoolctl)."""
+    global _held
+    _held = not any(os.environ.get(name) for name in _BLAS_SIZED_BY) and \
+        importlib.util.find_spec("threadpoolctl") is not None
+    launched = os.environ.get(_BLAS_THREADS)  # None, or empty (which OpenBLAS ignores)
+    if _held:
         os.environ[_BLAS_THREADS] = "1"
     try:
         from .main import main  # OpenBLAS reads the variable as NumPy loads it, here
     finally:
-        if not launched:
-            del os.environ[_BLAS_THREADS]
+        if _held:
+            _restore(_BLAS_THREADS, launched)
     return main
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        del os.environ[name]
+    else:
+        os.environ[name] = value
+
+
+def blas_held() -> bool:
+    """Whether NumPy's BLAS was loaded with one thread (:func:`loaded_main`), to be
+    resized for an entry script."""
+    return _held

@@ -9,6 +9,7 @@ there with plain numpy/pandas, never by mpiscore.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import textwrap
@@ -182,19 +183,29 @@ def test_launch_environment_reaches_the_script(env, data, tmp_path, monkeypatch,
     assert out.read_text() == "".join(f"tok3n:{i}\n" for i in data["id"])
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_a_script_s_blas_and_openmp_get_the_process_s_threads(env, tmp_path, monkeypatch,
-                                                               threads) -> None:
+@pytest.mark.parametrize(("threads", "launch", "expected"), [
+    (3, {}, "[3]:3:3"),
+    # OpenBLAS sized itself by the launch's OMP_NUM_THREADS, as it reads it (2 cores here)
+    (1, {"OMP_NUM_THREADS": "2"}, f"[{min(2, len(os.sched_getaffinity(0)))}]:2:1"),
+    # the launch sized MKL only: NumPy's OpenBLAS gets the process's share all the same
+    (3, {"MKL_NUM_THREADS": "2"}, "[3]:3:3"),
+])
+def test_a_script_s_blas_and_openmp_get_the_process_s_threads(
+        env, tmp_path, monkeypatch, threads, launch, expected) -> None:
     """NumPy's BLAS, loaded with one thread (scoring/start.py), is sized to the scoring
     process's share (``--intra-op-threads``) before the script runs, and so are the
-    variables libraries read when loaded later (OpenMP, OpenBLAS)."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    variables libraries read when loaded later (OpenMP, OpenBLAS), but for those the
+    launch set. The line: BLAS threads, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                 "GOTO_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
     out = tmp_path / "lines.txt"
     result = score(1, env["threads"], env["parquet"], out, "--output-action", "append_row",
                    "--intra-op-threads", threads)
     assert result.returncode == 0, result.stderr
-    assert set(out.read_text().splitlines()) == {f"[{threads}]:{threads}:{threads}"}
+    assert set(out.read_text().splitlines()) == {expected}
 
 
 # -- file input

@@ -112,25 +112,34 @@ def test_the_command_s_rank_starts_no_blas_threads_and_its_scoring_processes_kee
     assert done.stdout.strip() == f"[1] {expected}", done.stderr
 
 
-@pytest.mark.parametrize("launch", [None, "3"])
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))  # what OpenBLAS may use, and caps its pool at
+
+
+@pytest.mark.parametrize(("launch", "expected"), [
+    ({}, "[1] None"),
+    ({"OPENBLAS_NUM_THREADS": ""}, "[1] ''"),  # empty: OpenBLAS reads it as unset
+    ({"OPENBLAS_NUM_THREADS": "3"}, f"[{min(3, _cores())}] '3'"),
+    ({"OMP_NUM_THREADS": "2"}, f"[{min(2, _cores())}] None"),  # OpenBLAS reads OMP's too
+])
 def test_a_scoring_process_loads_numpy_with_one_blas_thread_unless_the_launch_sized_it(
-        launch: str | None) -> None:
+        launch: dict[str, str], expected: str) -> None:
     """scoring/start.py, in a fresh interpreter: OpenBLAS loads with one thread (not one
-    per core) and the variable is gone again; a launch's own value stands (OpenBLAS
-    caps it at the cores)."""
+    per core: the first case cannot fail on a 1-core machine) and the launch's
+    environment is as it was; a launch that sized OpenBLAS, by its own variable or
+    OpenMP's, keeps its size."""
     import os
     import subprocess
     import sys
 
-    expected = "[1] None" if launch is None else f"[{min(3, os.cpu_count() or 1)}] 3"
-
     code = ("import os; from mpiscore.scoring.start import loaded_main; loaded_main(); "
             "from threadpoolctl import threadpool_info; "
             "print([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'], "
-            "os.environ.get('OPENBLAS_NUM_THREADS'))")
-    environment = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    if launch is not None:
-        environment["OPENBLAS_NUM_THREADS"] = launch
+            "repr(os.environ.get('OPENBLAS_NUM_THREADS')))")
+    sized_by = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+    environment = {k: v for k, v in os.environ.items() if k not in sized_by} | launch
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env=environment, check=True)
     assert done.stdout.strip() == expected, done.stderr

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import ConfigError
+from ..start import blas_held
 
 if TYPE_CHECKING:
     from ...config import ScorerSettings
@@ -76,23 +77,28 @@ def _script(source: bytes, script: str, settings: ScorerSettings) -> Scorer:
     would be (the rank's cores / its processes) unless the launch set them: OpenMP
     and BLAS otherwise start a thread per core of the node in every process. The
     variables reach libraries the script loads (torch reads them at import); NumPy's
-    BLAS, loaded already, is limited through threadpoolctl (the scripts extra)."""
-    given = [name for name in THREAD_VARIABLES if name in os.environ]
+    BLAS, loaded already, is limited through threadpoolctl (the scripts extra). An
+    empty variable counts as unset, as OpenBLAS reads it."""
+    threads = settings.intra_op_threads
+    given = [name for name in THREAD_VARIABLES if os.environ.get(name)]
     for name in THREAD_VARIABLES:
-        os.environ.setdefault(name, str(settings.intra_op_threads))
+        if not os.environ.get(name):
+            os.environ[name] = str(threads)
     if not given:
-        _limit_loaded_pools(settings.intra_op_threads)
+        _limit_loaded_pools(threads)
+    elif blas_held():  # loaded with one thread (start.py); the launch sized other pools
+        _limit_loaded_pools(threads, "blas")
     from .script import ScriptScorer
 
     return ScriptScorer.open(source, script, settings)
 
 
-def _limit_loaded_pools(threads: int) -> None:
+def _limit_loaded_pools(threads: int, user_api: str | None = None) -> None:
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # without the scripts extra: only libraries loaded later obey
         return
-    threadpool_limits(threads)
+    threadpool_limits(threads, user_api=user_api)
 
 
 SCORERS: dict[str, ScorerFactory] = {"onnx": _onnx, "script": _script}
