@@ -92,11 +92,14 @@ WORKER_POLL_SHARE = 1.0
 # end of the job, and it comes over MPI. While the pace is kept its waits grow only to
 # this share of the interval between events: at the end of a heavy -n 2 job (0.24 s
 # batches) rank 0 saw rank 1's last report 113 ms late and rank 1 the Stop 120 ms
-# late, up to one interval each. A few polls per batch, for the tail of the job only.
+# late, up to one interval each. Once the silence is longer than the interval the
+# waits grow to its eighth, so a long tail costs a few polls per doubling of it. While
+# a pacer starts (PROMPT_WAIT_SECONDS) it waits the same share of the silence.
 IDLE_POLL_SHARE = 0.125
 
-# Until it knows a pace (two events), for at most STARTING_SECONDS after the loop
-# starts, a pacer's waits grow only to PROMPT_WAIT_SECONDS: the first exchange (a rank's
+# While it keeps no pace (none known, or lost), for at most STARTING_SECONDS after the
+# loop starts, a pacer's waits grow only to PROMPT_WAIT_SECONDS, or an eighth of the
+# silence (IDLE_POLL_SHARE) once that is longer: the first exchange (a rank's
 # Request, rank 0's Assign) is what every rank's start waits on, and with no pace known
 # yet the waits had doubled past it (rank 1's first batch began 80-100 ms after rank
 # 0's, at -n 2 on 16,384-row batches). So is the next one: a rank's first report, with

@@ -71,9 +71,10 @@ class Pacer:
     while events keep coming at their pace, up to ``most`` once they have stopped. So MPI is
     polled a few times per event, whether events come every 10 us or every 10 s,
     instead of a thousand times a second. Before the first interval is known the
-    waits start at ``first``; until the pace is known (two events), and for
-    STARTING_SECONDS at most, they grow only to PROMPT_WAIT_SECONDS (before the first
-    event) or IDLE_POLL_SHARE of the time since the first, if longer: the first reply
+    waits start at ``first``; for STARTING_SECONDS at most, while no pace is kept
+    (none known yet, or lost: two ranks' first Requests, microseconds apart, make a
+    pace that is lost at once), they grow only to PROMPT_WAIT_SECONDS or
+    IDLE_POLL_SHARE of the silence since the last event, if longer: the first reply
     starts the rank, and the next one is what its processes deepen on, a batch later,
     so it is looked for a few times per batch whether batches take 10 ms or 1 s.
 
@@ -113,18 +114,19 @@ class Pacer:
     def next_delay(self, idle: bool = False) -> float:
         """The wait before the next poll (each call lengthens the next). ``idle``: nothing
         but MPI can wake the caller (its processes hold no batch); while the pace is
-        kept its waits then grow only to IDLE_POLL_SHARE of the interval, or to
-        MAX_SLEEP_SECONDS where that is less: batches of a few ms or less keep their
-        pace's waits, or ranks with nothing to do would spin beside the busy ones."""
+        kept its waits then grow only to IDLE_POLL_SHARE of the interval, or of the
+        silence once that is longer, and to no less than MAX_SLEEP_SECONDS (or the
+        interval, if shorter): ranks waiting for instant batches would spin."""
         interval, most, now = self.interval, self.most, self.clock()
+        silence = 0.0 if self.last is None else now - self.last
         if interval is not None and self.last is not None and \
-                now - self.last < 4 * max(interval, self.longest):  # pace kept
+                silence < 4 * max(interval, self.longest):  # pace kept
             if idle:
-                interval = min(interval, max(interval * IDLE_POLL_SHARE, MAX_SLEEP_SECONDS))
+                interval = min(interval, max(MAX_SLEEP_SECONDS,
+                                             max(interval, silence) * IDLE_POLL_SHARE))
             most = min(most, max(self.first, interval))
-        elif interval is None and now < self.starting_until:
-            since_first = 0.0 if self.last is None else now - self.last
-            most = min(most, max(PROMPT_WAIT_SECONDS, since_first * IDLE_POLL_SHARE))
+        elif now < self.starting_until:  # no pace yet, or lost while starting
+            most = min(most, max(PROMPT_WAIT_SECONDS, silence * IDLE_POLL_SHARE))
         delay = min(self.delay, most)
         self.delay = min(most, delay * 2)
         return delay

@@ -137,6 +137,7 @@ def test_short_batches_deepen_to_three_reports_and_the_rank_keeps_their_writes_t
 def test_pacer_waits_up_to_its_most_once_events_have_stopped() -> None:
     clock = Clock()
     pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    clock.now += STARTING_SECONDS  # past the start's prompt waits
     pacer.event()
     clock.now += 0.01
     pacer.event()
@@ -173,6 +174,7 @@ def test_a_silence_between_bursts_is_no_stop() -> None:
     round trip would take the longest wait on both sides for good."""
     clock = Clock()
     pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
+    clock.now += STARTING_SECONDS  # past the start's prompt waits
     for _ in range(20):
         for _ in range(14):
             pacer.event()
@@ -341,8 +343,10 @@ def test_a_report_says_low_only_after_the_waiting_answer_is_taken_in() -> None:
 
 
 def paced_every_10_ms(clock: Clock) -> Pacer:
-    """A worker's pacer (a whole interval's share) whose last event came just now."""
+    """A worker's pacer (a whole interval's share) whose last event came just now, past
+    the start's prompt waits."""
     pacer = Pacer(1.0, first=1e-5, most=0.05, clock=clock)
+    clock.now += STARTING_SECONDS
     for _ in range(4):
         clock.now += 0.01
         pacer.event()
@@ -352,12 +356,15 @@ def paced_every_10_ms(clock: Clock) -> Pacer:
 def test_an_idle_caller_s_waits_grow_to_an_eighth_of_the_interval_while_the_pace_holds(
         ) -> None:
     """Nothing but MPI can wake a rank that holds no batch (the Stop, the last reports):
-    it polls at an eighth of the interval, not the whole, until the pace is lost."""
+    it polls at an eighth of the interval, or of the silence once longer, not at the
+    whole interval, until the pace is lost."""
     clock = Clock()
     busy, idle = paced_every_10_ms(Clock()), paced_every_10_ms(clock)
     assert [busy.next_delay() for _ in range(3)] == pytest.approx([0.01] * 3)
     assert [idle.next_delay(idle=True) for _ in range(3)] == pytest.approx([0.00125] * 3)
-    clock.now += 0.05  # four intervals of silence: the pace is lost, waits grow again
+    clock.now += 0.03  # longer than the interval: up to an eighth of the silence
+    assert max(idle.next_delay(idle=True) for _ in range(4)) == pytest.approx(0.03 / 8)
+    clock.now += 0.02  # five intervals of silence: the pace is lost, waits grow again
     assert max(idle.next_delay(idle=True) for _ in range(8)) == 0.05
 
 
@@ -396,3 +403,20 @@ def test_an_idle_caller_of_a_fast_pace_waits_no_shorter_than_a_sleep_or_its_inte
         clock.now += interval
         pacer.event()
     assert max(pacer.next_delay(idle=True) for _ in range(12)) == pytest.approx(idle_most)
+
+
+def test_while_starting_a_pace_lost_at_once_still_polls_an_eighth_of_the_silence() -> None:
+    """At -n 3 and more, two ranks' first Requests come microseconds apart: a pace that
+    is lost at once. Their first reports, a batch later, are still looked for within an
+    eighth of the silence, not after waits doubled to the most (a 0.24 s batch's report
+    was seen 115 ms late)."""
+    clock = Clock()
+    pacer = Pacer(0.25, first=1e-5, most=0.15, clock=clock)
+    pacer.event()
+    clock.now += 1e-5
+    pacer.event()
+    polls = 0
+    while clock.now < 100.24:  # a batch of 0.24 s, its report due at its end
+        clock.now += pacer.next_delay()
+        polls += 1
+    assert clock.now < 100.24 + 0.24 / 8 + 1e-9 and polls < 60
