@@ -45,7 +45,7 @@ def rank_without_blas_threads() -> None:
     heavy 2-rank job (half of what waiting costs it there). Called once by the
     ``score`` command, before NumPy loads (not by others: ``slurm --submit`` hands
     its environment to sbatch); scoring processes started from here on get the
-    variables as the launch set them (a script's BLAS is sized by scorers/)."""
+    variables as the launch set them, and size their own BLAS (scoring/start.py)."""
     for name, value in _RANK_ONLY.items():
         _REPLACED.setdefault(name, os.environ.get(name))
         os.environ[name] = value

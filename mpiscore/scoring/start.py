@@ -7,7 +7,7 @@ NumPy and the scoring modules), taken from the scoring of the other processes on
 a packed node. An ONNX session never calls NumPy's BLAS; an entry script's pool is
 resized to its share afterwards (scorers._script, through threadpoolctl), so BLAS is
 held to one thread only where threadpoolctl is there to do that. The variable is
-gone again before a script runs: the launch's environment is what it sees.
+as the launch left it again before a script runs: its environment is the launch's.
 """
 
 from __future__ import annotations
