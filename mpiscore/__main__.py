@@ -12,14 +12,14 @@ catch_early()  # first: a signal during start-up is recorded, never a death (sig
 
 import sys  # noqa: E402
 
-from .rank.process import early_processes, rank_without_blas_threads  # noqa: E402
+from .rank.process import early_processes, rank_environment  # noqa: E402
 
 
 def main() -> None:
     """Start the scoring processes for ``score``, then run the command line with them."""
     early = early_processes(sys.argv[1:])
     if sys.argv[1:2] == ["score"]:  # a rank; not slurm --submit, whose sbatch passes it on
-        rank_without_blas_threads()
+        rank_environment()
     from .cli import main as cli
 
     try:

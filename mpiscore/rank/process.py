@@ -32,28 +32,41 @@ _STOPS = {signal.SIGTERM, signal.SIGINT}  # the scoring process ignores them (sc
 # Where this package lies (mpiscore/rank/process.py, three levels up), for a parent that
 # finds it by an import hook (editable installs).
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# What the rank process sets for itself alone (rank_without_blas_threads), and the
-# values it replaced, which its scoring processes are started with.
+# What the rank process sets for itself alone (rank_environment): always, and where the
+# launch set nothing; and the values it replaced, which its scoring processes start with.
 _RANK_ONLY = {"OPENBLAS_NUM_THREADS": "1"}
+_RANK_DEFAULTS = {"UCX_MEM_EVENTS": "no"}
 _REPLACED: dict[str, str | None] = {}
 
 
-def rank_without_blas_threads() -> None:
-    """Have NumPy, which rank 0 loads (through h5py) to finish the output, start no
-    BLAS threads in this process: the rank does no linear algebra, and OpenBLAS's
-    worker spins on a core after it starts, 20-40 ms of rank 0's loop CPU on the
-    heavy 2-rank job (half of what waiting costs it there). Called once by the
-    ``score`` command, before NumPy loads (not by others: ``slurm --submit`` hands
-    its environment to sbatch); scoring processes started from here on get the
-    variables as the launch set them, and size their own BLAS (scoring/start.py)."""
+def rank_environment() -> None:
+    """Set what the rank process's libraries read when they load: called once by the
+    ``score`` command, before NumPy and MPI load (not by others: ``slurm --submit``
+    hands its environment to sbatch). Scoring processes started from here on get the
+    variables as the launch set them, and size their own BLAS (scoring/start.py).
+
+    - ``OPENBLAS_NUM_THREADS=1``: NumPy, which rank 0 loads (through h5py) to finish
+      the output, starts no BLAS threads. The rank does no linear algebra, and
+      OpenBLAS's worker spins on a core after it starts: 20-40 ms of rank 0's loop CPU
+      on the heavy 2-rank job (half of what waiting costs it there).
+    - ``UCX_MEM_EVENTS=no`` unless the launch chose: UCX (the mpich wheel's MPICH
+      links it, as do many sites') otherwise patches the C library's ``mmap`` family
+      as it loads, 40 ms of CPU per rank here, half of what loading and starting MPI
+      costs. Those events only keep UCX's cache of registered memory right for large
+      zero-copy transfers; a rank sends small descriptors, never data.
+    """
     for name, value in _RANK_ONLY.items():
         _REPLACED.setdefault(name, os.environ.get(name))
         os.environ[name] = value
+    for name, value in _RANK_DEFAULTS.items():
+        if name not in os.environ:
+            _REPLACED.setdefault(name, None)
+            os.environ[name] = value
 
 
 def _child_environment() -> dict[str, str] | None:
     """The environment a scoring process starts with: the rank's, but for what
-    :func:`rank_without_blas_threads` replaced (None: the rank's as it is)."""
+    :func:`rank_environment` replaced (None: the rank's as it is)."""
     if not _REPLACED:
         return None
     environment = dict(os.environ)

@@ -96,7 +96,7 @@ def test_the_command_s_rank_starts_no_blas_threads_and_its_scoring_processes_kee
     import subprocess
     import sys
 
-    code = ("import sys; from mpiscore.rank import process; process.rank_without_blas_threads(); "
+    code = ("import sys; from mpiscore.rank import process; process.rank_environment(); "
             "import numpy; from threadpoolctl import threadpool_info; "
             "child = process.ScorerProcess(); "
             "environ = open(f'/proc/{child.process.pid}/environ', 'rb').read().split(b'\\0'); "
@@ -110,6 +110,44 @@ def test_the_command_s_rank_starts_no_blas_threads_and_its_scoring_processes_kee
                           timeout=60, env=environment, check=True)
     expected = [] if launch is None else [f"OPENBLAS_NUM_THREADS={launch}"]
     assert done.stdout.strip() == f"[1] {expected}", done.stderr
+
+
+_MEMORY_FUNCTIONS = ("mmap", "munmap", "mremap", "madvise", "shmat", "brk", "sbrk")
+
+
+@pytest.mark.parametrize(("launch", "patched"), [
+    (None, []),
+    ("no", []),
+    ("yes", list(_MEMORY_FUNCTIONS)),  # the launch's choice stands: this case shows UCX would
+])
+def test_the_command_s_rank_loads_mpi_without_ucx_patching_the_c_library(
+        launch: str | None, patched: list[str]) -> None:
+    """In a fresh interpreter, as the command starts a rank, then loads MPI (the mpich
+    wheel's, built with UCX): UCX leaves the C library's memory functions as they were
+    (their first bytes unchanged) unless the launch asked for its memory events, and a
+    scoring process started then gets UCX_MEM_EVENTS as launched."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import ctypes; from mpiscore.rank import process; process.rank_environment(); "
+            "libc = ctypes.CDLL(None); "
+            "head = lambda name: ctypes.string_at(ctypes.cast(getattr(libc, name), "
+            "ctypes.c_void_p).value, 16); "
+            f"names = {_MEMORY_FUNCTIONS!r}; before = [head(n) for n in names]; "
+            "from mpi4py import MPI; "
+            "child = process.ScorerProcess(); "
+            "environ = open(f'/proc/{child.process.pid}/environ', 'rb').read().split(b'\\0'); "
+            "child.kill(); "
+            "print([n for n, b in zip(names, before) if head(n) != b], "
+            "[e.decode() for e in environ if e.startswith(b'UCX_MEM_EVENTS=')])")
+    environment = {k: v for k, v in os.environ.items() if k != "UCX_MEM_EVENTS"}
+    if launch is not None:
+        environment["UCX_MEM_EVENTS"] = launch
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=environment, check=True)
+    expected = [] if launch is None else [f"UCX_MEM_EVENTS={launch}"]
+    assert done.stdout.strip() == f"{patched} {expected}", done.stderr
 
 
 def _cores() -> int:
