@@ -53,7 +53,8 @@ def rank_environment() -> None:
       links it, as do many sites') otherwise patches the C library's ``mmap`` family
       as it loads, 40 ms of CPU per rank here, half of what loading and starting MPI
       costs. Those events only keep UCX's cache of registered memory right for large
-      zero-copy transfers; a rank sends small descriptors, never data.
+      zero-copy transfers; without them UCX caches no registration (it registers per
+      transfer), and a rank sends small descriptors, never data.
     """
     for name, value in _RANK_ONLY.items():
         _REPLACED.setdefault(name, os.environ.get(name))
