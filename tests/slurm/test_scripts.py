@@ -155,15 +155,30 @@ def test_job_array_one_output_per_task(slurm, data, tmp_path) -> None:
         "scores-0.h5", "scores-1.h5", "scores-2.h5"]
 
 
+def slow_first_run(slurm, folder: Path, seconds_per_batch: float) -> Path:
+    """An ``mpiscore`` for long.sbatch's MPISCORE that sleeps ``seconds_per_batch`` in
+    every batch of the job's first run only (MPISCORE_FAULTS), so that run is still
+    going when Slurm's signal comes, and the requeued ones run at full speed."""
+    wrapper = folder / "mpiscore-slow-first-run"
+    wrapper.write_text("#!/bin/bash\n"
+                       'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then\n'
+                       f"    export MPISCORE_FAULTS=sleep:{seconds_per_batch}\n"
+                       "fi\n"
+                       f'exec {slurm.env["MPISCORE"]} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 @pytest.mark.timeout(360)
 def test_walltime_stop_requeues_and_resumes_identically(slurm, data, tmp_path) -> None:
-    """A 1-minute job whose work takes ~45 s of a 1-minute limit: SIGTERM@50 comes
-    10-40 s in (Slurm checks limits every 30 s), the job drains and requeues itself,
-    as often as needed, and the resumed output is identical to an uninterrupted run."""
+    """A 1-minute job whose first run's work would take ~45 s: SIGTERM@50 comes 10-40 s
+    in (Slurm checks limits every 30 s), the job drains and requeues itself, and the
+    resumed output is identical to an uninterrupted run. Only the first run is slowed,
+    so the test waits for one signal, not for the whole 45 s of work."""
     out = tmp_path / "y.h5"
     job = slurm.submit(SCRIPTS / "long.sbatch", "-n", 2, "-c", 1, "-o", "job.out",
                        "--time=1", "--signal=TERM@50", cwd=tmp_path, STOP_GRACE=5,
-                       MPISCORE_FAULTS="sleep:0.75", **job_env(data, out))
+                       MPISCORE=slow_first_run(slurm, tmp_path, 0.75), **job_env(data, out))
     info = slurm.wait(job, 300, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
     text = log(tmp_path)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, text
