@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -164,7 +165,7 @@ def slow_first_run(slurm, folder: Path, seconds_per_batch: float) -> Path:
                        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then\n'
                        f"    export MPISCORE_FAULTS=sleep:{seconds_per_batch}\n"
                        "fi\n"
-                       f'exec {slurm.env["MPISCORE"]} "$@"\n')
+                       f'exec {shlex.quote(slurm.env["MPISCORE"])} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
 
