@@ -87,29 +87,41 @@ def test_a_rank_holds_a_job_without_numpy_h5py_or_pyarrow(tmp_path: Path, output
     assert result.stdout.decode().strip() == "[]"
 
 
-@pytest.mark.parametrize("launch", [None, "3"])
-def test_the_command_s_rank_starts_no_blas_threads_and_its_scoring_processes_keep_the_launch_s(
-        launch: str | None) -> None:
-    """In a fresh interpreter, as the command starts a rank: NumPy loaded after it has one
-    BLAS thread; a scoring process started then gets OPENBLAS_NUM_THREADS as launched."""
+def _as_a_rank(body: str, variable: str, launch: str | None) -> tuple[str, str]:
+    """In a fresh interpreter launched with ``variable`` as ``launch`` (None: unset): what
+    the command does as a rank starts (rank_environment), then ``body``, which leaves
+    what it found in ``found``, then a scoring process started. Returns ``found`` (its
+    repr) and the scoring process's ``variable`` (the list of its NAME=VALUE entries)."""
     import os
     import subprocess
     import sys
 
-    code = ("import sys; from mpiscore.rank import process; process.rank_environment(); "
-            "import numpy; from threadpoolctl import threadpool_info; "
+    code = ("from mpiscore.rank import process; process.rank_environment(); "
+            f"{body}; "
             "child = process.ScorerProcess(); "
             "environ = open(f'/proc/{child.process.pid}/environ', 'rb').read().split(b'\\0'); "
             "child.kill(); "
-            "print([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'], "
-            "[e.decode() for e in environ if e.startswith(b'OPENBLAS_NUM_THREADS=')])")
-    environment = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+            "print(repr(found)); "
+            f"print([e.decode() for e in environ if e.startswith(b'{variable}=')])")
+    environment = {k: v for k, v in os.environ.items() if k != variable}
     if launch is not None:
-        environment["OPENBLAS_NUM_THREADS"] = launch
+        environment[variable] = launch
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env=environment, check=True)
+    found, child = done.stdout.strip().splitlines()
+    return found, child
+
+
+@pytest.mark.parametrize("launch", [None, "3"])
+def test_the_command_s_rank_starts_no_blas_threads_and_its_scoring_processes_keep_the_launch_s(
+        launch: str | None) -> None:
+    """As the command starts a rank: NumPy loaded after it has one BLAS thread; a scoring
+    process started then gets OPENBLAS_NUM_THREADS as launched."""
+    found = _as_a_rank("import numpy; from threadpoolctl import threadpool_info; "
+                       "found = [i['num_threads'] for i in threadpool_info() "
+                       "if i['user_api'] == 'blas']", "OPENBLAS_NUM_THREADS", launch)
     expected = [] if launch is None else [f"OPENBLAS_NUM_THREADS={launch}"]
-    assert done.stdout.strip() == f"[1] {expected}", done.stderr
+    assert found == ("[1]", str(expected))
 
 
 _MEMORY_FUNCTIONS = ("mmap", "munmap", "mremap", "madvise", "shmat", "brk", "sbrk")
@@ -122,37 +134,23 @@ _MEMORY_FUNCTIONS = ("mmap", "munmap", "mremap", "madvise", "shmat", "brk", "sbr
 ])
 def test_the_command_s_rank_loads_mpi_without_ucx_patching_the_c_library(
         launch: str | None, patched: list[str]) -> None:
-    """In a fresh interpreter, as the command starts a rank, then loads MPI (the mpich
-    wheel's, built with UCX): UCX leaves the C library's memory functions as they were
-    (their first bytes unchanged) unless the launch asked for its memory events, and a
-    scoring process started then gets UCX_MEM_EVENTS as launched. Skipped with an MPI
-    that loads no UCX (a site's, built without it)."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import ctypes; from mpiscore.rank import process; process.rank_environment(); "
-            "libc = ctypes.CDLL(None); "
-            "head = lambda name: ctypes.string_at(ctypes.cast(getattr(libc, name), "
-            "ctypes.c_void_p).value, 16); "
-            f"names = {_MEMORY_FUNCTIONS!r}; before = [head(n) for n in names]; "
-            "from mpi4py import MPI; "
-            "child = process.ScorerProcess(); "
-            "environ = open(f'/proc/{child.process.pid}/environ', 'rb').read().split(b'\\0'); "
-            "child.kill(); "
-            "ucx = 'libucs' in open('/proc/self/maps').read(); "
-            "print(ucx, [n for n, b in zip(names, before) if head(n) != b], "
-            "[e.decode() for e in environ if e.startswith(b'UCX_MEM_EVENTS=')])")
-    environment = {k: v for k, v in os.environ.items() if k != "UCX_MEM_EVENTS"}
-    if launch is not None:
-        environment["UCX_MEM_EVENTS"] = launch
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=environment, check=True)
-    ucx, _, seen = done.stdout.strip().partition(" ")
-    if ucx == "False":
+    """As the command starts a rank, then loads MPI (the mpich wheel's, built with UCX):
+    UCX leaves the C library's memory functions as they were (their first bytes
+    unchanged) unless the launch asked for its memory events, and a scoring process
+    started then gets UCX_MEM_EVENTS as launched. Skipped with an MPI that loads no UCX
+    (a site's, built without it)."""
+    found, child = _as_a_rank(
+        "import ctypes; libc = ctypes.CDLL(None); "
+        "head = lambda name: ctypes.string_at(ctypes.cast(getattr(libc, name), "
+        "ctypes.c_void_p).value, 16); "
+        f"names = {_MEMORY_FUNCTIONS!r}; before = [head(n) for n in names]; "
+        "from mpi4py import MPI; "
+        "found = ('libucs' in open('/proc/self/maps').read(), "
+        "[n for n, b in zip(names, before) if head(n) != b])", "UCX_MEM_EVENTS", launch)
+    if found.startswith("(False"):
         pytest.skip("this MPI loads no UCX")
     expected = [] if launch is None else [f"UCX_MEM_EVENTS={launch}"]
-    assert seen == f"{patched} {expected}", done.stderr
+    assert (found, child) == (repr((True, patched)), str(expected))
 
 
 def _cores() -> int:
