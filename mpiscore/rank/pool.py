@@ -21,8 +21,7 @@ import math
 import select
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import ScoringProcessError
 from ..lock import JobLock, LockOwner, lock_paths
@@ -40,8 +39,8 @@ from ..wire import (
     BatchFailed,
     Close,
     Closed,
-    Done,
     DryRunDone,
+    Durable,
     Flushed,
     JobPrepared,
     Preopen,
@@ -50,7 +49,7 @@ from ..wire import (
     Ready,
     Scored,
     ScorerSpec,
-    StageTimes,
+    StageSeconds,
     StartFailed,
     ToRank,
     recv_at_rank,
@@ -68,15 +67,15 @@ if TYPE_CHECKING:  # this module stays light: the rank imports it before anythin
 
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How a batch ended in a scoring process."""
+class Outcome(NamedTuple):
+    """How a batch ended in a scoring process (one per batch, made between a rank's
+    waits: a NamedTuple costs a third of a frozen dataclass to make)."""
 
     batch: Batch
     ok: bool
     error: str = ""
     traceback: str = ""
-    times: StageTimes | None = None
+    times: StageSeconds | None = None
     returned: bool = False  # lost with a process killed for another batch: no try counted
     fatal: str = ""  # the error is not the batch's (messages.Failed.fatal)
     failed_items: int = 0  # done, but without results for so many items (wire.Done)
@@ -366,10 +365,10 @@ class ScorerPool:
         match message:
             case Scored(batch_ids, done):  # now being written; the process has room again
                 for batch_id in batch_ids:
-                    proc.writing.append(proc.take(batch_id))
+                    proc.writing[batch_id] = proc.take(batch_id)
                     if self.recorder is not None:
                         self.recorder.scored(batch_id)
-                if done:  # made durable while they were scored
+                if done.batch_ids:  # made durable while they were scored
                     self._done(proc, done, outcomes)
             case Flushed(done):
                 self._done(proc, done, outcomes)
@@ -386,9 +385,10 @@ class ScorerPool:
                 raise unexpected(message, "Ready, StartFailed, Scored, Flushed or BatchFailed")
 
     @staticmethod
-    def _done(proc: ScorerProcess, done: tuple[Done, ...], outcomes: list[Outcome]) -> None:
-        outcomes.extend(Outcome(proc.take(entry.batch_id), True, times=entry.times,
-                                failed_items=entry.failed_items) for entry in done)
+    def _done(proc: ScorerProcess, done: Durable, outcomes: list[Outcome]) -> None:
+        take = proc.take
+        outcomes.extend(Outcome(take(batch_id), True, times=times, failed_items=items)
+                        for batch_id, times, items in done.each())
 
     def _replace(self, index: int) -> None:
         self.procs[index].kill()

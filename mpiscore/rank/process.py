@@ -132,7 +132,7 @@ class ScorerProcess:
         self.listener.register(self.conn.fileno(), select.POLLIN)
         self.ready = False
         self.scoring: deque[Batch] = deque()  # not reported scored, oldest first (Scoreboard)
-        self.writing: list[Batch] = []  # scored, being written (oldest first)
+        self.writing: dict[int, Batch] = {}  # scored, being written, by id (oldest first)
         self.started = 0.0  # when the first of ``scoring`` was started
         self.unsent: list[tuple[Batch, int]] = []  # submitted, to go in the next Score
 
@@ -177,7 +177,7 @@ class ScorerProcess:
         on = self.current()
         if on is not None and on[0]:
             self.scoring.rotate(-on[0])
-        batches = [*self.scoring, *self.writing]
+        batches = [*self.scoring, *self.writing.values()]
         self.unsent.clear()
         self.scoring.clear()
         self.writing.clear()
@@ -189,8 +189,7 @@ class ScorerProcess:
         if self.scoring and self.scoring[0].batch_id == batch_id:
             self.started = time.monotonic()
             return self.scoring.popleft()
-        index = next(i for i, b in enumerate(self.writing) if b.batch_id == batch_id)
-        return self.writing.pop(index)
+        return self.writing.pop(batch_id)
 
     def alive(self) -> bool:
         return self.process.poll() is None

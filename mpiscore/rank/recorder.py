@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..events import EventLog, events_path, sample_record, start_record, try_record
+from ..events import EventLog, events_path, sample_record, start_record, try_line
 from ..plan import Batch
-from ..wire import StageTimes
+from ..wire import StageSeconds
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -37,7 +37,7 @@ class Recorder:
         # ended tries, made records only when the file is written: formatting them together
         # costs a fraction of what it costs one at a time between a rank's waits
         self.ended_tries: list[tuple[int, Batch, int, str, float, float | None, float,
-                                     StageTimes | None]] = []  # lane, batch, try, out, times
+                                     StageSeconds | None]] = []  # lane, batch, try, out, times
         self.every, self.scorer_pids = monitor_seconds, scorer_pids
         self.cpu_seen: dict[int, float] = {}  # pid -> CPU seconds at the last sample
         self.next_check = time.monotonic()
@@ -52,7 +52,7 @@ class Recorder:
         if (held := self.pending.get(batch_id)) is not None:
             self.pending[batch_id] = (*held[:3], time.monotonic())
 
-    def ended(self, batch: Batch, outcome: str, times: StageTimes | None = None) -> None:
+    def ended(self, batch: Batch, outcome: str, times: StageSeconds | None = None) -> None:
         """A try ended: ``outcome`` is ok, failed, returned or abandoned (events.py)."""
         held = self.pending.pop(batch.batch_id, None)
         if held is not None:
@@ -63,11 +63,10 @@ class Recorder:
     def _add_tries(self) -> None:
         """The ended tries as records in the log, in the order they ended."""
         tries, self.ended_tries = self.ended_tries, []
-        at, add = self.epoch, self.log.add
+        at, add = self.epoch, self.log.add_line
         for lane, batch, attempt, outcome, sent, scored, end, times in tries:
-            add(try_record(lane, batch.batch_id, attempt, batch.rows, outcome,
-                           (sent + at, None if scored is None else scored + at, end + at),
-                           None if times is None else (times.read, times.score, times.write)))
+            add(try_line(lane, batch.batch_id, attempt, batch.rows, outcome,
+                         (sent + at, None if scored is None else scored + at, end + at), times))
 
     def tick(self) -> None:
         """Flush and sample when due; one clock read otherwise."""

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..plan import Batch
-    from ..wire import StageTimes
+    from ..wire import StageSeconds
     from .pool import Outcome
 
 Process = TypeVar("Process")
@@ -86,11 +86,12 @@ class WorkerStats:
     write: float = 0.0
     first_batch_done: float | None = None
 
-    def add(self, batch: Batch, times: StageTimes) -> None:
+    def add(self, batch: Batch, times: StageSeconds) -> None:
+        read, score, write = times
         self.batches += 1
         self.rows += batch.rows
-        self.read, self.score, self.write = (self.read + times.read, self.score + times.score,
-                                             self.write + times.write)
+        self.read, self.score, self.write = self.read + read, self.score + score, \
+            self.write + write
         if self.first_batch_done is None:
             self.first_batch_done = time.perf_counter()
 

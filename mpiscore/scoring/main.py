@@ -43,6 +43,7 @@ from ..wire import (
     Closed,
     Done,
     DryRunDone,
+    Durable,
     Flushed,
     JobPrepared,
     Preopen,
@@ -189,7 +190,7 @@ class _Sender:
         """Report batches made durable: now, or with the Scored of the batch held for."""
         with self.lock:
             if self.held is None:
-                self.conn.send(Flushed(tuple(done)))
+                self.conn.send(Flushed(Durable.of(done)))
             else:
                 self.held += done
 
@@ -221,10 +222,10 @@ class _Sender:
     def _send_held(self) -> None:
         held, self.held = self.held, None
         if self.scored_ids:
-            self.conn.send(Scored(tuple(self.scored_ids), tuple(held or ())))
+            self.conn.send(Scored(tuple(self.scored_ids), Durable.of(held or ())))
             self.scored_ids.clear()
         elif held:
-            self.conn.send(Flushed(tuple(held)))
+            self.conn.send(Flushed(Durable.of(held)))
 
 
 class _ReadAhead:

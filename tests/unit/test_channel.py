@@ -3,6 +3,7 @@ and the typed messages each end accepts."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import numpy as np
@@ -13,9 +14,11 @@ from mpiscore.wire import (
     Channel,
     Close,
     Done,
+    Durable,
     Flushed,
     ProtocolError,
     Score,
+    Scored,
     StageTimes,
     pipe,
     recv_at_rank,
@@ -81,17 +84,36 @@ def test_each_end_takes_its_own_messages_and_refuses_any_other() -> None:
     batch = Batch(3, 0, 0, 10, 0)
     ours.send(Score((batch,), (1,)))
     ours.send(("scored", 3))  # an untyped message: a bug, not a failed batch
-    theirs.send(Flushed((Done(3, StageTimes(0.1, 0.2, 0.3)),)))
+    theirs.send(Flushed(Durable.of([Done(3, StageTimes(0.1, 0.2, 0.3))])))
     theirs.send(Done(3, StageTimes(0.1, 0.2, 0.3)))  # an entry of a report, not a message
     theirs.send(Score((batch,), (0,)))  # a message for a scoring process sent to the rank
     assert recv_in_scorer(theirs) == Score((batch,), (1,))
     with pytest.raises(ProtocolError, match="tuple received; expected a message to a scoring"):
         recv_in_scorer(theirs)
-    assert recv_at_rank(ours) == Flushed((Done(3, StageTimes(0.1, 0.2, 0.3)),))
+    assert recv_at_rank(ours) == Flushed(Durable((3,), (0.1, 0.2, 0.3)))
     with pytest.raises(ProtocolError, match="Done received; expected a message to a rank"):
         recv_at_rank(ours)
     with pytest.raises(ProtocolError, match="Score received; expected a message to a rank"):
         recv_at_rank(ours)
     ours.close()
     assert isinstance(recv_in_scorer(theirs), Close)  # the rank is gone: close
+    theirs.close()
+
+
+def test_durable_batches_cross_as_columns_of_numbers_and_come_back_one_by_one() -> None:
+    """A report's durable batches are one object of tuples, not a Done and a StageTimes
+    per batch: the rank unpickles numbers only (wire.Durable)."""
+    done = [Done(4, StageTimes(0.1, 0.2, 0.3)), Done(5, StageTimes(0.4, 0.5, 0.6), 2)]
+    durable = Durable.of(done)
+    assert durable == Durable((4, 5), (0.1, 0.2, 0.3, 0.4, 0.5, 0.6), (0, 2))
+    assert list(durable.each()) == [(4, (0.1, 0.2, 0.3), 0), (5, (0.4, 0.5, 0.6), 2)]
+    assert Durable.of(done[:1]).failed_items == ()  # none failed: no column
+    assert list(Durable.of(done[:1]).each()) == [(4, (0.1, 0.2, 0.3), 0)]
+    assert list(Durable().each()) == []
+    ours, theirs = connected()
+    theirs.send(Scored((6,), durable))
+    data = pickle.dumps(Scored((6,), durable), pickle.HIGHEST_PROTOCOL)
+    assert b"Done" not in data and b"StageTimes" not in data
+    assert recv_at_rank(ours) == Scored((6,), durable)
+    ours.close()
     theirs.close()

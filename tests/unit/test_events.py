@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mpiscore.errors import ConfigError, InputError
-from mpiscore.events import EventLog, events_path, read_events, stages
+from mpiscore.events import OUTCOMES, EventLog, events_path, read_events, stages, try_line
 from mpiscore.plan import Batch
 from mpiscore.rank.recorder import Recorder, read_usage
 from mpiscore.run_report import build_report, describe_report, draw
@@ -74,6 +74,19 @@ def test_a_run_is_recorded_and_read_back_per_rank_and_lane(tmp_path) -> None:
     assert (ok["read"], ok["score"], ok["write"], ok["rows"]) == (0.002, 0.003, 0.001, 10)
     assert ok["sent"] <= ok["scored"] <= ok["end"]
     assert abs(ok["end"] - time.time()) < 30  # epoch seconds, comparable between ranks
+
+
+def test_a_try_s_line_is_the_json_of_its_values_at_their_precision() -> None:
+    times = (1764780000.123456, 1764780000.133449, 1764780000.99995)
+    line = try_line(3, 12345, 2, 768, "ok", times, (0.0012345, 0.0101236, 0.00057))
+    assert json.loads(line) == {"k": "b", "p": 3, "id": 12345, "try": 2, "rows": 768,
+                                "out": "ok", "sent": round(times[0], 4),
+                                "scored": round(times[1], 4), "end": round(times[2], 4),
+                                "read": 0.00123, "score": 0.01012, "write": 0.00057}
+    for outcome in OUTCOMES:  # a try that was never scored has neither
+        record = json.loads(try_line(0, 1, 0, 10, outcome, (1.0, None, 2.5), None))
+        assert record == {"k": "b", "p": 0, "id": 1, "try": 0, "rows": 10, "out": outcome,
+                          "sent": 1.0, "end": 2.5}
 
 
 def test_stages_are_placed_from_the_ranks_times_and_the_measured_durations() -> None:

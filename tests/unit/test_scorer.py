@@ -38,6 +38,7 @@ from mpiscore.wire import (
     Close,
     Closed,
     Done,
+    Durable,
     Flushed,
     Preopen,
     ProtocolError,
@@ -168,7 +169,7 @@ def test_written_batches_are_flushed_in_groups_and_reported_after(
     assert not log.reported_before_first_flush
     reports = [ours.recv() for _ in log.flushes]  # one message a flush
     assert all(isinstance(report, Flushed) for report in reports), reports
-    assert [[done.batch_id for done in report.done] for report in reports] == log.flushes
+    assert [list(report.done.batch_ids) for report in reports] == log.flushes
     with h5py.File(job.target.partial, "r") as handle:
         expected = builders.reference(model, features=data)
         np.testing.assert_allclose(handle["logits"][()], expected["logits"], rtol=1e-6)
@@ -182,21 +183,21 @@ def test_dones_wait_for_the_scored_of_a_short_batch_and_ride_in_it() -> None:
     sender = scorer._Sender(Channel(read_fd, write_fd))
     done = [Done(1, StageTimes(0.1, 0.2, 0.3)), Done(2, StageTimes(0.1, 0.2, 0.3))]
     sender.done(done[:1])  # no batch being scored
-    assert ours.recv() == Flushed((done[0],))
+    assert ours.recv() == Flushed(Durable.of(done[:1]))
     sender.hold(True)
     sender.done(done)
     assert not ours.poll()
     sender.scored(7)
-    assert ours.recv() == Scored((7,), tuple(done))
+    assert ours.recv() == Scored((7,), Durable.of(done))
     sender.hold(False)  # a long batch: no waiting
     sender.done(done[1:])
-    assert ours.recv() == Flushed((done[1],))
+    assert ours.recv() == Flushed(Durable.of(done[1:]))
     sender.scored(8)
     assert ours.recv() == Scored((8,))
     sender.hold(True)
     sender.done(done[:1])
     sender.release()  # the batch failed
-    assert ours.recv() == Flushed((done[0],))
+    assert ours.recv() == Flushed(Durable.of(done[:1]))
     sender.hold(True)
     sender.scored(9)
     assert ours.recv() == Scored((9,))
@@ -218,7 +219,7 @@ def test_scored_of_short_batches_wait_while_more_are_here(monkeypatch: pytest.Mo
     assert not ours.poll()
     sender.hold(True)
     sender.scored(9, more=False)  # the loop would wait for the rank next
-    assert ours.recv() == Scored((7, 8, 9), (done,))
+    assert ours.recv() == Scored((7, 8, 9), Durable.of([done]))
     sender.hold(True)
     sender.scored(10, more=True)
     sender.send(BatchFailed(11, "boom", ""))  # what waits goes first
