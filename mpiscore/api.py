@@ -91,11 +91,16 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
         try:
             if rank == 0:
                 _log_plan(job)
-            pool.start(ScorerSpec(job, model, pool.settings, where,
-                                  FaultPlan.parse(config.faults), records_death=rank == 0))
+            spec = ScorerSpec(job, model, pool.settings, where, FaultPlan.parse(config.faults),
+                              records_death=rank == 0)
+            asking = None
+            if whole is None:  # ask now: rank 0 answers while this rank's processes start
+                asking = _worker(job.config, pool, world, spec, world.worker_link())
+                asking.start()
+            pool.start(spec)
             if warming is not None:  # before the loop, whose CPU is the rank's waiting
                 warming.join()
-            return _score(job, whole, pool, world, started)
+            return _score(job, whole, pool, world, started, asking)
         finally:
             stop_logging(handlers)
     finally:
@@ -174,10 +179,19 @@ def _check_same_model(job: Job, model: bytes) -> None:
                          "start it again")
 
 
-def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, started: float
-           ) -> RunReport:
+def _worker(config: JobConfig, pool: ScorerPool, world: World, spec: ScorerSpec,
+            link: WorkerLink) -> RankWorker:
+    """This rank's worker, feeding ``pool`` with what it asks for over ``link``."""
+    return RankWorker(pool, link, window_for(config, pool.size), world.rank, spec.faults,
+                      config.stop_grace, deepens=not config.window)
+
+
+def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, started: float,
+           asking: RankWorker | None) -> RunReport:
     """Score, finish the output and report; ``job`` is every rank's (Job.shared),
-    ``whole`` rank 0's alone."""
+    ``whole`` rank 0's alone; ``asking``: the other ranks' worker, which asked for its
+    first batches before its processes were ready (so rank 0 need not look for that
+    request while they start, and its answer is there when they are)."""
     config = job.config
     spec = pool.spec
     assert spec is not None
@@ -188,17 +202,16 @@ def _score(job: Job, whole: Whole | None, pool: ScorerPool, world: World, starte
              plural(job.plan.batch_count, "batch", "batches"), f"{job.plan.batch_rows:,}",
              job.item)
 
-    def worker(link: WorkerLink) -> RankWorker:
-        return RankWorker(pool, link, window_for(config, pool.size), world.rank, spec.faults,
-                          config.stop_grace, deepens=not config.window)
-
     scheduler = None
     loop_started, loop_cpu = time.perf_counter(), time.process_time()
     with StopSignals(spec.where) as signals:
         if whole is not None:
-            scheduler, own = _coordinate(whole, world, worker, signals.requested)
+            scheduler, own = _coordinate(
+                whole, world, lambda link: _worker(config, pool, world, spec, link),
+                signals.requested)
         else:
-            own = worker(world.worker_link())
+            assert asking is not None
+            own = asking
             work(own, signals.requested)
     loop = (time.perf_counter() - loop_started, time.process_time() - loop_cpu)
     pool.close()

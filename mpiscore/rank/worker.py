@@ -121,8 +121,11 @@ class RankWorker:
     stopped: bool = False  # a Stop came in through take_in: work() says Finished
 
     def start(self) -> None:
-        self.requested += self.window
-        self.link.send(Request(self.window))
+        """Ask for the first window; once (a rank asks before its processes are ready, and
+        :func:`work` starts the worker it is given)."""
+        if not self.requested:
+            self.requested += self.window
+            self.link.send(Request(self.window))
 
     @property
     def owed(self) -> int:

@@ -119,16 +119,20 @@ class Pacer:
         interval, if shorter): ranks waiting for instant batches would spin."""
         interval, most, now = self.interval, self.most, self.clock()
         silence = 0.0 if self.last is None else now - self.last
+        starting = False
         if interval is not None and self.last is not None and \
                 silence < 4 * max(interval, self.longest):  # pace kept
             if idle:
                 interval = min(interval, max(MAX_SLEEP_SECONDS,
                                              max(interval, silence) * IDLE_POLL_SHARE))
             most = min(most, max(self.first, interval))
-        elif now < self.starting_until:  # no pace yet, or lost while starting
+        elif starting := now < self.starting_until:  # no pace yet, or lost while starting
             most = min(most, max(PROMPT_WAIT_SECONDS, silence * IDLE_POLL_SHARE))
         delay = min(self.delay, most)
-        self.delay = min(most, delay * 2)
+        # while starting, what is awaited (a first request, report or assignment) is
+        # milliseconds away: after the first wait, none under MAX_SLEEP_SECONDS (on the
+        # processes' pipes poll(2) waited 1 ms for each of 7 doublings up from ``first``)
+        self.delay = min(most, max(delay * 2, MAX_SLEEP_SECONDS) if starting else delay * 2)
         return delay
 
 

@@ -13,6 +13,7 @@ from mpiscore.rank.world import Pacer
 from mpiscore.tuning import (
     IDLE_POLL_SHARE,
     LONGEST_WAIT_SECONDS,
+    MAX_SLEEP_SECONDS,
     PROMPT_WAIT_SECONDS,
     STARTING_SECONDS,
 )
@@ -38,7 +39,8 @@ def test_pacer_starts_small_and_doubles_up_to_its_most_before_any_interval() -> 
 
 def test_before_its_first_event_a_starting_pacer_waits_no_longer_than_a_prompt_wait() -> None:
     """A rank's first Request, and rank 0's first Assign, are looked for every few ms
-    (they start the rank) for STARTING_SECONDS; then as long as any other silence."""
+    (they start the rank) for STARTING_SECONDS; then as long as any other silence. After
+    its first, no wait is under MAX_SLEEP_SECONDS: poll(2) would wait that anyway."""
     clock = Clock()
     pacer = Pacer(0.25, first=1e-5, most=0.05, clock=clock)
     delays, start = [], clock.now
@@ -46,6 +48,7 @@ def test_before_its_first_event_a_starting_pacer_waits_no_longer_than_a_prompt_w
         delays.append(pacer.next_delay())
         clock.now += delays[-1]
     assert delays[0] == 1e-5 and max(delays) == PROMPT_WAIT_SECONDS
+    assert delays[1:3] == [MAX_SLEEP_SECONDS, PROMPT_WAIT_SECONDS]
     assert max(pacer.next_delay() for _ in range(16)) == 0.05
 
 
@@ -276,6 +279,17 @@ def test_a_worker_is_owed_what_it_asked_for_and_was_not_assigned() -> None:
     assert worker.owed == 0 and worker.patience() == LONGEST_WAIT_SECONDS
     worker.poll(0.0)  # a batch ended: reported, and one more is owed
     assert isinstance(link.sent[-1], Completed) and worker.owed == 1
+
+
+def test_a_worker_that_asked_before_its_processes_were_ready_asks_once() -> None:
+    """A rank other than 0 starts its worker (its first Request) before its scoring
+    processes are ready (api.run), then its loop starts it again: no second Request."""
+    link, pool = Link(), Pool([True])
+    worker = RankWorker(pool, link, window=3)
+    worker.start()
+    link.inbox.append(Stop())
+    work(worker, lambda: None)
+    assert link.sent == [Request(3), Finished()] and worker.requested == 3
 
 
 def test_short_batches_deepen_the_processes_and_the_window_grows_to_match() -> None:
