@@ -4,6 +4,9 @@ Protocol, all messages small and typed; bulk data never travels here:
 
     worker                             coordinator
       Request(count=window)     --->     hand out up to `count` batches
+      (sent while the rank's scoring
+      processes still start; on
+      rank 0, once they are ready)
                                 <---     Assign(batches, attempts)  (one bundle)
       (its scoring processes read, score, write)
       Completed(batch_ids)      --->     journal them, hand out as many more (one message
