@@ -174,8 +174,9 @@ class Done(NamedTuple):
 class Durable(NamedTuple):
     """Batches written and durable, in the order they were made so (what a Flushed or a
     Scored says of them), as columns of numbers: a rank unpickles one object per
-    report, not two per batch (a Done and its StageTimes: ~70 us of the rank's CPU
-    for a report of 8 short batches, ten times what the numbers alone cost)."""
+    report, not two per batch (a Done and its StageTimes, each made through its
+    Python ``__new__``: a report of 8 batches took 9 us warm and ~44 us with the caches
+    a scorer leaves, against 2.5 and ~33 so)."""
 
     batch_ids: tuple[int, ...] = ()
     seconds: tuple[float, ...] = ()  # each batch's read, score and write seconds, in turn
