@@ -90,8 +90,9 @@ class WorkerStats:
         read, score, write = times
         self.batches += 1
         self.rows += batch.rows
-        self.read, self.score, self.write = self.read + read, self.score + score, \
-            self.write + write
+        self.read += read
+        self.score += score
+        self.write += write
         if self.first_batch_done is None:
             self.first_batch_done = time.perf_counter()
 
