@@ -12,6 +12,8 @@ look like any other output downstream.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Mapping
 
@@ -19,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...config import ScorerSettings
-from ...errors import ConfigError, ModelError, ScoringError
+from ...errors import ModelError, ScoringError
 from ...model import Column, TensorSpec, tensor_spec
 from .onnx_outputs import (
     STANDARD_DOMAINS,
@@ -28,6 +30,7 @@ from .onnx_outputs import (
     node_domains,
     output_kinds,
 )
+from .providers import check_started, session_providers
 from .run_rows import WHOLE, RunRows
 
 OPTIMIZATION = {
@@ -43,31 +46,22 @@ def open_session(model_bytes: bytes, model: str, settings: ScorerSettings
     """An inference session with explicit threads, spinning policy and providers."""
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures reach the user as one mpiscore error line
+    ort.set_default_logger_severity(4)  # and a provider that did not start: check_started
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.session.inter_op_threads
     options.graph_optimization_level = OPTIMIZATION[settings.session.graph_optimization]
     spin = "1" if settings.session.allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    providers = _providers(settings)
-    try:
-        return ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+    providers = session_providers(settings)
+    try:  # what onnxruntime prints when it drops a provider, check_started says in a line
+        with contextlib.redirect_stdout(io.StringIO()):
+            session = ort.InferenceSession(model_bytes, sess_options=options,
+                                           providers=providers)
     except Exception as exc:  # onnxruntime raises pybind types without a common base
         raise ModelError(f"{model}: cannot load as an ONNX model: {_first_line(exc)}") from exc
-
-
-def _providers(settings: ScorerSettings) -> list[str | tuple[str, dict[str, str]]]:
-    available = ort.get_available_providers()
-    missing = [p for p in settings.session.providers if p not in available]
-    if missing:
-        raise ConfigError(f"--providers: {', '.join(missing)} not in this onnxruntime "
-                          f"(available: {', '.join(available)})")
-    return [(p, {"device_id": str(settings.device_id)}) if p in _DEVICE_PROVIDERS else p
-            for p in settings.session.providers]
-
-
-_DEVICE_PROVIDERS = {"CUDAExecutionProvider", "ROCMExecutionProvider",
-                     "TensorrtExecutionProvider", "MIGraphXExecutionProvider"}
+    check_started(session, settings)
+    return session
 
 
 def _first_line(exc: BaseException) -> str:
