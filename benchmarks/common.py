@@ -51,10 +51,13 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def plain_loop_command(model: Path, data: Path, out: Path, batch_rows: int) -> list[str]:
-    """The hand-written single-process loop (plain_loop.py), using every core."""
+def plain_loop_command(model: Path, data: Path, out: Path, batch_rows: int,
+                       threads: int | None = None,
+                       providers: str = "CPUExecutionProvider") -> list[str]:
+    """The hand-written single-process loop (plain_loop.py), using every core (or
+    ``threads``) on ``providers``."""
     return [sys.executable, str(HERE / "plain_loop.py"), str(model), str(data), str(out),
-            str(cores()), str(batch_rows)]
+            str(threads or cores()), str(batch_rows), providers]
 
 
 def mpiscore_command(ranks: int, model: Path, data: Path, out: Path, batch_rows: int,

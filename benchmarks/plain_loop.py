@@ -1,9 +1,10 @@
 """The hand-written reference: read a batch from HDF5, score it, write it, one process.
 
-    python benchmarks/plain_loop.py MODEL DATA.h5 OUT.h5 THREADS BATCH_ROWS
+    python benchmarks/plain_loop.py MODEL DATA.h5 OUT.h5 THREADS BATCH_ROWS [PROVIDERS]
 
 What a user would write without mpiscore; one ONNX Runtime session using
-THREADS intra-op threads. Reads ``/features``, writes one dataset per output.
+THREADS intra-op threads, on PROVIDERS (comma-separated; the CPU's by default).
+Reads ``/features``, writes one dataset per output.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ import h5py
 import onnxruntime as ort
 
 
-def main(model: str, data: str, out: str, threads: int, batch_rows: int) -> None:
+def main(model: str, data: str, out: str, threads: int, batch_rows: int,
+         providers: str = "CPUExecutionProvider") -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    asked = providers.split(",")
+    if "CUDAExecutionProvider" in asked and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from pip's nvidia-* packages, as ORT's docs say
+    session = ort.InferenceSession(model, options, providers=asked)
+    if session.get_providers()[0] != asked[0]:  # onnxruntime fell back: no comparison
+        sys.exit(f"plain_loop.py: {asked[0]} did not start (got {session.get_providers()})")
     names = [o.name for o in session.get_outputs()]
     with h5py.File(data, "r") as source, h5py.File(out, "w") as target:
         features = source["features"]
@@ -33,4 +40,5 @@ def main(model: str, data: str, out: str, threads: int, batch_rows: int) -> None
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+         *sys.argv[6:7])

@@ -138,3 +138,12 @@ def test_run_rows() -> None:
                                                                    "256"}
     assert all(layout["fastest_speed_vs_whole"] >= 1 for layout in light["layouts"].values())
     assert light["mpiscore_keeps"] in (0, 256)  # below the batch's 1,024 rows, only 256 is tried
+
+
+def test_gpu_harness_on_the_cpu() -> None:
+    (report,) = run_script("gpu.py", "--provider", "CPUExecutionProvider", "--rows", 6000,
+                           "--batch-rows", 2048, "--repeat", 1, "--ranks", 1)
+    (size,) = report["batch_sizes"]
+    assert set(size["results"]) == {"plain_loop", "mpiscore_n1"} and report["outputs_match"]
+    assert size["results"]["mpiscore_n1"]["mpiscore"]["score_seconds"] > 0
+    assert size["max_abs_diff_vs_loop"] < 1e-4
