@@ -49,9 +49,11 @@ def _kind(path: str) -> str:
 
 
 def inspect_model(path: str) -> dict[str, Any]:
-    """Inputs, outputs, opsets, producer and size of an ONNX model, and the execution
-    providers this onnxruntime offers."""
+    """Inputs, outputs, opsets, producer and size of an ONNX model, the execution
+    providers this onnxruntime offers, and which of those cannot load here."""
     import onnxruntime as ort
+
+    from .scoring.scorers.providers import library_problems
 
     header = _model_header(path)
     options = ort.SessionOptions()
@@ -66,6 +68,7 @@ def inspect_model(path: str) -> dict[str, Any]:
             "inputs": [_node(n) for n in session.get_inputs()],
             "outputs": [_node(n) for n in session.get_outputs()],
             "execution_providers": ort.get_available_providers(),
+            "providers_not_loading": library_problems(ort.get_available_providers()),
             "onnxruntime_version": ort.__version__}
 
 
@@ -245,6 +248,8 @@ def _describe_model(info: dict[str, Any]) -> str:
                           _shape(n["shape"]) if "shape" in n else ""] for n in info[what]])
     lines.append(f"execution providers (onnxruntime {info['onnxruntime_version']}): "
                  + ", ".join(info["execution_providers"]))
+    lines += [f"  {provider} cannot start here: {why}"
+              for provider, why in info["providers_not_loading"].items()]
     return "\n".join(lines)
 
 

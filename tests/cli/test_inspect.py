@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mpiscore.cli import main
+from mpiscore.scoring.scorers.providers import DEVICE_PROVIDERS
 from tests import builders, sklearn_models
 
 
@@ -45,6 +46,8 @@ def test_model(tmp_path) -> None:
     assert info["producer"] == proto.producer_name
     assert info["size_bytes"] == path.stat().st_size
     assert "CPUExecutionProvider" in info["execution_providers"]
+    gpus = set(info["execution_providers"]) & set(DEVICE_PROVIDERS)  # none: the CPU wheel
+    assert set(info["providers_not_loading"]) <= gpus
     text = invoke(path).output
     assert "inputs:" in text and "tensor(float)" in text and "CPUExecutionProvider" in text
 

@@ -18,6 +18,7 @@ from mpiscore.scoring.scorers.onnx import open_session
 from mpiscore.scoring.scorers.providers import (
     DEVICE_PROVIDERS,
     check_started,
+    library_problems,
     load_error,
     not_started,
 )
@@ -94,3 +95,10 @@ def test_a_library_that_loads_has_no_load_error(tmp_path: Path) -> None:
     assert load_error(shared) is None
     (tmp_path / "libjunk.so").write_bytes(b"not a library")
     assert "libjunk.so" in (load_error(tmp_path / "libjunk.so") or "")
+
+
+def test_a_gpu_provider_without_its_library_is_a_problem_the_cpu_never_is() -> None:
+    assert library_problems(["CPUExecutionProvider"]) == {}
+    if not CUDA_LIBRARY.exists():  # the CPU wheel: what inspect shows for it
+        assert library_problems(["CUDAExecutionProvider", "CPUExecutionProvider"]) == {
+            "CUDAExecutionProvider": "this onnxruntime has no libonnxruntime_providers_cuda.so"}

@@ -76,14 +76,28 @@ def not_started(provider: str, settings: ScorerSettings) -> str:
 def why_not_started(provider: str) -> str:
     """What keeps ``provider`` from starting, as far as this process can tell: the
     library its provider library could not load, else no device it could use."""
-    name = DEVICE_PROVIDERS.get(provider)
-    if name is None:
+    if provider not in DEVICE_PROVIDERS:
         return "onnxruntime dropped it as the session started"
-    library = Path(ort.__file__).parent / "capi" / f"libonnxruntime_providers_{name}.so"
+    return library_problem(provider) or ("its libraries load, so no GPU was usable (check "
+                                         "nvidia-smi, and that the job asked Slurm for GPUs)")
+
+
+def library_problems(offered: list[str]) -> dict[str, str]:
+    """Each device provider among ``offered`` whose libraries cannot load here, and why
+    (``mpiscore inspect`` shows them before a job is submitted)."""
+    if _CUDA_PROVIDERS & set(offered):
+        preload_cuda_libraries()
+    return {provider: problem for provider in offered
+            if provider in DEVICE_PROVIDERS and (problem := library_problem(provider))}
+
+
+def library_problem(provider: str) -> str | None:
+    """Why a device provider's library does not load here, or None when it does."""
+    library = (Path(ort.__file__).parent / "capi" /
+               f"libonnxruntime_providers_{DEVICE_PROVIDERS[provider]}.so")
     if not library.exists():
         return f"this onnxruntime has no {library.name}"
-    return load_error(library) or ("its libraries load, so no GPU was usable (check "
-                                   "nvidia-smi, and that the job asked Slurm for GPUs)")
+    return load_error(library)
 
 
 def load_error(library: Path) -> str | None:
