@@ -99,6 +99,12 @@ def split_names(text: str | None) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+# Execution providers that run on a device (a GPU): each session is given its rank's GPU
+# (placement.scorer_settings), and ``--procs-per-rank auto`` means one session per rank.
+DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider",
+                    "ROCMExecutionProvider", "MIGraphXExecutionProvider")
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """ONNX Runtime settings of each scoring session.
@@ -129,6 +135,11 @@ class SessionConfig:
             raise ConfigError("--run-rows must be at least 1 (or auto)")
         if not self.providers:
             raise ConfigError("--providers: give at least one execution provider")
+
+    @property
+    def on_device(self) -> bool:
+        """Whether a provider asked for runs on a GPU."""
+        return any(p in DEVICE_PROVIDERS for p in self.providers)
 
 
 @dataclass(frozen=True)

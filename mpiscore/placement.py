@@ -73,12 +73,15 @@ def layout(config: JobConfig, ranks_on_node: int) -> Layout:
     """How a rank of ``ranks_on_node`` shares its cores among its scoring processes.
 
     The rank's cores are shared out without oversubscription: ``auto``
-    processes means one per core (or per ``--intra-op-threads`` cores), and
-    unset threads means the rank's cores divided by its processes.
+    processes means one per core (or per ``--intra-op-threads`` cores), one in all
+    where a provider runs on the rank's GPU (sessions sharing a GPU take turns on it,
+    each holding its own memory there), and unset threads means the rank's cores
+    divided by its processes.
     """
     cores = cores_per_rank(ranks_on_node)
     threads = config.session.intra_op_threads
-    procs = config.procs_per_rank or max(1, cores // (threads or 1))
+    auto = 1 if config.session.on_device else max(1, cores // (threads or 1))
+    procs = config.procs_per_rank or auto
     return Layout(procs, threads or max(1, cores // procs))
 
 

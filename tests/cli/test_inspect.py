@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mpiscore.cli import main
-from mpiscore.scoring.scorers.providers import DEVICE_PROVIDERS
+from mpiscore.config import DEVICE_PROVIDERS
 from tests import builders, sklearn_models
 
 

@@ -79,6 +79,9 @@ def test_unbound_ranks_share_the_node(machine) -> None:
     assert layout(job(procs_per_rank=2), 1) == (2, 4)
     auto = job(procs_per_rank=None, session=SessionConfig(intra_op_threads=2))
     assert layout(auto, 2) == (2, 2)
+    gpu = SessionConfig(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert layout(job(procs_per_rank=None, session=gpu), 2) == (1, 4)  # one session a GPU
+    assert layout(job(procs_per_rank=3, session=gpu), 2) == (3, 1)  # as asked
 
 
 def test_bound_rank_uses_its_binding(machine) -> None:

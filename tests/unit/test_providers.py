@@ -12,11 +12,10 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from mpiscore.config import ScorerSettings, SessionConfig
+from mpiscore.config import DEVICE_PROVIDERS, ScorerSettings, SessionConfig
 from mpiscore.errors import ConfigError
 from mpiscore.scoring.scorers.onnx import open_session
 from mpiscore.scoring.scorers.providers import (
-    DEVICE_PROVIDERS,
     check_started,
     library_problems,
     load_error,

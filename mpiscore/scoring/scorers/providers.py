@@ -17,13 +17,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ...config import ScorerSettings
+from ...config import DEVICE_PROVIDERS, ScorerSettings
 from ...errors import ConfigError
 
-# Providers that run on a device, given the rank's GPU (placement.scorer_settings), and
-# the library each is loaded from (onnxruntime/capi/libonnxruntime_providers_NAME.so).
-DEVICE_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt",
-                    "ROCMExecutionProvider": "rocm", "MIGraphXExecutionProvider": "migraphx"}
 _CUDA_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 
 ProviderList = list[str | tuple[str, dict[str, str]]]
@@ -93,8 +89,8 @@ def library_problems(offered: list[str]) -> dict[str, str]:
 
 def library_problem(provider: str) -> str | None:
     """Why a device provider's library does not load here, or None when it does."""
-    library = (Path(ort.__file__).parent / "capi" /
-               f"libonnxruntime_providers_{DEVICE_PROVIDERS[provider]}.so")
+    name = provider.removesuffix("ExecutionProvider").lower()  # as onnxruntime's wheels
+    library = Path(ort.__file__).parent / "capi" / f"libonnxruntime_providers_{name}.so"
     if not library.exists():
         return f"this onnxruntime has no {library.name}"
     return load_error(library)
