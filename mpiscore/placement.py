@@ -11,6 +11,7 @@ else probes the machine.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NamedTuple
 
 from .config import JobConfig, ScorerSettings
@@ -45,20 +46,27 @@ def cores_per_rank(ranks_on_node: int) -> int:
     return min(usable, per_task) if per_task else usable
 
 
-def gpus_per_node() -> int:
-    """GPUs visible to this process, from CUDA_VISIBLE_DEVICES or MPISCORE_GPUS_PER_NODE."""
+def gpus_per_node(devices: Path = Path("/dev")) -> int:
+    """GPUs visible to this process: MPISCORE_GPUS_PER_NODE, else CUDA_VISIBLE_DEVICES
+    (Slurm sets it for a job given GPUs), else the node's NVIDIA devices (``mpiexec`` on a
+    workstation of several GPUs: rank i takes GPU i, not all of them GPU 0)."""
     explicit = os.environ.get("MPISCORE_GPUS_PER_NODE")
     if explicit:
         return max(1, int(explicit))
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return max(1, len([d for d in devices.glob("nvidia*") if d.name[6:].isdigit()]))
     return max(1, len([d for d in visible.split(",") if d.strip()]))
 
 
-def visible_gpu(device_id: int) -> str | None:
+def visible_gpu(device_id: int, devices: Path = Path("/dev")) -> str | None:
     """The GPU that device ``device_id`` is, as CUDA_VISIBLE_DEVICES names it (Slurm's
-    GPU allocation sets it for each task), or None where this process sees none."""
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-               if d.strip()]
+    GPU allocation sets it for each task) or, without it, as the node numbers them; None
+    where this process sees none."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return str(device_id) if (devices / f"nvidia{device_id}").exists() else None
+    visible = [d.strip() for d in listed.split(",") if d.strip()]
     return visible[device_id] if device_id < len(visible) else None
 
 

@@ -46,7 +46,7 @@ class RankStats:
     scorer_restarts: int
     intra_op_threads: int
     # the GPU its sessions are given (device_id: placement.scorer_settings), as
-    # CUDA_VISIBLE_DEVICES names it; None where the rank sees none. Only a device
+    # CUDA_VISIBLE_DEVICES names it (else the node); None where the rank sees none. Only a device
     # provider (--providers CUDAExecutionProvider,...) uses it.
     gpu: str | None = None
     # its scoring processes whose ONNX session was opened from the model's path before

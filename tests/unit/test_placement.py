@@ -16,6 +16,7 @@ from mpiscore.placement import (
     layout,
     scorer_settings,
     unwired_copies,
+    visible_gpu,
     window_for,
 )
 
@@ -113,6 +114,19 @@ def test_a_rank_takes_a_gpu_of_its_node_by_local_rank(
     assert (settings.device_id, settings.intra_op_threads) == (1, 1)
     monkeypatch.setenv("MPISCORE_GPUS_PER_NODE", "4")
     assert scorer_settings(job(), 3, 4).device_id == 3
+
+
+def test_without_cuda_visible_devices_the_node_s_gpus_are_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MPISCORE_GPUS_PER_NODE", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm", "nvidia-modeset"):
+        (tmp_path / name).touch()  # as the NVIDIA driver makes them in /dev
+    assert gpus_per_node(tmp_path) == 3
+    assert gpus_per_node(tmp_path / "none") == 1  # no GPU: device 0, as before
+    assert (visible_gpu(2, tmp_path), visible_gpu(3, tmp_path)) == ("2", None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")  # Slurm's binding wins
+    assert gpus_per_node(tmp_path) == 1
 
 
 def test_plain_srun_singletons_are_named(machine) -> None:
