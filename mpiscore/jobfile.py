@@ -41,6 +41,7 @@ class OptionKind:
     param: str  # the click parameter's name (``inputs`` for ``--input``)
     kind: str  # text, int, float, bool, choice, list, path
     choices: tuple[str, ...] = ()
+    pairs: bool = False  # a list of NAME=VALUE (--map, --rename): a TOML table will do
 
 
 NOT_JOB_OPTIONS = ("config", "dry_run", "ranks", "as_json")  # how to run the command, not the job
@@ -71,7 +72,8 @@ def option_kinds(params: Iterable[click.Parameter]) -> dict[str, OptionKind]:
         else:
             kind = "text"
         choices = tuple(str(c) for c in getattr(param.type, "choices", ()))
-        kinds[key] = OptionKind(param.name, kind, choices)
+        pairs = param.multiple and "=" in (param.metavar or "")
+        kinds[key] = OptionKind(param.name, kind, choices, pairs)
     return kinds
 
 
@@ -124,6 +126,9 @@ _EXPECTED = {"text": "a string or a number", "int": "an integer", "float": "a nu
 
 def _checked(path: Path, key: str, value: Any, option: OptionKind) -> Any:
     kind = option.kind
+    if option.pairs and isinstance(value, dict) and \
+            all(isinstance(v, str) for v in value.values()):  # map = {features = "/x"}
+        return [f"{name}={v}" for name, v in value.items()]
     ok = {
         "text": isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
         or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
@@ -135,8 +140,9 @@ def _checked(path: Path, key: str, value: Any, option: OptionKind) -> Any:
                                            and all(isinstance(v, str) for v in value)),
     }[kind]
     if not ok:
-        raise ConfigError(f"{path}: {key} = {_toml_value(value, key)}: expected "
-                          f"{_EXPECTED[kind]}")
+        pairs = " or a table of strings" if option.pairs else ""
+        raise ConfigError(f"{path}: {key} = {_shown(value, key)}: expected "
+                          f"{_EXPECTED[kind]}{pairs}")
     if kind == "choice" and value not in option.choices:
         raise ConfigError(f"{path}: {key} = {json.dumps(value)}: choose one of "
                           f"{', '.join(option.choices)}")
@@ -145,6 +151,15 @@ def _checked(path: Path, key: str, value: Any, option: OptionKind) -> Any:
     if kind == "text":  # columns = ["f0", "f1"] as --columns f0,f1
         return ",".join(value) if isinstance(value, list) else str(value)
     return value
+
+
+def _shown(value: Any, key: str) -> str:
+    """A value as the file wrote it, or what it is where it has no flat TOML form (a
+    table, a date)."""
+    try:
+        return _toml_value(value, key)
+    except TypeError:
+        return "a table" if isinstance(value, dict) else f"a TOML {type(value).__name__}"
 
 
 def _relative_input(base: Path, text: str) -> str:

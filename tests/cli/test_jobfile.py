@@ -79,6 +79,12 @@ def test_cli_values_replace_a_list_from_the_file(job_dir, monkeypatch) -> None:
     ("overwrite = 1\n", "job.toml: overwrite = 1: expected true or false"),
     ('input = [1, 2]\n', "job.toml: input = [1, 2]: expected a list of strings"),
     ('cast = "lossy"\n', 'job.toml: cast = "lossy": choose one of safe, same_kind, unsafe'),
+    ("max_retries = {a = 1}\n", "job.toml: max_retries = a table: expected an integer"),
+    ("mini_batch_size = 2024-01-01\n",
+     "job.toml: mini_batch_size = a TOML date: expected a string or a number"),
+    ("map = {features = 1}\n",
+     "job.toml: map = a table: expected a list of strings or a table of strings"),
+    ("columns = [{a = 1}]\n", "job.toml: columns = a TOML list: expected a string"),
     ("[score]\nmodel = \"m.onnx\"\n", "job.toml: unknown key 'score'"),
 ])
 def test_bad_job_files_are_one_line_exit_2(tmp_path, text, message) -> None:
@@ -89,6 +95,18 @@ def test_bad_job_files_are_one_line_exit_2(tmp_path, text, message) -> None:
     [line] = own_lines(result.output)
     assert line.startswith("mpiscore: ConfigError: ") and message in line, line
     assert "Traceback" not in result.output
+
+
+def test_a_table_gives_map_and_rename_their_pairs(job_dir, monkeypatch) -> None:
+    monkeypatch.chdir(job_dir)
+    with (job_dir / "job.toml").open("a") as handle:
+        handle.write('map = {features = "/features"}\nrename = {label = "predicted"}\n')
+    result = invoke("score", "--config", "job.toml")
+    assert result.exit_code == 0, result.output
+    with h5py.File(job_dir / "out" / "y.h5") as handle:
+        assert "predicted" in handle and "label" not in handle
+    stored = tomllib.loads((job_dir / "out" / "y.h5.run" / "config.toml").read_text())
+    assert stored["map"] == ["features=/features"]
 
 
 def test_missing_job_file(tmp_path) -> None:
