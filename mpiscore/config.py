@@ -178,6 +178,10 @@ class ScorerSettings:
     script: ScriptSettings | None = None  # an entry-script job's (None: an ONNX model's)
 
 
+# Names mpiscore keeps for itself in an output (the HDF5 file's plan, _mpiscore/plan)
+RESERVED_PREFIX = "_mpiscore"
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Everything that defines a scoring job; identical on every rank.
@@ -240,10 +244,25 @@ class JobConfig:
             raise ConfigError("--progress-timeout must be positive")
         if not self.monitor_seconds >= 0:
             raise ConfigError("--monitor-seconds must be >= 0 (0: no resource samples)")
+        if not self.progress_seconds > 0 or not self.stop_grace >= 0:
+            raise ConfigError("--progress-seconds must be positive and --stop-grace >= 0")
+        if self.allowed_failed_percent is not None and \
+                not 0 <= self.allowed_failed_percent <= 100:
+            raise ConfigError("--allowed-failed-percent must be between 0 and 100")
+        self._check_names()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if self.columns and self.mapping:
             raise ConfigError("--columns and --map exclude each other: use --map NAME=col1,col2")
+
+    def _check_names(self) -> None:
+        """Names given to outputs become HDF5 datasets and Parquet columns beside
+        mpiscore's own: a '/' would make an HDF5 group, and '.' names the file's root."""
+        for output, name in self.rename:
+            if "/" in name or name in (".", "..") or name.startswith(RESERVED_PREFIX):
+                raise ConfigError(f"--rename {output}={name}: an output's name holds no '/', "
+                                  f"is not '.' or '..' and does not start with "
+                                  f"{RESERVED_PREFIX} (mpiscore's own); choose another")
 
     def _check_scorer(self) -> None:
         if (self.model is None) == (self.entry_script is None):

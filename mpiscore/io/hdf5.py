@@ -26,10 +26,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..config import RESERVED_PREFIX
 from ..errors import InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
 from .fields import Columns, Field, Ranks, nearest_first
 from .sources import Hdf5Source
+
+PLAN_DATASET = f"{RESERVED_PREFIX}/plan"  # the batches the file's rows came from
 
 STATUS_ATTR = "mpiscore_status"
 
@@ -305,14 +308,17 @@ def create(partial: Path, fields: list[Field], rows: int, attrs: dict[str, Any],
             with h5py.File(making, "w") as handle:
                 offsets = {field.name: _allocate(handle, field, rows) for field in fields}
                 handle.attrs.update({STATUS_ATTR: "incomplete", **attrs})
-                handle.create_dataset("_mpiscore/plan", data=plan_rows)
-                handle["_mpiscore/plan"].attrs["columns"] = "batch_id,file_index,start,stop"
+                handle.create_dataset(PLAN_DATASET, data=plan_rows)
+                handle[PLAN_DATASET].attrs["columns"] = "batch_id,file_index,start,stop"
             os.replace(making, partial)
         except OSError as exc:
             making.unlink(missing_ok=True)
             failure = storage_error(partial, exc, "cannot create HDF5 output")
             exc.__traceback__ = None  # let go of h5py's objects here, inside the quiet hook
             gc.collect()  # and of those left in cycles
+        except BaseException:  # a bug: no half-made file left beside the output either
+            making.unlink(missing_ok=True)
+            raise
     if failure is not None:
         raise failure
     return offsets

@@ -83,6 +83,18 @@ def test_small_batches_warn_once(tmp_path) -> None:
     assert "--mini-batch-size 4MiB" in warning
 
 
+def test_an_output_renamed_into_a_group_is_refused_before_anything_is_made(tmp_path) -> None:
+    model = builders.mlp(tmp_path / "m.onnx")
+    path = builders.write_h5(tmp_path / "x.h5", features=builders.features(20))
+    result = invoke("score", "--model", model, "--input", path, "--output", tmp_path / "y.h5",
+                    "--rename", "label=foo/bar")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("mpiscore: ConfigError: --rename label=foo/bar: an output's "
+                                     "name holds no '/', is not '.' or '..' and does not start "
+                                     "with _mpiscore (mpiscore's own); choose another")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "x.h5"]
+
+
 def test_readme_reads_hdf5_output_into_pandas(tmp_path, monkeypatch) -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     snippet = readme.split("pd.read_hdf", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]

@@ -122,10 +122,23 @@ def test_columns_and_mapping_exclude_each_other() -> None:
     ({"procs_per_rank": 0}, "--procs-per-rank"), ({"window": 0}, "--window"),
     ({"max_retries": -1}, "--max-retries"), ({"error_threshold": -2}, "--error-threshold"),
     ({"batch_timeout": 0.0}, "--batch-timeout"), ({"progress_timeout": -1.0}, "--progress-timeout"),
-    ({"resume": True, "overwrite": True}, "--resume and --overwrite")])
+    ({"resume": True, "overwrite": True}, "--resume and --overwrite"),
+    ({"progress_seconds": 0.0}, "--progress-seconds must be positive"),
+    ({"stop_grace": -1.0}, "--stop-grace >= 0"),
+    ({"allowed_failed_percent": -1.0}, "--allowed-failed-percent must be between 0 and 100"),
+    ({"allowed_failed_percent": 150.0}, "--allowed-failed-percent"),
+    ({"rename": (("variable", "foo/bar"),)}, r"--rename variable=foo/bar: an output's name"),
+    ({"rename": (("variable", "."),)}, "--rename variable=.: "),
+    ({"rename": (("variable", "_mpiscore"),)}, "does not start with _mpiscore"),
+    ({"rename": (("variable", "_mpiscore_x"),)}, "--rename variable=_mpiscore_x")])
 def test_invalid_job_options_raise(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         job(**changes)
+
+
+def test_bounds_and_names_that_are_fine() -> None:
+    job(allowed_failed_percent=0.0, stop_grace=0.0, progress_seconds=0.5,
+        rename=(("variable", "pred.v2"), ("label", "mpiscore_label")))
 
 
 def test_run_dir_defaults_beside_the_output() -> None:
