@@ -5,11 +5,13 @@ fails as the job would, same line, same exit code) and then times a few real
 batches (scoring/calibrate.py) without taking the job's locks or writing
 anything; estimate.py scales what it measured to the allocation. An entry
 script's init() and run() are called as in the job, with its output and log
-directories in a scratch directory removed afterwards.
+directories in a scratch directory, removed afterwards unless the dry run failed
+(its error may send the user to a script's log there).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import replace
 
@@ -51,12 +53,14 @@ def _calibrated(config: JobConfig, pool: ScorerPool, seconds: float
     """This rank's first scoring process checks the job and times batches, while every
     other rank's does too: so the rate is that of processes sharing the node as the
     job's will, not of one process alone."""
+    scratch = tempfile.mkdtemp(prefix="mpiscore-dry-run-")
     try:
-        with tempfile.TemporaryDirectory(prefix="mpiscore-dry-run-") as scratch:
-            pool.prepare(config, seconds, _scratch_settings(pool.settings, scratch))
-            return pool.dry_run_done()
-    except Exception as exc:
+        pool.prepare(config, seconds, _scratch_settings(pool.settings, scratch))
+        found: DryRun | BaseException = pool.dry_run_done()
+    except Exception as exc:  # kept: the error may name a script's log in it
         return exc
+    shutil.rmtree(scratch, ignore_errors=True)
+    return found
 
 
 def merge(found: list[DryRun]) -> DryRun:

@@ -157,9 +157,10 @@ def describe(dry: DryRun, guess: Estimate) -> str:
         f"{dry.batch_rows:,} {item}s"
         + (f"; {dry.rows_done:,} done by an earlier run" if dry.rows_done else ""),
         f"calibration: {plural(calibration.batches, 'batch', 'batches')} "
-        f"({plural(calibration.rows, item)}) read and scored in {cost:.2f}s by "
+        f"({plural(calibration.rows, item)}) read and scored in {cost:.2f}s, in all, by "
         f"{plural(calibration.processes, 'scoring process', 'scoring processes')} at once "
-        f"(one per rank) with {plural(calibration.threads, 'thread')} each: "
+        f"(one per rank, each timing batches of the plan) with "
+        f"{plural(calibration.threads, 'thread')} each: "
         f"{calibration.rows_per_second:,.0f} {item}s/s a process ({read_share:.0f}% reading); "
         f"set-up took {calibration.setup_seconds:.1f}s",
         f"estimate for {plural(guess.ranks, 'rank')} x "

@@ -4,10 +4,15 @@ nothing written."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from mpiscore.config import InputSpec, JobConfig, parse_batch_size
+from mpiscore.dry_run import dry_run
+from mpiscore.errors import ScoringError
 from tests import builders
 from tests.mpi.launch import error_lines, mpiscore
 
@@ -91,3 +96,19 @@ def test_dry_run_of_an_entry_script_keeps_its_writes_out_of_the_job(tmp_path) ->
     assert dry.returncode == 0, dry.stderr
     assert "5 batches of <= 100 rows" in dry.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet", "score.py"]
+
+
+def test_a_failing_script_s_dry_run_keeps_the_log_its_error_names(tmp_path) -> None:
+    """In process (no mpiexec): the scratch directory of a failed dry run stays."""
+    data = builders.write_parquet(tmp_path / "d.parquet", builders.features(50, 4))
+    script = tmp_path / "boom.py"
+    script.write_text("def run(mini_batch):\n    raise ValueError('boom')\n")
+    config = JobConfig(None, (InputSpec(str(data)),), tmp_path / "results.parquet",
+                       entry_script=script, batch_size=parse_batch_size("10"))
+    with pytest.raises(ScoringError) as failed:
+        dry_run(config)
+    found = re.search(r"traceback in (\S+)\)", str(failed.value))
+    assert found, failed.value
+    log = Path(found.group(1))
+    assert "ValueError: boom" in log.read_text()
+    shutil.rmtree(log.parent)
