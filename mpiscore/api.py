@@ -92,7 +92,7 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
             if rank == 0:
                 _log_plan(job)
             spec = ScorerSpec(job, model, pool.settings, where, FaultPlan.parse(config.faults),
-                              records_death=rank == 0)
+                              records_death=True)
             asking = None
             if whole is None:  # ask now: rank 0 answers while this rank's processes start
                 asking = _worker(job.config, pool, world, spec, world.worker_link())

@@ -104,6 +104,33 @@ def append_history(run_dir: Path, report: RunReport) -> dict:
         "slurm": report.slurm})
 
 
+# How long before rank 0's death another rank's is taken as this run's (older notes are
+# an earlier run's): the launcher ends every rank within a second of the first death.
+DEATH_NOTE_SECONDS = 30.0
+
+
+def note_death(run_dir: Path, rank: int, where: str, when: float) -> None:
+    """Note in ``RUN_DIR/logs`` that ``rank`` died at ``when`` (its first scoring process
+    writes it as its rank dies), so that rank 0's can say which rank died first: the
+    launcher kills every rank after one dies, and rank 0's would name only itself."""
+    (run_dir / "logs" / f"rank-{rank:05d}.died").write_text(
+        json.dumps({"where": where, "time": when}))
+
+
+def death_reason(run_dir: Path, where: str, when: float, output: str) -> str:
+    """Why the job died, for rank 0's last line: ``where`` (rank 0) was killed at
+    ``when``, after the rank whose death was noted first, if one died before it."""
+    notes = [note for path in (run_dir / "logs").glob("rank-*.died")
+             if (note := read_json_object(path)) and isinstance(note.get("time"), float)
+             and when - DEATH_NOTE_SECONDS <= note["time"] <= when]
+    first = min(notes, key=lambda note: note["time"], default=None)
+    before = "" if first is None else \
+        f"; {first['where']} had died {1000 * (when - first['time']):.0f} ms before it"
+    return (f"{where} was killed while the job ran{before} (by a signal, out of memory, or by "
+            f"the MPI launcher after another rank died); {output} stays partial: rerun with "
+            "--resume")
+
+
 def record_death(run_dir: Path, output: str, reason: str) -> bool:
     """Record in the run directory that the job died (its rank was killed), ``output``
     left partial: the run's line in ``history.jsonl`` and a ``summary.json`` saying

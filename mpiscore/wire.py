@@ -123,7 +123,7 @@ class ScorerSpec(NamedTuple):
     settings: ScorerSettings
     where: str
     faults: FaultPlan
-    records_death: bool = False  # rank 0's: if the rank dies, say so in summary.json
+    records_death: bool = False  # a rank's first: if the rank dies, say so (summary.json)
 
 
 class Ready(NamedTuple):

@@ -29,7 +29,7 @@ from ..errors import InputChanged, MpiscoreError, is_storage_failure
 from ..io.registry import open_reader
 from ..model import model_digest, read_model
 from ..plan import Batch
-from ..report import record_death
+from ..report import death_reason, note_death, record_death
 from ..tuning import (
     READ_AHEAD,
     REPORT_SECONDS,
@@ -520,20 +520,24 @@ def _die_with_parent(signum: int = signal.SIGKILL) -> None:
 
 
 def _record_death_of_rank(spec: ScorerSpec) -> None:
-    """On rank 0's first scoring process, die with the rank as before, but first say in
-    one line, and record in the run directory (``summary.json``, ``history.jsonl``),
-    that the job died, so that it does not end in silence and say "running" for ever
-    after a hard kill. The launcher SIGKILLs every rank when one dies, so no rank can
-    say it; this process, in a session of its own, outlives its rank long enough, and
-    its stderr still reaches the launcher's output."""
-    partial = spec.job.target.partial
+    """On a rank's first scoring process, die with the rank as before, but first note
+    when it died (report.note_death); on rank 0's, also say in one line, and record in
+    the run directory (``summary.json``, ``history.jsonl``), that the job died, and
+    which rank died first, so that it does not end in silence and say "running" for
+    ever after a hard kill. The launcher SIGKILLs every rank when one dies, so no rank
+    can say it; this process, in a session of its own, outlives its rank long enough,
+    and its stderr still reaches the launcher's output."""
+    partial, run_dir, rank = spec.job.target.partial, spec.job.config.resolved_run_dir, \
+        spec.settings.rank
 
     def record(signum: int, frame: object) -> None:
         with contextlib.suppress(Exception):  # dying anyway: nothing must stop the exit
-            reason = (f"{spec.where} was killed while the job ran (by a signal, out "
-                      "of memory, or by the MPI launcher after another rank died); "
-                      f"{partial} stays partial: rerun with --resume")
-            if record_death(spec.job.config.resolved_run_dir, str(partial), reason):
+            when = time.time()
+            if rank != 0:
+                note_death(run_dir, rank, spec.where, when)
+                os._exit(1)
+            reason = death_reason(run_dir, spec.where, when, str(partial))
+            if record_death(run_dir, str(partial), reason):
                 os.write(2, f"mpiscore: the job died: {reason}\n".encode())
         os._exit(1)
 
