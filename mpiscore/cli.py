@@ -246,6 +246,9 @@ def score(early: list[ScorerProcess] | None, **options: Any) -> None:
         configure_early_stderr(config)
         if ranks is not None and ranks < 1:
             raise ConfigError("--ranks must be at least 1")
+        if not dry and (ranks is not None or as_json):
+            raise ConfigError("--ranks and --json are --dry-run's: add --dry-run, or leave "
+                              "them out")
     except MpiscoreError as exc:  # every rank parsed the same options: no abort needed
         _fail(world, f"{type(exc).__name__}: {exc}", exc.exit_code, collective=True)
     pool = start_pool(config, world, early or [])

@@ -274,7 +274,11 @@ class JobConfig:
                 ("--batch-format", self.batch_format != "pandas"),
                 ("--output-action", self.output_action != "rows")) if given]
             if script_only:
-                raise ConfigError(f"{', '.join(script_only)}: for --entry-script jobs only")
+                words = " ".join(self.script_args[:3]) + " ..." * (len(self.script_args) > 3)
+                stray = f" (here {words}: if the shell expanded an unquoted glob, quote it: " \
+                    "--columns 'f*')" if self.script_args else ""
+                raise ConfigError(f"{', '.join(script_only)}: for --entry-script jobs only"
+                                  + stray)
         if self.mini_batch_error_threshold < -1:
             raise ConfigError("--mini-batch-error-threshold must be >= -1")
         if self.output_action == "append_row" and \

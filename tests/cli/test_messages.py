@@ -95,6 +95,22 @@ def test_an_output_renamed_into_a_group_is_refused_before_anything_is_made(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "x.h5"]
 
 
+def test_stray_words_and_dry_run_options_alone_are_one_line(tmp_path) -> None:
+    model = builders.mlp(tmp_path / "m.onnx")
+    path = builders.write_h5(tmp_path / "x.h5", features=builders.features(20))
+    common = ("score", "--model", model, "--input", path, "--output", tmp_path / "y.h5")
+    expanded = invoke(*common, "--rename", "label=l", "f1", "f2", "f3", "f4")  # --rename f*
+    assert expanded.exit_code == 2 and expanded.output.strip() == (
+        "mpiscore: ConfigError: arguments after --: for --entry-script jobs only (here f1 f2 "
+        "f3 ...: if the shell expanded an unquoted glob, quote it: --columns 'f*')")
+    for alone in (("--json",), ("--ranks", 4)):
+        result = invoke(*common, *alone)
+        assert result.exit_code == 2 and result.output.strip() == (
+            "mpiscore: ConfigError: --ranks and --json are --dry-run's: add --dry-run, or "
+            "leave them out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "x.h5"]
+
+
 def test_readme_reads_hdf5_output_into_pandas(tmp_path, monkeypatch) -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     snippet = readme.split("pd.read_hdf", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
