@@ -23,6 +23,12 @@ def nearest_first(name: str, names: Sequence[str], shown: int = 8) -> str:
     return f"{text} ... and {len(ordered) - shown} more" if len(ordered) > shown else text
 
 
+def cut(names: Sequence[object], shown: int = 8) -> str:
+    """``a, b, c ... and 12 more``: a list in a message says when it is cut."""
+    text = ", ".join(map(str, names[:shown]))
+    return f"{text} ... and {len(names) - shown} more" if len(names) > shown else text
+
+
 @dataclass(frozen=True)
 class Field:
     """A per-row tensor: its name, NumPy dtype string and shape of one row.
