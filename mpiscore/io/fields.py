@@ -36,6 +36,10 @@ class Field:
     ``flat`` marks data stored as a flat vector per row (Parquet), which may
     be reshaped to a model input's fixed per-row shape of the same size.
     ``where`` names its origin for error messages (``x.h5:/features``).
+    ``column_dtypes``: for several Parquet columns stacked into one field, each
+    column and its own dtype. ``dtype`` is then NumPy's promotion of them, which
+    names no column and hides a wrong one (int64 ``id`` with float32 features is
+    float64), so the model binding judges each column by its own dtype.
     """
 
     name: str
@@ -43,6 +47,7 @@ class Field:
     shape: tuple[int, ...]
     where: str = ""
     flat: bool = False
+    column_dtypes: tuple[tuple[str, str], ...] = ()
 
     @property
     def row_nbytes(self) -> int:

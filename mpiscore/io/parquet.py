@@ -183,8 +183,9 @@ def _feature_field(path: str, schema: pa.Schema, name: str, columns: tuple[str, 
     if bad:
         raise InputError(f"{path}: feature columns must be numeric or one fixed-size list; "
                          f"not {', '.join(bad)}")
-    dtype = np.result_type(*[_numpy_dtype(t) for t in types])
-    return Field(name, dtype.str, (len(columns),), where, flat=True)
+    own = [_numpy_dtype(t) for t in types]
+    return Field(name, np.result_type(*own).str, (len(columns),), where, flat=True,
+                 column_dtypes=tuple(zip(columns, own, strict=True)) if len(own) > 1 else ())
 
 
 def _is_numeric(arrow_type: pa.DataType) -> bool:
@@ -204,10 +205,17 @@ def _numpy_dtype(arrow_type: pa.DataType) -> str:
 
 
 def _agree(fields: dict[str, Field], field: Field) -> None:
+    """Every file's field must be the first file's, column by column: the binding judges
+    the first file's columns, so a later ``id`` of another dtype would go unjudged."""
     first = fields.setdefault(field.name, field)
     if (first.dtype, first.shape) != (field.dtype, field.shape):
         raise InputError(f"{field.where}: {field.shape} {field.dtype} differs from "
                          f"{first.where} ({first.shape} {first.dtype}); all files must agree")
+    for (column, dtype), (_, before) in zip(field.column_dtypes, first.column_dtypes,
+                                            strict=True):
+        if dtype != before:
+            raise InputError(f"{field.where}: column {column} is {np.dtype(dtype)}, in "
+                             f"{first.where} {np.dtype(before)}; all files must agree")
 
 
 class ParquetReader:
