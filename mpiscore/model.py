@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .config import CastPolicy
 from .errors import ConfigError, ModelError
-from .io.fields import Field, nearest_first
+from .io.fields import Field, cut, nearest_first
 
 if TYPE_CHECKING:  # numpy only where data is bound (a scoring process): ranks hold bindings
     import numpy as np
@@ -96,21 +96,89 @@ def bind_inputs(model: str, inputs: list[TensorSpec], fields: dict[str, Field],
 
 
 def _bind(model: str, spec: TensorSpec, field: Field, cast: CastPolicy) -> InputBinding:
+    where = f"{field.where} -> {model} input {spec.name!r}"
+    if len({dtype for _, dtype in field.column_dtypes}) > 1:
+        _check_columns(where, spec.dtype, field.column_dtypes, cast)
+    else:
+        _check_cast(where, field.dtype, spec.dtype, cast)
+    return InputBinding(spec.name, spec.dtype, _row_shape(where, spec, field))
+
+
+def _check_cast(where: str, dtype: str, wanted_dtype: str, cast: CastPolicy) -> None:
+    """Data of one dtype (a dataset, a list column, columns all alike)."""
     import numpy as np
 
-    where = f"{field.where} -> {model} input {spec.name!r}"
-    data, wanted = np.dtype(field.dtype), np.dtype(spec.dtype)
+    data, wanted = np.dtype(dtype), np.dtype(wanted_dtype)
     if not np.can_cast(data, wanted, casting=cast):
-        # --cast same_kind is the fix only for a loss of precision (float64 data, float32
-        # model); another kind of number usually means the wrong data feeds the input
-        # (an int64 id column stacked with float features), which a cast would hide.
-        needed = "same_kind" if np.can_cast(data, wanted, casting="same_kind") else "unsafe"
-        advice = (f"pass --cast same_kind to round it to {wanted}" if data.kind == wanted.kind
-                  == "f" else "check which data feeds this input (--columns, --map) and pass "
-                  f"--cast {needed} only if {data} values are meant for it")
         raise ModelError(f"{where}: cannot cast {data} to {wanted} under --cast {cast}: the "
-                         f"data is {data}, the model input {wanted}; {advice}")
-    return InputBinding(spec.name, spec.dtype, _row_shape(where, spec, field))
+                         f"data is {data}, the model input {wanted}; "
+                         f"{_advice(data, wanted, 'it', str(data))}")
+
+
+def _check_columns(where: str, wanted_dtype: str, columns: tuple[tuple[str, str], ...],
+                   cast: CastPolicy) -> None:
+    """Stacked columns of several dtypes, each judged by its own: their promotion is
+    float64 for an int64 ``id`` among float32 features, which used to advise rounding.
+
+    Under ``--cast safe`` an integer or boolean column among float columns is refused
+    even where NumPy calls the cast safe (int64 to float64, bool to float32): the mix is
+    how an ``id`` or ``label`` column in a feature list looks. ``--cast same_kind`` (or
+    ``unsafe``) says its values are meant, and each column is then cast as if alone."""
+    import numpy as np
+
+    wanted = np.dtype(wanted_dtype)
+    own = [(column, np.dtype(dtype)) for column, dtype in columns]
+    floats = [d for _, d in own if d.kind == "f"]
+    strays = [(c, d) for c, d in own if d.kind in "biu"] \
+        if wanted.kind == "f" and floats and cast == "safe" else []
+    if strays:
+        raise ModelError(_refusal(where, strays, wanted, cast, f"{_column_list(strays)} "
+                                  f"among {_dtypes(floats)} columns", "among float columns "
+                                  f"{'they are' if len(strays) > 1 else 'it is'} usually the "
+                                  "wrong column: "))
+    lossy = sorted([(c, d) for c, d in own if not np.can_cast(d, wanted, casting=cast)],
+                   key=lambda item: item[1].kind == wanted.kind)  # another kind first
+    if lossy:
+        first = [(c, d) for c, d in lossy if d == lossy[0][1]]
+        others = [d for _, d in own if d != lossy[0][1]]
+        raise ModelError(_refusal(where, first, wanted, cast, f"{_column_list(first)} "
+                                  f"(the others {_dtypes(others)})"))
+
+
+def _refusal(where: str, refused: list[tuple[str, np.dtype]], wanted: np.dtype,
+             cast: CastPolicy, what: str, why: str = "") -> str:
+    data, names = refused[0][1], [c for c, _ in refused]
+    advice = _advice(data, wanted, "them" if len(names) > 1 else "it", cut(names))
+    return (f"{where}: cannot cast {data} to {wanted} under --cast {cast}: {what}, the model "
+            f"input {wanted}; {why}{advice}")
+
+
+def _dtypes(dtypes: list[np.dtype]) -> str:
+    return "/".join(sorted({str(d) for d in dtypes}))
+
+
+def _column_list(columns: list[tuple[str, np.dtype]]) -> str:
+    """``column id is int64``, ``columns a, b are int64``, ``columns id (int64), flag (bool)
+    are``: what the message says of the columns it refuses."""
+    names = [c for c, _ in columns]
+    dtypes = {str(d) for _, d in columns}
+    if len(dtypes) == 1:
+        verb = "is" if len(names) == 1 else "are"
+        return f"column{'s' * (len(names) > 1)} {cut(names)} {verb} {dtypes.pop()}"
+    return f"columns {cut([f'{c} ({d})' for c, d in columns])} are"
+
+
+def _advice(data: np.dtype, wanted: np.dtype, it: str, values: str) -> str:
+    """--cast same_kind is the fix only for a loss of precision (float64 data, float32
+    model); another kind of number usually means the wrong data feeds the input
+    (an int64 id column stacked with float features), which a cast would hide."""
+    import numpy as np
+
+    if data.kind == wanted.kind == "f":
+        return f"pass --cast same_kind to round {it} to {wanted}"
+    needed = "same_kind" if np.can_cast(data, wanted, casting="same_kind") else "unsafe"
+    return (f"check which data feeds this input (--columns, --map) and pass --cast {needed} "
+            f"only if {values} values are meant for it")
 
 
 def _row_shape(where: str, spec: TensorSpec, field: Field) -> tuple[int, ...]:

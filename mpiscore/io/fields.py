@@ -23,6 +23,12 @@ def nearest_first(name: str, names: Sequence[str], shown: int = 8) -> str:
     return f"{text} ... and {len(ordered) - shown} more" if len(ordered) > shown else text
 
 
+def cut(names: Sequence[object], shown: int = 8) -> str:
+    """``a, b, c ... and 12 more``: a list in a message says when it is cut."""
+    text = ", ".join(map(str, names[:shown]))
+    return f"{text} ... and {len(names) - shown} more" if len(names) > shown else text
+
+
 @dataclass(frozen=True)
 class Field:
     """A per-row tensor: its name, NumPy dtype string and shape of one row.
@@ -30,6 +36,10 @@ class Field:
     ``flat`` marks data stored as a flat vector per row (Parquet), which may
     be reshaped to a model input's fixed per-row shape of the same size.
     ``where`` names its origin for error messages (``x.h5:/features``).
+    ``column_dtypes``: for several Parquet columns stacked into one field, each
+    column and its own dtype. ``dtype`` is then NumPy's promotion of them, which
+    names no column and hides a wrong one (int64 ``id`` with float32 features is
+    float64), so the model binding judges each column by its own dtype.
     """
 
     name: str
@@ -37,6 +47,7 @@ class Field:
     shape: tuple[int, ...]
     where: str = ""
     flat: bool = False
+    column_dtypes: tuple[tuple[str, str], ...] = ()
 
     @property
     def row_nbytes(self) -> int:

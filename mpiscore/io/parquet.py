@@ -32,7 +32,7 @@ from ..errors import ConfigError, InputError, OutputError
 from ..plan import Batch, SourceFile
 from ..report import LOG
 from . import staging
-from .fields import Columns, Field, ParquetSelection, Ranks, nearest_first
+from .fields import Columns, Field, ParquetSelection, Ranks, cut, nearest_first
 from .threads import map_in_order
 
 STAGING = staging.STAGING  # inside OUTPUT.partial only: files being written, and our marker
@@ -40,7 +40,6 @@ METADATA_KEY = "mpiscore"  # key-value metadata of every part file: provenance, 
 PART = re.compile(r"part-(\d{9})\.parquet")
 TMP = re.compile(r"part-\d{9}\.parquet\.\d+\.tmp")  # in STAGING; the number is the pid
 LOG_FINISH_PARTS = 10_000  # checking this many part files takes long enough to say so
-SHOWN = 8  # names listed in a message before "... and N more"
 
 
 def part_name(batch_id: int) -> str:
@@ -93,14 +92,14 @@ def default_columns(path: str, schema: pa.Schema, name: str, row_shape: tuple[in
     wants = f"model input {name!r} ({_values(row_shape, width)} per row)"
     if lists:
         raise ConfigError(f"{path}: several fixed-size-list columns could feed {wants}: "
-                          f"{_cut(lists)}; pick one with --columns NAME")
+                          f"{cut(lists)}; pick one with --columns NAME")
     numeric = numeric_columns(schema, keep)
     if not numeric:
         raise InputError(f"{path}: no numeric column to feed {wants}; columns: "
-                         f"{_cut(schema.names)}")
+                         f"{cut(schema.names)}")
     raise ConfigError(f"{path}: which columns feed {wants}? None is named {name!r} and there "
                       f"is no fixed-size-list column, so none is guessed from the numeric "
-                      f"columns {_cut(list(numeric))}; name them: "
+                      f"columns {cut(list(numeric))}; name them: "
                       f"--columns {_suggest(numeric, fields, width)}")
 
 
@@ -110,12 +109,6 @@ def _values(row_shape: tuple[int | None, ...], width: int | None) -> str:
     if len(row_shape) > 1:
         return f"{' x '.join(map(str, row_shape))} = {width} values"
     return "1 value" if width == 1 else f"{width} values"
-
-
-def _cut(names: Sequence[object], shown: int = SHOWN) -> str:
-    """``a, b, c ... and 12 more``: a list in a message says when it is cut."""
-    text = ", ".join(map(str, names[:shown]))
-    return f"{text} ... and {len(names) - shown} more" if len(names) > shown else text
 
 
 def _suggest(numeric: Sequence[str], columns: dict[str, pa.DataType], width: int | None) -> str:
@@ -190,8 +183,9 @@ def _feature_field(path: str, schema: pa.Schema, name: str, columns: tuple[str, 
     if bad:
         raise InputError(f"{path}: feature columns must be numeric or one fixed-size list; "
                          f"not {', '.join(bad)}")
-    dtype = np.result_type(*[_numpy_dtype(t) for t in types])
-    return Field(name, dtype.str, (len(columns),), where, flat=True)
+    own = [_numpy_dtype(t) for t in types]
+    return Field(name, np.result_type(*own).str, (len(columns),), where, flat=True,
+                 column_dtypes=tuple(zip(columns, own, strict=True)) if len(own) > 1 else ())
 
 
 def _is_numeric(arrow_type: pa.DataType) -> bool:
@@ -211,10 +205,17 @@ def _numpy_dtype(arrow_type: pa.DataType) -> str:
 
 
 def _agree(fields: dict[str, Field], field: Field) -> None:
+    """Every file's field must be the first file's, column by column: the binding judges
+    the first file's columns, so a later ``id`` of another dtype would go unjudged."""
     first = fields.setdefault(field.name, field)
     if (first.dtype, first.shape) != (field.dtype, field.shape):
         raise InputError(f"{field.where}: {field.shape} {field.dtype} differs from "
                          f"{first.where} ({first.shape} {first.dtype}); all files must agree")
+    for (column, dtype), (_, before) in zip(field.column_dtypes, first.column_dtypes,
+                                            strict=True):
+        if dtype != before:
+            raise InputError(f"{field.where}: column {column} is {np.dtype(dtype)}, in "
+                             f"{first.where} {np.dtype(before)}; all files must agree")
 
 
 class ParquetReader:
@@ -363,7 +364,7 @@ class ParquetWriter:
             raise OutputError(f"{self.partial}: cannot list the part files: {exc}") from exc
         missing = [batch_id for batch_id in range(self.batch_count) if batch_id not in present]
         if missing:
-            raise OutputError(f"{self.partial}: part files of batches {_cut(missing)} are "
+            raise OutputError(f"{self.partial}: part files of batches {cut(missing)} are "
                               "missing; rerun with --resume (resume=True) to write them")
         try:
             discard_staged(self.partial)

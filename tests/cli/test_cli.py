@@ -77,3 +77,23 @@ def test_ranks_never_load_onnxruntime(tmp_path) -> None:
     assert result.stdout.strip() == "False"
     with h5py.File(tmp_path / "y.h5") as handle:
         assert handle["label"].shape == (40,)
+
+
+def test_int_column_among_float_columns_exits_like_an_int_column_alone(tmp_path) -> None:
+    """--columns f0,...,f6,id: int64 id with float32 features was judged as float64 data;
+    now it is refused as the int64 column alone is, naming it, exit 4, no output."""
+    model = builders.mlp(tmp_path / "m.onnx", features=8)
+    path = builders.write_parquet(tmp_path / "x.parquet", builders.features(50), np.arange(50))
+    out = tmp_path / "y.parquet"
+    alone = invoke("score", "--model", model, "--input", path, "--columns", "id",
+                   "--output", out, "--intra-op-threads", 1)
+    mixed = invoke("score", "--model", model, "--input", path, "--columns",
+                   "f0,f1,f2,f3,f4,f5,f6,id", "--output", out, "--intra-op-threads", 1)
+    assert alone.exit_code == mixed.exit_code == 4, (alone.output, mixed.output)
+    assert "cannot cast int64 to float32 under --cast safe" in alone.output
+    lines = [line for line in mixed.output.splitlines() if line.startswith("mpiscore:")]
+    assert len(lines) == 1 and "Traceback" not in mixed.output
+    assert lines[0].startswith(f"mpiscore: ModelError: {path}:f0,...,id (8 columns) -> ")
+    assert "column id is int64 among float32 columns" in lines[0]
+    assert "check which data feeds this input (--columns, --map)" in lines[0]
+    assert not out.exists() and not (tmp_path / "y.parquet.partial").exists()

@@ -323,6 +323,8 @@ def test_parquet_describe_files_fields_and_kept(tmp_path: Path) -> None:
     files, fields, kept = parquet.describe([str(path)], selection)
     assert files == [SourceFile(str(path), 30, (7, 7, 7, 7, 2))]
     assert (fields["x"].dtype, fields["x"].shape, fields["x"].flat) == ("<f4", (3,), True)
+    assert fields["x"].column_dtypes == (("f0", "<f4"), ("f1", "<f4"), ("f2", "<i2"))
+    assert fields["v"].column_dtypes == ()  # one column: its dtype is the field's
     assert (fields["v"].dtype, fields["v"].shape, fields["v"].flat) == ("<f4", (4,), True)
     assert list(kept) == ["id"] and kept["id"].dtype == "|O"
 

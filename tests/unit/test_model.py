@@ -84,6 +84,80 @@ def test_float_into_integer_model_refused_under_same_kind() -> None:
     assert binding.dtype == "int64"
 
 
+def stacked(*columns: tuple[str, str], spec_dtype: str = "float32") -> tuple[
+        list[TensorSpec], dict[str, Field]]:
+    """Parquet columns of several dtypes stacked into one input, as parquet.describe makes
+    them: ``dtype`` is NumPy's promotion of the columns' own dtypes."""
+    dtype = np.result_type(*[d for _, d in columns]).str
+    where = f"x.parquet:{','.join(c for c, _ in columns)}"
+    field = Field("X", dtype, (len(columns),), where, flat=True, column_dtypes=columns)
+    return [TensorSpec("X", spec_dtype, (None, len(columns)))], {"X": field}
+
+
+FLOATS = tuple((f"f{i}", "<f4") for i in range(7))
+
+
+def test_int_column_among_float_columns_is_refused_by_its_own_dtype() -> None:
+    """int64 id with float32 features promotes to float64: the old message said "the data
+    is float64" and advised --cast same_kind, which then scored the id as a feature."""
+    specs, fields = stacked(*FLOATS, ("id", "<i8"))
+    with pytest.raises(ModelError) as caught:
+        bind_inputs("m.onnx", specs, fields, "safe")
+    message = str(caught.value)
+    assert ("cannot cast int64 to float32 under --cast safe: column id is int64 among "
+            "float32 columns, the model input float32; ") in message
+    assert ("check which data feeds this input (--columns, --map) and pass --cast same_kind "
+            "only if id values are meant for it") in message
+    assert "float64" not in message and "round" not in message
+
+
+def test_int_column_among_float_columns_is_refused_where_numpy_calls_it_safe() -> None:
+    """int64 -> float64 and bool -> float32 are NumPy-safe, but among float columns an integer
+    is an id or a label as often as not: --cast same_kind says it is meant."""
+    specs, fields = stacked(("id", "<i8"), ("f0", "<f8"), ("f1", "<f8"), spec_dtype="float64")
+    with pytest.raises(ModelError, match=r"column id is int64 among float64 columns.*"
+                                         r"--cast same_kind only if id values are meant"):
+        bind_inputs("m.onnx", specs, fields, "safe")
+    specs, fields = stacked(("flag", "|b1"), ("label", "<i2"), *FLOATS)
+    with pytest.raises(ModelError, match=r"columns flag \(bool\), label \(int16\) are among "
+                                         r"float32 columns.*only if flag, label values"):
+        bind_inputs("m.onnx", specs, fields, "safe")
+
+
+@pytest.mark.parametrize("cast", ["same_kind", "unsafe"])
+def test_int_column_among_float_columns_binds_when_the_cast_says_it_is_meant(cast) -> None:
+    """As a single int64 column does: --cast same_kind is what the message asks for."""
+    specs, fields = stacked(*FLOATS, ("id", "<i8"))
+    (binding,) = bind_inputs("m.onnx", specs, fields, cast)
+    assert (binding.dtype, binding.row_shape) == ("float32", (8,))
+
+
+def test_float64_columns_among_float32_are_named_and_advised_same_kind() -> None:
+    specs, fields = stacked(("f0", "<f8"), ("f1", "<f8"), *FLOATS[2:])
+    with pytest.raises(ModelError) as caught:
+        bind_inputs("m.onnx", specs, fields, "safe")
+    assert str(caught.value) == (
+        "x.parquet:f0,f1,f2,f3,f4,f5,f6 -> m.onnx input 'X': cannot cast float64 to float32 "
+        "under --cast safe: columns f0, f1 are float64 (the others float32), the model input "
+        "float32; pass --cast same_kind to round them to float32")
+    (binding,) = bind_inputs("m.onnx", specs, fields, "same_kind")
+    assert binding.dtype == "float32"
+
+
+def test_lossless_float_mix_binds_under_safe() -> None:
+    specs, fields = stacked(("h0", "<f2"), *FLOATS)
+    (binding,) = bind_inputs("m.onnx", specs, fields, "safe")
+    assert binding.dtype == "float32"
+
+
+def test_float_column_among_int_columns_of_an_int_model_is_named() -> None:
+    specs, fields = stacked(("a", "<i8"), ("score", "<f4"), ("b", "<i4"), spec_dtype="int64")
+    with pytest.raises(ModelError, match=r"cannot cast float32 to int64 under --cast same_kind: "
+                                         r"column score is float32 \(the others int32/int64\).*"
+                                         r"--cast unsafe only if score values"):
+        bind_inputs("m.onnx", specs, fields, "same_kind")
+
+
 def test_flat_parquet_field_reshaped_to_fixed_row_shape() -> None:
     specs = [TensorSpec("image", "float32", (None, 3, 8, 8))]
     (binding,) = bind_inputs("m.onnx", specs, data("image", shape=(192,), flat=True), "safe")

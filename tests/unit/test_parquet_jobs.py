@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mpiscore import BatchSize, ConfigError, InputSpec, JobConfig, ModelError, SessionConfig, run
+from mpiscore import (
+    BatchSize,
+    ConfigError,
+    InputError,
+    InputSpec,
+    JobConfig,
+    ModelError,
+    SessionConfig,
+    run,
+)
 from mpiscore.io import parquet
 from tests import builders
 
@@ -165,6 +175,80 @@ def test_integer_data_for_a_float_model_does_not_advise_a_cast_first(tmp_path, m
     assert "cannot cast int64 to float32 under --cast safe" in message
     assert "check which data feeds this input (--columns, --map)" in message
     assert "round" not in message
+
+
+# ---- --columns of several dtypes: each column judged by its own ------------------------------
+
+MIXED = [f"f{i}" for i in range(7)] + ["id"]  # the audit's --columns f0,...,f6,id
+
+
+@pytest.fixture
+def mlp8(tmp_path: Path) -> Path:
+    return builders.mlp(tmp_path / "mlp8.onnx", features=8)
+
+
+def test_int_column_among_float32_columns_is_named_not_called_float64(tmp_path, mlp8) -> None:
+    """int64 id + float32 features promoted to float64: the message said "the data is
+    float64", and its advice (--cast same_kind) completed with id scored as a feature."""
+    data = builders.write_parquet(tmp_path / "x.parquet", builders.features(ROWS), np.arange(ROWS))
+    with pytest.raises(ModelError) as caught:
+        run(job(tmp_path, mlp8, data, columns=tuple(MIXED)), comm=None)
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in (f"{data}:f0,...,id (8 columns) -> {mlp8} input 'features'",
+                 "cannot cast int64 to float32 under --cast safe: column id is int64 among "
+                 "float32 columns", "check which data feeds this input (--columns, --map)",
+                 "only if id values are meant for it"):
+        assert part in message, (part, message)
+    assert "float64" not in message and "round" not in message
+    assert not (tmp_path / "scores.parquet").exists()
+    assert not (tmp_path / "scores.parquet.partial").exists()
+
+
+def test_int_column_among_float_columns_under_same_kind_is_scored_as_asked(tmp_path,
+                                                                           mlp8) -> None:
+    """--cast same_kind says id's values are meant (as for an int64 column alone): each
+    column is cast to float32 on its own, and the rows are what the model gives for them."""
+    x = builders.features(ROWS)
+    data = builders.write_parquet(tmp_path / "x.parquet", x, np.arange(ROWS))
+    run(job(tmp_path, mlp8, data, columns=tuple(MIXED),
+            session=SessionConfig(intra_op_threads=1, cast="same_kind")), comm=None)
+    fed = np.column_stack([x[:, :7], np.arange(ROWS, dtype=np.float32)])
+    assert_scored_like(tmp_path / "scores.parquet", mlp8, fed)
+
+
+def test_float64_and_float32_columns_advise_same_kind_for_the_float64_ones(tmp_path,
+                                                                          mlp8) -> None:
+    x = builders.features(ROWS)
+    wide = {f"f{i}": x[:, i].astype(np.float64) if i < 3 else x[:, i] for i in range(8)}
+    data = tmp_path / "x.parquet"
+    pq.write_table(pa.table(wide), data)
+    with pytest.raises(ModelError, match=r"columns f0, f1, f2 are float64 \(the others "
+                                         r"float32\), the model input float32; pass --cast "
+                                         r"same_kind to round them to float32$"):
+        run(job(tmp_path, mlp8, data, columns=("f*",)), comm=None)
+    run(job(tmp_path, mlp8, data, columns=("f*",), session=SessionConfig(
+        intra_op_threads=1, cast="same_kind")), comm=None)
+    fed = np.column_stack([wide[f"f{i}"].astype(np.float32) for i in range(8)])
+    assert_scored_like(tmp_path / "scores.parquet", mlp8, fed)
+
+
+def test_files_must_agree_column_by_column(tmp_path, mlp8) -> None:
+    """Both files promote to float64, but the binding judges the first file's columns: a
+    second file's int64 column would be stacked in unjudged."""
+    x = builders.features(ROWS, dtype="float64")
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.table({f"f{i}": x[:, i] for i in range(8)}), first)
+    pq.write_table(pa.table({"f0": np.arange(ROWS), **{f"f{i}": x[:, i] for i in range(1, 8)}}),
+                   second)
+    config = job(tmp_path, mlp8, first, columns=("f*",),
+                 session=SessionConfig(intra_op_threads=1, cast="same_kind"))
+    config = replace(config, inputs=(InputSpec(str(first)), InputSpec(str(second))))
+    with pytest.raises(InputError, match=rf"{second}:f0,...,f7 \(8 columns\): column f0 is "
+                                         rf"int64, in {first}:f0,...,f7 \(8 columns\) float64; "
+                                         "all files must agree"):
+        run(config, comm=None)
+    assert not (tmp_path / "scores.parquet").exists()
 
 
 # ---- the finished output, as common readers see it (item 3) ---------------------------------
