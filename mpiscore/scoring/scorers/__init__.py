@@ -59,7 +59,8 @@ class Scorer(Protocol):
 
 
 ScorerFactory = Callable[[bytes, str, "ScorerSettings"], Scorer]
-"""Opens a scorer from the model's bytes, its name for messages and the session settings."""
+"""Opens a scorer from the model's bytes, its path (as the job names it: in messages, and
+where files beside it are found) and the session settings."""
 
 
 def _onnx(model_bytes: bytes, model: str, settings: ScorerSettings) -> Scorer:
@@ -111,7 +112,7 @@ def register(kind: str, factory: ScorerFactory) -> None:
 
 def open_scorer(kind: str, model_bytes: bytes, model: str, settings: ScorerSettings
                 ) -> Scorer:
-    """A scorer of ``kind`` for the model ``model_bytes`` (called ``model`` in messages)."""
+    """A scorer of ``kind`` for the model ``model_bytes``, read from the path ``model``."""
     try:
         factory = SCORERS[kind]
     except KeyError:
