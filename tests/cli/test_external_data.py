@@ -1,6 +1,7 @@
 """A model with external data through the command, in-process with real scoring
 processes, run from another folder than the model's: scored as onnxruntime scores it,
-inspected and dry-run; a missing weights file is one ModelError line."""
+inspected and dry-run; a missing weights file is one ModelError line; --resume with
+changed weights is refused as with a changed model."""
 
 from __future__ import annotations
 
@@ -66,3 +67,22 @@ def test_a_missing_weights_file_is_one_model_error_line(job: dict[str, Path]) ->
         "model keeps tensor 'w1' in 'weights.bin', relative to its folder); put the file back "
         "beside the model"]
     assert not job["out"].exists() and not Path(f"{job['out']}.partial").exists()
+
+
+def test_resume_with_changed_weights_is_refused(job: dict[str, Path]) -> None:
+    failed = invoke(*score_args(job, "--max-retries", 0),
+                    env={"MPISCORE_FAULTS": "raise-always:5"})
+    assert failed.exit_code == 5, failed.output
+    weights = job["model"].parent / "weights.bin"
+    kept, graph = weights.read_bytes(), job["model"].read_bytes()
+    builders.with_external_data(builders.mlp(job["model"], seed=5))
+    assert job["model"].read_bytes() == graph and weights.read_bytes() != kept
+    refused = invoke(*score_args(job, "--resume"))
+    assert refused.exit_code == 2, refused.output
+    [line] = error_lines(refused.output)
+    assert "the model changed: its external data weights.bin, SHA-256 " in line, line
+    weights.write_bytes(kept)
+    resumed = invoke(*score_args(job, "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    want = builders.reference(job["model"], features=builders.features(ROWS, seed=8))
+    builders.assert_matches(builders.read_h5(job["out"]), want)

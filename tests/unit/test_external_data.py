@@ -1,10 +1,11 @@
 """Models with external data (scoring/scorers/onnx_data.py, onnx.py): opened from their
 bytes in a process running anywhere, they score as onnxruntime scores them from their
-path; their files are found (subgraphs' and attributes' tensors too), and a missing one
-is refused in one line."""
+path; their files are found (subgraphs' and attributes' tensors too), a missing one is
+refused in one line, and each is digested for --resume (model.data_digests)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from onnx.external_data_helper import set_external_data
 
 from mpiscore.config import ScorerSettings, SessionConfig
 from mpiscore.errors import ModelError
+from mpiscore.model import data_digests
 from mpiscore.scoring.scorers import open_scorer
 from mpiscore.scoring.scorers.onnx import DATA_FOLDER, session_source
 from mpiscore.scoring.scorers.onnx_data import external_locations
@@ -47,6 +49,7 @@ def test_a_model_with_external_data_scores_from_any_folder(model: Path, elsewher
     data = builders.features(23, seed=3)
     builders.assert_matches(dict(scorer.score({"features": data})),
                             builders.reference(model, features=data))
+    assert scorer.data_files == {"weights.bin": model.parent / "weights.bin"}
 
 
 def test_a_missing_external_data_file_is_one_model_error_naming_it(model: Path,
@@ -105,6 +108,15 @@ def test_sparse_tensors_external_data_is_found() -> None:
 def test_a_model_that_is_no_protobuf_names_no_files() -> None:
     assert external_locations(b"\x00\x01not protobuf\xff") == {}
     assert external_locations(b"") == {}
+
+
+def test_data_digests_are_each_file_s_sha256(model: Path) -> None:
+    weights = model.parent / "weights.bin"
+    assert data_digests({"weights.bin": weights}) == {
+        "weights.bin": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    weights.unlink()
+    with pytest.raises(ModelError, match=r"weights\.bin: cannot read the model.s external data"):
+        data_digests({"weights.bin": weights})
 
 
 def _branching(path: Path) -> Path:

@@ -19,6 +19,8 @@ from ...errors import ConfigError
 from ..start import blas_held
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ...config import ScorerSettings
     from ...model import Column, TensorSpec
 
@@ -41,6 +43,12 @@ class Scorer(Protocol):
     @property
     def label_width(self) -> int:
         """Bytes of the longest string label it can output (0: the probe sizes strings)."""
+
+    @property
+    def data_files(self) -> Mapping[str, Path]:
+        """The files besides the model (or script) that its scores depend on, by the name
+        it gives each (an ONNX model's external data): the job's fingerprint digests
+        them, so --resume refuses changed ones as it refuses a changed model."""
 
     @property
     def columns(self) -> Mapping[str, Column]:

@@ -119,6 +119,11 @@ class OnnxScorer:
         return label_width(self.model_bytes)
 
     @property
+    def data_files(self) -> dict[str, Path]:
+        """The model's external data files, by the location the model names each."""
+        return external_data(self.model_bytes, self.model)
+
+    @property
     def columns(self) -> dict[str, Column]:
         """The ONNX output (and class) behind each column key of :meth:`score`'s result."""
         return self.converter.columns

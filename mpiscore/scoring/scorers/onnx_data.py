@@ -5,7 +5,8 @@ save_as_external_data=True)``); each such tensor names its file by a location
 relative to the model's folder. mpiscore opens sessions from the model's bytes,
 which tell onnxruntime nothing of that folder, so the scorer says where it is
 (onnx.py); the files are found here, from the protobuf, so that a missing one
-stops the job in one line naming it. No onnxruntime here.
+stops the job in one line naming it, and that the job's fingerprint can digest
+them (prepare.py). No onnxruntime here.
 """
 
 from __future__ import annotations
