@@ -17,7 +17,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,14 +35,17 @@ HASH_CHUNK = 65536  # batches turned into JSON at a time for the plan's hash
 
 def fingerprint(model_sha256: str, files: Sequence[SourceFile],
                 plan_rows: Plan | list[list[int]], batch_rows: int, output: str,
-                output_format: str, fields: list[tuple[str, str, tuple[int, ...]]]
-                ) -> dict[str, Any]:
+                output_format: str, fields: list[tuple[str, str, tuple[int, ...]]],
+                model_data: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What the output depends on, in a form that compares with ``==`` after a JSON trip.
 
     ``files`` are :func:`stamped`; their paths are recorded absolute: the same
     files, however spelled. ``plan_rows``: the plan, or its batches as
     ``[[batch_id, file_index, start, stop], ...]``; its hash is that of this list's
-    JSON, taken in pieces, so a million batches never stand as one list."""
+    JSON, taken in pieces, so a million batches never stand as one list.
+    ``model_data``: the SHA-256 of each external data file of the model, by its
+    location; recorded only for a model that has some, so the fingerprint of any
+    other is as before (and its run directories resume)."""
     chunks: Iterable[list[list[int]]]
     if isinstance(plan_rows, list):
         chunks, batches = [plan_rows], len(plan_rows)
@@ -56,8 +59,9 @@ def fingerprint(model_sha256: str, files: Sequence[SourceFile],
         if chunk:
             digest.update(((", " if index else "") + json.dumps(chunk)[1:-1]).encode())
     digest.update(b"]")
+    data = {"model_data": dict(model_data)} if model_data else {}
     return {
-        "model_sha256": model_sha256,
+        "model_sha256": model_sha256, **data,
         "inputs": [{"path": os.path.abspath(f.path), "bytes": f.size, "mtime_ns": f.mtime_ns}
                    for f in files],
         "plan": {"batch_rows": batch_rows, "batches": batches, "sha256": digest.hexdigest()},
@@ -127,6 +131,7 @@ def _difference(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     if before.get("model_sha256") != after["model_sha256"]:
         changes.append(f"the model changed: SHA-256 {str(before.get('model_sha256'))[:12]}... "
                        f"then, {after['model_sha256'][:12]}... now")
+    changes += _data_changes(before.get("model_data") or {}, after.get("model_data") or {})
     changes += _input_changes(before.get("inputs") or [], after["inputs"])
     old, new = before.get("plan") or {}, after["plan"]
     if old.get("batch_rows") != new["batch_rows"]:
@@ -146,6 +151,16 @@ def _difference(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         changes.append(f"the output columns changed: {_fields(old.get('fields') or [])} then, "
                        f"{_fields(new['fields'])} now")
     return changes
+
+
+def _data_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The model's external data files that differ, by location ("none": no such file)."""
+    def shown(digest: str | None) -> str:
+        return f"SHA-256 {digest[:12]}..." if digest else "none"
+
+    return [f"the model changed: its external data {name}, {shown(before.get(name))} then, "
+            f"{shown(after.get(name))} now"
+            for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name)]
 
 
 def _input_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str]:

@@ -48,6 +48,21 @@ def model_digest(model_bytes: bytes) -> str:
     return hashlib.sha256(model_bytes).hexdigest()
 
 
+def data_digests(files: Mapping[str, Path]) -> dict[str, str]:
+    """The SHA-256 of each file beside the model that its scores depend on (its external
+    data), by name: checked on --resume as the model's own digest is. Read in pieces,
+    as such files run to many GB."""
+    digests = {}
+    for name, path in files.items():
+        try:
+            with open(path, "rb") as handle:
+                digests[name] = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read the model's external data: "
+                             f"{exc.strerror or exc}") from exc
+    return digests
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A model input or output: name, NumPy dtype, shape (None for symbolic dimensions)."""

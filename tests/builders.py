@@ -77,6 +77,19 @@ def image_net(path: Path, batch: int | str = "N") -> Path:
     return _save(graph, path)
 
 
+def with_external_data(model: Path, location: str | None = "weights.bin") -> Path:
+    """``model`` saved again in place with every tensor (node attributes' too) in external
+    data, as models over 2 GB must be: in the file ``location`` beside it (replaced:
+    onnx appends to one that exists), or (None) one file per tensor."""
+    proto = onnx.load(model)
+    if location is not None:
+        (model.parent / location).unlink(missing_ok=True)
+    onnx.save_model(proto, model, save_as_external_data=True, location=location,
+                    all_tensors_to_one_file=location is not None, size_threshold=0,
+                    convert_attribute=True)
+    return model
+
+
 def features(rows: int, width: int = 8, seed: int = 0, dtype: str = "float32") -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, width)).astype(dtype)
 

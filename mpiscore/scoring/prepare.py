@@ -41,7 +41,7 @@ from ..journal import (
     stamped,
 )
 from ..lock import JobLock, LockOwner, acquire, lock_paths
-from ..model import InputBinding, bind_inputs, model_digest, output_fields
+from ..model import InputBinding, bind_inputs, data_digests, model_digest, output_fields
 from ..plan import Plan
 from ..report import size_text
 from .calibrate import calibrate
@@ -144,7 +144,8 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
     # absolute paths: the same files, however spelled (RUN_DIR/config.toml has them absolute)
     stamp = fingerprint(sha256, plan.files, plan, plan.batch_rows,
                         os.path.abspath(config.output), target.format,
-                        [(f.name, f.dtype, f.shape) for f in outputs + kept])
+                        [(f.name, f.dtype, f.shape) for f in outputs + kept],
+                        data_digests(scorer.data_files))
     if not config.overwrite and _already_complete(config, target, stamp):
         raise AlreadyComplete(
             f"{target.final}: already complete, from the same model, inputs and plan "

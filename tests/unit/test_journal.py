@@ -13,9 +13,10 @@ from mpiscore.plan import SourceFile
 from mpiscore.report import write_json
 
 
-def stamp(path: Path, model: str = "abc", batch_rows: int = 10) -> dict:
+def stamp(path: Path, model: str = "abc", batch_rows: int = 10,
+          model_data: dict[str, str] | None = None) -> dict:
     return fingerprint(model, stamped([SourceFile(str(path), 10)]), [[0, 0, 0, 10]],
-                       batch_rows, "o.h5", "hdf5", [("y", "<f4", (2,))])
+                       batch_rows, "o.h5", "hdf5", [("y", "<f4", (2,))], model_data)
 
 
 def test_resume_checks_say_what_changed(tmp_path: Path) -> None:
@@ -33,6 +34,25 @@ def test_resume_checks_say_what_changed(tmp_path: Path) -> None:
     data.write_text("version two")
     with pytest.raises(ConfigError, match=f"input {data} changed: 2 bytes then, 11 now"):
         check_resumable(tmp_path, stamp(data))
+
+
+def test_resume_refused_when_the_model_s_external_data_changed(tmp_path: Path) -> None:
+    data = tmp_path / "x.h5"
+    data.write_text("v1")
+    assert "model_data" not in stamp(data)  # a model without any: the fingerprint as before
+    weights = {"w.bin": "a" * 64, "z.bin": "c" * 64}
+    write_json(tmp_path / FINGERPRINT, stamp(data, model_data=weights))
+    check_resumable(tmp_path, stamp(data, model_data=dict(reversed(weights.items()))))
+    with pytest.raises(ConfigError, match=r"since the interrupted run, the model changed: its "
+                       r"external data w\.bin, SHA-256 aaaaaaaaaaaa\.\.\. then, "
+                       r"SHA-256 bbbbbbbbbbbb\.\.\. now; to start over"):
+        check_resumable(tmp_path, stamp(data, model_data={**weights, "w.bin": "b" * 64}))
+    with pytest.raises(ConfigError, match=r"its external data z\.bin, SHA-256 cccccccccccc"
+                       r"\.\.\. then, none now"):
+        check_resumable(tmp_path, stamp(data, model_data={"w.bin": "a" * 64}))
+    write_json(tmp_path / FINGERPRINT, stamp(data))  # run from the model's folder, before
+    with pytest.raises(ConfigError, match=r"its external data w\.bin, none then, SHA-256 aaaa"):
+        check_resumable(tmp_path, stamp(data, model_data=weights))
 
 
 def test_fault_plan() -> None:

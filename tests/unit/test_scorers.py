@@ -34,6 +34,7 @@ class RowSums:
         self.opened_with = model_bytes, model, settings
         self.inputs = [TensorSpec("features", "float32", (None, 8))]
         self.columns = {"total": Column("total")}
+        self.data_files: dict[str, Path] = {}  # nothing besides its "model"
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"total": feeds["features"].sum(axis=1)}

@@ -19,6 +19,8 @@ from ...errors import ConfigError
 from ..start import blas_held
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ...config import ScorerSettings
     from ...model import Column, TensorSpec
 
@@ -43,6 +45,12 @@ class Scorer(Protocol):
         """Bytes of the longest string label it can output (0: the probe sizes strings)."""
 
     @property
+    def data_files(self) -> Mapping[str, Path]:
+        """The files besides the model (or script) that its scores depend on, by the name
+        it gives each (an ONNX model's external data): the job's fingerprint digests
+        them, so --resume refuses changed ones as it refuses a changed model."""
+
+    @property
     def columns(self) -> Mapping[str, Column]:
         """The output (and class) behind each key of :meth:`score`'s result so far."""
 
@@ -59,7 +67,8 @@ class Scorer(Protocol):
 
 
 ScorerFactory = Callable[[bytes, str, "ScorerSettings"], Scorer]
-"""Opens a scorer from the model's bytes, its name for messages and the session settings."""
+"""Opens a scorer from the model's bytes, its path (as the job names it: in messages, and
+where files beside it are found) and the session settings."""
 
 
 def _onnx(model_bytes: bytes, model: str, settings: ScorerSettings) -> Scorer:
@@ -111,7 +120,7 @@ def register(kind: str, factory: ScorerFactory) -> None:
 
 def open_scorer(kind: str, model_bytes: bytes, model: str, settings: ScorerSettings
                 ) -> Scorer:
-    """A scorer of ``kind`` for the model ``model_bytes`` (called ``model`` in messages)."""
+    """A scorer of ``kind`` for the model ``model_bytes``, read from the path ``model``."""
     try:
         factory = SCORERS[kind]
     except KeyError:

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from ...config import ScorerSettings
 from ...errors import ModelError, ScoringError
-from ...model import Column, TensorSpec, tensor_spec
+from ...model import Column, TensorSpec, read_model, tensor_spec
+from .onnx_data import external_data, model_folder
 from .onnx_outputs import (
     STANDARD_DOMAINS,
     OutputConverter,
@@ -40,10 +43,15 @@ OPTIMIZATION = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
+DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+DATA_FOLDER_SINCE = (1, 21)  # onnxruntime's first version that reads DATA_FOLDER
+ORT_VERSION = tuple(int(part) for part in re.findall(r"\d+", ort.__version__)[:2])
+
 
 def open_session(model_bytes: bytes, model: str, settings: ScorerSettings
                  ) -> ort.InferenceSession:
-    """An inference session with explicit threads, spinning policy and providers."""
+    """An inference session with explicit threads, spinning policy and providers, for the
+    model ``model_bytes`` read from the path ``model``."""
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures reach the user as one mpiscore error line
     ort.set_default_logger_severity(4)  # and a provider that did not start: check_started
@@ -54,14 +62,33 @@ def open_session(model_bytes: bytes, model: str, settings: ScorerSettings
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     providers = session_providers(settings)
+    source = session_source(model_bytes, model, options)
     try:  # what onnxruntime prints when it drops a provider, check_started says in a line
         with contextlib.redirect_stdout(io.StringIO()):
-            session = ort.InferenceSession(model_bytes, sess_options=options,
+            session = ort.InferenceSession(source, sess_options=options,
                                            providers=providers)
     except Exception as exc:  # onnxruntime raises pybind types without a common base
         raise ModelError(f"{model}: cannot load as an ONNX model: {_first_line(exc)}") from exc
     check_started(session, settings)
     return session
+
+
+def session_source(model_bytes: bytes, model: str, options: ort.SessionOptions,
+                   version: tuple[int, ...] = ORT_VERSION) -> bytes | str:
+    """What the session is opened from: the bytes the job checked (and sent, once);
+    for a model with external data, with ``options`` naming the model's folder, where
+    onnxruntime then looks for the data instead of the working directory. An
+    onnxruntime before 1.21 ignores that option, so it opens the model's path (which
+    must still hold those bytes). A missing data file is refused here, in one line."""
+    if not external_data(model_bytes, model):
+        return model_bytes
+    if version >= DATA_FOLDER_SINCE:
+        options.add_session_config_entry(DATA_FOLDER, str(model_folder(model)))
+        return model_bytes
+    if read_model(Path(model)) != model_bytes:
+        raise ModelError(f"{model}: the model file changed while the job started; "
+                         "start it again")
+    return model
 
 
 def _first_line(exc: BaseException) -> str:
@@ -90,6 +117,11 @@ class OnnxScorer:
     def label_width(self) -> int:
         """The longest class label in the model's nodes (read when the job is prepared)."""
         return label_width(self.model_bytes)
+
+    @property
+    def data_files(self) -> dict[str, Path]:
+        """The model's external data files, by the location the model names each."""
+        return external_data(self.model_bytes, self.model)
 
     @property
     def columns(self) -> dict[str, Column]:

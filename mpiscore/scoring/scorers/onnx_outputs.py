@@ -28,6 +28,7 @@ import numpy as np
 
 from ...errors import ModelError, ScoringError
 from ...model import ORT_TYPES, Column
+from .protobuf import fields, message
 
 _TENSOR = re.compile(r"tensor\((\w+)\)")
 _SEQ_OF_MAPS = re.compile(r"seq\(map\((int64|string),tensor\((\w+)\)\)\)")
@@ -164,7 +165,7 @@ def label_width(model_bytes: bytes) -> int:
     the strings.
     """
     try:
-        graph = _message(memoryview(model_bytes), 7)  # ModelProto.graph
+        graph = message(memoryview(model_bytes), 7)  # ModelProto.graph
         return 0 if graph is None else max(map(len, _graph_labels(graph)), default=0)
     except (ValueError, IndexError):
         return 0
@@ -176,7 +177,7 @@ def _graph_labels(graph: memoryview) -> Iterator[bytes]:
         for kind, attribute in node:
             if kind != 5 or not isinstance(attribute, memoryview):
                 continue
-            parts = list(_fields(attribute))
+            parts = list(fields(attribute))
             name = next((bytes(v) for n, v in parts if n == 1 and isinstance(v, memoryview)), b"")
             for n, value in parts:
                 if isinstance(value, memoryview) and n in (4, 9) and name in LABEL_ATTRIBUTES:
@@ -186,14 +187,14 @@ def _graph_labels(graph: memoryview) -> Iterator[bytes]:
 def _nodes(graph: memoryview) -> Iterator[list[tuple[int, memoryview | int]]]:
     """The fields of each of a GraphProto's nodes (field 1), each followed by those of
     its subgraphs' nodes (AttributeProto g = 6, graphs = 11)."""
-    for number, node in _fields(graph):
+    for number, node in fields(graph):
         if number != 1 or not isinstance(node, memoryview):
             continue
-        parts = list(_fields(node))
+        parts = list(fields(node))
         yield parts
         for kind, attribute in parts:
             if kind == 5 and isinstance(attribute, memoryview):
-                for n, value in _fields(attribute):
+                for n, value in fields(attribute):
                     if n in (6, 11) and isinstance(value, memoryview):
                         yield from _nodes(value)
 
@@ -206,46 +207,10 @@ def node_domains(model_bytes: bytes) -> set[str] | None:
     operators, ``ai.onnx.ml``: skl2onnx's trees, linear models, ZipMap), read from the
     protobuf (NodeProto.domain); None for a model it cannot walk."""
     try:
-        graph = _message(memoryview(model_bytes), 7)  # ModelProto.graph
+        graph = message(memoryview(model_bytes), 7)  # ModelProto.graph
         if graph is None:
             return set()
         return {next((bytes(v).decode() for n, v in node if n == 7 and isinstance(v, memoryview)),
                      "") for node in _nodes(graph)}
     except (ValueError, IndexError, UnicodeDecodeError):
         return None
-
-
-def _message(buffer: memoryview, number: int) -> memoryview | None:
-    return next((v for n, v in _fields(buffer) if n == number and isinstance(v, memoryview)),
-                None)
-
-
-def _fields(buffer: memoryview) -> Iterator[tuple[int, memoryview | int]]:
-    """(field number, value) of a protobuf message: bytes for length-delimited fields."""
-    position, end = 0, len(buffer)
-    while position < end:
-        key, position = _varint(buffer, position)
-        number, wire = key >> 3, key & 7
-        value: memoryview | int = 0
-        if wire == 0:
-            value, position = _varint(buffer, position)
-        elif wire == 2:
-            size, position = _varint(buffer, position)
-            value, position = buffer[position:position + size], position + size
-        elif wire in (1, 5):
-            position += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-        if position > end:
-            raise ValueError("protobuf field runs past its message")
-        yield number, value
-
-
-def _varint(buffer: memoryview, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buffer[position]
-        value |= (byte & 0x7F) << shift
-        position, shift = position + 1, shift + 7
-        if not byte & 0x80:
-            return value, position

@@ -104,6 +104,11 @@ class ScriptScorer:
     label_width = LABEL_WIDTH
     run_rows = 0  # run() gets each mini-batch whole
 
+    @property
+    def data_files(self) -> dict[str, Path]:
+        """None known: what init() loads (its --model_dir) is the script's own affair."""
+        return {}
+
     def __init__(self, script: str, settings: ScriptSettings, rank: int) -> None:
         self.script, self.settings, self.rank = script, settings, rank
         self.log = ProcessLog(settings, rank)
