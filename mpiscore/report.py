@@ -104,31 +104,44 @@ def append_history(run_dir: Path, report: RunReport) -> dict:
         "slurm": report.slurm})
 
 
-# How long before rank 0's death another rank's is taken as this run's (older notes are
-# an earlier run's): the launcher ends every rank within a second of the first death.
-DEATH_NOTE_SECONDS = 30.0
+# How long rank 0's first scoring process waits, as its rank dies, for the other ranks'
+# notes of their deaths (the launcher ends them all within milliseconds of each other).
+DEATH_NOTES_SECONDS = 0.2
 
 
 def note_death(run_dir: Path, rank: int, where: str, when: float) -> None:
     """Note in ``RUN_DIR/logs`` that ``rank`` died at ``when`` (its first scoring process
-    writes it as its rank dies), so that rank 0's can say which rank died first: the
-    launcher kills every rank after one dies, and rank 0's would name only itself."""
+    writes it as its rank dies), so that rank 0's line can name the other ranks that
+    died and when: the launcher kills every rank after one dies, and rank 0's would name
+    only itself. Which rank died first is the launcher's to say (its output names the
+    process that ended first): each note's time is when its scoring process ran, which
+    a loaded node delays by more than the launcher takes to end the others."""
     (run_dir / "logs" / f"rank-{rank:05d}.died").write_text(
         json.dumps({"where": where, "time": when}))
 
 
+def forget_death(run_dir: Path, rank: int) -> None:
+    """Remove an earlier run's note of ``rank``'s death (a resumed job's)."""
+    (run_dir / "logs" / f"rank-{rank:05d}.died").unlink(missing_ok=True)
+
+
 def death_reason(run_dir: Path, where: str, when: float, output: str) -> str:
     """Why the job died, for rank 0's last line: ``where`` (rank 0) was killed at
-    ``when``, after the rank whose death was noted first, if one died before it."""
+    ``when``; and the earliest of the other ranks' noted deaths, how long before or
+    after it."""
     notes = [note for path in (run_dir / "logs").glob("rank-*.died")
              if (note := read_json_object(path)) and isinstance(note.get("time"), float)
-             and when - DEATH_NOTE_SECONDS <= note["time"] <= when]
-    first = min(notes, key=lambda note: note["time"], default=None)
-    before = "" if first is None else \
-        f"; {first['where']} had died {1000 * (when - first['time']):.0f} ms before it"
-    return (f"{where} was killed while the job ran{before} (by a signal, out of memory, or by "
-            f"the MPI launcher after another rank died); {output} stays partial: rerun with "
-            "--resume")
+             and isinstance(note.get("where"), str)]
+    others = ""
+    if notes:
+        first = min(notes, key=lambda note: note["time"])
+        gap = 1000 * (when - first["time"])
+        lead = f"{first['where']} died too" if len(notes) == 1 else \
+            f"of {len(notes)} other ranks that died, {first['where']} was first"
+        others = f"; {lead}, {abs(gap):.0f} ms {'before' if gap >= 0 else 'after'} it"
+    return (f"{where} was killed while the job ran{others} (by a signal, out of memory, or "
+            f"by the MPI launcher after another rank died); {output} stays partial: rerun "
+            "with --resume")
 
 
 def record_death(run_dir: Path, output: str, reason: str) -> bool:

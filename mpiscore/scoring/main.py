@@ -29,7 +29,13 @@ from ..errors import InputChanged, MpiscoreError, is_storage_failure
 from ..io.registry import open_reader
 from ..model import model_digest, read_model
 from ..plan import Batch
-from ..report import death_reason, note_death, record_death
+from ..report import (
+    DEATH_NOTES_SECONDS,
+    death_reason,
+    forget_death,
+    note_death,
+    record_death,
+)
 from ..tuning import (
     READ_AHEAD,
     REPORT_SECONDS,
@@ -523,7 +529,7 @@ def _record_death_of_rank(spec: ScorerSpec) -> None:
     """On a rank's first scoring process, die with the rank as before, but first note
     when it died (report.note_death); on rank 0's, also say in one line, and record in
     the run directory (``summary.json``, ``history.jsonl``), that the job died, and
-    which rank died first, so that it does not end in silence and say "running" for
+    which other ranks died when, so that it does not end in silence and say "running" for
     ever after a hard kill. The launcher SIGKILLs every rank when one dies, so no rank
     can say it; this process, in a session of its own, outlives its rank long enough,
     and its stderr still reaches the launcher's output."""
@@ -536,10 +542,13 @@ def _record_death_of_rank(spec: ScorerSpec) -> None:
             if rank != 0:
                 note_death(run_dir, rank, spec.where, when)
                 os._exit(1)
+            time.sleep(DEATH_NOTES_SECONDS)  # for the others' notes
             reason = death_reason(run_dir, spec.where, when, str(partial))
             if record_death(run_dir, str(partial), reason):
                 os.write(2, f"mpiscore: the job died: {reason}\n".encode())
         os._exit(1)
 
+    with contextlib.suppress(OSError):
+        forget_death(run_dir, rank)
     signal.signal(signal.SIGUSR1, record)
     _die_with_parent(signal.SIGUSR1)

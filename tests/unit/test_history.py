@@ -64,19 +64,22 @@ def test_a_run_killed_after_its_line_is_not_recorded_again_as_died(tmp_path) -> 
         [("stopped", 100.0), ("died", 200.0)]
 
 
-def test_the_rank_that_died_first_is_named_and_older_deaths_are_not(tmp_path) -> None:
-    from mpiscore.report import death_reason, note_death
+def test_rank_0_s_line_names_the_other_ranks_that_died_and_when(tmp_path) -> None:
+    from mpiscore.report import death_reason, forget_death, note_death
 
     (tmp_path / "logs").mkdir()
     when = 1_000_000.0
     assert death_reason(tmp_path, "rank 0 of 4 (a)", when, "y.h5.partial") == (
         "rank 0 of 4 (a) was killed while the job ran (by a signal, out of memory, or by the "
         "MPI launcher after another rank died); y.h5.partial stays partial: rerun with --resume")
-    note_death(tmp_path, 3, "rank 3 of 4 (b)", when - 100)  # an earlier run's
-    note_death(tmp_path, 2, "rank 2 of 4 (b)", when - 0.004)
     note_death(tmp_path, 1, "rank 1 of 4 (a)", when + 0.002)  # ended after rank 0
-    assert death_reason(tmp_path, "rank 0 of 4 (a)", when, "y.h5.partial").startswith(
-        "rank 0 of 4 (a) was killed while the job ran; rank 2 of 4 (b) had died 4 ms before it "
-        "(by a signal")
-    (tmp_path / "logs" / "rank-00002.died").write_text("{torn")  # never trusted
-    assert "had died" not in death_reason(tmp_path, "rank 0 of 4 (a)", when, "y.h5.partial")
+    assert "; rank 1 of 4 (a) died too, 2 ms after it (by a signal" in death_reason(
+        tmp_path, "rank 0 of 4 (a)", when, "y.h5.partial")
+    note_death(tmp_path, 2, "rank 2 of 4 (b)", when - 0.009)
+    note_death(tmp_path, 3, "rank 3 of 4 (b)", when - 0.004)
+    assert "; of 3 other ranks that died, rank 2 of 4 (b) was first, 9 ms before it (" in \
+        death_reason(tmp_path, "rank 0 of 4 (a)", when, "y.h5.partial")
+    forget_death(tmp_path, 2)  # as a resumed job's rank 2 starts
+    (tmp_path / "logs" / "rank-00003.died").write_text("{torn")  # never trusted
+    assert "; rank 1 of 4 (a) died too, 2 ms after it" in death_reason(
+        tmp_path, "rank 0 of 4 (a)", when, "y.h5.partial")
