@@ -97,7 +97,7 @@ def run(config: JobConfig, comm: object | None = None, pool: ScorerPool | None =
             if whole is None:  # ask now: rank 0 answers while this rank's processes start
                 asking = _worker(job.config, pool, world, spec, world.worker_link())
                 asking.start()
-            pool.start(spec)
+            pool.start(spec, lambda: asking is not None and asking.stop_heard())
             if warming is not None:  # before the loop, whose CPU is the rank's waiting
                 warming.join()
             return _score(job, whole, pool, world, started, asking)

@@ -20,10 +20,10 @@ import contextlib
 import math
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..errors import ScoringProcessError
+from ..errors import Interrupted, ScoringProcessError
 from ..lock import JobLock, LockOwner, lock_paths
 from ..placement import layout, scorer_settings
 from ..plan import Batch
@@ -57,6 +57,7 @@ from ..wire import (
     wait,
 )
 from .process import ScorerProcess
+from .signals import early_stop
 
 if TYPE_CHECKING:  # this module stays light: the rank imports it before anything heavy
     from ..config import JobConfig, ScorerSettings
@@ -173,11 +174,22 @@ class ScorerPool:
         first, request = self.procs[0], self.preparing
         config = request.config
         lock = JobLock(lock_paths(config.output, config.resolved_run_dir), request.owner)
+        stop_by = None
         while not wait([first.conn], 1.0):
             if not request.dry_run_seconds:  # a dry run takes no lock
                 lock.refresh(taken=False)  # planning 10,000 files may take minutes: stay alive
             if not first.alive():
                 break
+            if stop_by is None and early_stop() is not None:
+                stop_by = time.monotonic() + config.stop_grace
+            if stop_by is not None and time.monotonic() > stop_by:
+                first.process.kill()  # its pipe stays for close(), which sees it ended
+                first.join(5)
+                lock.release()  # taken by it for this rank, if it got that far
+                raise Interrupted(
+                    f"{early_stop()}: {config.scorer_file} was still being loaded and the job "
+                    f"checked --stop-grace {config.stop_grace:g}s later (an entry script's "
+                    "init() that does not return?); nothing was scored: rerun it") from None
         try:
             answer = recv_at_rank(first.conn)
         except (EOFError, OSError):
@@ -190,8 +202,11 @@ class ScorerPool:
             raise answer.error
         return answer
 
-    def start(self, spec: ScorerSpec) -> None:
-        """Hand every process the job and wait until each has its scorer ready."""
+    def start(self, spec: ScorerSpec, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Hand every process the job and wait until each has its scorer ready, or until
+        a stop comes (a signal, or ``stopping``: rank 0's Drain): the loop then stops
+        the job, and closing the pool ends the processes still starting, so that one
+        whose entry script's init() does not return holds no rank past a stop."""
         self.spec = spec
         if self.recorder is None:
             self.recorder = self._open_recorder(spec)
@@ -207,6 +222,8 @@ class ScorerPool:
             if time.monotonic() > deadline:
                 raise ScoringProcessError(f"{spec.where}: scoring processes did not start "
                                           f"in {START_TIMEOUT_SECONDS:.0f}s")
+            if early_stop() is not None or stopping():
+                return
             self.poll(1.0)
 
     def _open_recorder(self, spec: ScorerSpec) -> Recorder:
@@ -419,7 +436,10 @@ class ScorerPool:
         recorder, self.recorder = self.recorder, None
         if recorder is not None:  # its last sample sees the processes still running
             recorder.close()
-        procs, self.procs = self.procs, []
+        starting = [proc for proc in self.procs if not proc.ready]
+        for proc in starting:  # a stop came while it started (an init() that does not
+            proc.kill()        # return?): it holds no batch and wrote nothing
+        procs, self.procs = [proc for proc in self.procs if proc.ready], []
         self.closing += procs
         for proc in procs:
             with contextlib.suppress(OSError):

@@ -41,6 +41,13 @@ def _record_early(signum: int, frame: FrameType | None) -> None:
     _early.append(f"{name} during start-up")
 
 
+def early_stop() -> str | None:
+    """The stop signal that came during start-up, if one did: the waits of the start-up
+    look at it, so that a scoring process that never gets ready (an entry script's
+    init() that does not return) cannot hold the job past the stop."""
+    return _early[0] if _early else None
+
+
 class StopSignals:
     """Context manager that installs the two-stage handlers and restores the old ones."""
 

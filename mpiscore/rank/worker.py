@@ -176,6 +176,13 @@ class RankWorker:
             else:
                 self.handle(message)
 
+    def stop_heard(self) -> bool:
+        """Whether rank 0 asked this rank to stop (a Drain, or the Stop), taking in what
+        waits on the link: while the rank's processes start, a Drain returns the batches
+        queued here, so the others' stop need not wait for them to be ready."""
+        self.take_in()
+        return self.stopped or self.drain_started is not None
+
     def _feed(self) -> None:
         """Hand queued batches to the processes with room, the least loaded first, each
         its share in one message."""
