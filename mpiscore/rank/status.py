@@ -27,6 +27,10 @@ from ..tuning import STALE_SECONDS, STATUS_SECONDS
 
 STATUS_FILE = "status.json"
 RUNNING = ("running", "starting")
+# what job_status always returns (README "Watching a job"), null where not known
+KEYS = ("state", "rows_done", "rows", "rows_per_second", "eta_seconds", "batches_done",
+        "batches", "batches_failed", "batches_retried", "failures", "ranks", "updated_at",
+        "heartbeat_at", "stop_reason", "output")
 
 
 class StatusFile:
@@ -82,9 +86,10 @@ class StatusFile:
 def job_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
     """The job's state from the files of its run directory (never from the job itself).
 
-    ``state``: running, complete, stopped, failed, died (its rank was killed) or
-    heartbeat-stopped (no sign of life for STALE_SECONDS, or its process is gone).
-    Raises InputError for a directory that holds no job's status."""
+    ``state``: starting, running, complete, stopped, failed, died (its rank was killed)
+    or heartbeat-stopped (no sign of life for STALE_SECONDS, or its process is gone).
+    Every key of KEYS is there, None where the files do not say. Raises InputError for
+    a directory that holds no job's status."""
     now = time.time() if now is None else now
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a run directory (no such directory)")
@@ -92,9 +97,8 @@ def job_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
     status = read_json_object(run_dir / STATUS_FILE)
     lock = _mtime(run_dir / "lock")
     if summary is None and status is None:
-        if lock is not None and now - lock < STALE_SECONDS:
-            return {"state": "starting", "run_dir": str(run_dir), "rows_done": 0,
-                    "rows": None, "rows_per_second": 0.0, "eta_seconds": None}
+        if lock is not None:
+            return _every_key(_starting(run_dir, lock, now))
         what = "a job's run directory" if (run_dir / "plan.json").exists() else \
             "a run directory"
         raise InputError(f"{run_dir}: no job status here (no summary.json or {STATUS_FILE}): "
@@ -119,7 +123,21 @@ def job_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
         info["eta_seconds"] = None
     info["stop_reason"] = summary.get("stop_reason") or info.get("stop_reason")
     info["output"] = summary.get("output")
-    return info
+    return _every_key(info)
+
+
+def _starting(run_dir: Path, lock: float, now: float) -> dict[str, Any]:
+    """A job that holds its lock but has no summary yet (it has not planned): starting,
+    or killed while starting when the lock names a rank 0 gone from this host or has
+    not been refreshed for STALE_SECONDS; the lock's mtime is its heartbeat."""
+    owner = read_json_object(run_dir / "lock") or {}  # host and pid, as a summary has
+    state = "heartbeat-stopped" if _stopped(owner, lock, now) else "starting"
+    return {"state": state, "run_dir": str(run_dir), **_counters(run_dir, None),
+            "heartbeat_at": lock}
+
+
+def _every_key(info: dict[str, Any]) -> dict[str, Any]:
+    return {**dict.fromkeys(KEYS), **info}
 
 
 def _counters(run_dir: Path, status: dict[str, Any] | None) -> dict[str, Any]:
@@ -176,19 +194,21 @@ def describe_status(info: dict[str, Any], now: float | None = None) -> str:
         line += f", ETA {_duration(info['eta_seconds'])}"
     lines = [line]
     if info.get("batches") is not None:
-        lines.append(f"batches: {info.get('batches_done', 0):,} of {info['batches']:,} done, "
-                     f"{info.get('batches_failed', 0):,} failed, "
-                     f"{info.get('batches_retried', 0):,} retried")
+        lines.append(f"batches: {info.get('batches_done') or 0:,} of {info['batches']:,} done, "
+                     f"{info.get('batches_failed') or 0:,} failed, "
+                     f"{info.get('batches_retried') or 0:,} retried")
     if state == "died" or state == "heartbeat-stopped":
-        lines.append(f"heartbeat stopped at {_when(info.get('heartbeat_at'), now)}; "
-                     "the output stays partial: rerun with --resume")
+        # no output named: no summary, so it never planned (killed while starting)
+        after = "the output stays partial: rerun with --resume" if info.get("output") else \
+            "it stopped before scoring: run it again"
+        lines.append(f"heartbeat stopped at {_when(info.get('heartbeat_at'), now)}; {after}")
     elif state in RUNNING:
         lines.append(f"updated {_when(info.get('updated_at'), now)}; "
                      f"heartbeat {_when(info.get('heartbeat_at'), now)}")
     if info.get("stop_reason"):
         lines.append(f"reason: {info['stop_reason']}")
     if state in RUNNING:
-        for rank in info.get("ranks", []):
+        for rank in info.get("ranks") or []:
             flying = rank["batches_in_flight"]
             shown = ", ".join(map(str, flying[:6])) + (" ..." if len(flying) > 6 else "")
             lines.append(f"  rank {rank['rank']}: last heard {_when(rank['last_heard'], now)}; "

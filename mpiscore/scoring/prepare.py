@@ -43,7 +43,7 @@ from ..journal import (
 from ..lock import JobLock, LockOwner, acquire, lock_paths
 from ..model import InputBinding, bind_inputs, data_digests, model_digest, output_fields
 from ..plan import Plan
-from ..report import size_text
+from ..report import read_json_object, size_text
 from .calibrate import calibrate
 from .pipeline import Loaded, scorer_feeds
 from .scorers import Scorer
@@ -204,13 +204,23 @@ def small_batches(config: JobConfig, plan: Plan, row_nbytes: int) -> str | None:
 
 
 def _already_complete(config: JobConfig, target: OutputTarget, stamp: dict[str, Any]) -> bool:
-    """Whether this very job finished before: its output is complete (no partial beside
-    it) and the run directory's fingerprint is this job's. A requeued or resubmitted
-    job then has nothing to do; another job's output still needs --overwrite."""
-    if not target.final.exists() or target.partial.exists():
+    """Whether this very job finished before: its output is complete and the run
+    directory's fingerprint is this job's. A requeued or resubmitted job then has
+    nothing to do; another job's output still needs --overwrite.
+
+    Complete means no partial beside the output; for an output used in place
+    (summary_only's directory, which never has a partial name) it means the run
+    directory's summary says the job completed (a new run first rewrites it as
+    running, so a run cut short never counts)."""
+    run_dir = config.resolved_run_dir
+    if target.in_place:
+        summary = read_json_object(run_dir / "summary.json") or {}
+        if not target.final.is_dir() or summary.get("status") != "complete":
+            return False
+    elif not target.final.exists() or target.partial.exists():
         return False
     try:
-        recorded = json.loads((config.resolved_run_dir / FINGERPRINT).read_text())
+        recorded = json.loads((run_dir / FINGERPRINT).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(recorded, dict) and all(recorded.get(key) == stamp[key] for key in stamp)

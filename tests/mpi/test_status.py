@@ -16,8 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from mpiscore.cli import main
+from mpiscore.lock import pid_alive
 from tests import builders
-from tests.mpi.launch import finish, kill, mpiscore, rank_pids, wait_for_batches
+from tests.mpi.launch import finish, kill, mpiscore, rank_pids, wait_for_batches, wait_until
 from tests.mpi.test_trust import job, summary
 
 ROWS = 1200
@@ -102,3 +103,29 @@ def test_status_after_a_killed_job_then_resume_from_its_config(data, tmp_path, j
     assert result.returncode == 0, result.stderr
     labels_right(out, data)
     assert status(run_dir)["state"] == "complete"
+
+
+def test_status_of_a_job_killed_while_its_entry_script_starts(tmp_path, jobs) -> None:
+    """mpiexec and every process below it SIGKILLed during init(): the lock names a
+    rank 0 gone from this host, so the job's heartbeat stopped (at the lock's time)."""
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        (tmp_path / "in" / f"f{i}.txt").write_text(f"{i}\n")
+    script = tmp_path / "hang.py"
+    script.write_text("import time\n\ndef init():\n    time.sleep(3600)\n\n"
+                      "def run(mini_batch):\n    return list(mini_batch)\n")
+    out, run_dir = tmp_path / "hi.txt", tmp_path / "hi.txt.run"
+    process = jobs(2, "--entry-script", script, "--input", tmp_path / "in",
+                   "--input-mode", "files", "--output-action", "append_row", "--output", out)
+    wait_until(lambda: (run_dir / "lock").exists() and status(run_dir)["state"] == "starting",
+               process, "its start-up")
+    kill(process)
+    pid = json.loads((run_dir / "lock").read_text())["pid"]
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    info = status(run_dir)
+    assert info["state"] == "heartbeat-stopped", info
+    assert info["heartbeat_at"] == (run_dir / "lock").stat().st_mtime
+    assert info["output"] is None and info["ranks"] is None and "updated_at" in info
+    assert "heartbeat stopped at " in text(run_dir)
