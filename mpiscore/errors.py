@@ -110,15 +110,23 @@ def is_storage_failure(exc: BaseException) -> bool:
     return False
 
 
-def storage_error(path: object, exc: OSError, doing: str) -> OutputError:
+# What to do about the storage, by errno (the rest: free space, or raise the limit)
+_STORAGE_FIXES = {errno.EROFS: "make it writable (a read-only filesystem or mount)",
+                  errno.EIO: "check the storage (an I/O error: a failing disk or server)"}
+RESUME, RERUN = "rerun with --resume", "rerun the same command"
+
+
+def storage_error(path: object, exc: OSError, doing: str, then: str = RESUME) -> OutputError:
     """The one-line error for a failed write of ``path``: a StorageError, naming the
-    errno, when the storage refused it; else an OutputError."""
+    errno and what to do, when the storage refused it; else an OutputError. ``then``:
+    RERUN where the failure came before anything was made (a lock, the output's
+    creation), so there is nothing to resume."""
     code = errno.errorcode.get(exc.errno or 0, "")
     text = " ".join(str(exc.strerror or exc).split())  # one line, even for HDF5's messages
     reason = f"{text} ({code})" if code else text
     if exc.errno in STORAGE_ERRNOS:
-        return StorageError(f"{path}: {doing}: {reason}; free space (or raise the quota or "
-                            "limit), then rerun with --resume")
+        fix = _STORAGE_FIXES.get(exc.errno, "free space (or raise the quota or limit)")
+        return StorageError(f"{path}: {doing}: {reason}; {fix}, then {then}")
     return OutputError(f"{path}: {doing}: {reason}")
 
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import OutputError, storage_error
+from .errors import RERUN, OutputError, storage_error
 from .placement import slurm_ids
 from .report import LOG
 from .tuning import REFRESH_SECONDS, STALE_SECONDS
@@ -136,7 +136,7 @@ def _make_directory(lock: Path) -> None:
         raise OutputError(f"{lock.parent}: cannot be created: directory "
                           f"{lock.parent.parent} does not exist") from None
     except OSError as exc:
-        raise storage_error(lock.parent, exc, "cannot create the directory") from exc
+        raise storage_error(lock.parent, exc, "cannot create the directory", RERUN) from exc
 
 
 def _claim(path: Path, owner: LockOwner) -> None:
@@ -151,7 +151,8 @@ def _claim(path: Path, owner: LockOwner) -> None:
             raise OutputError(f"{path.with_suffix('')}: directory {path.parent} does not "
                               "exist") from None
         except OSError as exc:
-            raise storage_error(path, exc, "cannot create the job's lock file") from exc
+            raise storage_error(path, exc, "cannot create the job's lock file", RERUN) \
+                from exc
         try:
             if os.write(fd, record) != len(record):  # the disk just filled up
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -159,7 +160,8 @@ def _claim(path: Path, owner: LockOwner) -> None:
         except OSError as exc:
             os.close(fd)
             path.unlink()
-            raise storage_error(path, exc, "cannot write the job's lock file") from exc
+            raise storage_error(path, exc, "cannot write the job's lock file", RERUN) \
+                from exc
         os.close(fd)
         return
     raise OutputError(f"{path}: another job keeps taking this lock; make sure only one job "

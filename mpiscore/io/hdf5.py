@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from ..config import RESERVED_PREFIX
-from ..errors import InputError, OutputError, storage_error
+from ..errors import RERUN, InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
 from .fields import Columns, Field, Ranks, nearest_first
 from .sources import Hdf5Source
@@ -313,7 +313,7 @@ def create(partial: Path, fields: list[Field], rows: int, attrs: dict[str, Any],
             os.replace(making, partial)
         except OSError as exc:
             making.unlink(missing_ok=True)
-            failure = storage_error(partial, exc, "cannot create HDF5 output")
+            failure = storage_error(partial, exc, "cannot create HDF5 output", RERUN)
             exc.__traceback__ = None  # let go of h5py's objects here, inside the quiet hook
             gc.collect()  # and of those left in cycles
         except BaseException:  # a bug: no half-made file left beside the output either

@@ -99,3 +99,22 @@ def test_a_lock_being_written_is_not_taken_and_says_so(tmp_path: Path) -> None:
         acquire(paths(tmp_path), LockOwner.here())
     os.utime(lock, (time.time() - 60, time.time() - 60))  # never written: left by a kill
     acquire(paths(tmp_path), LockOwner.here()).release()
+
+
+def test_a_storage_refusal_says_what_to_fix_and_whether_to_resume() -> None:
+    import errno
+
+    from mpiscore.errors import RERUN, StorageError, storage_error
+
+    full = storage_error("y.h5.partial", OSError(errno.ENOSPC, "No space left on device"),
+                         "cannot finish the output")
+    assert isinstance(full, StorageError) and str(full) == (
+        "y.h5.partial: cannot finish the output: No space left on device (ENOSPC); free space "
+        "(or raise the quota or limit), then rerun with --resume")
+    read_only = storage_error("y.h5.lock", OSError(errno.EROFS, "Read-only file system"),
+                              "cannot create the job's lock file", RERUN)
+    assert str(read_only) == (
+        "y.h5.lock: cannot create the job's lock file: Read-only file system (EROFS); make it "
+        "writable (a read-only filesystem or mount), then rerun the same command")
+    other = storage_error("y.h5", OSError(errno.EACCES, "Permission denied"), "cannot write")
+    assert not isinstance(other, StorageError) and "rerun" not in str(other)
