@@ -130,8 +130,9 @@ def main() -> None:
               show_default=True, help="Input format; auto = from the suffix (.h5, .hdf5 or "
               ".parquet, or a directory).")
 @click.option("--output-format", type=click.Choice(["auto", "hdf5", "parquet"]), default="auto",
-              show_default=True, help="Output format; auto = HDF5 for .h5/.hdf5, else a Parquet "
-              "dataset directory.")
+              show_default=True, help="Output format; auto = HDF5 for .h5/.hdf5, a Parquet "
+              "dataset directory for .parquet, a name without a suffix or a directory (another "
+              "suffix is refused).")
 @click.option("--map", "mapping", multiple=True, metavar="INPUT=SOURCE",
               help="Model input fed by an HDF5 dataset or comma-separated Parquet columns "
               "[default: the dataset named like the input, or the file's only one]. Repeatable.")
