@@ -358,7 +358,8 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
     """The job's summary, written to the run directory (rank 0; run_dir.record_run)."""
     started, ready = times
     wall = time.perf_counter() - started
-    rows = sum(s.rows for s in stats)
+    # a script's items without a result (append_row, fewer results) count as failed
+    rows = sum(s.rows for s in stats) - sum(scheduler.short.values())
     failed = _failures(job, scheduler)
     output = job.target.final if status == "complete" else job.target.partial
     report, written = record_run(job.config.resolved_run_dir, RunReport(

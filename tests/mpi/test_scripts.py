@@ -295,7 +295,9 @@ def test_append_row_short_result_counts_failed_items(env, tmp_path, threshold, c
         assert not out.exists()
     else:
         assert out.read_text().splitlines() == fx.file_lines(skip="item04.txt")
-        assert summary(out)["rows_failed"] == 1
+        report = summary(out)
+        assert report["rows_failed"] == 1  # and not scored too: they add up to the files
+        assert report["rows_scored"] + report["rows_failed"] == len(fx.file_lines())
 
 
 def test_append_row_short_result_names_the_batch(env, tmp_path) -> None:
