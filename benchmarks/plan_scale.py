@@ -55,7 +55,7 @@ def from_rank_zero(self, step, what):
     sizes["broadcast_bytes"] = len(pickle.dumps(value, protocol=5))
     return value
 world_module.World.from_rank_zero = from_rank_zero
-def start(self, spec):
+def start(self, spec, *more):
     sizes["spec_job_bytes"] = len(pickle.dumps(spec.job, protocol=5))
     resolved = spec.job.source.resolved  # file input: paths besides the plan's table
     own = len(getattr(resolved, "paths", ()))

@@ -43,12 +43,12 @@ def from_rank_zero(self: world_module.World, step: Any, what: str) -> Any:
     return value
 
 
-def start(self: pool_module.ScorerPool, spec: Any) -> None:
+def start(self: pool_module.ScorerPool, spec: Any, *more: Any) -> None:
     seen.update(spec_holds_batches=spec.job.plan.holds_batches,
                 spec_job_bytes=len(pickle.dumps(spec.job)), fingerprint=spec.job.fingerprint,
                 spec_own_paths=own_paths(spec.job))
     (FOLDER / f"rank-{seen['rank']}.json").write_text(json.dumps(seen))
-    start_original(self, spec)
+    start_original(self, spec, *more)
 
 
 def record_libraries() -> None:
