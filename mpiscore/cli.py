@@ -367,7 +367,7 @@ def _fail(world: World, message: str, code: int, collective: bool) -> NoReturn:
 
 
 SLURM_FIELDS = ("output", "run_dir", "stop_grace", "procs_per_rank", "intra_op_threads",
-                "overwrite")  # SlurmJob fields; the other score options travel as given
+                "overwrite", "script_args")  # SlurmJob's; the other score options as given
 
 
 @main.command()
@@ -417,7 +417,7 @@ def slurm(ctx: click.Context, nodes: int, ntasks_per_node: int | None,
             options["run_dir"], options["stop_grace"], options["procs_per_rank"],
             options["intra_op_threads"], options["overwrite"], nodes, ntasks_per_node,
             cpus_per_task, gpus_per_node, walltime, partition, account, launcher,
-            mpi, max_restarts)
+            mpi, max_restarts, script_args=tuple(options["script_args"]))
         script = batch.render_script(job)
         click.echo(batch.submit(script) if submit else script, nl=submit)
     except MpiscoreError as exc:

@@ -38,8 +38,10 @@ class SlurmJob:
     """One scoring job as a Slurm batch job.
 
     ``score_args``: the ``mpiscore score`` options as on its command line, without
-    ``--output``, ``--stop-grace``, ``--procs-per-rank`` and ``--intra-op-threads``
-    (fields here, since the script's resources depend on them).
+    ``--output``, ``--run-dir``, ``--stop-grace``, ``--procs-per-rank`` and
+    ``--intra-op-threads`` (fields here, since the script's resources depend on them)
+    and without the entry script's words (``script_args``: the script passes them
+    last, after ``--``, so that every option, ``--resume`` too, is mpiscore's).
     ``intra_op_threads=None``: ``cpus_per_task`` divided by ``procs_per_rank``.
     """
 
@@ -62,6 +64,7 @@ class SlurmJob:
     max_restarts: int = 10
     workdir: Path = field(default_factory=Path.cwd)
     mpiscore: str = field(default_factory=lambda: default_mpiscore())
+    script_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.launcher not in LAUNCHERS:
@@ -210,6 +213,9 @@ def _settings(job: SlurmJob) -> list[str]:
             lines[-1] += f" {_quote(arg)}"
     lines[-1] += ")"
     lines.append("fresh=(--overwrite)" if job.overwrite else "fresh=()")
+    lines.append(f"script_args=({' '.join(map(_quote, job.script_args))})"
+                 + ("   # the entry script's, after -- and every mpiscore option"
+                    if job.script_args else ""))
     return lines
 
 
@@ -220,16 +226,14 @@ def _quote(value: object) -> str:
 def command_line(params: Iterable[Any], values: Mapping[str, Any],
                  given: Iterable[str]) -> tuple[str, ...]:
     """The options ``given`` (by name) of click ``params`` with their ``values``, as a
-    command line: what the user typed, normalised, so the script runs that job."""
+    command line: what the user typed, normalised, so the script runs that job. Only
+    options: an entry script's words (an argument) travel as ``SlurmJob.script_args``."""
     wanted = set(given)
     argv: list[str] = []
     for param in params:
-        if param.name not in wanted or not getattr(param, "opts", None):
+        if param.name not in wanted or getattr(param, "param_type_name", "") != "option":
             continue
         value = values[param.name]
-        if getattr(param, "nargs", 1) == -1 and not getattr(param, "multiple", False):
-            argv += ["--", *map(str, value)] if value else []  # an entry script's words
-            continue
         if getattr(param, "is_flag", False):
             if param.secondary_opts:
                 argv.append(param.opts[0] if value else param.secondary_opts[0])

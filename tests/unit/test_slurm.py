@@ -25,18 +25,21 @@ def job(tmp_path: Path, **fields: object) -> slurm.SlurmJob:
 
 
 def settings_of(script: str, cwd: Path) -> dict[str, list[str]]:
-    """Run the script's settings in bash: the score array and the variables, as bash sees them."""
+    """Run the script's settings in bash: the score, fresh and script_args arrays and the
+    variables, as bash sees them."""
     settings = script.split(slurm.SETTINGS_END)[0]
+    arrays = "".join(f'printf "\\1"; for a in "${{{name}[@]}}"; do printf "%s\\0" "$a"; done; '
+                     for name in ("score", "fresh", "script_args"))
     probe = settings + ('printf "%s\\0" "$PWD" "$OUTPUT" "$MPISCORE" "$LAUNCHER" "$MPI_PLUGIN" '
-                        '"$MAX_RESTARTS"; printf "\\1"; printf "%s\\0" "${score[@]}"; '
-                        'printf "\\1"; for a in "${fresh[@]}"; do printf "%s\\0" "$a"; done\n')
+                        f'"$MAX_RESTARTS"; {arrays}\n')
     done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=cwd,
                           timeout=30)
     assert done.returncode == 0, done.stderr
-    variables, score, fresh = (part.split("\0")[:-1] for part in done.stdout.split("\1"))
+    variables, score, fresh, script_args = (part.split("\0")[:-1]
+                                            for part in done.stdout.split("\1"))
     names = ["PWD", "OUTPUT", "MPISCORE", "LAUNCHER", "MPI_PLUGIN", "MAX_RESTARTS"]
     return {**{n: [v] for n, v in zip(names, variables, strict=True)}, "score": score,
-            "fresh": fresh}
+            "fresh": fresh, "script_args": script_args}
 
 
 def bash_syntax_ok(script: str) -> None:
@@ -143,3 +146,35 @@ def test_cli_refusal_is_one_line() -> None:
     assert result.output.strip().splitlines() == [
         "mpiscore: ConfigError: --mpi and --launcher mpiexec exclude each other: --mpi picks "
         "srun's MPI plugin"]
+
+
+def slurm_cli(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["slurm", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def test_entry_script_words_come_after_every_option(tmp_path: Path) -> None:
+    """The script's words are script_args, which the body puts last, after --: the
+    template's --resume/--overwrite and --procs-per-rank, --stop-grace stay mpiscore's."""
+    code, output = slurm_cli("--launcher", "mpiexec", "--entry-script", "s.py", "--input",
+                             "x.parquet", "--output", "y.parquet", "--stop-grace", 5, "--",
+                             "--model_dir", "./m x", "--resume")
+    assert code == 0, output
+    got = settings_of(output, tmp_path)
+    assert got["score"] == ["--output", "y.parquet", "--entry-script", "s.py", "--input",
+                            "x.parquet", "--procs-per-rank", "1", "--stop-grace", "5"]
+    assert got["script_args"] == ["--model_dir", "./m x", "--resume"]  # words, not options
+    assert 'args+=(-- "${script_args[@]}")' in output.split(slurm.SETTINGS_END)[1]
+
+
+def test_azure_yaml_program_arguments_come_last(tmp_path: Path) -> None:
+    (tmp_path / "parallel.yml").write_text(
+        "type: parallel\nmini_batch_size: '50'\ntask:\n  type: run_function\n  code: .\n"
+        "  entry_script: s.py\n  program_arguments: --model_dir ./m --tag yml\n")
+    code, output = slurm_cli("--config", tmp_path / "parallel.yml", "--input", "x.parquet",
+                             "--output", "y.parquet")
+    assert code == 0, output
+    got = settings_of(output, tmp_path)
+    assert "--" not in got["score"] and got["score"][-4:] == [
+        "--procs-per-rank", "1", "--stop-grace", "30"]
+    assert got["script_args"] == ["--model_dir", "./m", "--tag", "yml"]
