@@ -191,7 +191,8 @@ def _header(job: SlurmJob) -> list[str]:
 
 def _settings(job: SlurmJob) -> list[str]:
     threads = job.threads()
-    args = [*job.score_args, "--procs-per-rank", job.procs_per_rank,
+    run_dir = [] if job.run_dir is None else ["--run-dir", str(job.run_dir)]
+    args = [*run_dir, *job.score_args, "--procs-per-rank", job.procs_per_rank,
             "--stop-grace", f"{job.stop_grace:g}"]
     if threads is not None:
         args += ["--intra-op-threads", threads]

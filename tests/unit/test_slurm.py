@@ -178,3 +178,24 @@ def test_azure_yaml_program_arguments_come_last(tmp_path: Path) -> None:
     assert "--" not in got["score"] and got["score"][-4:] == [
         "--procs-per-rank", "1", "--stop-grace", "30"]
     assert got["script_args"] == ["--model_dir", "./m", "--tag", "yml"]
+
+
+def test_run_dir_reaches_the_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--run-dir, given or from a job file, is the job's, as the lead time from its
+    history assumed."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myrun").mkdir()
+    (tmp_path / "myrun" / "history.jsonl").write_text(json.dumps({"setup_seconds": 100}))
+    code, output = slurm_cli("--model", "m.onnx", "--input", "x.h5", "--output", "y.h5",
+                             "--run-dir", "myrun", "--stop-grace", 5)
+    assert code == 0, output
+    assert settings_of(output, tmp_path)["score"][:4] == ["--output", "y.h5",
+                                                          "--run-dir", "myrun"]
+    assert f"#SBATCH --signal=TERM@{5 + 100 + slurm.FINISH_SECONDS}\n" in output
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "job.toml").write_text('run_dir = "r"\n')
+    code, output = slurm_cli("--config", "jobs/job.toml", "--model", "m.onnx", "--input",
+                             "x.h5", "--output", "y.h5")
+    assert code == 0, output
+    assert settings_of(output, tmp_path)["score"][2:4] == ["--run-dir", "jobs/r"]
+    assert "--run-dir" not in settings_of(slurm.render_script(job(tmp_path)), tmp_path)["score"]
