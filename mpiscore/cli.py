@@ -412,6 +412,7 @@ def slurm(ctx: click.Context, nodes: int, ntasks_per_node: int | None,
     given = [name for name in options if name not in SLURM_FIELDS
              and ctx.get_parameter_source(name) not in (source, None)]
     try:
+        batch.refuse_run_options({name: options[name] for name in given})
         job = batch.SlurmJob(
             batch.command_line(score.params, options, given), options["output"],
             options["run_dir"], options["stop_grace"], options["procs_per_rank"],

@@ -30,6 +30,7 @@ from .tuning import DEFAULT_STARTUP_SECONDS, FINISH_SECONDS
 TEMPLATE = "long.sbatch"
 SETTINGS_END = "# ---- end of settings:"
 LAUNCHERS = ("srun", "mpiexec")
+MAX_SIGNAL_SECONDS = 65535  # the most Slurm's --signal=SIG@TIME takes
 TIME_FORMATS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 
 
@@ -78,6 +79,8 @@ class SlurmJob:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_restarts < 0:
             raise ConfigError("--max-restarts must be at least 0")
+        if not self.stop_grace >= 0:
+            raise ConfigError("--stop-grace must be >= 0")
 
     @property
     def tasks_per_node(self) -> int:
@@ -166,6 +169,11 @@ def render_script(job: SlurmJob) -> str:
 
 def _header(job: SlurmJob) -> list[str]:
     lead = job.lead_seconds()
+    if lead > MAX_SIGNAL_SECONDS:
+        raise ConfigError(f"--stop-grace {job.stop_grace:g}: the stop signal would come {lead}s "
+                          f"before the limit (--stop-grace + start-up + {FINISH_SECONDS}s), "
+                          f"more than Slurm's --signal allows ({MAX_SIGNAL_SECONDS}s); "
+                          "ask for a shorter --stop-grace")
     if job.time is not None and walltime_seconds(job.time) <= lead + startup_seconds(
             job.resolved_run_dir):
         raise ConfigError(f"--time {job.time}: too short for a job that is signalled {lead}s "
@@ -244,6 +252,25 @@ def command_line(params: Iterable[Any], values: Mapping[str, Any],
         for item in value if getattr(param, "multiple", False) else (value,):
             argv += [param.opts[0], str(item)]
     return tuple(argv)
+
+
+DRY_RUN_OPTIONS = {"dry_run": "--dry-run", "ranks": "--ranks", "as_json": "--json"}
+
+
+def refuse_run_options(values: Mapping[str, Any]) -> None:
+    """Refuse the ``score`` options (by name, with their values) that have no place in the
+    script: the script decides ``--resume`` per run, and a ``--dry-run`` job scores nothing."""
+    given = {name for name, value in values.items() if value is not None and value is not False}
+    if "resume" in given:
+        raise ConfigError("--resume: the script adds it itself to every run that finds "
+                          "OUTPUT.partial (the first run too, unless --overwrite); leave it out")
+    for name, option in DRY_RUN_OPTIONS.items():
+        if name in given:
+            what = "" if name == "dry_run" else " (a --dry-run option)"
+            raise ConfigError(f"{option}{what}: a batch job of --dry-run would only estimate, "
+                              "scoring nothing; run `mpiscore score --dry-run ...` for the "
+                              "estimate (without --submit, `mpiscore slurm` only prints "
+                              "the script)")
 
 
 def submit(script: str) -> str:

@@ -129,12 +129,12 @@ def test_cli_prints_the_script_with_the_score_options_given(tmp_path: Path) -> N
     result = CliRunner().invoke(main, [
         "slurm", "--cpus-per-task", "4", "--time", "2:00:00", "--mpi", "pmix",
         "--model", "m.onnx", "--input", "a.h5:/x", "--input", "b.h5:/x", "--output", "y.h5",
-        "--map", "f=/x", "--no-spin", "--error-threshold", "-1", "--resume"])
+        "--map", "f=/x", "--no-spin", "--error-threshold", "-1"])
     assert result.exit_code == 0, result.output
     got = settings_of(result.output, Path.cwd())
     assert got["score"] == ["--output", "y.h5", "--model", "m.onnx", "--input", "a.h5:/x",
                             "--input", "b.h5:/x", "--map", "f=/x", "--no-spin",
-                            "--error-threshold", "-1", "--resume", "--procs-per-rank", "1",
+                            "--error-threshold", "-1", "--procs-per-rank", "1",
                             "--stop-grace", "30", "--intra-op-threads", "4"]
     assert got["MPI_PLUGIN"] == ["pmix"] and "#SBATCH --time=2:00:00\n" in result.output
 
@@ -165,6 +165,7 @@ def test_entry_script_words_come_after_every_option(tmp_path: Path) -> None:
                             "x.parquet", "--procs-per-rank", "1", "--stop-grace", "5"]
     assert got["script_args"] == ["--model_dir", "./m x", "--resume"]  # words, not options
     assert 'args+=(-- "${script_args[@]}")' in output.split(slurm.SETTINGS_END)[1]
+    assert "--resume" not in got["score"] + got["fresh"]
 
 
 def test_azure_yaml_program_arguments_come_last(tmp_path: Path) -> None:
@@ -199,3 +200,33 @@ def test_run_dir_reaches_the_script(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert code == 0, output
     assert settings_of(output, tmp_path)["score"][2:4] == ["--run-dir", "jobs/r"]
     assert "--run-dir" not in settings_of(slurm.render_script(job(tmp_path)), tmp_path)["score"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--resume"], "--resume: the script adds it itself to every run that finds "
+     "OUTPUT.partial (the first run too, unless --overwrite); leave it out"),
+    (["--dry-run"], "--dry-run: a batch job of --dry-run would only estimate, scoring "
+     "nothing; run `mpiscore score --dry-run ...` for the estimate (without --submit, "
+     "`mpiscore slurm` only prints the script)"),
+    (["--ranks", "8"], "--ranks (a --dry-run option): a batch job of --dry-run"),
+    (["--json"], "--json (a --dry-run option): a batch job of --dry-run"),
+    (["--stop-grace", "70000"], "--stop-grace 70000: the stop signal would come 70075s "
+     "before the limit (--stop-grace + start-up + 15s), more than Slurm's --signal allows "
+     "(65535s); ask for a shorter --stop-grace"),
+    (["--stop-grace", "-1"], "--stop-grace must be >= 0")])
+def test_cli_refuses_what_no_batch_job_can_run(options: list[str], message: str) -> None:
+    code, output = slurm_cli("--model", "m.onnx", "--input", "x.h5", "--output", "y.h5",
+                             *options)
+    assert code == 2
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mpiscore: ConfigError: {message}")
+
+
+def test_resume_from_a_job_file_is_refused_too(tmp_path: Path) -> None:
+    (tmp_path / "job.toml").write_text("resume = true\n")
+    code, output = slurm_cli("--config", tmp_path / "job.toml", "--model", "m.onnx",
+                             "--input", "x.h5", "--output", "y.h5")
+    assert code == 2 and output.startswith("mpiscore: ConfigError: --resume: the script")
+    (tmp_path / "job.toml").write_text("resume = false\n")
+    assert slurm_cli("--config", tmp_path / "job.toml", "--model", "m.onnx", "--input",
+                     "x.h5", "--output", "y.h5")[0] == 0
