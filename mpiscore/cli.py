@@ -368,7 +368,7 @@ def _fail(world: World, message: str, code: int, collective: bool) -> NoReturn:
 
 
 SLURM_FIELDS = ("output", "run_dir", "stop_grace", "procs_per_rank", "intra_op_threads",
-                "overwrite")  # SlurmJob fields; the other score options travel as given
+                "overwrite", "script_args")  # SlurmJob's; the other score options as given
 
 
 @main.command()
@@ -413,12 +413,13 @@ def slurm(ctx: click.Context, nodes: int, ntasks_per_node: int | None,
     given = [name for name in options if name not in SLURM_FIELDS
              and ctx.get_parameter_source(name) not in (source, None)]
     try:
+        batch.refuse_run_options({name: options[name] for name in given})
         job = batch.SlurmJob(
             batch.command_line(score.params, options, given), options["output"],
             options["run_dir"], options["stop_grace"], options["procs_per_rank"],
             options["intra_op_threads"], options["overwrite"], nodes, ntasks_per_node,
             cpus_per_task, gpus_per_node, walltime, partition, account, launcher,
-            mpi, max_restarts)
+            mpi, max_restarts, script_args=tuple(options["script_args"]))
         script = batch.render_script(job)
         click.echo(batch.submit(script) if submit else script, nl=submit)
     except MpiscoreError as exc:

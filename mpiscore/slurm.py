@@ -30,6 +30,7 @@ from .tuning import DEFAULT_STARTUP_SECONDS, FINISH_SECONDS
 TEMPLATE = "long.sbatch"
 SETTINGS_END = "# ---- end of settings:"
 LAUNCHERS = ("srun", "mpiexec")
+MAX_SIGNAL_SECONDS = 65535  # the most Slurm's --signal=SIG@TIME takes
 TIME_FORMATS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 
 
@@ -38,8 +39,10 @@ class SlurmJob:
     """One scoring job as a Slurm batch job.
 
     ``score_args``: the ``mpiscore score`` options as on its command line, without
-    ``--output``, ``--stop-grace``, ``--procs-per-rank`` and ``--intra-op-threads``
-    (fields here, since the script's resources depend on them).
+    ``--output``, ``--run-dir``, ``--stop-grace``, ``--procs-per-rank`` and
+    ``--intra-op-threads`` (fields here, since the script's resources depend on them)
+    and without the entry script's words (``script_args``: the script passes them
+    last, after ``--``, so that every option, ``--resume`` too, is mpiscore's).
     ``intra_op_threads=None``: ``cpus_per_task`` divided by ``procs_per_rank``.
     """
 
@@ -62,6 +65,7 @@ class SlurmJob:
     max_restarts: int = 10
     workdir: Path = field(default_factory=Path.cwd)
     mpiscore: str = field(default_factory=lambda: default_mpiscore())
+    script_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.launcher not in LAUNCHERS:
@@ -75,6 +79,8 @@ class SlurmJob:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_restarts < 0:
             raise ConfigError("--max-restarts must be at least 0")
+        if not self.stop_grace >= 0:
+            raise ConfigError("--stop-grace must be >= 0")
 
     @property
     def tasks_per_node(self) -> int:
@@ -163,6 +169,11 @@ def render_script(job: SlurmJob) -> str:
 
 def _header(job: SlurmJob) -> list[str]:
     lead = job.lead_seconds()
+    if lead > MAX_SIGNAL_SECONDS:
+        raise ConfigError(f"--stop-grace {job.stop_grace:g}: the stop signal would come {lead}s "
+                          f"before the limit (--stop-grace + start-up + {FINISH_SECONDS}s), "
+                          f"more than Slurm's --signal allows ({MAX_SIGNAL_SECONDS}s); "
+                          "ask for a shorter --stop-grace")
     if job.time is not None and walltime_seconds(job.time) <= lead + startup_seconds(
             job.resolved_run_dir):
         raise ConfigError(f"--time {job.time}: too short for a job that is signalled {lead}s "
@@ -188,7 +199,8 @@ def _header(job: SlurmJob) -> list[str]:
 
 def _settings(job: SlurmJob) -> list[str]:
     threads = job.threads()
-    args = [*job.score_args, "--procs-per-rank", job.procs_per_rank,
+    run_dir = [] if job.run_dir is None else ["--run-dir", str(job.run_dir)]
+    args = [*run_dir, *job.score_args, "--procs-per-rank", job.procs_per_rank,
             "--stop-grace", f"{job.stop_grace:g}"]
     if threads is not None:
         args += ["--intra-op-threads", threads]
@@ -210,6 +222,9 @@ def _settings(job: SlurmJob) -> list[str]:
             lines[-1] += f" {_quote(arg)}"
     lines[-1] += ")"
     lines.append("fresh=(--overwrite)" if job.overwrite else "fresh=()")
+    lines.append(f"script_args=({' '.join(map(_quote, job.script_args))})"
+                 + ("   # the entry script's, after -- and every mpiscore option"
+                    if job.script_args else ""))
     return lines
 
 
@@ -220,16 +235,14 @@ def _quote(value: object) -> str:
 def command_line(params: Iterable[Any], values: Mapping[str, Any],
                  given: Iterable[str]) -> tuple[str, ...]:
     """The options ``given`` (by name) of click ``params`` with their ``values``, as a
-    command line: what the user typed, normalised, so the script runs that job."""
+    command line: what the user typed, normalised, so the script runs that job. Only
+    options: an entry script's words (an argument) travel as ``SlurmJob.script_args``."""
     wanted = set(given)
     argv: list[str] = []
     for param in params:
-        if param.name not in wanted or not getattr(param, "opts", None):
+        if param.name not in wanted or getattr(param, "param_type_name", "") != "option":
             continue
         value = values[param.name]
-        if getattr(param, "nargs", 1) == -1 and not getattr(param, "multiple", False):
-            argv += ["--", *map(str, value)] if value else []  # an entry script's words
-            continue
         if getattr(param, "is_flag", False):
             if param.secondary_opts:
                 argv.append(param.opts[0] if value else param.secondary_opts[0])
@@ -239,6 +252,25 @@ def command_line(params: Iterable[Any], values: Mapping[str, Any],
         for item in value if getattr(param, "multiple", False) else (value,):
             argv += [param.opts[0], str(item)]
     return tuple(argv)
+
+
+DRY_RUN_OPTIONS = {"dry_run": "--dry-run", "ranks": "--ranks", "as_json": "--json"}
+
+
+def refuse_run_options(values: Mapping[str, Any]) -> None:
+    """Refuse the ``score`` options (by name, with their values) that have no place in the
+    script: the script decides ``--resume`` per run, and a ``--dry-run`` job scores nothing."""
+    given = {name for name, value in values.items() if value is not None and value is not False}
+    if "resume" in given:
+        raise ConfigError("--resume: the script adds it itself to every run that finds "
+                          "OUTPUT.partial (the first run too, unless --overwrite); leave it out")
+    for name, option in DRY_RUN_OPTIONS.items():
+        if name in given:
+            what = "" if name == "dry_run" else " (a --dry-run option)"
+            raise ConfigError(f"{option}{what}: a batch job of --dry-run would only estimate, "
+                              "scoring nothing; run `mpiscore score --dry-run ...` for the "
+                              "estimate (without --submit, `mpiscore slurm` only prints "
+                              "the script)")
 
 
 def submit(script: str) -> str:

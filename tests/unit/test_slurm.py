@@ -25,18 +25,21 @@ def job(tmp_path: Path, **fields: object) -> slurm.SlurmJob:
 
 
 def settings_of(script: str, cwd: Path) -> dict[str, list[str]]:
-    """Run the script's settings in bash: the score array and the variables, as bash sees them."""
+    """Run the script's settings in bash: the score, fresh and script_args arrays and the
+    variables, as bash sees them."""
     settings = script.split(slurm.SETTINGS_END)[0]
+    arrays = "".join(f'printf "\\1"; for a in "${{{name}[@]}}"; do printf "%s\\0" "$a"; done; '
+                     for name in ("score", "fresh", "script_args"))
     probe = settings + ('printf "%s\\0" "$PWD" "$OUTPUT" "$MPISCORE" "$LAUNCHER" "$MPI_PLUGIN" '
-                        '"$MAX_RESTARTS"; printf "\\1"; printf "%s\\0" "${score[@]}"; '
-                        'printf "\\1"; for a in "${fresh[@]}"; do printf "%s\\0" "$a"; done\n')
+                        f'"$MAX_RESTARTS"; {arrays}\n')
     done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=cwd,
                           timeout=30)
     assert done.returncode == 0, done.stderr
-    variables, score, fresh = (part.split("\0")[:-1] for part in done.stdout.split("\1"))
+    variables, score, fresh, script_args = (part.split("\0")[:-1]
+                                            for part in done.stdout.split("\1"))
     names = ["PWD", "OUTPUT", "MPISCORE", "LAUNCHER", "MPI_PLUGIN", "MAX_RESTARTS"]
     return {**{n: [v] for n, v in zip(names, variables, strict=True)}, "score": score,
-            "fresh": fresh}
+            "fresh": fresh, "script_args": script_args}
 
 
 def bash_syntax_ok(script: str) -> None:
@@ -126,12 +129,12 @@ def test_cli_prints_the_script_with_the_score_options_given(tmp_path: Path) -> N
     result = CliRunner().invoke(main, [
         "slurm", "--cpus-per-task", "4", "--time", "2:00:00", "--mpi", "pmix",
         "--model", "m.onnx", "--input", "a.h5:/x", "--input", "b.h5:/x", "--output", "y.h5",
-        "--map", "f=/x", "--no-spin", "--error-threshold", "-1", "--resume"])
+        "--map", "f=/x", "--no-spin", "--error-threshold", "-1"])
     assert result.exit_code == 0, result.output
     got = settings_of(result.output, Path.cwd())
     assert got["score"] == ["--output", "y.h5", "--model", "m.onnx", "--input", "a.h5:/x",
                             "--input", "b.h5:/x", "--map", "f=/x", "--no-spin",
-                            "--error-threshold", "-1", "--resume", "--procs-per-rank", "1",
+                            "--error-threshold", "-1", "--procs-per-rank", "1",
                             "--stop-grace", "30", "--intra-op-threads", "4"]
     assert got["MPI_PLUGIN"] == ["pmix"] and "#SBATCH --time=2:00:00\n" in result.output
 
@@ -143,3 +146,87 @@ def test_cli_refusal_is_one_line() -> None:
     assert result.output.strip().splitlines() == [
         "mpiscore: ConfigError: --mpi and --launcher mpiexec exclude each other: --mpi picks "
         "srun's MPI plugin"]
+
+
+def slurm_cli(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["slurm", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def test_entry_script_words_come_after_every_option(tmp_path: Path) -> None:
+    """The script's words are script_args, which the body puts last, after --: the
+    template's --resume/--overwrite and --procs-per-rank, --stop-grace stay mpiscore's."""
+    code, output = slurm_cli("--launcher", "mpiexec", "--entry-script", "s.py", "--input",
+                             "x.parquet", "--output", "y.parquet", "--stop-grace", 5, "--",
+                             "--model_dir", "./m x", "--resume")
+    assert code == 0, output
+    got = settings_of(output, tmp_path)
+    assert got["score"] == ["--output", "y.parquet", "--entry-script", "s.py", "--input",
+                            "x.parquet", "--procs-per-rank", "1", "--stop-grace", "5"]
+    assert got["script_args"] == ["--model_dir", "./m x", "--resume"]  # words, not options
+    assert 'args+=(-- "${script_args[@]}")' in output.split(slurm.SETTINGS_END)[1]
+    assert "--resume" not in got["score"] + got["fresh"]
+
+
+def test_azure_yaml_program_arguments_come_last(tmp_path: Path) -> None:
+    (tmp_path / "parallel.yml").write_text(
+        "type: parallel\nmini_batch_size: '50'\ntask:\n  type: run_function\n  code: .\n"
+        "  entry_script: s.py\n  program_arguments: --model_dir ./m --tag yml\n")
+    code, output = slurm_cli("--config", tmp_path / "parallel.yml", "--input", "x.parquet",
+                             "--output", "y.parquet")
+    assert code == 0, output
+    got = settings_of(output, tmp_path)
+    assert "--" not in got["score"] and got["score"][-4:] == [
+        "--procs-per-rank", "1", "--stop-grace", "30"]
+    assert got["script_args"] == ["--model_dir", "./m", "--tag", "yml"]
+
+
+def test_run_dir_reaches_the_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--run-dir, given or from a job file, is the job's, as the lead time from its
+    history assumed."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myrun").mkdir()
+    (tmp_path / "myrun" / "history.jsonl").write_text(json.dumps({"setup_seconds": 100}))
+    code, output = slurm_cli("--model", "m.onnx", "--input", "x.h5", "--output", "y.h5",
+                             "--run-dir", "myrun", "--stop-grace", 5)
+    assert code == 0, output
+    assert settings_of(output, tmp_path)["score"][:4] == ["--output", "y.h5",
+                                                          "--run-dir", "myrun"]
+    assert f"#SBATCH --signal=TERM@{5 + 100 + slurm.FINISH_SECONDS}\n" in output
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "job.toml").write_text('run_dir = "r"\n')
+    code, output = slurm_cli("--config", "jobs/job.toml", "--model", "m.onnx", "--input",
+                             "x.h5", "--output", "y.h5")
+    assert code == 0, output
+    assert settings_of(output, tmp_path)["score"][2:4] == ["--run-dir", "jobs/r"]
+    assert "--run-dir" not in settings_of(slurm.render_script(job(tmp_path)), tmp_path)["score"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--resume"], "--resume: the script adds it itself to every run that finds "
+     "OUTPUT.partial (the first run too, unless --overwrite); leave it out"),
+    (["--dry-run"], "--dry-run: a batch job of --dry-run would only estimate, scoring "
+     "nothing; run `mpiscore score --dry-run ...` for the estimate (without --submit, "
+     "`mpiscore slurm` only prints the script)"),
+    (["--ranks", "8"], "--ranks (a --dry-run option): a batch job of --dry-run"),
+    (["--json"], "--json (a --dry-run option): a batch job of --dry-run"),
+    (["--stop-grace", "70000"], "--stop-grace 70000: the stop signal would come 70075s "
+     "before the limit (--stop-grace + start-up + 15s), more than Slurm's --signal allows "
+     "(65535s); ask for a shorter --stop-grace"),
+    (["--stop-grace", "-1"], "--stop-grace must be >= 0")])
+def test_cli_refuses_what_no_batch_job_can_run(options: list[str], message: str) -> None:
+    code, output = slurm_cli("--model", "m.onnx", "--input", "x.h5", "--output", "y.h5",
+                             *options)
+    assert code == 2
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mpiscore: ConfigError: {message}")
+
+
+def test_resume_from_a_job_file_is_refused_too(tmp_path: Path) -> None:
+    (tmp_path / "job.toml").write_text("resume = true\n")
+    code, output = slurm_cli("--config", tmp_path / "job.toml", "--model", "m.onnx",
+                             "--input", "x.h5", "--output", "y.h5")
+    assert code == 2 and output.startswith("mpiscore: ConfigError: --resume: the script")
+    (tmp_path / "job.toml").write_text("resume = false\n")
+    assert slurm_cli("--config", tmp_path / "job.toml", "--model", "m.onnx", "--input",
+                     "x.h5", "--output", "y.h5")[0] == 0
