@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..config import BatchSize, JobConfig
 from ..errors import ConfigError, InputError
+from ..lock import lock_paths
 from ..plan import Batch, Plan, SourceFile, make_item_plan
 from .fields import FILE_PATHS, Columns, Field, Reader
 from .threads import map_in_order
@@ -74,7 +75,12 @@ class FilesSourceKind:
     def resolve(self, config: JobConfig, paths: list[tuple[InputSpec, str]],
                 inputs: list[TensorSpec]) -> FilesInput:
         _refuse_tabular_options(config)
-        files = tuple(file for _, path in paths for file in directory_files(path))
+        own = own_paths(config)
+        files = tuple(file for _, path in paths for file in directory_files(path)
+                      if not _within(file, own))
+        if not files:
+            raise InputError(f"--input {', '.join(path for _, path in paths)}: no files but "
+                             "this job's own (its output, lock and run directory)")
         return FilesInput(files, tuple(map_in_order(_size, files)))  # many stat-ed at once
 
     def describe(self, source: FilesInput
@@ -96,6 +102,22 @@ class FilesSourceKind:
         """Batches of consecutive files: ``--mini-batch-size N`` files, or bytes packed."""
         sizes = source.sizes if source.files is None else [f.size for f in source.files]
         return make_item_plan(files, batch_size, sizes)
+
+
+def own_paths(config: JobConfig) -> tuple[str, ...]:
+    """This job's own files and folders, made before its input is listed: the output,
+    OUTPUT.partial, the lock beside it and the run directory. A files job's input that
+    holds its output (results written next to the data) must not take them as items:
+    its locks and logs would be scored, and a resume would find the input changed."""
+    output, run_dir = config.output, config.resolved_run_dir
+    own = (output, output.with_name(output.name + ".partial"), run_dir,
+           *lock_paths(output, run_dir))
+    return tuple(os.path.abspath(path) for path in own)
+
+
+def _within(path: str, folders: tuple[str, ...]) -> bool:
+    full = os.path.abspath(path)
+    return any(full == folder or full.startswith(folder + os.sep) for folder in folders)
 
 
 def _refuse_tabular_options(config: JobConfig) -> None:
