@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, InputError, storage_error
+from .report import read_json_object
 
 if TYPE_CHECKING:
     from .plan import Plan, SourceFile
@@ -109,6 +110,31 @@ def journal_token(stamp: dict[str, Any]) -> str:
     """A short digest of the fingerprint: the journal's records are bound to it, so a
     journal from another job's plan or inputs verifies nothing."""
     return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_run_dir_is_this_jobs(run_dir: Path, output: str) -> None:
+    """A fresh run (not --resume, not --overwrite) takes a run directory that is new,
+    empty, or a run's of this very output (a rerun): never one that holds another
+    job's records, which it would replace (a second job given the same --run-dir, and
+    the first's --resume refused ever after), nor a folder of the user's."""
+    if not run_dir.is_dir():
+        return
+    names = sorted(path.name for path in run_dir.iterdir() if path.name != "lock")
+    if not names:  # (the lock: taken by this job already)
+        return
+    recorded = read_json_object(run_dir / FINGERPRINT)
+    if recorded is None:
+        summary = read_json_object(run_dir / "summary.json")
+        if summary is not None and "status" in summary:  # a run that ended before its plan
+            return
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        raise ConfigError(f"--run-dir {run_dir}: holds files mpiscore did not write ({shown}); "
+                          "give the job a new or empty run directory")
+    other = (recorded.get("output") or {}).get("path")
+    if other != output:
+        raise ConfigError(f"--run-dir {run_dir}: holds the records of the job that writes "
+                          f"{other}; give each job its own --run-dir (or pass --overwrite to "
+                          "replace those records)")
 
 
 def check_resumable(run_dir: Path, current: dict[str, Any]) -> None:

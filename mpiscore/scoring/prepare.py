@@ -35,6 +35,7 @@ from ..job import Job
 from ..journal import (
     FINGERPRINT,
     check_resumable,
+    check_run_dir_is_this_jobs,
     completed,
     fingerprint,
     journal_token,
@@ -153,6 +154,8 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
     target.check(outputs, kept, config.resume, [f.path for f in files])
     if config.resume:
         check_resumable(config.resolved_run_dir, stamp)
+    elif not config.overwrite:
+        check_run_dir_is_this_jobs(config.resolved_run_dir, stamp["output"]["path"])
     return Checked(source, plan, bindings, outputs, tuple(probe), kept, target, sha256, attrs,
                    stamp, row_nbytes, raw)
 
