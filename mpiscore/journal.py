@@ -112,25 +112,33 @@ def journal_token(stamp: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# What a run directory of mpiscore's holds (rank/run_dir.py, report.py, events.py,
+# rank/status.py, lock.py, jobfile.py; mpiscore report's plots), temporary files aside.
+RUN_DIR_NAMES = frozenset({"lock", "logs", "events", "config.toml", "plan.json",
+                           "status.json", "summary.json", "history.jsonl", JOURNAL,
+                           FINGERPRINT, "failed_batches.json", "timeline.png",
+                           "throughput.png"})
+
+
 def check_run_dir_is_this_jobs(run_dir: Path, output: str) -> None:
-    """A fresh run (not --resume, not --overwrite) takes a run directory that is new,
-    empty, or a run's of this very output (a rerun): never one that holds another
-    job's records, which it would replace (a second job given the same --run-dir, and
-    the first's --resume refused ever after), nor a folder of the user's."""
+    """A fresh run (not --resume, not --overwrite) takes a run directory that is new, a
+    run's of this very output (a rerun), or one of mpiscore's own that records no job
+    (one that stopped before its plan): never one that holds another job's records,
+    which it would replace (a second job given the same --run-dir, and the first's
+    --resume refused ever after), nor a folder of the user's."""
     if not run_dir.is_dir():
         return
-    names = sorted(path.name for path in run_dir.iterdir() if path.name != "lock")
-    if not names:  # (the lock: taken by this job already)
-        return
-    recorded = read_json_object(run_dir / FINGERPRINT)
-    if recorded is None:
-        summary = read_json_object(run_dir / "summary.json")
-        if summary is not None and "status" in summary:  # a run that ended before its plan
-            return
-        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    summary = run_dir / "summary.json"
+    foreign = sorted(path.name for path in run_dir.iterdir()
+                     if path.name not in RUN_DIR_NAMES and not path.name.endswith(".tmp"))
+    if summary.exists() and "status" not in (read_json_object(summary) or {}):
+        foreign.append(summary.name)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise ConfigError(f"--run-dir {run_dir}: holds files mpiscore did not write ({shown}); "
                           "give the job a new or empty run directory")
-    other = (recorded.get("output") or {}).get("path")
+    recorded = (read_json_object(run_dir / FINGERPRINT) or {}).get("output")
+    other = recorded.get("path", output) if isinstance(recorded, dict) else output
     if other != output:
         raise ConfigError(f"--run-dir {run_dir}: holds the records of the job that writes "
                           f"{other}; give each job its own --run-dir (or pass --overwrite to "
