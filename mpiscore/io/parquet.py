@@ -14,6 +14,7 @@ input row order. Provenance travels in each file's key-value metadata
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import json
@@ -368,7 +369,8 @@ class ParquetWriter:
                               "missing; rerun with --resume (resume=True) to write them")
         try:
             discard_staged(self.partial)
-            (self.partial / STAGING).rmdir()
+            with contextlib.suppress(FileNotFoundError):  # a commit killed after this step
+                (self.partial / STAGING).rmdir()
             os.replace(self.partial, self.final)
         except OSError as exc:
             raise OutputError(f"{self.partial}: cannot rename to {self.final}: {exc}") from exc
