@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ConfigError, InputError, OutputError
 from .events import EVENTS_DIR, Events, begins, ends, read_events
-from .report import plural
+from .report import plural, read_json_object
 
 STRAGGLER_FACTOR = 3.0  # a try this many times the median try's length straggles,
 STRAGGLER_MARGIN = 0.25  # and at least this many seconds longer (tiny batches jitter)
@@ -68,8 +68,10 @@ def _events(run_dir: Path) -> Events:
                          f"{EVENTS_DIR}/): give the directory a job wrote, e.g. OUTPUT.run")
     events = read_events(run_dir)
     if events is None or not events.tries:
-        raise InputError(f"{run_dir}: no batch was recorded in {run_dir / EVENTS_DIR}: the "
-                         "run never started scoring")
+        status = (read_json_object(run_dir / "summary.json") or {}).get("status")
+        why = "the run never started scoring" if status not in ("died", "running") else \
+            f"summary.json says {status}: it was killed before its ranks wrote their records"
+        raise InputError(f"{run_dir}: no batch was recorded in {run_dir / EVENTS_DIR}: {why}")
     return events
 
 
@@ -153,9 +155,15 @@ def _tail(tries: list[dict[str, Any]], started: float, span: float) -> float:
 
 
 def _failures(run_dir: Path, tries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The failed tries, and the batches given up: failed_batches.json's (a batch whose
+    retry was still due when the job stopped is not given up), else those of the
+    events that never succeeded."""
     failed = [b for b in tries if b["out"] == "failed"]
-    given_up = sorted({b["id"] for b in failed} - {b["id"] for b in tries
-                                                  if b["out"] in ("ok", "retried")})
+    recorded = (read_json_object(run_dir / "failed_batches.json") or {}).get("failed")
+    given_up = sorted(entry["batch_id"] for entry in recorded if entry.get("attempts")) \
+        if isinstance(recorded, list) else \
+        sorted({b["id"] for b in failed} - {b["id"] for b in tries
+                                            if b["out"] in ("ok", "retried")})
     lost = [b for b in tries if b["out"] in ("returned", "abandoned")]
     return {"failed_tries": len(failed), "batches": sorted({b["id"] for b in failed}),
             "given_up": given_up, "returned_or_abandoned": len(lost),

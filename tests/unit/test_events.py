@@ -172,6 +172,17 @@ def test_report_summary_matches_summary_json_and_the_events(tmp_path) -> None:
     assert f"tracebacks in {tmp_path / 'failed_batches.json'}" in text
 
 
+def test_given_up_batches_are_failed_batches_json_s(tmp_path) -> None:
+    """A batch whose retry was due when the job stopped failed, but was not given up."""
+    recorded_run(tmp_path)
+    write_summary(tmp_path, status="failed")
+    (tmp_path / "failed_batches.json").write_text(json.dumps({"failed": [
+        {"batch_id": 2, "attempts": [{"error": "x"}]}, {"batch_id": 4, "items_failed": 1,
+                                                        "attempts": []}]}))
+    failures = build_report(tmp_path)["failures"]
+    assert failures["batches"] == [2, 6] and failures["given_up"] == [2]
+
+
 def test_a_running_job_is_reported_from_its_events(tmp_path) -> None:
     recorded_run(tmp_path)
     (tmp_path / "summary.json").write_text(json.dumps({"status": "running"}))
@@ -190,6 +201,9 @@ def test_not_a_run_directory_or_a_run_that_never_started(tmp_path) -> None:
         build_report(tmp_path)
     Recorder(tmp_path, 0, "r", 1, True, 0.0, lambda: []).close()  # started, no batch
     with pytest.raises(InputError, match="never started scoring"):
+        build_report(tmp_path)
+    write_summary(tmp_path, status="died")  # killed before its records were written
+    with pytest.raises(InputError, match=r"summary\.json says died: it was killed before"):
         build_report(tmp_path)
 
 
