@@ -63,12 +63,34 @@ def fingerprint(model_sha256: str, files: Sequence[SourceFile],
     data = {"model_data": dict(model_data)} if model_data else {}
     return {
         "model_sha256": model_sha256, **data,
-        "inputs": [{"path": os.path.abspath(f.path), "bytes": f.size, "mtime_ns": f.mtime_ns}
-                   for f in files],
+        "inputs": [_input_stamp(f) for f in files],
         "plan": {"batch_rows": batch_rows, "batches": batches, "sha256": digest.hexdigest()},
         "output": {"path": output, "format": output_format,
                    "fields": [[name, dtype, list(shape)] for name, dtype, shape in fields]},
     }
+
+
+def as_recorded(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``current`` as a run directory made before inputs carried their link ``target``
+    would have it: compared so, that run directory still resumes (or is complete) where
+    a path runs through a linked folder (``/scratch`` to ``/gpfs/scratch``)."""
+    inputs = recorded.get("inputs")
+    if not isinstance(inputs, list) or any("target" in f for f in inputs if isinstance(f, dict)):
+        return current
+    return {**current, "inputs": [{k: v for k, v in f.items() if k != "target"}
+                                  for f in current["inputs"]]}
+
+
+def _input_stamp(file: SourceFile) -> dict[str, Any]:
+    """An input file in the fingerprint: its absolute path, size and modification time,
+    and, for a symbolic link (or a path through one), the file it reaches: a link
+    pointed elsewhere, at a file of the same size and time (``touch -r``), would
+    otherwise resume into an output of both. Recorded only where it differs from the
+    path, so the fingerprint of any other input is as before (and resumes)."""
+    path = os.path.abspath(file.path)
+    target = os.path.realpath(path)
+    return {"path": path, "bytes": file.size, "mtime_ns": file.mtime_ns,
+            **({"target": target} if target != path else {})}
 
 
 def stamped(files: Sequence[SourceFile]) -> list[SourceFile]:
@@ -152,7 +174,7 @@ def check_resumable(run_dir: Path, current: dict[str, Any]) -> None:
     if not path.exists():
         raise ConfigError(f"--resume: {path} not found; nothing to resume in --run-dir {run_dir}")
     recorded = json.loads(path.read_text())
-    changes = _difference(recorded, current)
+    changes = _difference(recorded, as_recorded(recorded, current))
     if changes:
         raise ConfigError(f"--resume refused: since the interrupted run, {'; '.join(changes)}; "
                           "to start over, use --overwrite instead of --resume "
@@ -214,6 +236,9 @@ def _input_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) ->
 
 def _stamp_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     parts = []
+    if old.get("target") != new.get("target"):
+        parts.append(f"it led to {old.get('target') or 'itself'} then, "
+                     f"{new.get('target') or 'itself'} now")
     if old["bytes"] != new["bytes"]:
         parts.append(f"{old['bytes']:,} bytes then, {new['bytes']:,} now")
     if old["mtime_ns"] != new["mtime_ns"]:

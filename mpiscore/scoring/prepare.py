@@ -34,6 +34,7 @@ from ..io.registry import (
 from ..job import Job
 from ..journal import (
     FINGERPRINT,
+    as_recorded,
     check_resumable,
     check_run_dir_is_this_jobs,
     completed,
@@ -226,7 +227,10 @@ def _already_complete(config: JobConfig, target: OutputTarget, stamp: dict[str, 
         recorded = json.loads((run_dir / FINGERPRINT).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(recorded, dict) and all(recorded.get(key) == stamp[key] for key in stamp)
+    if not isinstance(recorded, dict):
+        return False
+    stamp = as_recorded(recorded, stamp)
+    return all(recorded.get(key) == stamp[key] for key in stamp)
 
 
 def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSource,

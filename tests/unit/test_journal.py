@@ -36,6 +36,30 @@ def test_resume_checks_say_what_changed(tmp_path: Path) -> None:
         check_resumable(tmp_path, stamp(data))
 
 
+def test_resume_refused_when_a_linked_input_leads_elsewhere(tmp_path: Path) -> None:
+    """A symlink pointed at another file of the same size and time (touch -r)."""
+    import os
+
+    first, second, link = tmp_path / "a.h5", tmp_path / "c.h5", tmp_path / "in.h5"
+    first.write_text("same size 1")
+    second.write_text("same size 2")
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    link.symlink_to(first)
+    write_json(tmp_path / FINGERPRINT, stamp(link))
+    check_resumable(tmp_path, stamp(link))
+    link.unlink()
+    link.symlink_to(second)
+    with pytest.raises(ConfigError, match=f"input {link} changed: it led to {first} then, "
+                       f"{second} now"):
+        check_resumable(tmp_path, stamp(link))
+    assert "target" not in stamp(first)["inputs"][0]  # no link: the stamp is as before
+    before_targets = stamp(link)
+    for entry in before_targets["inputs"]:
+        del entry["target"]  # a run directory of a version that recorded none
+    write_json(tmp_path / FINGERPRINT, before_targets)
+    check_resumable(tmp_path, stamp(link))  # still resumes
+
+
 def test_resume_refused_when_the_model_s_external_data_changed(tmp_path: Path) -> None:
     data = tmp_path / "x.h5"
     data.write_text("v1")
