@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, InputError, storage_error
-from .report import read_json_object
+from .events import EVENTS_DIR
+from .report import HISTORY, read_json_object
 
 if TYPE_CHECKING:
     from .plan import Plan, SourceFile
@@ -136,10 +137,9 @@ def journal_token(stamp: dict[str, Any]) -> str:
 
 # What a run directory of mpiscore's holds (rank/run_dir.py, report.py, events.py,
 # rank/status.py, lock.py, jobfile.py; mpiscore report's plots), temporary files aside.
-RUN_DIR_NAMES = frozenset({"lock", "logs", "events", "config.toml", "plan.json",
-                           "status.json", "summary.json", "history.jsonl", JOURNAL,
-                           FINGERPRINT, "failed_batches.json", "timeline.png",
-                           "throughput.png"})
+RUN_DIR_NAMES = frozenset({"lock", "logs", EVENTS_DIR, "config.toml", "plan.json",
+                           "status.json", "summary.json", HISTORY, JOURNAL, FINGERPRINT,
+                           "failed_batches.json", "timeline.png", "throughput.png"})
 
 
 def check_run_dir_is_this_jobs(run_dir: Path, output: str) -> None:

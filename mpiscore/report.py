@@ -116,13 +116,16 @@ def note_death(run_dir: Path, rank: int, where: str, when: float) -> None:
     only itself. Which rank died first is the launcher's to say (its output names the
     process that ended first): each note's time is when its scoring process ran, which
     a loaded node delays by more than the launcher takes to end the others."""
-    (run_dir / "logs" / f"rank-{rank:05d}.died").write_text(
-        json.dumps({"where": where, "time": when}))
+    _death_note(run_dir, rank).write_text(json.dumps({"where": where, "time": when}))
 
 
 def forget_death(run_dir: Path, rank: int) -> None:
     """Remove an earlier run's note of ``rank``'s death (a resumed job's)."""
-    (run_dir / "logs" / f"rank-{rank:05d}.died").unlink(missing_ok=True)
+    _death_note(run_dir, rank).unlink(missing_ok=True)
+
+
+def _death_note(run_dir: Path, rank: int) -> Path:
+    return run_dir / "logs" / f"rank-{rank:05d}.died"
 
 
 def death_reason(run_dir: Path, where: str, when: float, output: str) -> str:

@@ -160,10 +160,11 @@ def _failures(run_dir: Path, tries: list[dict[str, Any]]) -> dict[str, Any]:
     events that never succeeded."""
     failed = [b for b in tries if b["out"] == "failed"]
     recorded = (read_json_object(run_dir / "failed_batches.json") or {}).get("failed")
-    given_up = sorted(entry["batch_id"] for entry in recorded if entry.get("attempts")) \
-        if isinstance(recorded, list) else \
-        sorted({b["id"] for b in failed} - {b["id"] for b in tries
-                                            if b["out"] in ("ok", "retried")})
+    if isinstance(recorded, list):
+        given_up = sorted(entry["batch_id"] for entry in recorded if entry.get("attempts"))
+    else:
+        given_up = sorted({b["id"] for b in failed} - {b["id"] for b in tries
+                                                      if b["out"] in ("ok", "retried")})
     lost = [b for b in tries if b["out"] in ("returned", "abandoned")]
     return {"failed_tries": len(failed), "batches": sorted({b["id"] for b in failed}),
             "given_up": given_up, "returned_or_abandoned": len(lost),

@@ -75,7 +75,7 @@ class FilesSourceKind:
     def resolve(self, config: JobConfig, paths: list[tuple[InputSpec, str]],
                 inputs: list[TensorSpec]) -> FilesInput:
         _refuse_tabular_options(config)
-        own = own_paths(config)
+        own = _own_paths(config)
         files = tuple(file for _, path in paths for file in directory_files(path)
                       if not _within(file, own))
         if not files:
@@ -104,7 +104,7 @@ class FilesSourceKind:
         return make_item_plan(files, batch_size, sizes)
 
 
-def own_paths(config: JobConfig) -> tuple[str, ...]:
+def _own_paths(config: JobConfig) -> tuple[str, ...]:
     """This job's own files and folders, made before its input is listed: the output,
     OUTPUT.partial, the lock beside it and the run directory. A files job's input that
     holds its output (results written next to the data) must not take them as items:

@@ -10,7 +10,6 @@ onnxruntime); rank 0 broadcasts the resulting Job to every rank.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -223,11 +222,8 @@ def _already_complete(config: JobConfig, target: OutputTarget, stamp: dict[str, 
             return False
     elif not target.final.exists() or target.partial.exists():
         return False
-    try:
-        recorded = json.loads((run_dir / FINGERPRINT).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(recorded, dict):
+    recorded = read_json_object(run_dir / FINGERPRINT)
+    if recorded is None:
         return False
     stamp = as_recorded(recorded, stamp)
     return all(recorded.get(key) == stamp[key] for key in stamp)
