@@ -56,6 +56,7 @@ def inspect_model(path: str) -> dict[str, Any]:
     from .scoring.scorers.providers import library_problems
 
     header = _model_header(path)
+    data = _external_data(path)  # first: a missing weights file is named, with what to do
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
@@ -65,11 +66,23 @@ def inspect_model(path: str) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: not a readable ONNX model: {first}") from exc
     return {"kind": "model", "path": path, "size_bytes": os.path.getsize(path), **header,
+            "external_data": data,
             "inputs": [_node(n) for n in session.get_inputs()],
             "outputs": [_node(n) for n in session.get_outputs()],
             "execution_providers": ort.get_available_providers(),
             "providers_not_loading": library_problems(ort.get_available_providers()),
             "onnxruntime_version": ort.__version__}
+
+
+def _external_data(path: str) -> list[dict[str, Any]]:
+    """The files beside the model holding its weights (a model over 2 GB has them): the
+    .onnx alone is then a small part of what every scoring process loads."""
+    from .scoring.scorers.onnx_data import external_data
+
+    with open(path, "rb") as handle:
+        files = external_data(handle.read(), path)
+    return [{"location": location, "size_bytes": file.stat().st_size}
+            for location, file in sorted(files.items())]
 
 
 def _node(node: Any) -> dict[str, Any]:
@@ -240,7 +253,10 @@ def _shape(shape: list[Any]) -> str:
 def _describe_model(info: dict[str, Any]) -> str:
     producer = " ".join(filter(None, [info["producer"], info["producer_version"]])) or "unknown"
     opsets = ", ".join(f"{domain} {version}" for domain, version in info["opset"].items())
-    lines = [f"model {info['path']} ({size_text(info['size_bytes'])})",
+    data = info["external_data"]
+    beside = (f"; external data {size_text(sum(f['size_bytes'] for f in data))} in "
+              + ", ".join(f["location"] for f in data)) if data else ""
+    lines = [f"model {info['path']} ({size_text(info['size_bytes'])}{beside})",
              f"  producer: {producer}; IR version {info['ir_version']}; opsets: {opsets or 'none'}"]
     for what in ("inputs", "outputs"):
         lines.append(f"{what}:")

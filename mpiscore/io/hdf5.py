@@ -110,7 +110,8 @@ def _dataset(handle: h5py.File, path: str, name: str) -> h5py.Dataset:
         handle.visititems(lambda key, obj: names.append("/" + key)
                           if isinstance(obj, h5py.Dataset) else None)
         raise InputError(f"{path}:{name}: no such dataset; the file holds "
-                         f"{nearest_first(name, names)}")
+                         f"{nearest_first(name, names)}; name the one to read as "
+                         f"FILE:/DATASET or with --map INPUT=/DATASET")
     if node.ndim < 1 or node.dtype.kind not in "biuf":
         raise InputError(f"{path}:{name}: expected a numeric array with rows, "
                          f"found shape {node.shape} dtype {node.dtype}")

@@ -53,7 +53,10 @@ class Hdf5SourceKind:
         if config.columns or config.keep_columns:
             raise ConfigError("--columns and --keep-columns apply to Parquet input only")
         names = [spec.name for spec in inputs] or [SCRIPT_ARRAY]
-        return tuple(Hdf5Source(path, _datasets(config, spec.dataset, path, names))
+        unnamed = next((path for spec, path in paths if spec.dataset is None), None)
+        chosen = _datasets(config, None, unnamed, names) if unnamed is not None else ()
+        return tuple(Hdf5Source(path, _datasets(config, spec.dataset, path, names)
+                                if spec.dataset else chosen)
                      for spec, path in paths)
 
     def describe(self, sources: tuple[Hdf5Source, ...]
@@ -85,6 +88,9 @@ class Hdf5SourceKind:
 
 def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str]
               ) -> tuple[tuple[str, str], ...]:
+    """The datasets feeding the model inputs. Where the input names none, the first such
+    file's choice holds for every file: a glob whose files each hold one dataset under a
+    different name is refused by describe (no such dataset) rather than mixed."""
     if config.mapping:
         return tuple((name, "/" + target.lstrip("/")) for name, target in config.mapping)
     return ((names[0], dataset or _hdf5().default_dataset(path, names[0])),)

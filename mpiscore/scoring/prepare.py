@@ -138,7 +138,12 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget.of(config)
     sha256 = model_digest(model_bytes)
-    attrs = {"model": str(config.scorer_file), "model_sha256": sha256,
+    data_sha256 = data_digests(scorer.data_files)
+    # the weights beside the model decide its scores as much as the .onnx does; in
+    # sha256sum's format, which checks them from the model's folder
+    data_attr = {"model_data_sha256": "\n".join(
+        f"{digest}  {name}" for name, digest in sorted(data_sha256.items()))} if data_sha256 else {}
+    attrs = {"model": str(config.scorer_file), "model_sha256": sha256, **data_attr,
              "mpiscore_version": __version__,
              "inputs": "\n".join(input_names(source)), "batch_rows": plan.batch_rows,
              "batches": plan.batch_count, "rows": plan.total_rows}
@@ -146,7 +151,7 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
     stamp = fingerprint(sha256, plan.files, plan, plan.batch_rows,
                         os.path.abspath(config.output), target.format,
                         [(f.name, f.dtype, f.shape) for f in outputs + kept],
-                        data_digests(scorer.data_files))
+                        data_sha256)
     if not config.overwrite and _already_complete(config, target, stamp):
         raise AlreadyComplete(
             f"{target.final}: already complete, from the same model, inputs and plan "

@@ -97,3 +97,17 @@ def test_int_column_among_float_columns_exits_like_an_int_column_alone(tmp_path)
     assert "column id is int64 among float32 columns" in lines[0]
     assert "check which data feeds this input (--columns, --map)" in lines[0]
     assert not out.exists() and not (tmp_path / "y.parquet.partial").exists()
+
+
+def test_a_glob_of_files_holding_differently_named_datasets_is_refused(tmp_path) -> None:
+    """Each file's only dataset is no choice at all once the names differ: the first
+    file's choice holds, and a file without it is named, with the dataset it holds."""
+    model = builders.mlp(tmp_path / "m.onnx")
+    builders.write_h5(tmp_path / "a.h5", energy=builders.features(10))
+    builders.write_h5(tmp_path / "b.h5", momentum=builders.features(10, seed=1))
+    out = tmp_path / "y.h5"
+    result = invoke("score", "--model", model, "--input", tmp_path / "*.h5", "--output", out)
+    assert result.exit_code == 3, result.output
+    assert f"{tmp_path / 'b.h5'}:/energy: no such dataset; the file holds /momentum" \
+        in result.output
+    assert not out.exists()

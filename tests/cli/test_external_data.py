@@ -5,8 +5,11 @@ changed weights is refused as with a changed model."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
+import h5py
 import pytest
 from click.testing import CliRunner
 
@@ -48,10 +51,27 @@ def test_scored_as_onnxruntime_scores_it_from_its_path(job: dict[str, Path]) -> 
     builders.assert_matches(builders.read_h5(job["out"]), want)
 
 
+def test_the_output_names_the_weights_it_was_scored_with(job: dict[str, Path]) -> None:
+    """Provenance covers the external data, in sha256sum's format: it checks them."""
+    result = invoke(*score_args(job))
+    assert result.exit_code == 0, result.output
+    with h5py.File(job["out"]) as handle:
+        said = handle.attrs["model_data_sha256"]
+    assert said.split("  ")[1] == "weights.bin"
+    checked = subprocess.run(["sha256sum", "--check", "-"], input=said + "\n", text=True,
+                             cwd=job["model"].parent, capture_output=True)
+    assert checked.returncode == 0 and "weights.bin: OK" in checked.stdout, checked
+
+
 def test_inspected_and_dry_run_from_another_folder(job: dict[str, Path]) -> None:
     inspected = invoke("inspect", "../model/m.onnx")
     assert inspected.exit_code == 0, inspected.output
     assert "logits" in inspected.output
+    weights = job["model"].parent / "weights.bin"
+    assert "in weights.bin)" in inspected.output.splitlines()[0]
+    as_json = json.loads(invoke("inspect", "--json", "../model/m.onnx").output)
+    assert as_json["external_data"] == [{"location": "weights.bin",
+                                         "size_bytes": weights.stat().st_size}]
     dry = invoke(*score_args(job, "--dry-run"))
     assert dry.exit_code == 0, dry.output
     assert "estimate for 1 rank" in dry.output and not job["out"].exists()
@@ -67,6 +87,9 @@ def test_a_missing_weights_file_is_one_model_error_line(job: dict[str, Path]) ->
         "model keeps tensor 'w1' in 'weights.bin', relative to its folder); put the file back "
         "beside the model"]
     assert not job["out"].exists() and not Path(f"{job['out']}.partial").exists()
+    inspected = invoke("inspect", "../model/m.onnx")
+    assert inspected.exit_code == 4, inspected.output
+    assert error_lines(inspected.output) == [error_lines(result.output)[0]]
 
 
 def test_resume_with_changed_weights_is_refused(job: dict[str, Path]) -> None:
