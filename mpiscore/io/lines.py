@@ -18,7 +18,9 @@ batch order, to their offsets (prefix sums of the sizes), with
 and leaves a note saying which layout it copied. Rank 0 renames the file to
 OUTPUT only when every rank's note is there and names its layout, then deletes
 the partial directory. A rank that failed leaves no note, so a file that is not
-whole is never given the name OUTPUT.
+whole is never given the name OUTPUT. A run killed between the rename and the
+deletion leaves both; the next run recognises that (``LinesSinkKind.settle``) and
+deletes the partial.
 
 A final text file carries nothing that proves mpiscore wrote it, so
 ``--overwrite`` never deletes one (:meth:`LinesSinkKind.owned`): the user removes
@@ -234,6 +236,19 @@ class Assembly:
                     os.close(source)
             offset += nbytes
 
+    def was_committed(self, final: Path) -> bool:
+        """Whether an earlier run's commit named the assembled file ``final`` and was
+        stopped before deleting the partial: the layout every rank copied is there, the
+        assembled file is not, and ``final`` has the layout's size."""
+        try:
+            text = (self.staging / LAYOUT).read_bytes()
+            copied = (self.staging / "copied-0").read_text()
+            total = sum(int(nbytes) for _, nbytes in json.loads(text))
+            return (copied == hashlib.sha256(text).hexdigest() and not self.target.exists()
+                    and final.is_file() and final.stat().st_size == total)
+        except (OSError, ValueError, TypeError):
+            return False
+
     def commit(self, final: Path, size: int) -> None:
         """Rank 0: once every rank has copied its share of this layout, the file is whole:
         name it OUTPUT and delete the partial directory."""
@@ -372,6 +387,22 @@ class LinesSinkKind:
 
     def warm(self) -> None:
         """Finishing needs nothing heavy (os.copy_file_range)."""
+
+    def settle(self, partial: Path, final: Path) -> None:
+        """Delete the partial directory an earlier run committed but was stopped before
+        deleting (:meth:`Assembly.was_committed`): OUTPUT holds all of it. Otherwise
+        OUTPUT and its partial side by side would ask for both --resume and --overwrite,
+        and --overwrite never deletes a text file."""
+        if not (final.is_file() and owned(partial)
+                and Assembly(partial, 0).was_committed(final)):
+            return
+        LOG.info("%s: deleting %s, left by a run stopped just after it completed the output",
+                 final, partial)
+        try:
+            shutil.rmtree(partial)
+        except OSError as exc:
+            raise storage_error(partial, exc, f"cannot delete it ({final} is complete)") \
+                from exc
 
 
 def _refuse_kept(kept: list[Field], action: str) -> None:

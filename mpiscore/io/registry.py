@@ -254,6 +254,13 @@ class OutputTarget:
     def sink(self) -> SinkKind:
         return ACTION_SINKS.get(self.format) or SINKS[self.format]
 
+    def settle(self) -> None:
+        """Finish what an earlier run left between naming OUTPUT and deleting its partial:
+        only a kind whose commit takes two steps (append_row's) has a ``settle``."""
+        settle = getattr(self.sink, "settle", None)
+        if settle is not None:
+            settle(self.partial, self.final)
+
     def check(self, outputs: list[Field], kept: list[Field], resume: bool,
               inputs: list[str]) -> None:
         """Refuse clashing names, unwritable places, and any output already there unless

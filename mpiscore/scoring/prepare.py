@@ -152,6 +152,7 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
                         os.path.abspath(config.output), target.format,
                         [(f.name, f.dtype, f.shape) for f in outputs + kept],
                         data_sha256)
+    target.settle()
     if not config.overwrite and _already_complete(config, target, stamp):
         raise AlreadyComplete(
             f"{target.final}: already complete, from the same model, inputs and plan "

@@ -36,3 +36,41 @@ def test_a_files_job_skips_its_own_output_lock_and_run_dir(tmp_path: Path) -> No
                        "--input-mode", "files", "--output", folder / "other.txt",
                        "--output-action", "append_row")  # matches only what the job makes
     assert only_ours.exit_code == 3 and "no files but this job's own" in only_ours.output
+
+
+def test_a_partial_left_by_a_run_stopped_after_naming_the_output_is_settled(
+        tmp_path: Path, monkeypatch) -> None:
+    """append_row names OUTPUT, then deletes its partial directory: a run killed between
+    the two leaves both. The same command again (a requeue) deletes the partial and says
+    the job is complete, instead of asking for --resume and for --overwrite."""
+    from mpiscore.io import lines
+
+    folder = tmp_path / "fdir"
+    folder.mkdir()
+    for i in range(FILES):
+        (folder / f"f{i}").write_text(f"{i}\n")
+    script = tmp_path / "s.py"
+    script.write_text("def run(mini_batch):\n    return [open(p).read().strip() for p in "
+                      "mini_batch]\n")
+    out = tmp_path / "out.txt"
+    args = ["score", "--entry-script", script, "--input", folder, "--input-mode", "files",
+            "--mini-batch-size", 2, "--output", out, "--output-action", "append_row"]
+    with monkeypatch.context() as patched:  # the kill: the partial is never deleted
+        patched.setattr(lines.shutil, "rmtree", lambda path: None)
+        first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    partial = Path(f"{out}.partial")
+    assert partial.is_dir() and out.read_text().split() == [str(i) for i in range(FILES)]
+    again = invoke(*args)
+    assert again.exit_code == 0 and "already complete" in again.output, again.output
+    assert not partial.exists() and out.read_text().split() == [str(i) for i in range(FILES)]
+    # a partial that was not committed is a run to resume, and is kept
+    failed_args = [a if a != out else tmp_path / "other.txt" for a in args]
+    failed = CliRunner().invoke(main, [str(a) for a in [*failed_args, "--max-retries", 0]],
+                                env={"MPISCORE_FAULTS": "raise-always:1"})
+    assert failed.exit_code == 5, failed.output
+    kept = Path(f"{tmp_path / 'other.txt'}.partial")
+    (tmp_path / "other.txt").write_text("0\n")  # a text file of the user's beside it
+    refused = invoke(*failed_args)
+    assert refused.exit_code != 0 and "output exists" in refused.output, refused.output
+    assert kept.is_dir()
