@@ -119,12 +119,24 @@ def _bind(model: str, spec: TensorSpec, field: Field, cast: CastPolicy) -> Input
     return InputBinding(spec.name, spec.dtype, _row_shape(where, spec, field))
 
 
+def _can_cast(data: np.dtype, wanted: np.dtype, cast: CastPolicy) -> bool:
+    """NumPy's rule, except that ``safe`` means lossless: NumPy calls int64 to float64
+    safe, yet integers beyond 2**53 round in it."""
+    import numpy as np
+
+    if cast == "safe" and data.kind in "iu" and wanted.kind == "f":
+        bits = data.itemsize * 8 - (data.kind == "i")
+        if bits > np.finfo(wanted).nmant + 1:
+            return False
+    return bool(np.can_cast(data, wanted, casting=cast))
+
+
 def _check_cast(where: str, dtype: str, wanted_dtype: str, cast: CastPolicy) -> None:
     """Data of one dtype (a dataset, a list column, columns all alike)."""
     import numpy as np
 
     data, wanted = np.dtype(dtype), np.dtype(wanted_dtype)
-    if not np.can_cast(data, wanted, casting=cast):
+    if not _can_cast(data, wanted, cast):
         raise ModelError(f"{where}: cannot cast {data} to {wanted} under --cast {cast}: the "
                          f"data is {data}, the model input {wanted}; "
                          f"{_advice(data, wanted, 'it', str(data))}")
@@ -151,7 +163,7 @@ def _check_columns(where: str, wanted_dtype: str, columns: tuple[tuple[str, str]
                                   f"among {_dtypes(floats)} columns", "among float columns "
                                   f"{'they are' if len(strays) > 1 else 'it is'} usually the "
                                   "wrong column: "))
-    lossy = sorted([(c, d) for c, d in own if not np.can_cast(d, wanted, casting=cast)],
+    lossy = sorted([(c, d) for c, d in own if not _can_cast(d, wanted, cast)],
                    key=lambda item: item[1].kind == wanted.kind)  # another kind first
     if lossy:
         first = [(c, d) for c, d in lossy if d == lossy[0][1]]

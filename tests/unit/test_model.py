@@ -71,6 +71,19 @@ def test_lossy_cast_refused_under_safe() -> None:
         bind_inputs("m.onnx", MLP, data(dtype="<f8"), "safe")
 
 
+@pytest.mark.parametrize("dtype", ["<i8", "<u8"])
+def test_64_bit_integers_for_a_float64_model_are_lossy_so_refused_under_safe(dtype) -> None:
+    """NumPy calls int64 to float64 safe; 2**53 + 1 becomes 2**53 in it."""
+    specs = [TensorSpec("features", "float64", (None, 8))]
+    with pytest.raises(ModelError, match=rf"cannot cast {np.dtype(dtype)} to float64 under "
+                                         r"--cast safe.*pass --cast same_kind only if"):
+        bind_inputs("m.onnx", specs, data(dtype=dtype), "safe")
+    (binding,) = bind_inputs("m.onnx", specs, data(dtype=dtype), "same_kind")
+    assert binding.dtype == "float64"
+    (binding,) = bind_inputs("m.onnx", specs, data(dtype="<i4"), "safe")  # exact in float64
+    assert binding.dtype == "float64"
+
+
 def test_lossy_cast_accepted_under_same_kind() -> None:
     (binding,) = bind_inputs("m.onnx", MLP, data(dtype="<f8"), "same_kind")
     assert binding.dtype == "float32"
