@@ -35,21 +35,30 @@ def args(job: dict[str, Path], out: Path, *more: object) -> list[object]:
             "--mini-batch-size", 8192, *more]
 
 
+PAIRS = 3  # dry run and run, side by side: a shared machine's load can come between them
+
+
 def test_dry_run_writes_nothing_and_estimates_within_a_factor_of_two(heavy, tmp_path) -> None:
-    out = tmp_path / "y.h5"
-    dry = mpiscore(2, *args(heavy, out, "--dry-run", "--json"))
-    assert dry.returncode == 0, dry.stderr
-    report = json.loads(dry.stdout)
-    assert (report["rows"], report["batches"]) == (ROWS, 25)
-    for key in ("estimated_wall_seconds", "estimated_core_hours", "suggested_time"):
-        assert key in report, key
-    assert report["ranks"] == 2 and report["calibration"]["batches"] >= 1
-    assert sorted(tmp_path.iterdir()) == [], "a dry run wrote something"
-    run = mpiscore(2, *args(heavy, out))
-    assert run.returncode == 0, run.stderr
-    wall = json.loads(Path(f"{out}.run/summary.json").read_text())["wall_seconds"]
-    ratio = report["estimated_wall_seconds"] / wall
-    assert 0.5 <= ratio <= 2, (report, wall)  # the order of magnitude, not a timing test
+    """One pair of the estimate and the real run within a factor of two: an estimate
+    that is wrong misses in every pair; a load that came between the two, in one."""
+    pairs = []
+    for pair in range(PAIRS):
+        out, before = tmp_path / f"y{pair}.h5", set(tmp_path.iterdir())
+        dry = mpiscore(2, *args(heavy, out, "--dry-run", "--json"))
+        assert dry.returncode == 0, dry.stderr
+        report = json.loads(dry.stdout)
+        assert (report["rows"], report["batches"]) == (ROWS, 25)
+        for key in ("estimated_wall_seconds", "estimated_core_hours", "suggested_time"):
+            assert key in report, key
+        assert report["ranks"] == 2 and report["calibration"]["batches"] >= 1
+        assert set(tmp_path.iterdir()) == before, "a dry run wrote something"
+        run = mpiscore(2, *args(heavy, out))
+        assert run.returncode == 0, run.stderr
+        wall = json.loads(Path(f"{out}.run/summary.json").read_text())["wall_seconds"]
+        pairs.append((report["estimated_wall_seconds"], wall))
+        if 0.5 <= pairs[-1][0] / wall <= 2:  # the order of magnitude, not a timing test
+            return
+    pytest.fail(f"estimated against actual wall seconds, in {PAIRS} pairs: {pairs}")
 
 
 def test_dry_run_text_names_plan_calibration_estimate_and_assumptions(heavy, tmp_path) -> None:
