@@ -17,7 +17,7 @@ from .config import JobConfig
 from .io.fields import ROW_STATUS, Field
 from .io.registry import InputSource, OutputTarget
 from .lock import JobLock
-from .model import InputBinding
+from .model import DataStamp, InputBinding
 from .plan import Plan
 
 
@@ -39,6 +39,7 @@ class Job:
     fingerprint: dict[str, Any]  # rank 0's only (journal token, fingerprint.json)
     lock: JobLock  # held by rank 0 for the job's life
     warnings: tuple[str, ...] = ()  # found while preparing; rank 0 logs them once
+    model_data: tuple[DataStamp, ...] = ()  # the external data files the job digested
 
     def __post_init__(self) -> None:
         """The input's paths are the plan's file table's (stamped after the input was

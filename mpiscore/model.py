@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,36 @@ def data_digests(files: Mapping[str, Path]) -> dict[str, str]:
             raise ModelError(f"{path}: cannot read the model's external data: "
                              f"{exc.strerror or exc}") from exc
     return digests
+
+
+DataStamp = tuple[str, int, int, int]  # an external data file: path, bytes, mtime_ns, inode
+
+
+def data_stamps(files: Mapping[str, Path]) -> tuple[DataStamp, ...]:
+    """Each external data file's size, modification time and inode, in name order: what
+    every scoring process checks the files it loaded against, cheaply (digesting many GB
+    in each process would cost as much as loading them)."""
+    stamps = []
+    for _, path in sorted(files.items()):
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot stat the model's external data: "
+                             f"{exc.strerror or exc}") from exc
+        stamps.append((str(path), info.st_size, info.st_mtime_ns, info.st_ino))
+    return tuple(stamps)
+
+
+def check_same_data(model: str, loaded: tuple[DataStamp, ...],
+                    checked: tuple[DataStamp, ...], when: str) -> None:
+    """Refuse a session whose external data are not the files the job digested: a
+    checkpoint written in place while the job starts would otherwise have some
+    processes score with the old weights and some with the new, under one provenance."""
+    for (path, *got), (_, *want) in zip(loaded, checked, strict=True):
+        if got != want:
+            raise ModelError(f"{path}: the external data of {model} changed {when} (its "
+                             "size, modification time or inode differs); score again with "
+                             "--overwrite once the files stay in place")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from ..errors import InputChanged, MpiscoreError, is_storage_failure
 from ..io.registry import open_reader
-from ..model import model_digest, read_model
+from ..model import check_same_data, model_digest, read_model
 from ..plan import Batch
 from ..report import (
     DEATH_NOTES_SECONDS,
@@ -456,7 +456,8 @@ def _preopened_for(spec: ScorerSpec, preopened: _Preopened | None) -> Scorer | N
         return None
     job, request = spec.job, preopened.request
     same = (preopened.sha256 == job.model_sha256 and request.kind == job.config.scorer_kind
-            and request.model == job.model_name and request.settings == spec.settings)
+            and request.model == job.model_name and request.settings == spec.settings
+            and preopened.scorer.data_stamps == job.model_data)
     return preopened.scorer if same else None
 
 
@@ -492,6 +493,7 @@ def _processor(spec: ScorerSpec, scorer: Scorer | None) -> BatchProcessor:
         assert spec.model_bytes is not None, "only the process that prepared gets no model"
         scorer = open_scorer(job.config.scorer_kind, spec.model_bytes, job.model_name,
                               spec.settings)
+    check_same_data(job.model_name, scorer.data_stamps, job.model_data, "while the job started")
     scorer.fix_schema({source: (field.dtype, field.shape)
                        for field, source in zip(job.outputs, job.output_sources, strict=True)})
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,

@@ -42,7 +42,15 @@ from ..journal import (
     stamped,
 )
 from ..lock import JobLock, LockOwner, acquire, lock_paths
-from ..model import InputBinding, bind_inputs, data_digests, model_digest, output_fields
+from ..model import (
+    InputBinding,
+    bind_inputs,
+    check_same_data,
+    data_digests,
+    data_stamps,
+    model_digest,
+    output_fields,
+)
 from ..plan import Plan
 from ..report import read_json_object, size_text
 from .calibrate import calibrate
@@ -105,7 +113,8 @@ def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
         offsets, done = target.create(outputs, kept, plan, checked.attrs), set()
     job = Job(config, checked.sha256, checked.source, plan, checked.bindings,
               tuple(outputs[:-1]), checked.output_sources, tuple(kept), target, offsets,
-              checked.attrs, checked.stamp, lock, checked.warnings(config))
+              checked.attrs, checked.stamp, lock, checked.warnings(config),
+              scorer.data_stamps)
     return job, done
 
 
@@ -138,7 +147,9 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
     outputs = [*model_outputs, ROW_STATUS]
     target = OutputTarget.of(config)
     sha256 = model_digest(model_bytes)
-    data_sha256 = data_digests(scorer.data_files)
+    data_sha256 = data_digests(scorer.data_files)  # the files this process loaded, still
+    check_same_data(str(config.scorer_file), data_stamps(scorer.data_files),
+                    scorer.data_stamps, "while the job started")
     # the weights beside the model decide its scores as much as the .onnx does; in
     # sha256sum's format, which checks them from the model's folder
     data_attr = {"model_data_sha256": "\n".join(

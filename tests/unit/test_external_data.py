@@ -16,12 +16,19 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
-from mpiscore.config import ScorerSettings, SessionConfig
+from mpiscore.config import BatchSize, InputSpec, JobConfig, ScorerSettings, SessionConfig
 from mpiscore.errors import ModelError
+from mpiscore.faults import FaultPlan
+from mpiscore.lock import LockOwner
 from mpiscore.model import data_digests
+from mpiscore.placement import scorer_settings
+from mpiscore.scoring import main
+from mpiscore.scoring.prepare import prepare
+from mpiscore.scoring.scorers import onnx as onnx_scorer
 from mpiscore.scoring.scorers import open_scorer
 from mpiscore.scoring.scorers.onnx import DATA_FOLDER, session_source
 from mpiscore.scoring.scorers.onnx_data import external_locations
+from mpiscore.wire import ScorerSpec
 from tests import builders
 
 SETTINGS = ScorerSettings(SessionConfig(), 1)
@@ -143,3 +150,61 @@ def _branching(path: Path) -> Path:
         [const("bias", 0.5)])
     onnx.save(helper.make_model(graph, opset_imports=builders.OPSET, ir_version=8), path)
     return path
+
+
+# ---- weights replaced while the job starts: every process scores the weights digested ----
+
+def _replace_weights(model: Path) -> None:
+    """A new checkpoint written over the old one, as a training job saving in place
+    does: the graph the same, the weights file another."""
+    graph = model.read_bytes()
+    builders.with_external_data(builders.mlp(model, seed=5))
+    assert model.read_bytes() == graph
+
+
+def _job(model: Path, tmp_path: Path) -> tuple[JobConfig, bytes, ScorerSettings]:
+    data = builders.write_h5(tmp_path / "x.h5", features=builders.features(20))
+    config = JobConfig(model=model, inputs=(InputSpec(str(data), "/features"),),
+                       output=tmp_path / "out.h5", batch_size=BatchSize(rows=10))
+    return config, model.read_bytes(), scorer_settings(config, 0, 1)
+
+
+def test_weights_replaced_while_a_process_loads_them_are_refused(
+        model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opening = onnx_scorer.open_session
+
+    def replaced_midway(*args: object):
+        session = opening(*args)
+        _replace_weights(model)
+        return session
+
+    monkeypatch.setattr(onnx_scorer, "open_session", replaced_midway)
+    with pytest.raises(ModelError, match=r"weights\.bin: the external data of .*m\.onnx "
+                                         r"changed while this process loaded it"):
+        open_scorer("onnx", model.read_bytes(), str(model), SETTINGS)
+
+
+def test_weights_replaced_before_the_job_digested_them_are_refused(model: Path,
+                                                                   tmp_path: Path) -> None:
+    """Rank 0's first process opens its session, then digests the files for the job."""
+    config, model_bytes, settings = _job(model, tmp_path)
+    scorer = open_scorer("onnx", model_bytes, str(model), settings)
+    _replace_weights(model)
+    with pytest.raises(ModelError, match="changed while the job started"):
+        prepare(config, model_bytes, lambda: scorer, LockOwner.here())
+    assert not (tmp_path / "out.h5.partial").exists()
+
+
+def test_a_process_that_loads_other_weights_than_the_job_s_does_not_start(
+        model: Path, tmp_path: Path) -> None:
+    config, model_bytes, settings = _job(model, tmp_path)
+    job, _, first = prepare(config, model_bytes,
+                            lambda: open_scorer("onnx", model_bytes, str(model), settings),
+                            LockOwner.here())
+    spec = ScorerSpec(job.shared(), model_bytes, settings, "rank 1", FaultPlan())
+    main._processor(spec, None).close()  # the same files: it starts
+    _replace_weights(model)
+    with pytest.raises(ModelError, match="changed while the job started"):
+        main._processor(spec, None)
+    first.close()
+    job.lock.release()

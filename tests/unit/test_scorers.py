@@ -35,6 +35,7 @@ class RowSums:
         self.inputs = [TensorSpec("features", "float32", (None, 8))]
         self.columns = {"total": Column("total")}
         self.data_files: dict[str, Path] = {}  # nothing besides its "model"
+        self.data_stamps = ()  # so none to check
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"total": feeds["features"].sum(axis=1)}

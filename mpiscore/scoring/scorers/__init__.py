@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ...config import ScorerSettings
-    from ...model import Column, TensorSpec
+    from ...model import Column, DataStamp, TensorSpec
 
 
 class Scorer(Protocol):
@@ -49,6 +49,11 @@ class Scorer(Protocol):
         """The files besides the model (or script) that its scores depend on, by the name
         it gives each (an ONNX model's external data): the job's fingerprint digests
         them, so --resume refuses changed ones as it refuses a changed model."""
+
+    @property
+    def data_stamps(self) -> tuple[DataStamp, ...]:
+        """:attr:`data_files` as this scorer loaded them (model.data_stamps): each
+        process's are checked against the job's, so that all score the same weights."""
 
     @property
     def columns(self) -> Mapping[str, Column]:

@@ -24,7 +24,15 @@ import onnxruntime as ort
 
 from ...config import ScorerSettings
 from ...errors import ModelError, ScoringError
-from ...model import Column, TensorSpec, read_model, tensor_spec
+from ...model import (
+    Column,
+    DataStamp,
+    TensorSpec,
+    check_same_data,
+    data_stamps,
+    read_model,
+    tensor_spec,
+)
 from .onnx_data import external_data, model_folder
 from .onnx_outputs import (
     STANDARD_DOMAINS,
@@ -99,8 +107,10 @@ class OnnxScorer:
     """Scores batches of model inputs with one session (a scorers.Scorer)."""
 
     def __init__(self, session: ort.InferenceSession, model: str, model_bytes: bytes,
-                 slicing: RunRows | None = None) -> None:
+                 slicing: RunRows | None = None, stamps: tuple[DataStamp, ...] = ()) -> None:
+        """``stamps``: the model's external data files as the session loaded them."""
         self.session, self.model, self.model_bytes = session, model, model_bytes
+        self.data_stamps = stamps
         self.inputs = [tensor_spec(node, model) for node in session.get_inputs()]
         self.output_names = [node.name for node in session.get_outputs()]
         self.converter = OutputConverter(output_kinds(session.get_outputs(), model), model)
@@ -109,9 +119,14 @@ class OnnxScorer:
 
     @classmethod
     def open(cls, model_bytes: bytes, model: str, settings: ScorerSettings) -> OnnxScorer:
-        """The "onnx" kind's factory: a session with ``settings`` for ``model_bytes``."""
+        """The "onnx" kind's factory: a session with ``settings`` for ``model_bytes``;
+        external data replaced while the session loaded them is refused."""
+        files = external_data(model_bytes, model)
+        before = data_stamps(files)
         session = open_session(model_bytes, model, settings)
-        return cls(session, model, model_bytes, _slicing(session, model_bytes, settings))
+        check_same_data(model, data_stamps(files), before, "while this process loaded it")
+        return cls(session, model, model_bytes, _slicing(session, model_bytes, settings),
+                   before)
 
     @property
     def label_width(self) -> int:

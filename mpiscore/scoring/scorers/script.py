@@ -103,6 +103,7 @@ class ScriptScorer:
     fixed_batch: int | None = None
     label_width = LABEL_WIDTH
     run_rows = 0  # run() gets each mini-batch whole
+    data_stamps = ()  # no data_files
 
     @property
     def data_files(self) -> dict[str, Path]:
