@@ -16,7 +16,8 @@ def invoke(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_a_files_job_skips_its_own_output_lock_and_run_dir(tmp_path: Path) -> None:
+def files_job(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder of FILES one-line files, and a script giving each file's line."""
     folder = tmp_path / "fdir"
     folder.mkdir()
     for i in range(FILES):
@@ -24,9 +25,18 @@ def test_a_files_job_skips_its_own_output_lock_and_run_dir(tmp_path: Path) -> No
     script = tmp_path / "s.py"
     script.write_text("def run(mini_batch):\n    return [open(p).read().strip() for p in "
                       "mini_batch]\n")
-    out = folder / "out.txt"
-    args = ["score", "--entry-script", script, "--input", folder, "--input-mode", "files",
+    return folder, script
+
+
+def score_args(folder: Path, script: Path, out: Path) -> list[object]:
+    return ["score", "--entry-script", script, "--input", folder, "--input-mode", "files",
             "--mini-batch-size", 2, "--output", out, "--output-action", "append_row"]
+
+
+def test_a_files_job_skips_its_own_output_lock_and_run_dir(tmp_path: Path) -> None:
+    folder, script = files_job(tmp_path)
+    out = folder / "out.txt"
+    args = score_args(folder, script, out)
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     assert sorted(out.read_text().split()) == [str(i) for i in range(FILES)]
@@ -45,16 +55,9 @@ def test_a_partial_left_by_a_run_stopped_after_naming_the_output_is_settled(
     the job is complete, instead of asking for --resume and for --overwrite."""
     from mpiscore.io import lines
 
-    folder = tmp_path / "fdir"
-    folder.mkdir()
-    for i in range(FILES):
-        (folder / f"f{i}").write_text(f"{i}\n")
-    script = tmp_path / "s.py"
-    script.write_text("def run(mini_batch):\n    return [open(p).read().strip() for p in "
-                      "mini_batch]\n")
+    folder, script = files_job(tmp_path)
     out = tmp_path / "out.txt"
-    args = ["score", "--entry-script", script, "--input", folder, "--input-mode", "files",
-            "--mini-batch-size", 2, "--output", out, "--output-action", "append_row"]
+    args = score_args(folder, script, out)
     with monkeypatch.context() as patched:  # the kill: the partial is never deleted
         patched.setattr(lines.shutil, "rmtree", lambda path: None)
         first = invoke(*args)
@@ -65,7 +68,7 @@ def test_a_partial_left_by_a_run_stopped_after_naming_the_output_is_settled(
     assert again.exit_code == 0 and "already complete" in again.output, again.output
     assert not partial.exists() and out.read_text().split() == [str(i) for i in range(FILES)]
     # a partial that was not committed is a run to resume, and is kept
-    failed_args = [a if a != out else tmp_path / "other.txt" for a in args]
+    failed_args = score_args(folder, script, tmp_path / "other.txt")
     failed = CliRunner().invoke(main, [str(a) for a in [*failed_args, "--max-retries", 0]],
                                 env={"MPISCORE_FAULTS": "raise-always:1"})
     assert failed.exit_code == 5, failed.output
