@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import shlex
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,7 +39,8 @@ HASH_CHUNK = 65536  # batches turned into JSON at a time for the plan's hash
 def fingerprint(model_sha256: str, files: Sequence[SourceFile],
                 plan_rows: Plan | list[list[int]], batch_rows: int, output: str,
                 output_format: str, fields: list[tuple[str, str, tuple[int, ...]]],
-                model_data: Mapping[str, str] | None = None) -> dict[str, Any]:
+                model_data: Mapping[str, str] | None = None,
+                scoring: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the output depends on, in a form that compares with ``==`` after a JSON trip.
 
     ``files`` are :func:`stamped`; their paths are recorded absolute: the same
@@ -47,7 +49,9 @@ def fingerprint(model_sha256: str, files: Sequence[SourceFile],
     JSON, taken in pieces, so a million batches never stand as one list.
     ``model_data``: the SHA-256 of each external data file of the model, by its
     location; recorded only for a model that has some, so the fingerprint of any
-    other is as before (and its run directories resume)."""
+    other is as before (and its run directories resume). ``scoring``: what else
+    decides the rows (SCORING_KEYS: what feeds each model input, ``--on-nan``, an
+    entry script's arguments and batch format)."""
     chunks: Iterable[list[list[int]]]
     if isinstance(plan_rows, list):
         chunks, batches = [plan_rows], len(plan_rows)
@@ -64,6 +68,7 @@ def fingerprint(model_sha256: str, files: Sequence[SourceFile],
     data = {"model_data": dict(model_data)} if model_data else {}
     return {
         "model_sha256": model_sha256, **data,
+        **({"scoring": dict(scoring)} if scoring is not None else {}),
         "inputs": [_input_stamp(f) for f in files],
         "plan": {"batch_rows": batch_rows, "batches": batches, "sha256": digest.hexdigest()},
         "output": {"path": output, "format": output_format,
@@ -71,10 +76,17 @@ def fingerprint(model_sha256: str, files: Sequence[SourceFile],
     }
 
 
+SCORING_KEYS = {"feeds": "the data feeding the model", "on_nan": "--on-nan",
+                "script_args": "the entry script's arguments (after --)",
+                "batch_format": "--batch-format"}
+
+
 def as_recorded(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """``current`` as a run directory made before inputs carried their link ``target``
-    would have it: compared so, that run directory still resumes (or is complete) where
-    a path runs through a linked folder (``/scratch`` to ``/gpfs/scratch``)."""
+    """``current`` as a run directory of an earlier mpiscore would have it: without
+    its inputs' link ``target`` where those had none, without ``scoring`` where it had
+    none. Compared so, such a run directory still resumes (or is complete)."""
+    if "scoring" not in recorded:
+        current = {k: v for k, v in current.items() if k != "scoring"}
     inputs = recorded.get("inputs")
     if not isinstance(inputs, list) or any("target" in f for f in inputs if isinstance(f, dict)):
         return current
@@ -188,6 +200,7 @@ def _difference(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         changes.append(f"the model changed: SHA-256 {str(before.get('model_sha256'))[:12]}... "
                        f"then, {after['model_sha256'][:12]}... now")
     changes += _data_changes(before.get("model_data") or {}, after.get("model_data") or {})
+    changes += _scoring_changes(before.get("scoring") or {}, after.get("scoring") or {})
     changes += _input_changes(before.get("inputs") or [], after["inputs"])
     old, new = before.get("plan") or {}, after["plan"]
     if old.get("batch_rows") != new["batch_rows"]:
@@ -217,6 +230,22 @@ def _data_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return [f"the model changed: its external data {name}, {shown(before.get(name))} then, "
             f"{shown(after.get(name))} now"
             for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name)]
+
+
+def _scoring_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``the data feeding the model changed: X=f0,f1 then, X=f1,f0 now``, for each key."""
+    def shown(key: str, value: Any) -> str:
+        if not isinstance(value, list):
+            return str(value)
+        if key == "script_args":
+            return repr(shlex.join(value)) if value else "none"
+        if all(isinstance(v, list) for v in value):  # HDF5: [reads, files] runs
+            value = [f"{reads} ({count} file{'s' * (count != 1)})" for reads, count in value]
+        return _cut([str(v) for v in value]) if value else "none"
+
+    return [f"{what} changed: {shown(key, before.get(key))} then, "
+            f"{shown(key, after.get(key))} now"
+            for key, what in SCORING_KEYS.items() if before.get(key) != after.get(key)]
 
 
 def _input_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import BatchSize, JobConfig
 from ..errors import ConfigError, InputError
@@ -96,6 +96,9 @@ class FilesSourceKind:
 
     def names(self, source: FilesInput) -> list[str]:
         return source.items(0, source.count)
+
+    def feeds(self, source: FilesInput) -> list[Any]:
+        return []  # the script is given the paths, which the fingerprint has
 
     def plan(self, source: FilesInput, files: Sequence[SourceFile], batch_size: BatchSize,
              row_nbytes: int = 0) -> Plan:

@@ -85,6 +85,18 @@ class Hdf5SourceKind:
     def names(self, sources: tuple[Hdf5Source, ...]) -> list[str]:
         return [f"{s.path}:{ds}" for s in sources for _, ds in s.datasets]
 
+    def feeds(self, sources: tuple[Hdf5Source, ...]) -> list[Any]:
+        """``[["features=/x", files], ...]``: each run of files reading the same
+        datasets (one run, usually), so that any other assignment differs."""
+        runs: list[list[Any]] = []
+        for source in sources:
+            reads = ",".join(f"{name}={dataset}" for name, dataset in source.datasets)
+            if runs and runs[-1][0] == reads:
+                runs[-1][1] += 1
+            else:
+                runs.append([reads, 1])
+        return runs
+
 
 def _datasets(config: JobConfig, dataset: str | None, path: str, names: list[str]
               ) -> tuple[tuple[str, str], ...]:
@@ -145,6 +157,10 @@ class ParquetSourceKind:
 
     def names(self, source: ParquetInput) -> list[str]:
         return list(source.paths)
+
+    def feeds(self, source: ParquetInput) -> list[Any]:
+        """``["X=f0,f1,f2"]``: each model input's columns, in the order stacked."""
+        return [f"{name}={','.join(columns)}" for name, columns in source.selection.features]
 
 
 def _table_paths(paths: Sequence[str], files: tuple[SourceFile, ...]

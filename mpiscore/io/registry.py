@@ -57,6 +57,10 @@ class SourceKind(Protocol):
     def names(self, resolved: Any) -> list[str]:
         """The input files and datasets or columns, for provenance."""
 
+    def feeds(self, resolved: Any) -> list[Any]:
+        """What each model input reads (datasets, columns), apart from which files: the
+        fingerprint's, so that --resume with other columns is refused, not mixed."""
+
 
 class SinkKind(Protocol):
     """An output format: checks, creation on rank 0, resuming, and a writer per process."""
@@ -219,6 +223,11 @@ def open_reader(source: InputSource) -> Reader:
 def input_names(source: InputSource) -> list[str]:
     """The input files and datasets or columns, for provenance."""
     return SOURCES[source.kind].names(source.resolved)
+
+
+def input_feeds(source: InputSource) -> list[Any]:
+    """What each model input reads (SourceKind.feeds), for the fingerprint."""
+    return SOURCES[source.kind].feeds(source.resolved)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from ..io.registry import (
     InputSource,
     OutputTarget,
     describe,
+    input_feeds,
     input_names,
     open_reader,
     plan_batches,
@@ -162,7 +163,7 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
     stamp = fingerprint(sha256, plan.files, plan, plan.batch_rows,
                         os.path.abspath(config.output), target.format,
                         [(f.name, f.dtype, f.shape) for f in outputs + kept],
-                        data_sha256)
+                        data_sha256, _scoring(config, source))
     target.settle()
     if not config.overwrite and _already_complete(config, target, stamp):
         raise AlreadyComplete(
@@ -221,6 +222,16 @@ def small_batches(config: JobConfig, plan: Plan, row_nbytes: int) -> str | None:
             f"(~{BATCH_OVERHEAD_SECONDS * 1e3:.0f} ms: dispatch, read, session run, write, "
             f"flush), ~{batches * BATCH_OVERHEAD_SECONDS:,.0f}s in all; pass "
             "--mini-batch-size 4MiB (the default) or more")
+
+
+def _scoring(config: JobConfig, source: InputSource) -> dict[str, Any]:
+    """What decides the rows besides the model, the input files, the plan and the output
+    columns (journal.SCORING_KEYS); an entry script's options only for a script."""
+    scoring: dict[str, Any] = {"feeds": input_feeds(source), "on_nan": config.on_nan}
+    if config.entry_script is not None:
+        scoring |= {"script_args": list(config.script_args),
+                    "batch_format": config.batch_format}
+    return scoring
 
 
 def _already_complete(config: JobConfig, target: OutputTarget, stamp: dict[str, Any]) -> bool:
