@@ -48,6 +48,25 @@ def mlp(path: Path, features: int = 8, hidden: int = 16, classes: int = 3,
     return _save(graph, path)
 
 
+def data_width(path: Path, features: int = 4) -> Path:
+    """``y = features[:, :k]``, k the batch's largest first feature: an output whose
+    width (symbolic ``K``) differs from batch to batch."""
+    nodes = [
+        helper.make_node("Gather", ["features", "zero"], ["first"], axis=1),
+        helper.make_node("ReduceMax", ["first"], ["top"], keepdims=1),
+        helper.make_node("Cast", ["top"], ["k"], to=TensorProto.INT64),
+        helper.make_node("Slice", ["features", "starts", "k", "axes"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "data_width",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "K"])],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+         numpy_helper.from_array(np.array([0], np.int64), "starts"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    return _save(graph, path)
+
+
 def two_inputs(path: Path) -> Path:
     """Inputs ``a`` [N,4] and ``b`` [N,3], concatenated and projected to ``y`` [N,2]."""
     rng = np.random.default_rng(1)

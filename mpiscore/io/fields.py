@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from ..errors import OutputError
 from ..plan import Batch
 
 if TYPE_CHECKING:  # numpy is the scoring processes' (and fills'): a rank never needs it
@@ -83,6 +84,27 @@ HEADER = "mpiscore.header"
 
 Columns = dict[str, object]
 """Per-batch data by field name: NumPy arrays, or Arrow arrays for carried columns."""
+
+
+def checked_rows(column: object, field: Field, batch: Batch, where: str) -> np.ndarray:
+    """A batch's column of output ``field`` as every part of the output holds it: the
+    rows x shape and the number kind its first rows had (the probe), in that dtype.
+    A model output with a symbolic width, or a script column that changes type from
+    batch to batch, is refused in that batch rather than written in another layout
+    (Parquet parts of two schemas are one dataset no reader opens)."""
+    import numpy as np
+
+    data = np.asarray(column)
+    if data.shape != (batch.rows, *field.shape):
+        raise OutputError(f"{where} batch {batch.batch_id}: got shape {data.shape}, "
+                          f"expected {(batch.rows, *field.shape)}")
+    wanted = np.dtype(field.dtype)
+    if data.dtype == wanted or wanted.kind not in "biuf":
+        return data
+    if data.dtype.kind not in "biuf" or not np.can_cast(data.dtype, wanted, "same_kind"):
+        raise OutputError(f"{where} batch {batch.batch_id}: got {data.dtype} values, expected "
+                          f"{wanted} (as the first rows had)")
+    return data.astype(wanted)
 
 
 def fill_columns(fields: list[Field], rows: int) -> dict[str, np.ndarray]:

@@ -29,7 +29,7 @@ import numpy as np
 from ..config import RESERVED_PREFIX
 from ..errors import RERUN, InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
-from .fields import Columns, Field, Ranks, nearest_first
+from .fields import Columns, Field, Ranks, checked_rows, nearest_first
 from .sources import Hdf5Source
 
 PLAN_DATASET = f"{RESERVED_PREFIX}/plan"  # the batches the file's rows came from
@@ -399,10 +399,8 @@ class Hdf5Writer:
             column = columns[name]
             if np.dtype(field.dtype).kind == "S":
                 column = _fixed_utf8(column, field, f"{self.final}:/{name} batch {batch.batch_id}")
-            data = np.ascontiguousarray(column, dtype=field.dtype)
-            if data.shape != (batch.rows, *field.shape):
-                raise OutputError(f"{self.final}:/{name} batch {batch.batch_id}: got shape "
-                                  f"{data.shape}, expected {(batch.rows, *field.shape)}")
+            data = np.ascontiguousarray(checked_rows(column, field, batch,
+                                                     f"{self.final}:/{name}"))
             try:
                 _pwrite_all(self.fd, data,
                             self.offsets[name] + batch.global_start * field.row_nbytes)

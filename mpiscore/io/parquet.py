@@ -33,7 +33,7 @@ from ..errors import ConfigError, InputError, OutputError
 from ..plan import Batch, SourceFile
 from ..report import LOG
 from . import staging
-from .fields import Columns, Field, ParquetSelection, Ranks, cut, nearest_first
+from .fields import Columns, Field, ParquetSelection, Ranks, checked_rows, cut, nearest_first
 from .threads import map_in_order
 
 STAGING = staging.STAGING  # inside OUTPUT.partial only: files being written, and our marker
@@ -303,14 +303,14 @@ class ParquetWriter:
                  batch_count: int, metadata: dict[str, Any]) -> None:
         self.partial, self.final = partial, final
         self.names = [f.name for f in kept] + [f.name for f in fields]
+        self.fields = {f.name: f for f in fields}  # the model's: checked batch by batch
         self.batch_count = batch_count  # ids 0 to batch_count - 1: no batch list needed
         self.info = {**metadata, "status": "complete",
                      "output_shapes": {f.name: list(f.shape) for f in fields}}
         self.unsynced: list[tuple[Path, Path]] = []  # (written .tmp, its part name) to flush
 
     def write(self, batch: Batch, columns: Columns) -> None:
-        arrays = [c if isinstance(c, pa.ChunkedArray | pa.Array) else to_arrow(np.asarray(c))
-                  for c in (columns[name] for name in self.names)]
+        arrays = [self._arrow(name, columns[name], batch) for name in self.names]
         table = pa.table(arrays, names=self.names).replace_schema_metadata(
             {METADATA_KEY: json.dumps(self._info(batch))})
         target = self.partial / part_name(batch.batch_id)
@@ -321,6 +321,14 @@ class ParquetWriter:
         except OSError as exc:
             raise OutputError(f"{target}: cannot write batch {batch.batch_id}: {exc}") from exc
         self.unsynced.append((temporary, target))
+
+    def _arrow(self, name: str, column: object, batch: Batch) -> pa.Array | pa.ChunkedArray:
+        if isinstance(column, pa.ChunkedArray | pa.Array):  # carried as read
+            return column
+        field = self.fields.get(name)
+        if field is None:
+            return to_arrow(np.asarray(column))
+        return to_arrow(checked_rows(column, field, batch, f"{self.final}: output {name}"))
 
     def _info(self, batch: Batch) -> dict[str, Any]:
         """The ``mpiscore`` metadata of one part file: the job's, and the batch's rows.

@@ -7,6 +7,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from mpiscore import __version__
@@ -110,4 +111,20 @@ def test_a_glob_of_files_holding_differently_named_datasets_is_refused(tmp_path)
     assert result.exit_code == 3, result.output
     assert f"{tmp_path / 'b.h5'}:/energy: no such dataset; the file holds /momentum" \
         in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".parquet"])
+def test_an_output_whose_width_differs_by_batch_fails_those_batches(tmp_path, suffix) -> None:
+    """The probe's width is the output's: a batch of another width fails, named, and
+    never becomes a part of another schema (Parquet) or rows of another layout."""
+    model = builders.data_width(tmp_path / "w.onnx")
+    data = builders.features(30, 4)
+    data[:, 0] = np.repeat([2.0, 3.0, 2.0], 10)  # batch 1 is 3 wide, the others 2
+    path = builders.write_h5(tmp_path / "x.h5", features=data)
+    out = tmp_path / f"y{suffix}"
+    result = invoke("score", "--model", model, "--input", path, "--output", out,
+                    "--mini-batch-size", 10, "--max-retries", 0)
+    assert result.exit_code == 5, result.output
+    assert "batch 1: got shape (10, 3), expected (10, 2)" in result.output, result.output
     assert not out.exists()
