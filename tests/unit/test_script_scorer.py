@@ -503,3 +503,21 @@ def test_append_row_refuses_a_dict_of_unequal_columns(open_script: Opener) -> No
                          output_action="append_row")
     with pytest.raises(ScoringError, match=r"a dict of columns of lengths 2, 1"):
         scorer.score({FILE_PATHS: ["x", "y"]})
+
+
+def test_a_result_s_kind_never_reads_a_half_imported_pandas(monkeypatch) -> None:
+    """The writer thread may be importing pandas (through pyarrow) while run()'s list of
+    strings is looked at: ``sys.modules`` then holds a pandas without DataFrame yet."""
+    import types
+
+    import pandas
+
+    from mpiscore.scoring.scorers.script_results import result_kind
+
+    frame = pandas.DataFrame({"a": [1]})
+    monkeypatch.setitem(sys.modules, "pandas", types.ModuleType("pandas"))  # half made
+    assert result_kind(["f1.txt", "f2.txt"]) == ""
+    assert result_kind(np.zeros(2)) == ""
+    monkeypatch.setitem(sys.modules, "pandas", pandas)
+    assert result_kind(frame) == "frame" and result_kind(frame["a"]) == "series"
+    assert result_kind(pa.table({"a": [1]})) == "table"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import importlib
 import io
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,15 +41,22 @@ def tabular_batch(feeds: Mapping[str, object], batch_format: str) -> object:
 
 
 def result_kind(result: object) -> str:
-    """"frame", "series", "table" or "" for other results (pandas and pyarrow are looked
-    at only if the process loaded them: a script returning them did)."""
-    pandas, pyarrow = sys.modules.get("pandas"), sys.modules.get("pyarrow")
-    if pandas is not None and isinstance(result, pandas.DataFrame):
-        return "frame"
-    if pandas is not None and isinstance(result, pandas.Series):
-        return "series"
-    if pyarrow is not None and isinstance(result, pyarrow.Table):
-        return "table"
+    """"frame", "series", "table" or "" for other results. pandas and pyarrow are looked
+    at only for a result of one of their types (or a subclass), and then imported, not
+    taken from ``sys.modules``: the writer thread may be importing one of them right now,
+    and an import waits until the module is whole, where ``sys.modules`` holds it half
+    made."""
+    packages = {cls.__module__.partition(".")[0] for cls in type(result).__mro__}
+    if "pandas" in packages:
+        pandas = importlib.import_module("pandas")
+        if isinstance(result, pandas.DataFrame):
+            return "frame"
+        if isinstance(result, pandas.Series):
+            return "series"
+    if "pyarrow" in packages:
+        pyarrow = importlib.import_module("pyarrow")
+        if isinstance(result, pyarrow.Table):
+            return "table"
     return ""
 
 
