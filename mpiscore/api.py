@@ -281,6 +281,8 @@ def _coordinate(whole: Whole, world: World, worker: Callable[[WorkerLink], RankW
         status.write(_status(scheduler))  # summary.json has the last word
     if scheduler.stop_reason is None and (change := changed_input(job.plan.files)):
         scheduler.halt(change, "InputChanged")
+    if scheduler.stop_reason is None:
+        _halting_on(scheduler, job.lock.confirm)
     return scheduler, rank_zero.worker
 
 

@@ -44,6 +44,7 @@ class LockOwner:
     slurm_job_id: str | None
     started: float
     token: str
+    slurm_restart: int = 0  # SLURM_RESTART_COUNT: which run of a requeued job
 
     @classmethod
     def here(cls) -> LockOwner:
@@ -53,7 +54,7 @@ class LockOwner:
         if "array_task_id" in ids:  # one output per array task: each its own job
             job_id = f"{ids.get('array_job_id', job_id)}_{ids['array_task_id']}"
         return cls(socket.gethostname(), os.getpid(), job_id, time.time(),
-                   os.urandom(8).hex())
+                   os.urandom(8).hex(), int(ids.get("restart_count", 0)))
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
@@ -91,6 +92,13 @@ class JobLock:
                 continue
             with contextlib.suppress(OSError):  # a missed beat is harmless; many are not
                 os.utime(path, (now, now))
+
+    def confirm(self) -> None:
+        """:meth:`refresh` now, however recent the last: before a job names its output
+        OUTPUT, the output must still be its own (a job that took the lock over may be
+        writing the partial)."""
+        self.refreshed = float("-inf")
+        self.refresh()
 
     def release(self) -> None:
         """Remove the locks that are still ours (idempotent)."""
@@ -196,11 +204,11 @@ def _why_stale(path: Path, holder: LockOwner | None, owner: LockOwner) -> str | 
         return "just released it"
     if holder is None:  # half-written by a job killed while taking it, or not ours
         return f"left it unreadable {age:.0f}s ago" if age > REFRESH_SECONDS else None
-    same_process = holder.host == owner.host and holder.pid == owner.pid
-    if holder.host == owner.host and not same_process and not pid_alive(holder.pid):
+    same_host = holder.host == owner.host
+    if same_host and holder.pid != owner.pid and not pid_alive(holder.pid):
         return f"({holder.describe()}) died: its process is gone"
     if holder.slurm_job_id and holder.slurm_job_id == owner.slurm_job_id and \
-            not same_process:
+            holder.slurm_restart < owner.slurm_restart:
         return f"({holder.describe()}) was an earlier run of this Slurm job"
     if age > STALE_SECONDS:
         return f"({holder.describe()}) stopped refreshing it {age:.0f}s ago"

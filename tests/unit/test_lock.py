@@ -64,9 +64,22 @@ def test_stale_locks_are_taken_over(tmp_path: Path) -> None:
 
 
 def test_a_requeued_slurm_job_takes_its_own_lock(tmp_path: Path) -> None:
-    me = replace(LockOwner.here(), slurm_job_id="77")
-    held_by(paths(tmp_path)[0], replace(me, host="nid00001", pid=1, token="before"))
+    """Its run before (SLURM_RESTART_COUNT one less) is gone, wherever it ran."""
+    me = replace(LockOwner.here(), slurm_job_id="77", slurm_restart=1)
+    held_by(paths(tmp_path)[0], replace(me, host="nid00001", pid=1, token="before",
+                                        slurm_restart=0))
     acquire(paths(tmp_path), me).release()
+
+
+def test_another_live_step_of_the_same_slurm_job_keeps_its_lock(tmp_path: Path) -> None:
+    """Two ``srun`` steps of one job run at once: the same job id and run, a live pid
+    (here, or on another node still refreshing it) is a job to wait for, not to take."""
+    me = replace(LockOwner.here(), slurm_job_id="77")
+    for other in (replace(me, pid=os.getppid(), token="step 1"),
+                  replace(me, host="nid00001", pid=1, token="step 1 elsewhere")):
+        held_by(paths(tmp_path)[0], other)
+        with pytest.raises(OutputError, match=r"in use by another mpiscore job \(Slurm job 77"):
+            acquire(paths(tmp_path), me)
 
 
 def test_refresh_notices_a_lock_taken_over(tmp_path: Path) -> None:
@@ -118,3 +131,13 @@ def test_a_storage_refusal_says_what_to_fix_and_whether_to_resume() -> None:
         "writable (a read-only filesystem or mount), then rerun the same command")
     other = storage_error("y.h5", OSError(errno.EACCES, "Permission denied"), "cannot write")
     assert not isinstance(other, StorageError) and "rerun" not in str(other)
+
+
+def test_confirm_checks_at_once_however_recent_the_last_refresh(tmp_path: Path) -> None:
+    lock = acquire(paths(tmp_path), LockOwner.here())
+    lock.confirm()  # ours
+    held_by(lock.paths[0], replace(lock.owner, token="thief"))
+    lock.refresh()  # refreshed just now: it does not look yet
+    with pytest.raises(OutputError, match="taken over"):
+        lock.confirm()
+    lock.release()
