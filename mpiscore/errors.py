@@ -66,6 +66,12 @@ class ModelError(MpiscoreError):
     exit_code = 4
 
 
+class AmbiguousRows(ModelError):
+    """An output's layout cannot be told from this many rows (a sequence of as many
+    tensors as rows, each that many rows long: one per row, or one per target?); the
+    probe scores another number of rows."""
+
+
 class ScoringError(MpiscoreError):
     """Scoring a batch failed."""
 

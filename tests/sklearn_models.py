@@ -14,6 +14,7 @@ import onnxruntime as ort
 from skl2onnx import to_onnx
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.multioutput import MultiOutputClassifier
 
 ROWS, FEATURES = 300, 6
 STRING_CLASSES = np.array(["cat", "dog", "gnu/wild", "émeu des plaines"])
@@ -41,6 +42,18 @@ def classifier(path: Path, kind: str = "logistic", labels: str = "int",
     onx = to_onnx(model, x[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
     path.write_bytes(onx.SerializeToString())
     return path
+
+
+def multi_output_classifier(path: Path, targets: int = 2) -> tuple[Path, np.ndarray]:
+    """A MultiOutputClassifier of ``targets`` logistic regressions, exported to ``path``
+    (its ``probabilities``: a sequence of one tensor per target), and its features."""
+    x, classes = training_data()
+    y = np.stack([(classes + t) % 3 for t in range(targets)], axis=1)
+    model = MultiOutputClassifier(LogisticRegression(max_iter=500)).fit(x, y)
+    onx = to_onnx(model, x[:1], options={"zipmap": False},
+                  target_opset={"": 17, "ai.onnx.ml": 3})
+    path.write_bytes(onx.SerializeToString())
+    return path, x
 
 
 def reference(model: Path, x: np.ndarray) -> dict[str, object]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import JobConfig
-from ..errors import AlreadyComplete, InputError
+from ..errors import AlreadyComplete, AmbiguousRows, InputError
 from ..estimate import DryRun
 from ..io.fields import ROW_STATUS, Field
 from ..io.registry import (
@@ -52,7 +52,7 @@ from ..model import (
     model_digest,
     output_fields,
 )
-from ..plan import Plan
+from ..plan import Batch, Plan
 from ..report import read_json_object, size_text
 from .calibrate import calibrate
 from .pipeline import Loaded, scorer_feeds
@@ -262,13 +262,24 @@ def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSour
     """Score the first rows once, to check the model runs on this data and learn its
     outputs (an entry script's run() is so called once more, on those rows).
 
-    Returns the outputs and how many rows were scored (the model's fixed batch, or 2).
+    Returns the outputs and how many rows were scored (the model's fixed batch, or 2;
+    3 where 2 rows cannot tell an output's layout: AmbiguousRows).
     """
     first = plan.batches[0]
     rows = min(first.rows, scorer.fixed_batch or 2)
+    try:
+        return _score_first(scorer, bindings, source, first, rows, raw), rows
+    except AmbiguousRows as exc:
+        if scorer.fixed_batch is not None or first.rows <= rows:
+            raise AmbiguousRows(f"{exc}; give the first mini-batch more rows") from exc
+    return _score_first(scorer, bindings, source, first, rows + 1, raw), rows + 1
+
+
+def _score_first(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSource,
+                 first: Batch, rows: int, raw: bool) -> dict[str, Any]:
     reader = open_reader(source)
     try:
         arrays, kept = reader.read(replace(first, stop=first.start + rows))
     finally:
         reader.close()
-    return scorer.score(scorer_feeds(Loaded(arrays, kept, 0.0), bindings, raw)), rows
+    return scorer.score(scorer_feeds(Loaded(arrays, kept, 0.0), bindings, raw))

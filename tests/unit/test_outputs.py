@@ -194,9 +194,10 @@ def test_fill_values_for_strings() -> None:
 
 
 def _save(path: Path, nodes: list, output: onnx.ValueInfoProto,
-          initializers: list | None = None) -> Path:
+          initializers: list | None = None, width: int = 6) -> Path:
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 6])],
+        nodes, "g", [helper.make_tensor_value_info("features", TensorProto.FLOAT,
+                                                   ["N", width])],
         [output], initializers or [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
@@ -243,11 +244,13 @@ def test_strings_without_metadata_go_to_parquet_whole(tmp_path: Path) -> None:
     assert got["name"].tolist() == want.tolist()
 
 
-def split_model(path: Path, axis: int) -> Path:
-    """``rows``: the features split into a sequence along ``axis`` (0: one tensor per row)."""
+def split_model(path: Path, axis: int, width: int = 6) -> Path:
+    """``rows``: the features split into a sequence along ``axis`` (0: one tensor per row,
+    1: one per feature, every row's)."""
     return _save(path, [helper.make_node("SplitToSequence", ["features"], ["rows"], axis=axis,
                                          keepdims=0)],
-                 helper.make_tensor_sequence_value_info("rows", TensorProto.FLOAT, None))
+                 helper.make_tensor_sequence_value_info("rows", TensorProto.FLOAT, None),
+                 width=width)
 
 
 @pytest.mark.parametrize("output", ["scores.h5", "scores.parquet"])
@@ -259,12 +262,39 @@ def test_sequence_of_row_tensors_is_stacked(tmp_path: Path, output: str) -> None
     np.testing.assert_array_equal(got["rows"], x)
 
 
-def test_sequence_not_one_element_per_row_is_refused_before_scoring(tmp_path: Path) -> None:
-    model = split_model(tmp_path / "split.onnx", axis=1)
-    with pytest.raises(ModelError, match=r"output 'rows' \(seq\(tensor\(float\)\)\) has 6 "
-                                         r"elements for 2 input rows"):
-        score(model, builders.features(150, width=6), tmp_path / "scores.h5")
-    assert not (tmp_path / "scores.h5.partial").exists()
+@pytest.mark.parametrize("width", [6, 2], ids=["told", "told-by-a-second-probe"])
+def test_sequence_of_a_tensor_per_target_is_stacked_by_target(tmp_path: Path,
+                                                              width: int) -> None:
+    """Each feature as a tensor of every row: rows x targets. Two targets in a 2-row
+    probe could be either layout; the probe scores 3 rows then."""
+    model = split_model(tmp_path / "split.onnx", axis=1, width=width)
+    x = builders.features(150, width=width, seed=6)
+    got = read_output(score(model, x, tmp_path / "scores.h5"))
+    np.testing.assert_array_equal(got["rows"], x)
+
+
+def test_a_multi_output_classifier_s_probabilities_are_rows_x_targets_x_classes(
+        tmp_path: Path) -> None:
+    """skl2onnx's MultiOutputClassifier: ``probabilities`` is one N x classes tensor per
+    target. Two targets, so the 2-row probe alone cannot tell; and a batch of exactly
+    two rows (the last) is scored as the others were."""
+    model, x = sklearn_models.multi_output_classifier(tmp_path / "moc.onnx", targets=2)
+    x = x[:BATCH * 4 + 2]
+    got = read_output(score(model, x, tmp_path / "scores.h5"))
+    want = sklearn_models.reference(model, x)
+    np.testing.assert_array_equal(got["label"], want["label"])
+    np.testing.assert_allclose(got["probabilities"], np.stack(want["probabilities"], axis=1),
+                               rtol=1e-6)
+
+
+def test_a_sequence_that_changes_layout_fails_the_batch_naming_the_output() -> None:
+    converter = OutputConverter([OutputKind("p", "seq(tensor(float))", "tensors", "float32")],
+                                "m.onnx")
+    converter.convert([[np.zeros((5, 2), np.float32)] * 3], 5)  # per target, decided
+    with pytest.raises(ModelError, match=r"output 'p' \(seq\(tensor\(float\)\)\) has 4 "
+                                         r"tensors of shape \(2,\) for 4 input rows; mpiscore "
+                                         "needs one tensor per target, 4 rows each"):
+        converter.convert([[np.zeros(2, np.float32)] * 4], 4)
 
 
 def test_output_of_an_unwritable_type_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ plain NumPy array per output column:
   Parquet Arrow strings);
 - ``seq(map(K,tensor(V)))`` (ZipMap): one column per class, named
   ``<output>_<class>``, classes in the sorted order of the first row's keys;
-- ``seq(tensor(T))``: the elements, one per row, stacked.
+- ``seq(tensor(T))``: one tensor per row, stacked (rows x element), or one tensor
+  per target, each rows long (skl2onnx's MultiOutputClassifier), stacked as rows x
+  targets x element. Which one, the first batch whose rows tell them apart decides.
 
 Anything else is refused when the scorer is built, during set-up, with one
 line naming the output and its ONNX type.
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ModelError, ScoringError
+from ...errors import AmbiguousRows, ModelError, ScoringError
 from ...model import ORT_TYPES, Column
 from .protobuf import fields, message
 
@@ -89,6 +91,7 @@ class OutputConverter:
         self.kinds, self.model = kinds, model
         self.columns: dict[str, Column] = {}  # in output order, classes in sorted order
         self.classes: dict[str, list[Any]] = {}  # map output -> its classes, sorted
+        self.per_target: dict[str, bool] = {}  # seq(tensor) output -> its layout, decided
 
     def convert(self, values: Sequence[Any], rows: int) -> dict[str, np.ndarray]:
         """One array per column, first dimension ``rows``."""
@@ -128,14 +131,38 @@ class OutputConverter:
             yield str(label), np.ascontiguousarray(table[:, index])
 
     def _stacked(self, kind: OutputKind, tensors: Sequence[np.ndarray], rows: int) -> np.ndarray:
-        self._check_length(kind, tensors, rows)
         shapes = {np.shape(t) for t in tensors}
         if len(shapes) > 1:
             raise ModelError(f"{self.model}: output {kind.name!r} ({kind.ort_type}) holds "
                              f"tensors of shapes {_shown(sorted(shapes))}; mpiscore needs one "
-                             "tensor per row, all of one shape")
-        stacked = np.stack([np.asarray(t) for t in tensors])
+                             "tensor per row or per target, all of one shape")
+        per_target = self._per_target(kind, tensors, rows, shapes.pop() if shapes else ())
+        stacked = np.stack([np.asarray(t) for t in tensors], axis=1 if per_target else 0)
         return stacked.astype(str) if kind.dtype == "str" else stacked
+
+    def _per_target(self, kind: OutputKind, tensors: Sequence[np.ndarray], rows: int,
+                    shape: tuple[int, ...]) -> bool:
+        """Whether the sequence holds a tensor per target (each ``rows`` long) rather than
+        one per row: as first decided, else as these rows tell (one row stacks the same
+        either way, and decides nothing)."""
+        by_target = len(tensors) > 0 and len(shape) >= 1 and shape[0] == rows
+        by_row = len(tensors) == rows
+        decided = self.per_target.get(kind.name)
+        if decided is None and by_target and by_row:
+            if rows > 1:
+                raise AmbiguousRows(f"{self.model}: output {kind.name!r} ({kind.ort_type}) "
+                                    f"holds {rows} tensors of {rows} rows for {rows} rows")
+            return False
+        if decided is None and (by_target or by_row):
+            decided = self.per_target[kind.name] = by_target
+        if decided is None or not (by_target if decided else by_row):
+            needed = {None: "one tensor per input row, or per target with a row per input row",
+                      True: f"one tensor per target, {rows} rows each",
+                      False: "one tensor per input row"}[decided]
+            raise ModelError(f"{self.model}: output {kind.name!r} ({kind.ort_type}) has "
+                             f"{len(tensors)} tensors of shape {shape} for {rows} input rows; "
+                             f"mpiscore needs {needed}")
+        return decided
 
     def _check_length(self, kind: OutputKind, values: Sequence[Any], rows: int) -> None:
         if len(values) != rows:
