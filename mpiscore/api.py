@@ -352,7 +352,8 @@ def _rank_stats(worker: RankWorker, pool: ScorerPool, world: World, spec: Scorer
         first_batch_seconds=None if s.first_batch_done is None else s.first_batch_done - started,
         scorer_restarts=pool.restarts, intra_op_threads=spec.settings.intra_op_threads,
         gpu=visible_gpu(spec.settings.device_id), preopened_sessions=pool.preopened,
-        scoring_depth=pool.depth, run_rows=tuple(pool.run_rows))
+        scoring_depth=pool.depth, run_rows=tuple(pool.run_rows),
+        shutdown_errors=tuple(pool.shutdown_errors))
 
 
 def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
@@ -416,6 +417,14 @@ def _where(job: Job, batch: Batch) -> dict[str, Any]:
 
 
 def _raise_unless_complete(report: RunReport) -> None:
+    """The error the job ends with, if it did not complete, or if an entry script's
+    shutdown() failed (the rows are all written, but what shutdown() was to do is not)."""
+    shutdowns = [error for stats in report.per_rank for error in stats.shutdown_errors]
+    if report.status == "complete" and shutdowns:
+        more = f" (and {len(shutdowns) - 1} more)" if len(shutdowns) > 1 else ""
+        raise ModelError(f"{shutdowns[0]}{more}; every batch was scored and {report.output} "
+                         "is complete, but what shutdown() does is not done: fix it, then "
+                         "score again with --overwrite", collective=True)
     if report.status == "stopped":
         raise Interrupted(f"stopped ({report.stop_reason}); {report.batches_done} of "
                           f"{report.batches} batches written to {report.output}; rerun with "

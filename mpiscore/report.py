@@ -58,6 +58,8 @@ class RankStats:
     # rows each of its scoring processes gave an ONNX session per run, as measured or
     # --run-rows chose (0: whole batches; scoring/scorers/run_rows.py)
     run_rows: tuple[int, ...] = ()
+    # its entry script's shutdown() calls that raised or did not return, in a line each
+    shutdown_errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

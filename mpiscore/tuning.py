@@ -48,6 +48,10 @@ START_TIMEOUT_SECONDS = 600.0
 # How long a closing scoring process may take to say it closed before it is killed:
 # closing is flushing what was already written, well under a second normally.
 CLOSE_TIMEOUT_SECONDS = 10.0
+# An entry script's shutdown() runs while its process closes: it may write what the
+# script gathered (summary_only's files), so it gets longer; one that does not return
+# in time is killed, and the job ends with an error (its output may be short).
+SHUTDOWN_TIMEOUT_SECONDS = 300.0
 
 # Readers taking turns in a scoring process: the next batch is read while one is
 # scored, and a batch's arrays stay put while it is scored.

@@ -279,12 +279,14 @@ class Close(NamedTuple):
 
 
 class Closed(NamedTuple):
-    """The files are closed; the process's CPU seconds and peak RSS, and the rows its
-    scorer ran at a time (0: whole batches; scorers/run_rows.py)."""
+    """The files are closed; the process's CPU seconds and peak RSS, the rows its
+    scorer ran at a time (0: whole batches; scorers/run_rows.py), and how a script's
+    shutdown() failed, if it did."""
 
     cpu_seconds: float
     peak_rss_mib: float
     run_rows: int = 0
+    shutdown_error: str = ""  # an entry script's shutdown() that raised, in a line
 
 
 ToScorer: TypeAlias = Preopen | PrepareRequest | ScorerSpec | Score | Close

@@ -33,6 +33,7 @@ from ..tuning import (
     MAX_SCORING_DEPTH,
     REPORT_SECONDS,
     SCORING_DEPTH,
+    SHUTDOWN_TIMEOUT_SECONDS,
     START_TIMEOUT_SECONDS,
 )
 from ..wire import (
@@ -108,6 +109,7 @@ class ScorerPool:
         self.cpu_seconds = 0.0  # of the processes that closed normally
         self.run_rows: list[int] = []  # of the processes that closed normally (Closed)
         self.peak_rss_mib = 0.0
+        self.shutdown_errors: list[str] = []  # scripts' shutdown() that failed or hung
         self.preparing: PrepareRequest | None = None
         self.closing: list[ScorerProcess] = []
         self.rank = rank
@@ -444,15 +446,23 @@ class ScorerPool:
         for proc in procs:
             with contextlib.suppress(OSError):
                 proc.conn.send(Close())
-        deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
+        script = self.spec is not None and self.spec.job.config.scorer_kind == "script"
+        wait = SHUTDOWN_TIMEOUT_SECONDS if script else CLOSE_TIMEOUT_SECONDS
+        deadline = time.monotonic() + wait
         for proc in procs:
             closed = _closing_message(proc, deadline)
             if closed is None:
                 proc.kill()
-            else:
-                self.cpu_seconds += closed.cpu_seconds
-                self.peak_rss_mib = max(self.peak_rss_mib, closed.peak_rss_mib)
-                self.run_rows.append(closed.run_rows)
+                if script:  # what its shutdown() was to write is not written
+                    self.shutdown_errors.append(
+                        f"{self.where}: the entry script's shutdown() did not return in "
+                        f"{wait:.0f}s; its process was killed")
+                continue
+            self.cpu_seconds += closed.cpu_seconds
+            self.peak_rss_mib = max(self.peak_rss_mib, closed.peak_rss_mib)
+            self.run_rows.append(closed.run_rows)
+            if closed.shutdown_error:
+                self.shutdown_errors.append(closed.shutdown_error)
 
     def reap(self) -> None:
         """Wait for closed processes to exit (killing those that hang)."""

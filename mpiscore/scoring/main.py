@@ -156,13 +156,14 @@ def scorer_main(conn: Channel, board: Scoreboard) -> None:
         writer.put(batch, prepared)
     sender.release()
     writer.close()
+    shutdown_error = ""
     try:
         processor.close()
     except MpiscoreError as exc:  # a script's shutdown() failed: its batches are written
-        print(f"mpiscore: {spec.where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        shutdown_error = f"{spec.where}: {type(exc).__name__}: {exc}"
     usage = resource.getrusage(resource.RUSAGE_SELF)
     sender.send(Closed(usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
-                       processor.scorer.run_rows))
+                       processor.scorer.run_rows, shutdown_error))
     _exit(0)  # now, while the scorer is still alive: not worth destroying
 
 
