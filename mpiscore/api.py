@@ -254,10 +254,22 @@ def _coordinate(whole: Whole, world: World, worker: Callable[[WorkerLink], RankW
                         lambda: _activity(scheduler))
     watchdog = Watchdog(scheduler, config.progress_timeout)
 
+    journal_failed = False
+
+    def record(batches: list[Batch]) -> None:
+        nonlocal journal_failed
+        try:
+            journal.record(*(b.batch_id for b in batches))
+        except MpiscoreError:
+            journal_failed = True
+            raise
+
     def on_complete(batches: list[Batch]) -> None:  # a report's bundle: once for all
         watchdog.completed()
-        if scheduler.stop_error != "StorageError":  # a journal that failed takes no more
-            _halting_on(scheduler, lambda: journal.record(*(b.batch_id for b in batches)))
+        # a journal that failed takes no more; batches written after another batch's
+        # write failed (the job stopping on it) are on disk, and do go in
+        if not journal_failed:
+            _halting_on(scheduler, lambda: record(batches))
         progress(sum(batch.rows for batch in batches), len(batches))
         status.tick()
 

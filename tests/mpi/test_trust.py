@@ -273,3 +273,27 @@ def test_a_disk_full_while_creating_the_output_leaves_nothing_behind(data, tmp_p
     result = mpiscore(2, *job(data, out, 40, "--run-dir", tmp_path / "run"))  # as first asked
     assert result.returncode == 0, result.stderr
     identical(out, data["clean40"])
+
+
+def test_a_write_refused_by_storage_leaves_summary_and_journal_agreeing(data, tmp_path,
+                                                                        jobs) -> None:
+    """One scoring process's output writes hit a file-size limit: the job stops (exit 6);
+    the batches written meanwhile by the others are journaled, as summary.json counts
+    them, so --resume does not score them again."""
+    from tests.mpi.campaign import _processes
+
+    out = tmp_path / "y.h5"
+    process = jobs(2, *job(data, out, 4), faults="sleep:0.02")
+    wait_for_batches(process, out, 20)
+    _, scorers = _processes(out)
+    resource.prlimit(scorers[-1], resource.RLIMIT_FSIZE, (1000, 1000))
+    code, stderr = finish(process)
+    assert code == 6, stderr
+    assert "EFBIG" in own_lines(stderr)[0], stderr
+    run_dir = Path(f"{out}.run")
+    records = (run_dir / "journal.txt").read_text().splitlines()[1:]
+    assert summary(run_dir)["batches_done"] == len(records), (summary(run_dir), len(records))
+    result = mpiscore(2, *job(data, out, 4, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert f"{len(records)} of 300 batches already written" in result.stderr, result.stderr
+    identical(out, data["clean4"])
