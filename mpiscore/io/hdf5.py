@@ -365,6 +365,17 @@ def owned(path: Path) -> bool:
         return False
 
 
+def damage(path: Path) -> str | None:
+    """What makes ``path`` no complete output any more (unreadable, or not marked
+    complete), in words; None if it is one."""
+    try:
+        with h5py.File(path, "r") as handle:
+            status = handle.attrs.get(STATUS_ATTR)
+    except OSError as exc:
+        return f"cannot be read as HDF5 ({exc})"
+    return None if status == "complete" else f"is not marked complete ({STATUS_ATTR} {status!r})"
+
+
 def offsets(partial: Path, fields: list[Field]) -> dict[str, int]:
     """Byte offsets of the datasets of an existing partial output (for --resume)."""
     try:

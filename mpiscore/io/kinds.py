@@ -248,6 +248,9 @@ class Hdf5SinkKind:
     def owned(self, path: Path) -> bool:
         return path.is_file() and _hdf5().owned(path)
 
+    def damage(self, final: Path, batch_count: int) -> str | None:
+        return _hdf5().damage(final)
+
     def warm(self) -> None:
         _hdf5()
 
@@ -281,6 +284,9 @@ class ParquetSinkKind:
 
     def owned(self, path: Path) -> bool:
         return path.is_dir() and _parquet().owned(path)
+
+    def damage(self, final: Path, batch_count: int) -> str | None:
+        return _parquet().missing_parts(final, batch_count)
 
     def warm(self) -> None:
         _parquet()

@@ -385,6 +385,9 @@ class LinesSinkKind:
     def owned(self, path: Path) -> bool:
         return owned(path)
 
+    def damage(self, final: Path, batch_count: int) -> str | None:
+        return None  # one text file: nothing in it tells its lines from others
+
     def warm(self) -> None:
         """Finishing needs nothing heavy (os.copy_file_range)."""
 
@@ -465,6 +468,9 @@ class NoOutputSinkKind:
 
     def owned(self, path: Path) -> bool:
         return False  # the script's files are never ours to delete
+
+    def damage(self, final: Path, batch_count: int) -> str | None:
+        return None  # the script's files are its own
 
     def warm(self) -> None:
         """There is nothing to finish."""

@@ -367,14 +367,10 @@ class ParquetWriter:
         if self.batch_count >= LOG_FINISH_PARTS:
             LOG.info("checking the %d part files of %s, then renaming it to %s",
                      self.batch_count, self.partial, self.final.name)
-        try:
-            present = written_batches(self.partial)
-        except OSError as exc:
-            raise OutputError(f"{self.partial}: cannot list the part files: {exc}") from exc
-        missing = [batch_id for batch_id in range(self.batch_count) if batch_id not in present]
+        missing = missing_parts(self.partial, self.batch_count)
         if missing:
-            raise OutputError(f"{self.partial}: part files of batches {cut(missing)} are "
-                              "missing; rerun with --resume (resume=True) to write them")
+            raise OutputError(f"{self.partial}: {missing}; rerun with --resume "
+                              "(resume=True) to write them")
         try:
             discard_staged(self.partial)
             with contextlib.suppress(FileNotFoundError):  # a commit killed after this step
@@ -401,6 +397,17 @@ def create(partial: Path) -> None:
         (partial / STAGING).mkdir(parents=True)
     except OSError as exc:
         raise OutputError(f"{partial}: cannot create Parquet output: {exc}") from exc
+
+
+def missing_parts(path: Path, batch_count: int) -> str | None:
+    """Which of batches ``0 .. batch_count - 1`` have no part file in ``path``, in words
+    (None: none): by names alone, so that a check costs one listing."""
+    try:
+        present = written_batches(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot list the part files: {exc}") from exc
+    missing = [batch_id for batch_id in range(batch_count) if batch_id not in present]
+    return f"part files of batches {cut(missing)} are missing" if missing else None
 
 
 def written_batches(partial: Path) -> set[int]:

@@ -90,6 +90,10 @@ class SinkKind(Protocol):
     def owned(self, path: Path) -> bool:
         """Whether ``path`` is an output or partial output of this kind that mpiscore wrote."""
 
+    def damage(self, final: Path, batch_count: int) -> str | None:
+        """What a quick look finds missing from a complete output (a part file deleted
+        since, say), in words; None if nothing. Before a job is called already complete."""
+
     def warm(self) -> None:
         """Import what a rank's writer needs to finish the output (OutputTarget.warm)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import JobConfig
-from ..errors import AlreadyComplete, AmbiguousRows, InputError
+from ..errors import AlreadyComplete, AmbiguousRows, InputError, OutputError
 from ..estimate import DryRun
 from ..io.fields import ROW_STATUS, Field
 from ..io.registry import (
@@ -254,7 +254,14 @@ def _already_complete(config: JobConfig, target: OutputTarget, stamp: dict[str, 
     if recorded is None:
         return False
     stamp = as_recorded(recorded, stamp)
-    return all(recorded.get(key) == stamp[key] for key in stamp)
+    if not all(recorded.get(key) == stamp[key] for key in stamp):
+        return False
+    damage = target.sink.damage(target.final, stamp["plan"]["batches"])
+    if damage is not None:  # this job's output, damaged since it completed
+        again = "score it again with --overwrite (overwrite=True)" \
+            if target.sink.owned(target.final) else "delete it, then score it again"
+        raise OutputError(f"{target.final}: {damage}, although this job completed it; {again}")
+    return True
 
 
 def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSource,

@@ -5,6 +5,7 @@ complete" for another of them. In process, with real scoring processes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,29 @@ def test_a_run_directory_of_an_earlier_mpiscore_still_compares_without_scoring()
     assert as_recorded({"model_sha256": "a", "inputs": []}, current) == \
         {"model_sha256": "a", "inputs": []}
     assert as_recorded({**current}, current) == current
+
+
+@pytest.mark.parametrize("damage", ["a part file deleted", "the file cut short"])
+def test_a_complete_output_damaged_since_is_not_already_complete(tmp_path: Path,
+                                                                 damage: str) -> None:
+    model = builders.mlp(tmp_path / "m.onnx")
+    data = builders.write_h5(tmp_path / "x.h5", features=builders.features(ROWS))
+    out = tmp_path / ("y.parquet" if "part" in damage else "y.h5")
+    args = ["score", "--model", model, "--input", data, "--output", out,
+            "--mini-batch-size", 10]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    if out.suffix == ".parquet":  # still ours: --overwrite replaces it
+        (out / "part-000000002.parquet").unlink()
+        said, advice = "part files of batches 2 are missing", "score it again with --overwrite"
+    else:  # no HDF5 any more: nothing proves it ours, so the user deletes it
+        os.truncate(out, out.stat().st_size // 2)
+        said, advice = "cannot be read as HDF5", "delete it, then score it again"
+    for again in (invoke(*args), invoke(args[0], "--resume", *args[1:])):
+        assert again.exit_code == 6, again.output
+        [line] = error_lines(again.output)
+        assert f"{out}: {said}" in line and \
+            f"although this job completed it; {advice}" in line, line
+    if out.suffix == ".h5":
+        out.unlink()
+    assert invoke(*args, "--overwrite").exit_code == 0
