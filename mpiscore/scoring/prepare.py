@@ -170,6 +170,8 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
             f"{target.final}: already complete, from the same model, inputs and plan "
             f"({config.resolved_run_dir / FINGERPRINT}); nothing to do")
     target.check(outputs, kept, config.resume, [f.path for f in files])
+    if target.in_place and not (config.resume or config.overwrite):
+        _refuse_recorded_run(config, target)
     if config.resume:
         check_resumable(config.resolved_run_dir, stamp)
     elif not config.overwrite:
@@ -222,6 +224,23 @@ def small_batches(config: JobConfig, plan: Plan, row_nbytes: int) -> str | None:
             f"(~{BATCH_OVERHEAD_SECONDS * 1e3:.0f} ms: dispatch, read, session run, write, "
             f"flush), ~{batches * BATCH_OVERHEAD_SECONDS:,.0f}s in all; pass "
             "--mini-batch-size 4MiB (the default) or more")
+
+
+def _refuse_recorded_run(config: JobConfig, target: OutputTarget) -> None:
+    """An output used in place (summary_only's directory) has no partial name to show
+    an earlier run: its run directory does. Running again into it would add the
+    script's files a second time (a cut-short run) or mix two jobs' (another job)."""
+    run_dir = config.resolved_run_dir
+    if not (run_dir / FINGERPRINT).exists():
+        return
+    summary = read_json_object(run_dir / "summary.json") or {}
+    if summary.get("status") == "complete":
+        raise OutputError(f"{target.final}: holds the files of another job that completed "
+                          f"({run_dir / FINGERPRINT}); pass --overwrite (overwrite=True) to "
+                          "run this one into it anyway, or choose another --output")
+    raise OutputError(f"{target.final}: an interrupted run of a job writing into it is "
+                      f"recorded in {run_dir}; rerun with --resume (resume=True) to finish "
+                      "it, or with --overwrite (overwrite=True) to start over")
 
 
 def _scoring(config: JobConfig, source: InputSource) -> dict[str, Any]:

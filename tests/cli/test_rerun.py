@@ -85,12 +85,25 @@ def test_overwrite_runs_a_complete_summary_only_job_again_keeping_the_directory(
 
 
 def test_a_summary_only_job_stopped_before_completing_is_not_complete(job) -> None:
-    """A run directory whose summary does not say complete (the job was cut short) runs
-    the job again."""
+    """A run directory whose summary does not say complete (the job was cut short): the
+    same command again is refused, as a partial output is (it would run every batch
+    again, adding the script's files twice); --resume finishes it."""
     args, out = job
     summary = Path(f"{out}.run") / "summary.json"
     summary.write_text(summary.read_text().replace('"complete"', '"stopped"', 1))
-    result = invoke(*args)
+    refused = invoke(*args)
+    assert refused.exit_code == 6, refused.output
+    assert "an interrupted run of a job writing into it is recorded in" in refused.output
+    result = invoke(args[0], "--resume", *args[1:])
     assert result.exit_code == 0, result.output
     assert "already complete" not in result.output
     assert '"complete"' in summary.read_text()
+
+
+def test_another_job_into_a_complete_summary_only_directory_needs_overwrite(job) -> None:
+    args, _ = job
+    other = [a if a != 5 else 4 for a in args]  # another --mini-batch-size: another plan
+    refused = invoke(*other)
+    assert refused.exit_code == 6, refused.output
+    assert "holds the files of another job that completed" in refused.output
+    assert invoke(*other, "--overwrite").exit_code == 0
