@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ..config import BatchSize, InputSpec, JobConfig, split_names
+from ..config import RESERVED_PREFIX, BatchSize, InputSpec, JobConfig, split_names
 from ..errors import ConfigError, InputError
 from ..plan import BatchTable, Plan, SourceFile, make_plan
 from .fields import Field, ParquetSelection, Reader, Writer
@@ -215,13 +215,22 @@ class Hdf5SinkKind:
     directories: bool = False
     rank_zero_finishes: bool = True  # rank 0 marks the file complete and renames it
 
-    def check(self, kept: list[Field]) -> None:
+    def check(self, outputs: list[Field], kept: list[Field]) -> None:
         import numpy as np
 
         bad = [f.name for f in kept if np.dtype(f.dtype).kind not in "biuf"]
         if bad:
             raise ConfigError(f"--keep-columns {','.join(bad)}: not numeric, so they "
                               "cannot go to HDF5 output; write Parquet output instead")
+        for field in outputs:
+            if field.name.startswith(RESERVED_PREFIX):
+                raise ConfigError(f"output {field.name!r}: names starting with "
+                                  f"{RESERVED_PREFIX} are mpiscore's own in HDF5 output; "
+                                  f"rename it (--rename {field.name}=NEW_NAME)")
+            if np.dtype(field.dtype).kind not in "biufcS":
+                raise ConfigError(f"output {field.name!r}: {np.dtype(field.dtype)} values "
+                                  "cannot go to HDF5 output; write Parquet output, or "
+                                  "return numbers or strings")
 
     def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,
                attrs: dict[str, Any]) -> dict[str, int]:
@@ -262,8 +271,16 @@ class ParquetSinkKind:
     directories: bool = True
     rank_zero_finishes: bool = True  # rank 0 checks the part files and renames the directory
 
-    def check(self, kept: list[Field]) -> None:
-        """Any column type can be carried to Parquet."""
+    def check(self, outputs: list[Field], kept: list[Field]) -> None:
+        """Any column type can be carried to Parquet; outputs of every kind but complex
+        numbers (which Arrow has no type for) can be written."""
+        import numpy as np
+
+        for field in outputs:
+            if np.dtype(field.dtype).kind == "c":
+                raise ConfigError(f"output {field.name!r}: complex values cannot go to "
+                                  "Parquet output; return the real and imaginary parts as "
+                                  "two columns, or write HDF5 output")
 
     def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,
                attrs: dict[str, Any]) -> dict[str, int]:

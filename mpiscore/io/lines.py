@@ -360,7 +360,7 @@ class LinesSinkKind:
     directories: bool = False
     rank_zero_finishes: bool = False  # every rank copies its share of the parts
 
-    def check(self, kept: list[Field]) -> None:
+    def check(self, outputs: list[Field], kept: list[Field]) -> None:
         _refuse_kept(kept, "append_row")
 
     def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,
@@ -441,7 +441,7 @@ class NoOutputSinkKind:
     in_place: bool = True
     rank_zero_finishes: bool = False  # its writers' finish does nothing, on any rank
 
-    def check(self, kept: list[Field]) -> None:
+    def check(self, outputs: list[Field], kept: list[Field]) -> None:
         _refuse_kept(kept, "summary_only")
 
     def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,

@@ -71,8 +71,10 @@ class SinkKind(Protocol):
     # then pass the barrier without a writer, nor its library (OutputTarget.finisher)
     rank_zero_finishes: bool
 
-    def check(self, kept: list[Field]) -> None:
-        """Refuse carried columns the format cannot hold."""
+    def check(self, outputs: list[Field], kept: list[Field]) -> None:
+        """Refuse outputs (as the probe found them) and carried columns the format cannot
+        hold: before anything is written, in one line, not in a traceback or in every
+        batch."""
 
     def create(self, partial: Path, fields: list[Field], kept: list[Field], plan: Plan,
                attrs: dict[str, Any]) -> dict[str, int]:
@@ -302,7 +304,7 @@ class OutputTarget:
             raise OutputError(f"{self.final}: directory {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"{self.final}: directory {parent} is not writable")
-        self.sink.check(kept)
+        self.sink.check(outputs, kept)
 
     def _check_replaceable(self) -> None:
         if self.final.exists() and not self.overwrite:

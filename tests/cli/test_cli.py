@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -128,3 +129,27 @@ def test_an_output_whose_width_differs_by_batch_fails_those_batches(tmp_path, su
     assert result.exit_code == 5, result.output
     assert "batch 1: got shape (10, 3), expected (10, 2)" in result.output, result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("returned", "suffix", "said"), [
+    ('pd.DataFrame({"_mpiscore": mb.sum(axis=1)})', ".h5",
+     "output '_mpiscore': names starting with _mpiscore are mpiscore's own in HDF5 output"),
+    ('pd.DataFrame({"t": pd.to_datetime(mb[:, 0].astype("int64"), unit="s")})', ".h5",
+     "output 't': datetime64["),  # [ns] or [us], by the pandas
+    ("mb[:, 0].astype(np.complex64)", ".parquet",
+     "output 'result': complex values cannot go to Parquet output"),
+], ids=["reserved-name", "datetime-to-hdf5", "complex-to-parquet"])
+def test_a_script_column_the_output_cannot_hold_is_one_line_before_anything_is_written(
+        tmp_path, returned, suffix, said) -> None:
+    script = tmp_path / "s.py"
+    script.write_text(f"import numpy as np\nimport pandas as pd\n\ndef run(mb):\n"
+                      f"    return {returned}\n")
+    data = builders.write_h5(tmp_path / "x.h5", features=builders.features(20))
+    out = tmp_path / f"y{suffix}"
+    result = invoke("score", "--entry-script", script, "--input", data, "--output", out,
+                    "--batch-format", "numpy", "--mini-batch-size", 10)
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("mpiscore:")]
+    assert said in line and "Traceback" not in result.output, line
+    assert "cannot go to" in line, line
+    assert not out.exists() and not Path(f"{out}.partial").exists()
