@@ -53,11 +53,13 @@ def read_schema(path: str) -> pa.Schema:
 
 
 def match_columns(path: str, schema: pa.Schema, patterns: Sequence[str]) -> tuple[str, ...]:
-    """Column names for ``--columns``: exact names, or globs (``f*``) in schema order."""
+    """Column names for ``--columns``: exact names, or globs (``f*``) in schema order. A
+    name that is a column is that column even where it looks like a glob (``x[0]``
+    would match ``x0``)."""
     names: list[str] = []
     for pattern in patterns:
         found = [n for n in schema.names if fnmatch.fnmatchcase(n, pattern)] \
-            if glob.has_magic(pattern) else [pattern]
+            if glob.has_magic(pattern) and pattern not in schema.names else [pattern]
         if not found:
             raise InputError(f"{path}: no column matches {pattern!r}; columns: "
                              f"{nearest_first(pattern, schema.names, 12)}")

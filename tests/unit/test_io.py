@@ -419,6 +419,15 @@ def test_column_selection_helpers(tmp_path: Path) -> None:
         parquet.match_columns(str(path), schema, ["g*"])
 
 
+def test_a_column_named_like_a_glob_is_that_column() -> None:
+    """``x[0]`` is a glob matching ``x0``: where a column is called ``x[0]``, it is it."""
+    schema = pa.schema([(name, pa.float32()) for name in
+                        ("x[0]", "x[1]", "x0", "x1", "y*")])
+    assert parquet.match_columns("b.parquet", schema, ["x[0]", "x[1]"]) == ("x[0]", "x[1]")
+    assert parquet.match_columns("b.parquet", schema, ["x[01]"]) == ("x0", "x1")
+    assert parquet.match_columns("b.parquet", schema, ["y*"]) == ("y*",)
+
+
 def default(schema: pa.Schema, name: str = "x", row_shape: tuple = (16,),
             keep: tuple[str, ...] = ()) -> tuple[str, ...]:
     return parquet.default_columns("d.parquet", schema, name, row_shape, keep)
