@@ -521,3 +521,22 @@ def test_a_result_s_kind_never_reads_a_half_imported_pandas(monkeypatch) -> None
     monkeypatch.setitem(sys.modules, "pandas", pandas)
     assert result_kind(frame) == "frame" and result_kind(frame["a"]) == "series"
     assert result_kind(pa.table({"a": [1]})) == "table"
+
+
+def test_a_nullable_integer_column_with_missing_values_is_refused_not_rounded() -> None:
+    """pandas turns Int64 with NA into float64 with NaN: 2**60 + 1 would become 2**60."""
+    import pandas
+
+    from mpiscore.scoring.scorers.script_results import result_columns
+
+    big = 2**60 + 1
+    whole = pandas.DataFrame({"v": pandas.array([big, 2], dtype="Int64")})
+    assert result_columns(whole, "s.py")["v"].tolist() == [big, 2]
+    gaps = pandas.DataFrame({"v": pandas.array([big, None], dtype="Int64")})
+    with pytest.raises(ScoringError, match=r"s\.py: run\(\) returned column 'v' \(Int64\) "
+                                           r"with missing values \(first at row 1\)"):
+        result_columns(gaps, "s.py")
+    with pytest.raises(ScoringError, match=r"column 'flag' \(boolean\)"):
+        result_columns(pandas.Series([True, None], dtype="boolean", name="flag"), "s.py")
+    floats = pandas.DataFrame({"f": pandas.array([1.5, None], dtype="Float64")})
+    assert np.isnan(result_columns(floats, "s.py")["f"][1])  # a float's NaN is a value

@@ -64,9 +64,10 @@ def result_columns(result: Any, script: str) -> dict[str, object]:
     """Named columns of a rows result: an array or list is one column, ``result``."""
     kind = result_kind(result)
     if kind == "frame":
-        return {str(name): result[name].to_numpy() for name in result.columns}
+        return {str(name): _values(result[name], str(name), script) for name in result.columns}
     if kind == "series":
-        return {"result" if result.name is None else str(result.name): result.to_numpy()}
+        name = "result" if result.name is None else str(result.name)
+        return {name: _values(result, name, script)}
     if kind == "table":
         return {name: result.column(name).to_numpy() for name in result.column_names}
     if isinstance(result, dict):
@@ -75,6 +76,20 @@ def result_columns(result: Any, script: str) -> dict[str, object]:
         return {"result": result}
     raise ScoringError(f"{script}: run() returned a {type(result).__name__}; return one result "
                        "per item (a list, array, dict of arrays or DataFrame)")
+
+
+def _values(series: Any, name: str, script: str) -> object:
+    """A pandas column's values. A nullable integer or boolean column (``Int64``) with
+    missing values would become float64 with NaN, rounding integers beyond 2**53:
+    refused, naming the column and its first missing row."""
+    dtype = series.dtype
+    if getattr(dtype, "kind", "") in "iub" and not isinstance(dtype, np.dtype) \
+            and series.hasnans:
+        first = int(np.flatnonzero(series.isna().to_numpy())[0])
+        raise ScoringError(f"{script}: run() returned column {name!r} ({dtype}) with missing "
+                           f"values (first at row {first}); output columns hold no missing "
+                           "values: fill them, or return floats")
+    return series.to_numpy()
 
 
 def result_rows(result: Any, script: str, items: int
