@@ -70,8 +70,14 @@ configure() {
         gres="Gres=gpu:2 " gres_types="GresTypes=gpu"
     fi
     chmod 711 "$dir" "$dir/munge"
+    # Job ids from a random start: MPICH names its shared memory after the job and step
+    # (/dev/shm/mpich_shm_*), and a segment a killed job left there would be taken up
+    # by the same job id of the next test cluster, failing its MPI_Init (UCX: "invalid
+    # bandwidth"). Below Slurm's default MaxJobId.
+    first_job=$(( (RANDOM * 32768 + RANDOM) % 60000000 + 1000 ))
     cat >"$dir/slurm.conf" <<EOF
 ClusterName=mpiscore-test
+FirstJobId=$first_job
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$port_ctld
 SlurmdPort=$port_d
