@@ -73,7 +73,9 @@ class PlanFile:
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
             with open(temporary, "w") as out:
-                head = json.dumps({**attrs, **plan.head_json()}, indent=2)
+                # the job's "batches" counts them; here they are listed: one key each
+                count = {"batch_count" if k == "batches" else k: v for k, v in attrs.items()}
+                head = json.dumps({**count, **plan.head_json()}, indent=2)
                 out.write(head[:-2] + ',\n  "batches": [')  # head ends "\n}"
                 for first in range(0, plan.batch_count, PLAN_CHUNK):
                     chunk = plan.batch_rows_json(first, first + PLAN_CHUNK)
