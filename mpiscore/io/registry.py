@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..config import BatchSize, JobConfig
 from ..errors import ConfigError, ModelError, OutputError
 from ..plan import Plan, SourceFile
-from .fields import Field, Reader, Writer
+from .fields import ROW_STATUS, Field, Reader, Writer
 from .files import FilesSourceKind
 from .kinds import Hdf5SinkKind, Hdf5SourceKind, ParquetSinkKind, ParquetSourceKind, Resolved
 from .lines import LinesSinkKind, NoOutputSinkKind
@@ -282,6 +282,10 @@ class OutputTarget:
         it is to be resumed or replaced, and may be: ``--overwrite`` replaces only
         what mpiscore wrote, never one of the job's ``inputs``."""
         clashes = sorted({f.name for f in outputs} & {f.name for f in kept})
+        if ROW_STATUS.name in clashes:  # mpiscore's own: no --rename renames it
+            raise ConfigError(f"--keep-columns {ROW_STATUS.name}: the name of mpiscore's own "
+                              "per-row status column; an input column of that name cannot "
+                              "be carried (rename it in the input)")
         if clashes:
             raise ConfigError(f"--keep-columns {','.join(clashes)}: also an output name; "
                               "rename the model output with --rename OUTPUT=NEW_NAME")

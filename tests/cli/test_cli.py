@@ -152,3 +152,19 @@ def test_a_script_column_the_output_cannot_hold_is_one_line_before_anything_is_w
     [line] = [line for line in result.output.splitlines() if line.startswith("mpiscore:")]
     assert said in line and "Traceback" not in result.output, line
     assert not out.exists() and not Path(f"{out}.partial").exists()
+
+
+def test_keeping_a_column_called_row_status_says_it_is_mpiscore_s_own(tmp_path) -> None:
+    model = builders.mlp(tmp_path / "m.onnx", features=4)
+    data = builders.write_parquet(tmp_path / "x.parquet", builders.features(20, 4),
+                                  np.arange(20))
+    renamed = tmp_path / "r.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(data).rename_columns(["row_status", "f0", "f1", "f2", "f3"]),
+                   renamed)
+    result = invoke("score", "--model", model, "--input", renamed, "--columns", "f*",
+                    "--keep-columns", "row_status", "--output", tmp_path / "y.parquet")
+    assert result.exit_code == 2, result.output
+    assert "--keep-columns row_status: the name of mpiscore's own per-row status column" \
+        in result.output and "--rename" not in result.output, result.output
