@@ -211,14 +211,15 @@ def _agree(fields: dict[str, Field], field: Field) -> None:
     """Every file's field must be the first file's, column by column: the binding judges
     the first file's columns, so a later ``id`` of another dtype would go unjudged."""
     first = fields.setdefault(field.name, field)
+    if len(field.column_dtypes) == len(first.column_dtypes):  # the column that differs
+        for (column, dtype), (_, before) in zip(field.column_dtypes, first.column_dtypes,
+                                                strict=True):
+            if dtype != before:
+                raise InputError(f"{field.where}: column {column} is {np.dtype(dtype)}, in "
+                                 f"{first.where} {np.dtype(before)}; all files must agree")
     if (first.dtype, first.shape) != (field.dtype, field.shape):
         raise InputError(f"{field.where}: {field.shape} {field.dtype} differs from "
                          f"{first.where} ({first.shape} {first.dtype}); all files must agree")
-    for (column, dtype), (_, before) in zip(field.column_dtypes, first.column_dtypes,
-                                            strict=True):
-        if dtype != before:
-            raise InputError(f"{field.where}: column {column} is {np.dtype(dtype)}, in "
-                             f"{first.where} {np.dtype(before)}; all files must agree")
 
 
 class ParquetReader:

@@ -401,6 +401,17 @@ def test_parquet_files_disagreeing_on_types_refused(tmp_path: Path) -> None:
         parquet.describe([str(a), str(b)], ParquetSelection((("x", ("f0",)),)))
 
 
+def test_parquet_files_disagreeing_on_one_stacked_column_name_it(tmp_path: Path) -> None:
+    """f2 alone is float64 in the second file: the message names it, not every column."""
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    columns = {f"f{i}": np.zeros(2, np.float32) for i in range(4)}
+    pq.write_table(pa.table(columns), a)
+    pq.write_table(pa.table({**columns, "f2": np.zeros(2, np.float64)}), b)
+    with pytest.raises(InputError, match=rf"{b}:f0,f1,f2,f3: column f2 is float64, in "
+                                         rf"{a}:f0,f1,f2,f3 float32; all files must agree"):
+        parquet.describe([str(a), str(b)], ParquetSelection((("x", tuple(columns)),)))
+
+
 def test_parquet_unreadable_file_refused(tmp_path: Path) -> None:
     path = tmp_path / "x.parquet"
     path.write_text("not parquet")
