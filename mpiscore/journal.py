@@ -184,7 +184,10 @@ def check_resumable(run_dir: Path, current: dict[str, Any]) -> None:
     differs, in words."""
     path = run_dir / FINGERPRINT
     if not path.exists():
-        raise ConfigError(f"--resume: {path} not found; nothing to resume in --run-dir {run_dir}")
+        raise ConfigError(f"--resume: {path} not found: the interrupted run stopped before "
+                          "it recorded its job (or --run-dir is not the one it used), so there "
+                          "is nothing to resume; rerun with --overwrite (overwrite=True) to "
+                          "start over")
     recorded = json.loads(path.read_text())
     changes = _difference(recorded, as_recorded(recorded, current))
     if changes:

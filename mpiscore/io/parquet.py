@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError, InputError, OutputError
+from ..errors import ConfigError, InputError, OutputError, storage_error
 from ..plan import Batch, SourceFile
 from ..report import LOG
 from . import staging
@@ -322,7 +322,7 @@ class ParquetWriter:
             pq.write_table(table, temporary, row_group_size=max(1, batch.rows),
                            use_dictionary=_dictionary_columns(table.schema))
         except OSError as exc:
-            raise OutputError(f"{target}: cannot write batch {batch.batch_id}: {exc}") from exc
+            raise storage_error(target, exc, f"cannot write batch {batch.batch_id}") from exc
         self.unsynced.append((temporary, target))
 
     def _arrow(self, name: str, column: object, batch: Batch) -> pa.Array | pa.ChunkedArray:

@@ -277,7 +277,7 @@ class OutputTarget:
             settle(self.partial, self.final)
 
     def check(self, outputs: list[Field], kept: list[Field], resume: bool,
-              inputs: list[str]) -> None:
+              inputs: list[str], resumable: bool = True) -> None:
         """Refuse clashing names, unwritable places, and any output already there unless
         it is to be resumed or replaced, and may be: ``--overwrite`` replaces only
         what mpiscore wrote, never one of the job's ``inputs``."""
@@ -302,7 +302,7 @@ class OutputTarget:
             if not self.partial.exists():
                 raise ConfigError(f"--resume: {self.partial} not found; nothing to resume")
             return
-        self._check_replaceable()
+        self._check_replaceable(resumable)
         parent = self.final.parent if str(self.final.parent) else Path(".")
         if not parent.is_dir():
             raise OutputError(f"{self.final}: directory {parent} does not exist")
@@ -310,10 +310,17 @@ class OutputTarget:
             raise OutputError(f"{self.final}: directory {parent} is not writable")
         self.sink.check(outputs, kept)
 
-    def _check_replaceable(self) -> None:
+    def _check_replaceable(self, resumable: bool) -> None:
+        """``resumable``: whether the run directory holds an interrupted run's records
+        (its fingerprint); a partial output without them can only be started over."""
         if self.final.exists() and not self.overwrite:
             raise OutputError(f"{self.final}: output exists; pass --overwrite (overwrite=True) to "
                               "replace it")
+        if self.partial.exists() and not self.overwrite and not resumable:
+            raise OutputError(
+                f"{self.partial}: an interrupted run's partial output is here, but that run "
+                "stopped before it recorded its job in the run directory, so it cannot be "
+                "resumed; rerun with --overwrite (overwrite=True) to discard it and start over")
         if self.partial.exists() and not self.overwrite:
             raise OutputError(
                 f"{self.partial}: an interrupted run's partial output is here; rerun with "

@@ -169,7 +169,8 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
         raise AlreadyComplete(
             f"{target.final}: already complete, from the same model, inputs and plan "
             f"({config.resolved_run_dir / FINGERPRINT}); nothing to do")
-    target.check(outputs, kept, config.resume, [f.path for f in files])
+    target.check(outputs, kept, config.resume, [f.path for f in files],
+                 (config.resolved_run_dir / FINGERPRINT).exists())
     if target.in_place and not (config.resume or config.overwrite):
         _refuse_recorded_run(config, target)
     if config.resume:

@@ -135,3 +135,18 @@ def test_a_complete_output_damaged_since_is_not_already_complete(tmp_path: Path,
     if out.suffix == ".h5":
         out.unlink()
     assert invoke(*args, "--overwrite").exit_code == 0
+
+
+def test_a_partial_output_whose_run_left_no_records_is_only_started_over(two_datasets) -> None:
+    """A run stopped (a full run directory, say) before it recorded its job: both the
+    same command and --resume say to start over, rather than sending each to the other."""
+    interrupted(*hdf5_args(two_datasets, "/A"))
+    (Path(f"{two_datasets['out']}.run") / "fingerprint.json").unlink()
+    again = invoke(*hdf5_args(two_datasets, "/A"))
+    assert again.exit_code == 6, again.output
+    assert "stopped before it recorded its job in the run directory, so it cannot be " \
+        "resumed; rerun with --overwrite" in again.output, again.output
+    resumed = invoke(*hdf5_args(two_datasets, "/A", "--resume"))
+    assert resumed.exit_code == 2, resumed.output
+    assert "nothing to resume; rerun with --overwrite" in resumed.output, resumed.output
+    assert invoke(*hdf5_args(two_datasets, "/A", "--overwrite")).exit_code == 0
