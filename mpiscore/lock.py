@@ -176,10 +176,26 @@ def _claim(path: Path, owner: LockOwner) -> None:
                       "writes this output")
 
 
+def check_free(paths: tuple[Path, ...], owner: LockOwner) -> None:
+    """Refuse, as :func:`acquire` would, where a live job holds one of ``paths``; take
+    nothing (a dry run answers as the job would, and changes nothing)."""
+    for path in filter(Path.exists, paths):
+        holder = _holder(path)
+        _refuse_if_held(path, holder, _why_stale(path, holder, owner))
+
+
 def _take_over_if_stale(path: Path, owner: LockOwner) -> None:
     """Remove the lock at ``path`` if its job is gone, saying so; else refuse the job."""
     holder = _holder(path)
     why = _why_stale(path, holder, owner)
+    _refuse_if_held(path, holder, why)
+    LOG.warning("%s: the job that held this lock %s; taking it over", path, why)
+    with contextlib.suppress(FileNotFoundError):  # another job took it over first
+        path.unlink()
+
+
+def _refuse_if_held(path: Path, holder: LockOwner | None, why: str | None) -> None:
+    """The refusal of a job whose lock ``path`` another holds (``why`` it is stale: None)."""
     target = path.with_suffix("") if path.name.endswith(".lock") else path.parent
     if why is None and holder is None:
         raise OutputError(f"{target}: another job is taking its lock {path} right now (or "
@@ -191,9 +207,6 @@ def _take_over_if_stale(path: Path, owner: LockOwner) -> None:
             f"{target}: in use by another mpiscore job ({holder.describe()}; lock {path}); "
             "wait for it to end or choose another --output/--run-dir (if that job is "
             f"gone, the lock goes stale within {STALE_SECONDS:.0f}s, or delete {path})")
-    LOG.warning("%s: the job that held this lock %s; taking it over", path, why)
-    with contextlib.suppress(FileNotFoundError):  # another job took it over first
-        path.unlink()
 
 
 def _why_stale(path: Path, holder: LockOwner | None, owner: LockOwner) -> str | None:

@@ -42,7 +42,7 @@ from ..journal import (
     journal_token,
     stamped,
 )
-from ..lock import JobLock, LockOwner, acquire, lock_paths
+from ..lock import JobLock, LockOwner, acquire, check_free, lock_paths
 from ..model import (
     InputBinding,
     bind_inputs,
@@ -191,6 +191,7 @@ def dry_run(config: JobConfig, model_bytes: bytes, scorer: Scorer, seconds: floa
     the scorer took, which the job's set-up has once more (every other scoring
     process opens its own once the job is broadcast); ``rank``: which rank times the
     batches, so that each rank starts on other batches (and other pages)."""
+    check_free(lock_paths(config.output, config.resolved_run_dir), LockOwner.here())
     checked = check_job(config, model_bytes, scorer)
     plan = checked.plan
     done = completed(config.resolved_run_dir, journal_token(checked.stamp),

@@ -168,3 +168,21 @@ def test_keeping_a_column_called_row_status_says_it_is_mpiscore_s_own(tmp_path) 
     assert result.exit_code == 2, result.output
     assert "--keep-columns row_status: the name of mpiscore's own per-row status column" \
         in result.output and "--rename" not in result.output, result.output
+
+
+def test_a_dry_run_on_an_output_a_live_job_holds_says_what_the_job_would(tmp_path) -> None:
+    import dataclasses
+    import json
+    import os
+
+    from mpiscore.lock import LockOwner
+
+    model = builders.mlp(tmp_path / "m.onnx")
+    data = builders.write_h5(tmp_path / "x.h5", features=builders.features(20))
+    out = tmp_path / "y.h5"
+    holder = dataclasses.replace(LockOwner.here(), pid=os.getppid(), token="live")
+    Path(f"{out}.lock").write_text(json.dumps(dataclasses.asdict(holder)))
+    result = invoke("score", "--model", model, "--input", data, "--output", out, "--dry-run")
+    assert result.exit_code == 6, result.output
+    assert f"{out}: in use by another mpiscore job" in result.output, result.output
+    assert Path(f"{out}.lock").exists()

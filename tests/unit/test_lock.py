@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mpiscore.errors import OutputError
-from mpiscore.lock import STALE_SECONDS, LockOwner, acquire, lock_paths
+from mpiscore.lock import STALE_SECONDS, LockOwner, acquire, check_free, lock_paths
 
 
 def paths(tmp_path: Path) -> tuple[Path, ...]:
@@ -141,3 +141,15 @@ def test_confirm_checks_at_once_however_recent_the_last_refresh(tmp_path: Path) 
     with pytest.raises(OutputError, match="taken over"):
         lock.confirm()
     lock.release()
+
+
+def test_check_free_refuses_a_live_holder_and_takes_nothing(tmp_path: Path) -> None:
+    """What a dry run asks: the job's answer, without taking or removing any lock."""
+    me = LockOwner.here()
+    check_free(paths(tmp_path), me)  # no lock at all
+    held_by(paths(tmp_path)[0], replace(me, pid=os.getppid(), token="live"))
+    with pytest.raises(OutputError, match="in use by another mpiscore job"):
+        check_free(paths(tmp_path), me)
+    held_by(paths(tmp_path)[0], replace(me, pid=dead_pid(), token="dead"))
+    check_free(paths(tmp_path), me)  # stale: the job would take it over
+    assert json.loads(paths(tmp_path)[0].read_text())["token"] == "dead"  # left as it was
