@@ -114,6 +114,7 @@ class ScriptScorer:
         self.script, self.settings, self.rank = script, settings, rank
         self.log = ProcessLog(settings, rank)
         self.saved_argv, self.added_paths = list(sys.argv), list[str]()
+        self.moved_cwd = False  # said once that a call's os.chdir was undone
         self.module_name = ""
         self.functions: dict[str, Callable[..., Any]] = {}
         self.schema: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] | None = None
@@ -190,6 +191,7 @@ class ScriptScorer:
                       function: Callable[..., Any], *args: object) -> object:
         """``function(*args)`` with the script's output in the log; a failure becomes
         ``error`` in one line, its traceback logged and kept as ``script_traceback``."""
+        cwd = os.getcwd()
         with self.log.captured():
             try:
                 return function(*args)
@@ -199,6 +201,22 @@ class ScriptScorer:
                 self.log.mpiscore_logger.error("%s failed:\n%s", doing, text.rstrip())
                 failure.script_traceback = text  # type: ignore[attr-defined]
                 raise failure from exc
+            finally:
+                self._keep_cwd(cwd, doing)
+
+    def _keep_cwd(self, cwd: str, doing: str) -> None:
+        """Change back to the job's working directory where the script left it: the job's
+        own relative paths (input, output, run directory) are relative to it, and the
+        rows would otherwise go to a partial output in the script's directory."""
+        now = os.getcwd()
+        if now == cwd:
+            return
+        os.chdir(cwd)
+        if not self.moved_cwd:
+            self.moved_cwd = True
+            self.log.mpiscore_logger.warning(
+                "%s changed the working directory to %s; mpiscore changed it back to %s, "
+                "the job's (open the script's files by absolute paths)", doing, now, cwd)
 
     def _describe(self, exc: BaseException) -> str:
         """``score.py, line 12, in init: ValueError: bad weights (traceback in LOG)``."""
