@@ -222,8 +222,13 @@ class ScorerPool:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not all(p.ready for p in self.procs):
             if time.monotonic() > deadline:
+                config = spec.job.config
+                what = (f"the entry script {config.scorer_file}'s init() did not return"
+                        if config.scorer_kind == "script" else
+                        f"the model {config.scorer_file} did not load")
                 raise ScoringProcessError(f"{spec.where}: scoring processes did not start "
-                                          f"in {START_TIMEOUT_SECONDS:.0f}s")
+                                          f"in {START_TIMEOUT_SECONDS:.0f}s: {what}; see "
+                                          "their log, then --resume")
             if early_stop() is not None or stopping():
                 return
             self.poll(1.0)

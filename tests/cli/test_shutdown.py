@@ -62,3 +62,21 @@ def test_a_shutdown_that_never_returns_is_killed_and_said(tmp_path: Path,
     assert "the entry script's shutdown() did not return in 2s; its process was killed" \
         in line, line
     assert_complete(out)
+
+
+def test_an_init_that_never_returns_is_named_when_the_start_times_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second scoring process's init() hangs (the first, which prepared, returned)."""
+    monkeypatch.setattr(pool, "START_TIMEOUT_SECONDS", 3.0)
+    flag = tmp_path / "started"
+    script = tmp_path / "s.py"
+    script.write_text(f"import os, time\n\ndef init():\n    if os.path.exists({str(flag)!r}):"
+                      f"\n        time.sleep(3600)\n    open({str(flag)!r}, 'w').close()\n\n"
+                      "def run(mini_batch):\n    return mini_batch.sum(axis=1)\n")
+    data = builders.write_h5(tmp_path / "x.h5", features=builders.features(ROWS))
+    result = invoke("score", "--entry-script", script, "--input", data, "--output",
+                    tmp_path / "y.h5", "--batch-format", "numpy", "--procs-per-rank", 2)
+    assert result.exit_code == 7, result.output
+    [line] = error_lines(result.output)
+    assert f"scoring processes did not start in 3s: the entry script {script}'s init() did " \
+           "not return" in line, line
