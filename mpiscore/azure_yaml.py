@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,19 @@ _AZURE_ARGUMENTS: dict[str, tuple[str, type] | str] = {
 }
 
 
+# what each option's value must be, as the key that sets it is told
+_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "error_threshold": (lambda v: v >= -1, "an integer >= -1 (-1: any number)"),
+    "mini_batch_error_threshold": (lambda v: v >= -1, "an integer >= -1 (-1: any number)"),
+    "max_retries": (lambda v: v >= 0, "an integer >= 0"),
+    "procs_per_rank": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_timeout": (lambda v: v > 0, "a positive number of seconds"),
+    "progress_timeout": (lambda v: v > 0, "a positive number of seconds"),
+    "monitor_seconds": (lambda v: v >= 0, "a number of seconds >= 0"),
+    "allowed_failed_percent": (lambda v: 0 <= v <= 100, "a percentage from 0 to 100"),
+}
+
+
 @dataclass
 class Translation:
     """Options as a job file gives them (keys: option names with ``_``), and the
@@ -66,6 +80,20 @@ class Translation:
 
     options: dict[str, Any] = field(default_factory=dict)
     ignored: dict[str, list[str]] = field(default_factory=dict)  # reason -> keys
+    keys: dict[str, str] = field(default_factory=dict)  # option -> the key that set it
+
+    def set(self, check: _Checker, option: str, key: str, value: Any) -> None:
+        """``option`` from ``key``: in its bounds (said by the key, not by the option it
+        becomes), and given once: two keys that disagree (``error_threshold`` and
+        ``program_arguments --error_threshold``) are refused, not settled by their order."""
+        bound = _BOUNDS.get(option)
+        if bound is not None and not bound[0](value):
+            raise check.fail(key, value, bound[1])
+        before = self.keys.setdefault(option, key)
+        if before != key and self.options[option] != value:
+            raise ConfigError(f"{check.source}: {key}: {value!r} and {before}: "
+                              f"{self.options[option]!r} set the same thing; keep one")
+        self.options[option] = value
 
     def ignore(self, key: str, reason: str) -> None:
         self.ignored.setdefault(reason, []).append(key)
@@ -184,7 +212,7 @@ def _simple(option: str, convert: str) -> Any:
                data: dict[str, Any]) -> None:
         if _bound(value):
             return out.ignore(key, PLACEHOLDERS)
-        out.options[option] = getattr(check, convert)(key, value)
+        out.set(check, option, key, getattr(check, convert)(key, value))
     return handle
 
 
@@ -287,7 +315,7 @@ def _program_arguments(check: _Checker, out: Translation, key: str, value: Any,
             else:
                 option, kind = target
                 convert = check.integer if kind is int else check.number
-                out.options[option] = convert(f"{key} {name}", setting)
+                out.set(check, option, f"{key} {name}", convert(f"{key} {name}", setting))
             continue
         if _bound(word):
             if script and script[-1].startswith("-") and "=" not in script[-1]:

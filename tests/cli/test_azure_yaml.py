@@ -166,7 +166,7 @@ def test_every_mapped_setting() -> None:
     data = parallel("""
         type: parallel
         max_concurrency_per_instance: 4
-        error_threshold: -1
+        error_threshold: 7
         mini_batch_error_threshold: "5"
         logging_level: DEBUG
         partition_keys: [store, day]
@@ -209,7 +209,7 @@ def test_unknown_and_bound_keys_are_named() -> None:
 def test_the_keys_it_writes_are_score_options() -> None:
     data = parallel(PARALLEL_YML)
     data.update(partition_keys=["k"], task={**data["task"], "program_arguments":
-                "--allowed_failed_percent 1 --progress_update_timeout 2 --error_threshold 3"})
+                "--allowed_failed_percent 1 --progress_update_timeout 2 --error_threshold 0"})
     assert set(translate(data, "p.yml").options) <= set(option_kinds(score.params))
 
 
@@ -246,6 +246,20 @@ def test_the_keys_it_writes_are_score_options() -> None:
     ("type: parallel\ntask: {program_arguments: --error_threshold x}\n",
      "p.yml: task.program_arguments --error_threshold: 'x': expected an integer"),
     ("type: parallel\npartition_keys: [1]\n", "p.yml: partition_keys: [1]: expected a list"),
+    ("type: parallel\nerror_threshold: -1\ntask: {program_arguments: --error_threshold 10}\n",
+     "p.yml: task.program_arguments --error_threshold: 10 and error_threshold: -1 set the "
+     "same thing; keep one"),
+    ("type: parallel\ntask: {program_arguments: --error_threshold 10}\nerror_threshold: -1\n",
+     "p.yml: error_threshold: -1 and task.program_arguments --error_threshold: 10 set the "
+     "same thing; keep one"),
+    ("type: parallel\nretry_settings: {timeout: 0}\n",
+     "p.yml: retry_settings.timeout: 0.0: expected a positive number of seconds"),
+    ("type: parallel\nretry_settings: {max_retries: -1}\n",
+     "p.yml: retry_settings.max_retries: -1: expected an integer >= 0"),
+    ("type: parallel\nerror_threshold: -2\n",
+     "p.yml: error_threshold: -2: expected an integer >= -1 (-1: any number)"),
+    ("type: parallel\ntask: {program_arguments: --allowed_failed_percent 120}\n",
+     "p.yml: task.program_arguments --allowed_failed_percent: 120.0: expected a percentage"),
 ])
 def test_bad_yaml_files_are_one_line_exit_2(tmp_path, text, message) -> None:
     path = tmp_path / "p.yml"
