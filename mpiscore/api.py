@@ -379,7 +379,7 @@ def _report(job: Job, scheduler: Scheduler, status: str, stats: list[RankStats],
     output = job.target.final if status == "complete" else job.target.partial
     report, written = record_run(job.config.resolved_run_dir, RunReport(
         status=status, stop_reason=scheduler.stop_reason, error=scheduler.stop_error,
-        first_failure=failed[0]["error"] if failed else None,
+        first_failure=_first_failure(failed),
         output=str(output), run_dir=str(job.config.resolved_run_dir),
         rows=job.plan.total_rows, rows_scored=rows, batches=job.plan.batch_count,
         batches_done=len(scheduler.completed), batches_failed=len(scheduler.failed),
@@ -417,6 +417,16 @@ def _failures(job: Job, scheduler: Scheduler) -> list[dict[str, Any]]:
                                f"result{'s' * (returned != 1)} for {plural(batch.rows, job.item)}",
                       "attempts": []})
     return sorted([*given_up, *short], key=lambda entry: entry["batch_id"])
+
+def _first_failure(failed: list[dict[str, Any]]) -> str | None:
+    """The first failure's error, naming its batch where it does not (a timeout, a
+    scoring process that died: the rank says those, not the batch's own error)."""
+    if not failed:
+        return None
+    batch, error = failed[0]["batch_id"], str(failed[0]["error"])
+    return error if error.startswith(f"batch {batch} ") or error.startswith(f"batch {batch}:") \
+        else f"batch {batch}: {error}"
+
 
 def _where(job: Job, batch: Batch) -> dict[str, Any]:
     """Where a batch's items are, for failed_batches.json: its file and rows, or (file

@@ -186,3 +186,19 @@ def test_a_dry_run_on_an_output_a_live_job_holds_says_what_the_job_would(tmp_pat
     assert result.exit_code == 6, result.output
     assert f"{out}: in use by another mpiscore job" in result.output, result.output
     assert Path(f"{out}.lock").exists()
+
+
+@pytest.mark.parametrize(("fault", "said"), [
+    ("hang:1", "first failure: batch 1: batch timed out after"),
+    ("kill:1", "first failure: batch 1: scoring process on rank 0"),
+])
+def test_the_first_failure_names_its_batch_when_the_rank_reported_it(tmp_path, fault,
+                                                                     said) -> None:
+    model = builders.mlp(tmp_path / "m.onnx")
+    data = builders.write_h5(tmp_path / "x.h5", features=builders.features(30))
+    result = CliRunner().invoke(main, [str(a) for a in (
+        "score", "--model", model, "--input", data, "--output", tmp_path / "y.h5",
+        "--mini-batch-size", 10, "--max-retries", 0, "--batch-timeout", 2)],
+        env={"MPISCORE_FAULTS": fault})
+    assert result.exit_code == 5, result.output
+    assert said in result.output, result.output
