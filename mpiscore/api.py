@@ -158,7 +158,7 @@ def _broadcast_job(config: JobConfig, world: World, pool: ScorerPool, started: f
         if pool.preparing is None:  # else the CLI asked already, and said so
             log_start(config, world.size, pool.size)
         pool.prepare(config)
-        model = read_model(config.scorer_file)  # while the scoring process prepares
+        model = read_model(config.scorer_file, config.scorer_kind)  # as the process prepares
         job, done = pool.prepared()
         try:
             _check_same_model(job, model)

@@ -200,7 +200,9 @@ def _difference(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """What differs between two fingerprints, one phrase per change ("... then, ... now")."""
     changes = []
     if before.get("model_sha256") != after["model_sha256"]:
-        changes.append(f"the model changed: SHA-256 {str(before.get('model_sha256'))[:12]}... "
+        scorer = "the entry script" if "script_args" in (after.get("scoring") or {}) \
+            else "the model"
+        changes.append(f"{scorer} changed: SHA-256 {str(before.get('model_sha256'))[:12]}... "
                        f"then, {after['model_sha256'][:12]}... now")
     changes += _data_changes(before.get("model_data") or {}, after.get("model_data") or {})
     changes += _scoring_changes(before.get("scoring") or {}, after.get("scoring") or {})

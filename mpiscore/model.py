@@ -34,10 +34,14 @@ ORT_TYPES = {
 }
 
 
-def read_model(path: Path) -> bytes:
-    """The model's (or entry script's) bytes: rank 0 reads them once and broadcasts
-    them, so there is no start-up storm of every rank reading one file."""
-    what = "entry script" if path.suffix == ".py" else "model"
+def read_model(path: Path, kind: str = "onnx") -> bytes:
+    """The model's (or, ``kind`` "script", the entry script's) bytes: rank 0 reads them
+    once and broadcasts them, so there is no start-up storm of every rank reading one
+    file."""
+    what = "entry script" if kind == "script" else "model"
+    if path.is_dir():
+        raise ModelError(f"{path}: a directory, not the {what}; name the {what}'s file "
+                         f"({path / ('score.py' if kind == 'script' else 'model.onnx')}, say)")
     try:
         return path.read_bytes()
     except OSError as exc:

@@ -414,7 +414,7 @@ def _prepare(conn: Channel, request: PrepareRequest) -> Scorer | None:
     back; the scorer, kept for scoring, or None after an error."""
     config = request.config
     try:
-        model_bytes = read_model(config.scorer_file)
+        model_bytes = read_model(config.scorer_file, config.scorer_kind)
         job, done, scorer = prepare(config, model_bytes, lambda: open_scorer(
             config.scorer_kind, model_bytes, str(config.scorer_file), request.settings),
             request.owner)
@@ -442,7 +442,7 @@ def _preopen(request: Preopen) -> _Preopened | None:
     if request.kind != "onnx":  # an entry script's init() waits for the job's lock
         return None
     try:
-        model_bytes = read_model(Path(request.model))
+        model_bytes = read_model(Path(request.model), request.kind)
         scorer = open_scorer(request.kind, model_bytes, request.model, request.settings)
     except Exception:
         return None
@@ -467,7 +467,7 @@ def _dry_run(conn: Channel, request: PrepareRequest) -> None:
     the error back; nothing is written, no lock taken."""
     config, settings = request.config, request.settings
     try:
-        model_bytes = read_model(config.scorer_file)
+        model_bytes = read_model(config.scorer_file, config.scorer_kind)
         opening = time.perf_counter()
         scorer = open_scorer(config.scorer_kind, model_bytes, str(config.scorer_file),
                              settings)

@@ -101,6 +101,14 @@ def test_resume_with_other_script_arguments_or_on_nan_is_refused(tmp_path: Path)
         in line, line
     line = refused_resume(*args, "--on-nan", "pass", "--", "--k", "1")
     assert "--on-nan changed: error then, pass now" in line, line
+    script.write_text(script.read_text() + "# edited\n")
+    line = refused_resume(*args, "--", "--k", "1")
+    assert "the entry script changed: SHA-256 " in line, line
+    folder = invoke("score", "--entry-script", tmp_path, "--input", data, "--output",
+                    tmp_path / "z.h5")
+    assert folder.exit_code == 4, folder.output
+    assert f"{tmp_path}: a directory, not the entry script; name the entry script's file" \
+        in folder.output, folder.output
 
 
 def test_a_run_directory_of_an_earlier_mpiscore_still_compares_without_scoring() -> None:
