@@ -225,10 +225,10 @@ def test_every_batch_must_have_the_same_header(tmp_path: Path) -> None:
 def test_kept_columns_are_refused() -> None:
     kept = [Field("id", "<i8", ())]
     with pytest.raises(ConfigError, match="append_row"):
-        LinesSinkKind().check(kept)
+        LinesSinkKind().check([], kept)
     with pytest.raises(ConfigError, match="summary_only"):
-        NoOutputSinkKind().check(kept)
-    LinesSinkKind().check([])
+        NoOutputSinkKind().check([], kept)
+    LinesSinkKind().check([], [])
 
 
 # ---- append_row: assembly --------------------------------------------------------------
