@@ -72,7 +72,7 @@ class BatchProcessor:
             self._check_file(batch.file_index)
             arrays, kept = self.readers[slot].read(batch)
             if self.on_nan == "error":
-                _refuse_non_finite(arrays)
+                _refuse_non_finite(arrays, batch.global_start)
             return Loaded(arrays, kept, time.perf_counter() - started)
 
     def score(self, batch: Batch, loaded: Loaded) -> Prepared:
@@ -149,8 +149,10 @@ def _fit(array: np.ndarray, binding: InputBinding) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=binding.dtype)
 
 
-def _refuse_non_finite(arrays: dict[str, np.ndarray]) -> None:
-    """``--on-nan error``: NaN or inf in float input fails the batch, naming the rows."""
+def _refuse_non_finite(arrays: dict[str, np.ndarray], first_row: int = 0) -> None:
+    """``--on-nan error``: NaN or inf in float input fails the batch, naming the rows (a
+    null inside a Parquet list column reads as NaN). ``first_row``: the batch's first
+    row in the input's global row order."""
     for name, array in arrays.items():
         if array.dtype.kind != "f" or array.size == 0:
             continue
@@ -159,5 +161,6 @@ def _refuse_non_finite(arrays: dict[str, np.ndarray]) -> None:
         bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad)
-            raise InputError(f"input {name!r}: {len(rows)} rows with NaN or inf (first at "
-                             f"batch row {rows[0]}); pass --on-nan pass to score them anyway")
+            raise InputError(f"input {name!r}: {len(rows)} rows with NaN, inf or null values "
+                             f"(first at input row {first_row + rows[0]}, row {rows[0]} of the "
+                             "batch); pass --on-nan pass to score them anyway")

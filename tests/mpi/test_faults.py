@@ -233,7 +233,8 @@ def test_nan_input_policy(data, tmp_path) -> None:
     status = h5(out)["row_status"]
     assert status.sum() == 2 * BATCH and status[50] == status[700] == 1
     failed = json.loads(Path(f"{out}.run/failed_batches.json").read_text())["failed"]
-    assert "2 rows with NaN or inf" in failed[0]["attempts"][0]["error"]
+    assert "2 rows with NaN, inf or null values (first at input row 50, row " \
+        in failed[0]["attempts"][0]["error"]
     result = mpiscore(2, *job_args(files, out, "--on-nan", "pass", "--overwrite"))
     assert result.returncode == 0, result.stderr
     got = h5(out)
