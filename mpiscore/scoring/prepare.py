@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import JobConfig
-from ..errors import AlreadyComplete, AmbiguousRows, InputError, OutputError
+from ..errors import AlreadyComplete, AmbiguousRows, InputError, OutputError, ScoringError
 from ..estimate import DryRun
 from ..io.fields import ROW_STATUS, Field
 from ..io.registry import (
@@ -310,4 +310,8 @@ def _score_first(scorer: Scorer, bindings: tuple[InputBinding, ...], source: Inp
         arrays, kept = reader.read(replace(first, stop=first.start + rows))
     finally:
         reader.close()
-    return scorer.score(scorer_feeds(Loaded(arrays, kept, 0.0), bindings, raw))
+    try:
+        return scorer.score(scorer_feeds(Loaded(arrays, kept, 0.0), bindings, raw))
+    except ScoringError as exc:  # before any batch: no error budget applies yet
+        raise ScoringError(f"scoring the first {rows} rows of batch 0 to learn the outputs, "
+                           f"before the job starts: {exc}") from exc

@@ -202,3 +202,17 @@ def test_the_first_failure_names_its_batch_when_the_rank_reported_it(tmp_path, f
         env={"MPISCORE_FAULTS": fault})
     assert result.exit_code == 5, result.output
     assert said in result.output, result.output
+
+
+def test_a_script_failing_on_the_first_rows_says_it_was_before_the_job_started(
+        tmp_path) -> None:
+    """The probe's failure ends the job whatever the error budget: the line says so."""
+    script = tmp_path / "s.py"
+    script.write_text("def run(mini_batch):\n    raise ValueError('bad first batch')\n")
+    data = builders.write_h5(tmp_path / "x.h5", features=builders.features(20))
+    result = invoke("score", "--entry-script", script, "--input", data, "--output",
+                    tmp_path / "y.h5", "--error-threshold", -1, "--batch-format", "numpy")
+    assert result.exit_code == 5, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("mpiscore:")]
+    assert "scoring the first 2 rows of batch 0 to learn the outputs, before the job " \
+           "starts: " in line and "line 2, in run: ValueError: bad first batch" in line, line
