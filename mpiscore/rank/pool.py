@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..errors import Interrupted, ScoringProcessError
+from ..errors import Interrupted, ModelError, ScoringProcessError
 from ..lock import JobLock, LockOwner, lock_paths
 from ..placement import layout, scorer_settings
 from ..plan import Batch
@@ -196,6 +196,13 @@ class ScorerPool:
             answer = recv_at_rank(first.conn)
         except (EOFError, OSError):
             first.join(1)
+            lock.release()  # taken by it for this rank, if it got that far: nobody else will
+            code = first.process.returncode
+            if config.entry_script is not None and code is not None and code > 0:
+                raise ModelError(  # a signal would be the node's; an exit code, the script's
+                    f"{config.scorer_file}: the scoring process exited with code {code} while "
+                    "the entry script was loaded (os._exit or exit from C in its init() or "
+                    "at import?); see its log in the run directory") from None
             raise ScoringProcessError(
                 f"{config.scorer_file}: the scoring process died while loading the "
                 f"{'model' if config.entry_script is None else 'entry script'} and checking "

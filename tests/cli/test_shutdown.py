@@ -80,3 +80,21 @@ def test_an_init_that_never_returns_is_named_when_the_start_times_out(
     [line] = error_lines(result.output)
     assert f"scoring processes did not start in 3s: the entry script {script}'s init() did " \
            "not return" in line, line
+
+
+def test_an_init_that_ends_its_process_is_the_script_s_error_and_leaves_no_lock(
+        tmp_path: Path) -> None:
+    """os._exit in init(): no Python error to catch, but an exit code is the script's
+    (exit 4, not the node's 7), and the lock its process took is released."""
+    script = tmp_path / "s.py"
+    script.write_text("import os\n\ndef init():\n    os._exit(1)\n\ndef run(mini_batch):\n"
+                      "    return mini_batch.sum(axis=1)\n")
+    data = builders.write_h5(tmp_path / "x.h5", features=builders.features(ROWS))
+    out = tmp_path / "y.h5"
+    result = invoke("score", "--entry-script", script, "--input", data, "--output", out,
+                    "--batch-format", "numpy")
+    assert result.exit_code == 4, result.output
+    [line] = error_lines(result.output)
+    assert "the scoring process exited with code 1 while the entry script was loaded" \
+        in line, line
+    assert not Path(f"{out}.lock").exists() and not (Path(f"{out}.run") / "lock").exists()
