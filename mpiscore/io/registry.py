@@ -313,6 +313,7 @@ class OutputTarget:
     def _check_replaceable(self, resumable: bool) -> None:
         """``resumable``: whether the run directory holds an interrupted run's records
         (its fingerprint); a partial output without them can only be started over."""
+        self._refuse_not_ours(self.final)  # before advising --overwrite, which would not
         if self.final.exists() and not self.overwrite:
             raise OutputError(f"{self.final}: output exists; pass --overwrite (overwrite=True) to "
                               "replace it")
@@ -326,13 +327,17 @@ class OutputTarget:
                 f"{self.partial}: an interrupted run's partial output is here; rerun with "
                 "--resume (resume=True) to finish it, or with --overwrite (overwrite=True) to "
                 "discard it and start over")
-        for path in (self.final, self.partial):
-            if (path.exists() or path.is_symlink()) and not _ours(path):
-                kind = "a directory" if path.is_dir() else "a file"
-                raise OutputError(
-                    f"{path}: {kind} that mpiscore did not write (not an mpiscore output), "
-                    "so --overwrite will not delete it; choose another --output or move it "
-                    "away yourself")
+        self._refuse_not_ours(self.partial)
+
+    def _refuse_not_ours(self, path: Path) -> None:
+        if not (path.exists() or path.is_symlink()) or _ours(path):
+            return
+        kind = "a directory" if path.is_dir() else "a file"
+        why = ("not an mpiscore output, or a text file, which carries nothing that proves "
+               "mpiscore wrote it" if self.format == "append_row" else "not an mpiscore output")
+        raise OutputError(f"{path}: {kind} that mpiscore did not write ({why}), so --overwrite "
+                          "will not delete it; choose another --output or move it away "
+                          "yourself")
 
     def create(self, fields: list[Field], kept: list[Field], plan: Plan,
                attrs: dict[str, Any]) -> dict[str, int]:

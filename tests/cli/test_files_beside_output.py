@@ -75,5 +75,6 @@ def test_a_partial_left_by_a_run_stopped_after_naming_the_output_is_settled(
     kept = Path(f"{tmp_path / 'other.txt'}.partial")
     (tmp_path / "other.txt").write_text("0\n")  # a text file of the user's beside it
     refused = invoke(*failed_args)
-    assert refused.exit_code != 0 and "output exists" in refused.output, refused.output
+    assert refused.exit_code == 6 and "a text file, which carries nothing that proves" \
+        in refused.output, refused.output
     assert kept.is_dir()
