@@ -562,3 +562,16 @@ def test_a_script_that_changes_directory_is_changed_back(open_script: Opener,
     assert os.getcwd() == str(tmp_path) and str(tmp_path / "elsewhere") in str(said)
     log = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*") if p.is_file())
     assert log.count("changed the working directory") == 1, log
+
+
+def test_a_frame_with_no_columns_or_a_name_twice_is_refused() -> None:
+    import pandas
+
+    from mpiscore.scoring.scorers.script_results import result_columns
+
+    with pytest.raises(ScoringError, match="returned a DataFrame with no columns"):
+        result_columns(pandas.DataFrame(index=range(3)), "s.py")
+    twice = pandas.DataFrame([[1, 2]], columns=["x", "x"])
+    with pytest.raises(ScoringError, match="more than one column named x; return one"):
+        result_columns(twice, "s.py")
+    assert list(result_columns(pandas.DataFrame({0: [1], "b": [2]}), "s.py")) == ["0", "b"]

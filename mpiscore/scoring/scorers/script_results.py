@@ -64,7 +64,14 @@ def result_columns(result: Any, script: str) -> dict[str, object]:
     """Named columns of a rows result: an array or list is one column, ``result``."""
     kind = result_kind(result)
     if kind == "frame":
-        return {str(name): _values(result[name], str(name), script) for name in result.columns}
+        names = [str(name) for name in result.columns]
+        if not names or len(set(names)) < len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ScoringError(f"{script}: run() returned a DataFrame with "
+                               + (f"more than one column named {', '.join(twice)}" if twice
+                                  else "no columns") + "; return one named column per output")
+        return {name: _values(result.iloc[:, index], name, script)
+                for index, name in enumerate(names)}
     if kind == "series":
         name = "result" if result.name is None else str(result.name)
         return {name: _values(result, name, script)}
