@@ -99,9 +99,15 @@ def checked_rows(column: object, field: Field, batch: Batch, where: str) -> np.n
         raise OutputError(f"{where} batch {batch.batch_id}: got shape {data.shape}, "
                           f"expected {(batch.rows, *field.shape)}")
     wanted = np.dtype(field.dtype)
-    if data.dtype == wanted or wanted.kind not in "biuf":
+    if data.dtype == wanted:
         return data
-    if data.dtype.kind not in "biuf" or not np.can_cast(data.dtype, wanted, "same_kind"):
+    if wanted.kind in "SU":  # text as wide as the output's: a batch of shorter values
+        return data.astype(wanted) if data.dtype.kind == wanted.kind else data  # is padded
+    if wanted.kind not in "biuf":
+        return data
+    kinds = data.dtype.kind + wanted.kind  # lossless, a float rounded, an integer as a float
+    if not (np.can_cast(data.dtype, wanted, "safe") or kinds == "ff" or kinds in ("bf", "if",
+                                                                                   "uf")):
         raise OutputError(f"{where} batch {batch.batch_id}: got {data.dtype} values, expected "
                           f"{wanted} (as the first rows had)")
     return data.astype(wanted)

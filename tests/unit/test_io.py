@@ -711,3 +711,18 @@ def test_fill_values() -> None:
     assert np.isnan(filled["p"]).all() and filled["p"].shape == (3, 2)
     assert (filled["label"] == -1).all() and (filled["u"] == 255).all()
     assert (filled["row_status"] == 1).all()
+
+
+def test_a_batch_column_is_checked_against_its_field() -> None:
+    """Shape and number kind as the probe found them: text padded to the width, an
+    integer as a float or a float rounded accepted, an integer narrowed refused."""
+    from mpiscore.io.fields import checked_rows
+
+    batch = Batch(0, 0, 0, 2, 0)
+    text = checked_rows(np.array([b"ab", b"c"]), Field("t", "|S5", ()), batch, "o.h5:/t")
+    assert text.dtype == np.dtype("S5") and text.tolist() == [b"ab", b"c"]
+    assert checked_rows(np.arange(2), Field("f", "<f4", ()), batch, "o").dtype == np.float32
+    with pytest.raises(OutputError, match=r"o\.h5:/n batch 0: got int64 values, expected int8"):
+        checked_rows(np.arange(2), Field("n", "|i1", ()), batch, "o.h5:/n")
+    with pytest.raises(OutputError, match=r"batch 0: got shape \(2, 3\), expected \(2, 2\)"):
+        checked_rows(np.zeros((2, 3)), Field("w", "<f8", (2,)), batch, "o")

@@ -117,6 +117,21 @@ def test_string_labels_in_hdf5_are_fixed_utf8_as_wide_as_the_longest_class(
     assert got == sklearn_models.reference(model, x)["output_label"].tolist()
 
 
+@pytest.mark.parametrize("output", ["scores.h5", "scores.parquet"])
+def test_a_batch_whose_labels_are_all_short_is_written_at_the_output_s_width(
+        tmp_path: Path, output: str) -> None:
+    """A whole batch of 3-byte labels in a 17-byte HDF5 column: each value in its own
+    slot, never run together with the next."""
+    model = sklearn_models.classifier(tmp_path / "clf.onnx", "forest", "str")
+    x, _ = sklearn_models.training_data(seed=1)
+    x[:BATCH * 2, :3] = -2.0  # the first two batches predict short labels only
+    got = read_output(score(model, x, tmp_path / output))
+    want = sklearn_models.reference(model, x)["output_label"].tolist()
+    longest = max(len(label.encode()) for label in STRING_CLASSES)
+    assert max(len(label.encode()) for label in want[:BATCH * 2]) < longest
+    assert got["output_label"].tolist() == want
+
+
 def test_label_width_without_string_labels() -> None:
     assert label_width(b"\x00\x01not protobuf\xff") == 0
     assert label_width(b"") == 0

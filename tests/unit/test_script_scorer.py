@@ -542,10 +542,11 @@ def test_a_nullable_integer_column_with_missing_values_is_refused_not_rounded() 
     assert np.isnan(result_columns(floats, "s.py")["f"][1])  # a float's NaN is a value
 
 
-def test_a_script_that_changes_directory_is_changed_back(open_script: Opener,
-                                                         tmp_path: Path) -> None:
+def test_an_init_that_changes_directory_is_changed_back(open_script: Opener,
+                                                        tmp_path: Path) -> None:
     """The job's relative paths (its partial output, run directory) stay where they are:
-    init() and run() moving elsewhere is undone after each, and said once in the log."""
+    init() moving elsewhere is undone (before any reader or writer thread runs), and said
+    in the log."""
     (tmp_path / "elsewhere").mkdir()
     scorer = open_script("""
         import os
@@ -554,14 +555,12 @@ def test_a_script_that_changes_directory_is_changed_back(open_script: Opener,
             os.chdir("elsewhere")
 
         def run(mini_batch):
-            os.chdir("elsewhere")
             return [os.getcwd()] * len(mini_batch)
         """)
     assert os.getcwd() == str(tmp_path)
-    said = scorer.score({"x": np.zeros((2, 1))})
-    assert os.getcwd() == str(tmp_path) and str(tmp_path / "elsewhere") in str(said)
+    assert str(scorer.score({"x": np.zeros((2, 1))})).count(str(tmp_path)) >= 1
     log = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*") if p.is_file())
-    assert log.count("changed the working directory") == 1, log
+    assert log.count("init() changed the working directory") == 1, log
 
 
 def test_a_frame_with_no_columns_or_a_name_twice_is_refused() -> None:

@@ -114,7 +114,6 @@ class ScriptScorer:
         self.script, self.settings, self.rank = script, settings, rank
         self.log = ProcessLog(settings, rank)
         self.saved_argv, self.added_paths = list(sys.argv), list[str]()
-        self.moved_cwd = False  # said once that a call's os.chdir was undone
         self.module_name = ""
         self.functions: dict[str, Callable[..., Any]] = {}
         self.schema: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] | None = None
@@ -151,7 +150,7 @@ class ScriptScorer:
             raise ModelError(f"{self.script}: has no run(mini_batch) function; an entry script "
                              "defines init() (optional) and run(mini_batch)")
         if "init" in self.functions:
-            self._call("init", ModelError)
+            self._init_in_place()
 
     def _add_path(self, path: str, first: bool) -> None:
         """The script's directory first (its modules win), the shim's last (a real
@@ -191,7 +190,6 @@ class ScriptScorer:
                       function: Callable[..., Any], *args: object) -> object:
         """``function(*args)`` with the script's output in the log; a failure becomes
         ``error`` in one line, its traceback logged and kept as ``script_traceback``."""
-        cwd = os.getcwd()
         with self.log.captured():
             try:
                 return function(*args)
@@ -201,22 +199,22 @@ class ScriptScorer:
                 self.log.mpiscore_logger.error("%s failed:\n%s", doing, text.rstrip())
                 failure.script_traceback = text  # type: ignore[attr-defined]
                 raise failure from exc
-            finally:
-                self._keep_cwd(cwd, doing)
 
-    def _keep_cwd(self, cwd: str, doing: str) -> None:
-        """Change back to the job's working directory where the script left it: the job's
-        own relative paths (input, output, run directory) are relative to it, and the
-        rows would otherwise go to a partial output in the script's directory."""
-        now = os.getcwd()
-        if now == cwd:
-            return
-        os.chdir(cwd)
-        if not self.moved_cwd:
-            self.moved_cwd = True
-            self.log.mpiscore_logger.warning(
-                "%s changed the working directory to %s; mpiscore changed it back to %s, "
-                "the job's (open the script's files by absolute paths)", doing, now, cwd)
+    def _init_in_place(self) -> None:
+        """Call ``init()``, then change back to the job's working directory if it moved:
+        the job's own relative paths (input, output, run directory) are relative to it,
+        and the rows would otherwise go to a partial output in the script's directory.
+        Only here: no reader or writer thread runs yet, so none can open a path while the
+        directory is another (run() that moves it is the script's to avoid)."""
+        cwd = os.getcwd()
+        try:
+            self._call("init", ModelError)
+        finally:
+            if (moved := os.getcwd()) != cwd:
+                os.chdir(cwd)
+                self.log.mpiscore_logger.warning(
+                    "init() changed the working directory to %s; mpiscore changed it back to "
+                    "%s, the job's (open the script's files by absolute paths)", moved, cwd)
 
     def _describe(self, exc: BaseException) -> str:
         """``score.py, line 12, in init: ValueError: bad weights (traceback in LOG)``."""
