@@ -175,6 +175,10 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
         _refuse_recorded_run(config, target)
     if config.resume:
         check_resumable(config.resolved_run_dir, stamp)
+        # as recorded: the journal of a run directory an earlier mpiscore made is bound to
+        # the fingerprint it wrote (without the keys added since), and stays trusted
+        stamp = as_recorded(read_json_object(config.resolved_run_dir / FINGERPRINT) or {},
+                            stamp)
     elif not config.overwrite:
         check_run_dir_is_this_jobs(config.resolved_run_dir, stamp["output"]["path"])
     return Checked(source, plan, bindings, outputs, tuple(probe), kept, target, sha256, attrs,

@@ -158,3 +158,26 @@ def test_a_partial_output_whose_run_left_no_records_is_only_started_over(two_dat
     assert resumed.exit_code == 2, resumed.output
     assert "nothing to resume; rerun with --overwrite" in resumed.output, resumed.output
     assert invoke(*hdf5_args(two_datasets, "/A", "--overwrite")).exit_code == 0
+
+
+def test_a_run_directory_of_an_earlier_mpiscore_resumes_keeping_its_batches(
+        two_datasets) -> None:
+    """Its fingerprint has no ``scoring`` and its journal is bound to that fingerprint:
+    --resume trusts the journal, scoring only the batches it lacks."""
+    import json
+
+    from mpiscore.journal import JournalFile, journal_token
+
+    interrupted(*hdf5_args(two_datasets, "/A"))
+    run_dir = Path(f"{two_datasets['out']}.run")
+    recorded = json.loads((run_dir / "fingerprint.json").read_text())
+    del recorded["scoring"]  # as written before it had the key
+    (run_dir / "fingerprint.json").write_text(json.dumps(recorded))
+    journal = JournalFile(run_dir / "journal.txt", journal_token(recorded), 4)
+    (run_dir / "journal.txt").write_bytes(journal.header + journal.record(0) + journal.record(2)
+                                          + journal.record(3))
+    resumed = invoke(*hdf5_args(two_datasets, "/A", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert "3 of 4 batches already written" in resumed.output, resumed.output
+    want = builders.reference(two_datasets["model"], features=builders.features(ROWS, seed=4))
+    builders.assert_matches(builders.read_h5(two_datasets["out"]), want)
