@@ -40,6 +40,7 @@ class Job:
     lock: JobLock  # held by rank 0 for the job's life
     warnings: tuple[str, ...] = ()  # found while preparing; rank 0 logs them once
     model_data: tuple[DataStamp, ...] = ()  # the external data files the job digested
+    layouts: tuple[tuple[str, bool], ...] = ()  # Scorer.layouts, as the probe decided them
 
     def __post_init__(self) -> None:
         """The input's paths are the plan's file table's (stamped after the input was

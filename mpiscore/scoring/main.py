@@ -496,7 +496,8 @@ def _processor(spec: ScorerSpec, scorer: Scorer | None) -> BatchProcessor:
                               spec.settings)
     check_same_data(job.model_name, scorer.data_stamps, job.model_data, "while the job started")
     scorer.fix_schema({source: (field.dtype, field.shape)
-                       for field, source in zip(job.outputs, job.output_sources, strict=True)})
+                       for field, source in zip(job.outputs, job.output_sources, strict=True)},
+                      dict(job.layouts))
     writer = job.target.open_writer(job.written_fields, list(job.kept), job.plan, job.offsets,
                                     job.attrs)
     readers = [open_reader(job.source) for _ in range(READ_AHEAD)]

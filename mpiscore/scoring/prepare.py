@@ -115,7 +115,7 @@ def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
     job = Job(config, checked.sha256, checked.source, plan, checked.bindings,
               tuple(outputs[:-1]), checked.output_sources, tuple(kept), target, offsets,
               checked.attrs, checked.stamp, lock, checked.warnings(config),
-              scorer.data_stamps)
+              scorer.data_stamps, tuple(scorer.layouts.items()))
     return job, done
 
 

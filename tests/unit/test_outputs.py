@@ -15,10 +15,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mpiscore import BatchSize, InputSpec, JobConfig, ModelError, SessionConfig, run
-from mpiscore.errors import ConfigError, ScoringError
+from mpiscore.config import ScorerSettings
+from mpiscore.errors import AmbiguousRows, ConfigError, ScoringError
 from mpiscore.io import parquet
 from mpiscore.io.fields import Field, fill_columns
 from mpiscore.model import Column, output_fields
+from mpiscore.scoring.scorers import open_scorer
 from mpiscore.scoring.scorers.onnx_outputs import OutputConverter, OutputKind, label_width
 from tests import builders, sklearn_models
 from tests.sklearn_models import STRING_CLASSES
@@ -298,6 +300,25 @@ def test_a_multi_output_classifier_s_probabilities_are_rows_x_targets_x_classes(
     got = read_output(score(model, x, tmp_path / "scores.h5"))
     want = sklearn_models.reference(model, x)
     np.testing.assert_array_equal(got["label"], want["label"])
+    np.testing.assert_allclose(got["probabilities"], np.stack(want["probabilities"], axis=1),
+                               rtol=1e-6)
+
+
+def test_every_scoring_process_stacks_a_sequence_as_the_probe_decided(tmp_path: Path) -> None:
+    """Another process whose first batch has 2 rows for 2 targets, which alone cannot tell
+    the layout, stacks it as the probe's process decided: the decision travels in the job
+    (Job.layouts, given to fix_schema)."""
+    model, x = sklearn_models.multi_output_classifier(tmp_path / "moc.onnx", targets=2)
+    settings = ScorerSettings(SessionConfig(), 1)
+    probe = open_scorer("onnx", model.read_bytes(), str(model), settings)
+    probe.score({"X": x[:3]})  # 3 rows for 2 targets: per target
+    assert probe.layouts == {"probabilities": True}
+    other = open_scorer("onnx", model.read_bytes(), str(model), settings)
+    with pytest.raises(AmbiguousRows):  # on its own, it could not tell
+        other.score({"X": x[:2]})
+    other.fix_schema({}, probe.layouts)
+    got = other.score({"X": x[:2]})
+    want = sklearn_models.reference(model, x[:2])
     np.testing.assert_allclose(got["probabilities"], np.stack(want["probabilities"], axis=1),
                                rtol=1e-6)
 

@@ -36,11 +36,12 @@ class RowSums:
         self.columns = {"total": Column("total")}
         self.data_files: dict[str, Path] = {}  # nothing besides its "model"
         self.data_stamps = ()  # so none to check
+        self.layouts: dict[str, bool] = {}  # nothing decided by its first batches
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"total": feeds["features"].sum(axis=1)}
 
-    def fix_schema(self, schema: object) -> None:
+    def fix_schema(self, schema: object, layouts: object) -> None:
         """Its one column is always the same."""
 
     def close(self) -> None:

@@ -391,7 +391,7 @@ def test_a_float_result_after_int_ones_is_refused(open_script: Opener) -> None:
 
 def test_a_fixed_schema_holds_a_processes_first_batch_to_the_probes(open_script: Opener) -> None:
     scorer = open_script("def run(mini_batch):\n    return {'label': mini_batch}\n")
-    scorer.fix_schema({"score": ("<f8", ())})
+    scorer.fix_schema({"score": ("<f8", ())}, {})
     with pytest.raises(ScoringError, match=r"columns label; the first batch had score"):
         scorer.score({FILE_PATHS: ["a"]})
 

@@ -63,9 +63,16 @@ class Scorer(Protocol):
         """Output columns for one batch of bound inputs, one row per input row (a script
         gets the batch's columns as read, and may return lines, io.fields.LINES)."""
 
-    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
-        """Hold results to these columns (key -> dtype, per-row shape): those the job's
-        probe found, so that every process's first batch is checked against them."""
+    @property
+    def layouts(self) -> Mapping[str, bool]:
+        """What its first batches decided of the outputs' layout that shapes alone may not
+        tell again (a sequence output stacked per target, True, or per row): the job
+        carries it to every process (:meth:`fix_schema`)."""
+
+    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]],
+                   layouts: Mapping[str, bool]) -> None:
+        """Hold results to these columns (key -> dtype, per-row shape) and layouts: those
+        the job's probe found, so that every process's first batch is held to them."""
 
     def close(self) -> None:
         """The process is done scoring (a script's shutdown() runs here)."""

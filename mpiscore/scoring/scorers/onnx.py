@@ -161,8 +161,16 @@ class OnnxScorer:
         """Rows per session run (0: whole batches), chosen so far."""
         return self.fixed_batch or self.slicing.chosen or WHOLE
 
-    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
-        """Nothing to hold: the graph fixes its outputs' types and shapes itself."""
+    @property
+    def layouts(self) -> dict[str, bool]:
+        return dict(self.converter.per_target)
+
+    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]],
+                   layouts: Mapping[str, bool]) -> None:
+        """The graph fixes its outputs' types and shapes itself; a sequence output's
+        layout, as the probe decided it, is this process's too: a first batch of as
+        many rows as targets could not tell it."""
+        self.converter.per_target.update(layouts)
 
     def close(self) -> None:
         """Nothing to release: the process exits without destroying the session."""

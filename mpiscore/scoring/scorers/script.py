@@ -106,6 +106,11 @@ class ScriptScorer:
     data_stamps = ()  # no data_files
 
     @property
+    def layouts(self) -> dict[str, bool]:
+        """A script's results have no layout to decide (a list is one value per item)."""
+        return {}
+
+    @property
     def data_files(self) -> dict[str, Path]:
         """None known: what init() loads (its --model_dir) is the script's own affair."""
         return {}
@@ -241,9 +246,11 @@ class ScriptScorer:
         """The key of every column its results have had so far, each its own output."""
         return dict(self.seen)
 
-    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
+    def fix_schema(self, schema: Mapping[str, tuple[str, tuple[int, ...]]],
+                   layouts: Mapping[str, bool]) -> None:
         """Expect these columns (key -> dtype, per-row shape): those the job's probe found,
-        so that a scoring process's first batch is held to them too."""
+        so that a scoring process's first batch is held to them too (a script's results
+        have no layouts to hold)."""
         self.schema = {key: (np.dtype(dtype), tuple(shape)) for key, (dtype, shape)
                        in schema.items()}
 
