@@ -208,6 +208,7 @@ def _settings(job: SlurmJob) -> list[str]:
     lines = [f"cd {_quote(job.workdir)} || exit 2   # where the job was written: relative "
              "paths as given",
              f"OUTPUT={_quote(job.output)}",
+             f"RUN_DIR={_quote(job.run_dir)}" if job.run_dir else 'RUN_DIR="$OUTPUT.run"',
              f"MAX_RESTARTS={job.max_restarts}",
              f"MPISCORE={_quote(job.mpiscore)}",
              f"LAUNCHER={job.launcher}",

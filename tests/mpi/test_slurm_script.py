@@ -114,3 +114,48 @@ def test_stopped_script_job_resumes_with_its_words_last(tmp_path: Path) -> None:
     assert np.array_equal(got.column("n").to_numpy(), f0 * 2)
     words = (tmp_path / "s.py.argv").read_text().splitlines()
     assert words == ["--model_dir ./m x --tag t"] * 2  # one init per run, words only
+
+
+SUMMARY_SCRIPT = """\
+import os, time
+from azureml_user.parallel_run import EntryScript
+
+def run(mini_batch):
+    time.sleep(0.2)
+    first = int(mini_batch["f0"].iloc[0])
+    with open(os.path.join(EntryScript().output_dir, f"b{first:04d}-{time.time_ns()}"), "w"):
+        pass
+    return []
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_requeued_summary_only_job_resumes_into_its_directory(tmp_path: Path) -> None:
+    """summary_only's directory has no partial name: the requeue sees the run's records
+    and resumes, so no batch writes its file twice."""
+    (tmp_path / "s.py").write_text(SUMMARY_SCRIPT)
+    pq.write_table(pa.table({"f0": np.arange(ROWS, dtype=np.float64)}), tmp_path / "x.parquet")
+    out = tmp_path / "files"
+    options = ["--launcher", "mpiexec", "--time", "1:00:00", "--entry-script", "s.py",
+               "--input", "x.parquet", "--output", out, "--output-action", "summary_only",
+               "--mini-batch-size", BATCH, "--stop-grace", 2, "--progress-seconds", 60]
+    render = subprocess.run([sys.executable, "-m", "mpiscore", "slurm", *map(str, options)],
+                            cwd=tmp_path, env={**os.environ, **TREE}, capture_output=True,
+                            text=True, timeout=60)
+    assert render.returncode == 0, render.stderr
+    (tmp_path / "job.sbatch").write_text(render.stdout)
+    first = batch_job(tmp_path, None)
+    try:
+        launch.wait_until(lambda: out.is_dir() and len(list(out.iterdir())) > 3, first,
+                          "3 batches' files")
+        for pid in ranks(first, out):
+            os.kill(pid, signal.SIGTERM)
+    finally:
+        log = finish(first)
+    assert first.returncode == 75, log
+    second = batch_job(tmp_path, 1)
+    log = finish(second)
+    assert second.returncode == 0, log
+    assert log.splitlines()[0].endswith(" --resume"), log
+    starts = sorted(name.split("-")[0] for name in os.listdir(out))
+    assert starts == [f"b{first_row:04d}" for first_row in range(0, ROWS, BATCH)], starts
