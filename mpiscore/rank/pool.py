@@ -459,16 +459,19 @@ class ScorerPool:
             with contextlib.suppress(OSError):
                 proc.conn.send(Close())
         script = self.spec is not None and self.spec.job.config.scorer_kind == "script"
-        wait = SHUTDOWN_TIMEOUT_SECONDS if script else CLOSE_TIMEOUT_SECONDS
-        deadline = time.monotonic() + wait
-        for proc in procs:
-            closed = _closing_message(proc, deadline)
+        # a script's shutdown() runs in a process that closes idle; one still in run()
+        # (the job failed meanwhile) has nothing to wait for
+        waits = [SHUTDOWN_TIMEOUT_SECONDS if script and not proc.busy else
+                 CLOSE_TIMEOUT_SECONDS for proc in procs]
+        closing = time.monotonic()
+        for proc, allowed in zip(procs, waits, strict=True):
+            closed = _closing_message(proc, closing + allowed)
             if closed is None:
                 proc.kill()
-                if script:  # what its shutdown() was to write is not written
+                if allowed == SHUTDOWN_TIMEOUT_SECONDS:  # its shutdown() did not do its work
                     self.shutdown_errors.append(
                         f"{self.where}: the entry script's shutdown() did not return in "
-                        f"{wait:.0f}s; its process was killed")
+                        f"{allowed:.0f}s; its process was killed")
                 continue
             self.cpu_seconds += closed.cpu_seconds
             self.peak_rss_mib = max(self.peak_rss_mib, closed.peak_rss_mib)
