@@ -26,7 +26,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import RERUN, OutputError, storage_error
@@ -181,21 +181,23 @@ def check_free(paths: tuple[Path, ...], owner: LockOwner) -> None:
     nothing (a dry run answers as the job would, and changes nothing)."""
     for path in filter(Path.exists, paths):
         holder = _holder(path)
-        _refuse_if_held(path, holder, _why_stale(path, holder, owner))
+        _refuse_if_held(path, holder, _why_stale(path, holder, owner), owner)
 
 
 def _take_over_if_stale(path: Path, owner: LockOwner) -> None:
     """Remove the lock at ``path`` if its job is gone, saying so; else refuse the job."""
     holder = _holder(path)
     why = _why_stale(path, holder, owner)
-    _refuse_if_held(path, holder, why)
+    _refuse_if_held(path, holder, why, owner)
     LOG.warning("%s: the job that held this lock %s; taking it over", path, why)
     with contextlib.suppress(FileNotFoundError):  # another job took it over first
         path.unlink()
 
 
-def _refuse_if_held(path: Path, holder: LockOwner | None, why: str | None) -> None:
-    """The refusal of a job whose lock ``path`` another holds (``why`` it is stale: None)."""
+def _refuse_if_held(path: Path, holder: LockOwner | None, why: str | None,
+                    owner: LockOwner) -> None:
+    """The refusal of ``owner``'s job, whose lock ``path`` another holds (``why`` it is
+    stale: None); a holder of the same Slurm job is another of its steps."""
     target = path.with_suffix("") if path.name.endswith(".lock") else path.parent
     if why is None and holder is None:
         raise OutputError(f"{target}: another job is taking its lock {path} right now (or "
@@ -203,8 +205,10 @@ def _refuse_if_held(path: Path, holder: LockOwner | None, why: str | None) -> No
                           "job uses this output")
     if why is None:
         assert holder is not None
+        same_job = holder.slurm_job_id is not None and holder.slurm_job_id == owner.slurm_job_id
+        other = "another step of this Slurm job" if same_job else "another mpiscore job"
         raise OutputError(
-            f"{target}: in use by another mpiscore job ({holder.describe()}; lock {path}); "
+            f"{target}: in use by {other} ({holder.describe()}; lock {path}); "
             "wait for it to end or choose another --output/--run-dir (if that job is "
             f"gone, the lock goes stale within {STALE_SECONDS:.0f}s, or delete {path})")
 
@@ -231,8 +235,10 @@ def _why_stale(path: Path, holder: LockOwner | None, owner: LockOwner) -> str | 
 def _holder(path: Path) -> LockOwner | None:
     """Who the lock at ``path`` names, or None when absent or unreadable."""
     try:
-        return LockOwner(**json.loads(path.read_bytes()))
-    except (OSError, ValueError, TypeError):
+        said = json.loads(path.read_bytes())
+        known = {f.name for f in fields(LockOwner)}  # a later mpiscore may say more
+        return LockOwner(**{k: v for k, v in said.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 

@@ -320,8 +320,9 @@ class OutputTarget:
         if self.partial.exists() and not self.overwrite and not resumable:
             raise OutputError(
                 f"{self.partial}: an interrupted run's partial output is here, but that run "
-                "stopped before it recorded its job in the run directory, so it cannot be "
-                "resumed; rerun with --overwrite (overwrite=True) to discard it and start over")
+                "stopped before it recorded its job in the run directory (or --run-dir is not "
+                "the one it used), so it cannot be resumed; rerun with --overwrite "
+                "(overwrite=True) to discard it and start over")
         if self.partial.exists() and not self.overwrite:
             raise OutputError(
                 f"{self.partial}: an interrupted run's partial output is here; rerun with "

@@ -104,6 +104,7 @@ class Checked:
 
 def _prepare(config: JobConfig, model_bytes: bytes, scorer: Scorer,
              lock: JobLock) -> tuple[Job, set[int]]:
+    OutputTarget.of(config).settle()  # with the lock held: never in a dry run
     checked = check_job(config, model_bytes, scorer)
     target, plan, outputs, kept = checked.target, checked.plan, checked.outputs, checked.kept
     if config.resume:
@@ -164,7 +165,6 @@ def check_job(config: JobConfig, model_bytes: bytes, scorer: Scorer) -> Checked:
                         os.path.abspath(config.output), target.format,
                         [(f.name, f.dtype, f.shape) for f in outputs + kept],
                         data_sha256, _scoring(config, source))
-    target.settle()
     if not config.overwrite and _already_complete(config, target, stamp):
         raise AlreadyComplete(
             f"{target.final}: already complete, from the same model, inputs and plan "
@@ -302,7 +302,11 @@ def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSour
     try:
         return _score_first(scorer, bindings, source, first, rows, raw), rows
     except AmbiguousRows as exc:
-        if scorer.fixed_batch is not None or first.rows <= rows:
+        if scorer.fixed_batch is not None:  # every batch is that many rows: none can tell
+            raise AmbiguousRows(f"{exc}: as many as the model's fixed batch, so mpiscore "
+                                "cannot tell one tensor per row from one per target; "
+                                "export the model with a dynamic batch") from exc
+        if first.rows <= rows:
             raise AmbiguousRows(f"{exc}; give the first mini-batch more rows") from exc
     return _score_first(scorer, bindings, source, first, rows + 1, raw), rows + 1
 

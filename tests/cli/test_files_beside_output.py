@@ -64,6 +64,8 @@ def test_a_partial_left_by_a_run_stopped_after_naming_the_output_is_settled(
     assert first.exit_code == 0, first.output
     partial = Path(f"{out}.partial")
     assert partial.is_dir() and out.read_text().split() == [str(i) for i in range(FILES)]
+    invoke(*args, "--dry-run")  # changes nothing, takes no lock: leaves it
+    assert partial.is_dir()
     again = invoke(*args)
     assert again.exit_code == 0 and "already complete" in again.output, again.output
     assert not partial.exists() and out.read_text().split() == [str(i) for i in range(FILES)]

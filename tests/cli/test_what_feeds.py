@@ -152,8 +152,9 @@ def test_a_partial_output_whose_run_left_no_records_is_only_started_over(two_dat
     (Path(f"{two_datasets['out']}.run") / "fingerprint.json").unlink()
     again = invoke(*hdf5_args(two_datasets, "/A"))
     assert again.exit_code == 6, again.output
-    assert "stopped before it recorded its job in the run directory, so it cannot be " \
-        "resumed; rerun with --overwrite" in again.output, again.output
+    assert "stopped before it recorded its job in the run directory (or --run-dir is not " \
+        "the one it used), so it cannot be resumed; rerun with --overwrite" in again.output, \
+        again.output
     resumed = invoke(*hdf5_args(two_datasets, "/A", "--resume"))
     assert resumed.exit_code == 2, resumed.output
     assert "nothing to resume; rerun with --overwrite" in resumed.output, resumed.output

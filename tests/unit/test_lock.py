@@ -78,8 +78,18 @@ def test_another_live_step_of_the_same_slurm_job_keeps_its_lock(tmp_path: Path) 
     for other in (replace(me, pid=os.getppid(), token="step 1"),
                   replace(me, host="nid00001", pid=1, token="step 1 elsewhere")):
         held_by(paths(tmp_path)[0], other)
-        with pytest.raises(OutputError, match=r"in use by another mpiscore job \(Slurm job 77"):
+        with pytest.raises(OutputError, match=r"in use by another step of this Slurm job "
+                                              r"\(Slurm job 77.*wait for it to end"):
             acquire(paths(tmp_path), me)
+
+
+def test_a_lock_naming_more_than_this_mpiscore_knows_is_still_read(tmp_path: Path) -> None:
+    """A later mpiscore may record more of its job: the holder is still known, not taken
+    for an unreadable lock (taken over once its file is old)."""
+    holder = replace(LockOwner.here(), pid=os.getppid(), token="later")
+    paths(tmp_path)[0].write_text(json.dumps({**asdict(holder), "gpu": "0"}))
+    with pytest.raises(OutputError, match="in use by another mpiscore job"):
+        acquire(paths(tmp_path), LockOwner.here())
 
 
 def test_refresh_notices_a_lock_taken_over(tmp_path: Path) -> None:
