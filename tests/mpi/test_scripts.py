@@ -431,7 +431,7 @@ def refused(result: subprocess.CompletedProcess[str], out: Path, code: int,
     (3, "no_run", 4, ["no_run.py", "run"]),
     (1, "init_raises", 4, ["init_raises.py", "line 3", "in init", "KeyError"]),
     (3, "init_raises", 4, ["init_raises.py", "line 3", "in init", "KeyError"]),
-    (2, "exit_in_init", 7, ["exit_in_init.py", "died", "exit code 7"]),  # os._exit
+    (2, "exit_in_init", 4, ["exit_in_init.py", "exited with code 7", "entry script"]),  # os._exit
 ])
 def test_bad_script(env, tmp_path, ranks, script, code, names) -> None:
     out = tmp_path / "y.parquet"
