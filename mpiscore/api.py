@@ -55,6 +55,7 @@ from .report import (
     stop_logging,
 )
 from .schedule import FailurePolicy, Scheduler
+from .tuning import OVERDUE_MARGIN_SECONDS
 from .wire import ScorerSpec
 
 
@@ -285,7 +286,7 @@ def _coordinate(whole: Whole, world: World, worker: Callable[[WorkerLink], RankW
                         world.size, job.plan.total_rows, job.plan.batch_count)
     status.write("running")
     try:
-        rank_zero.serve(between_messages)
+        rank_zero.serve(between_messages, config.stop_grace + OVERDUE_MARGIN_SECONDS)
     finally:
         progress.close()
         _halting_on(scheduler, journal.close)

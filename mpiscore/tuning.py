@@ -48,6 +48,10 @@ START_TIMEOUT_SECONDS = 600.0
 # How long a closing scoring process may take to say it closed before it is killed:
 # closing is flushing what was already written, well under a second normally.
 CLOSE_TIMEOUT_SECONDS = 10.0
+# After --stop-grace, what a rank may take to abandon its batches and say so; batches
+# still out on rank 0's books then are left for --resume (Coordinator.give_up_overdue):
+# a rank whose word about them was lost never holds the stop up.
+OVERDUE_MARGIN_SECONDS = 60.0
 # An entry script's shutdown() runs while its process closes: it may write what the
 # script gathered (summary_only's files), so it gets longer; one that does not return
 # in time is killed, and the job ends with an error (its output may be short).

@@ -70,6 +70,7 @@ class Coordinator:
         self.held_back_share = 0  # the fair share when the last of them was held back
         self.starved: set[int] = set()  # want work, but only retries failed there are left
         self.draining = False
+        self.drain_started = 0.0  # time.monotonic() when the drain began
         self.heard: dict[int, float] = {}  # rank -> when its last message came (status.json)
 
     def send(self, rank: int, message: Message) -> None:
@@ -174,9 +175,22 @@ class Coordinator:
                 sent = True
         return sent
 
+    def give_up_overdue(self, grace: float) -> None:
+        """A stop whose batches are still out ``grace`` seconds after its drain began
+        (a rank's word about them never came) leaves them for --resume: the job stops,
+        rather than wait for ever. A rank abandons its own batches after --stop-grace
+        (worker.py); this is for those it no longer knows it holds."""
+        if not self.draining or time.monotonic() - self.drain_started < grace:
+            return
+        for batch_id, (_, rank) in list(self.scheduler.in_flight.items()):
+            LOG.warning("batch %d: no word from rank %d %.0fs after the stop began; left for "
+                        "--resume", batch_id, rank, grace)
+            self.scheduler.give_back(batch_id, rank)
+
     def _drain(self) -> None:
         if not self.draining:
             self.draining = True
+            self.drain_started = time.monotonic()
             LOG.warning("stopping: %s", self.scheduler.stop_reason)
             for rank in self.ranks:
                 self.send(rank, Drain())
@@ -212,7 +226,8 @@ class RankZero:
     local: Loopback
     remote: CoordinatorLink | None
 
-    def serve(self, stop_requested: Callable[[], str | None]) -> None:
+    def serve(self, stop_requested: Callable[[], str | None],
+              overdue_after: float = float("inf")) -> None:
         """Rank 0's loop: coordinate, and score with its own processes, until every batch
         is done.
 
@@ -221,7 +236,9 @@ class RankZero:
         for, are looked for after every wake-up and, while one of them may run
         dry, or once its own processes hold no batch (the job's tail), as the pacer
         says (RemoteWait); otherwise every LONGEST_WAIT_SECONDS (also how late a stop
-        signal is seen), as alone (no other ranks).
+        signal is seen), as alone (no other ranks). ``overdue_after``: seconds after a
+        stop's drain began when batches still out are left for --resume
+        (Coordinator.give_up_overdue).
         """
         coordinator, worker = self.coordinator, self.worker
         remote_wait = RemoteWait(coordinator.ranks[1:]) if self.remote is not None else None
@@ -231,6 +248,7 @@ class RankZero:
             if reason and coordinator.scheduler.stop_reason is None:
                 coordinator.handle(0, StopRequested(reason))
             busy = self._pump(remote_wait)
+            coordinator.give_up_overdue(overdue_after)
             if coordinator.finished:
                 break
             worker.poll(0.0 if busy else LONGEST_WAIT_SECONDS if remote_wait is None else

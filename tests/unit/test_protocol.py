@@ -526,3 +526,21 @@ def test_no_batch_lost_or_duplicated_under_random_message_orders(seed: int) -> N
     assert ended == list(range(batches))
     if s.stop_reason is None:
         assert not left and not any(holding.values())
+
+
+def test_batches_no_word_came_for_long_after_a_stop_are_left_for_resume(monkeypatch) -> None:
+    """A rank whose reports of two batches were lost: once the drain is older than the
+    grace, they go back to the plan and the stop can finish, instead of waiting for ever."""
+    import mpiscore.rank.coordinator as coordinator_module
+
+    c, inboxes = coordinator(2, 10)
+    c.handle(1, Request(2))
+    assert assigned(inboxes.take(1)) == [0, 1]
+    c.handle(0, StopRequested("SIGTERM"))
+    assert not c.finished
+    c.give_up_overdue(90.0)  # the drain just began: still waiting
+    assert not c.finished
+    later = coordinator_module.time.monotonic() + 91
+    monkeypatch.setattr(coordinator_module.time, "monotonic", lambda: later)
+    c.give_up_overdue(90.0)
+    assert c.finished and not c.scheduler.in_flight
