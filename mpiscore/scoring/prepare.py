@@ -295,12 +295,15 @@ def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSour
     outputs (an entry script's run() is so called once more, on those rows).
 
     Returns the outputs and how many rows were scored (the model's fixed batch, or 2;
-    3 where 2 rows cannot tell an output's layout: AmbiguousRows).
+    3 where 2 rows cannot tell an output's layout: AmbiguousRows, _rows_unclear).
     """
     first = plan.batches[0]
     rows = min(first.rows, scorer.fixed_batch or 2)
     try:
-        return _score_first(scorer, bindings, source, first, rows, raw), rows
+        probe = _score_first(scorer, bindings, source, first, rows, raw)
+        if scorer.fixed_batch is not None or first.rows <= rows or \
+                not _rows_unclear(probe, rows):
+            return probe, rows
     except AmbiguousRows as exc:
         if scorer.fixed_batch is not None:  # every batch is that many rows: none can tell
             raise AmbiguousRows(f"{exc}: as many as the model's fixed batch, so mpiscore "
@@ -309,6 +312,15 @@ def _probe(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSour
         if first.rows <= rows:
             raise AmbiguousRows(f"{exc}; give the first mini-batch more rows") from exc
     return _score_first(scorer, bindings, source, first, rows + 1, raw), rows + 1
+
+
+def _rows_unclear(outputs: dict[str, Any], rows: int) -> bool:
+    """Whether an output's rows may lie along another axis than the first: one of its
+    other dimensions is as long as the rows scored (a [2, N] output of 2 rows looks like
+    [N, 2]; 3 rows then tell them apart, and output_fields refuses the former)."""
+    import numpy as np
+
+    return any(rows in np.shape(value)[1:] for value in outputs.values())
 
 
 def _score_first(scorer: Scorer, bindings: tuple[InputBinding, ...], source: InputSource,

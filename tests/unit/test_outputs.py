@@ -344,3 +344,38 @@ def test_output_of_an_unwritable_type_is_refused_in_one_line(tmp_path: Path) -> 
     assert "\n" not in message
     assert "output 'maybe' has ONNX type optional(tensor(float)), which mpiscore cannot " \
            "write" in message
+
+
+def transposed_model(path: Path) -> Path:
+    """``t``: the features' first two columns, transposed (2 x rows): rows along axis 1."""
+    nodes = [helper.make_node("Slice", ["features", "starts", "ends", "axes"], ["two"]),
+             helper.make_node("Transpose", ["two"], ["t"], perm=[1, 0])]
+    output = helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, "N"])
+    constants = [numpy_helper.from_array(np.array(v, np.int64), name)
+                 for v, name in (([0], "starts"), ([2], "ends"), ([1], "axes"))]
+    return _save(path, nodes, output, constants)
+
+
+def test_an_output_declared_with_its_rows_along_another_axis_is_refused(tmp_path: Path) -> None:
+    """[2, N]: 2 rows of it look like rows x 2; never written transposed, exit 0."""
+    model = transposed_model(tmp_path / "t.onnx")
+    with pytest.raises(ModelError, match=r"is declared \[2, N\]: its rows are not along the "
+                                         "first axis"):
+        score(model, builders.features(150, width=6), tmp_path / "scores.h5")
+    assert not (tmp_path / "scores.h5.partial").exists()
+
+
+def test_a_result_whose_rows_lie_along_another_axis_is_told_by_a_second_probe(
+        tmp_path: Path) -> None:
+    """A script's 2 x rows result: for 2 rows it looks like rows x 2; scored again on 3
+    rows, it is refused before anything is written."""
+    script = tmp_path / "s.py"
+    script.write_text("def run(mini_batch):\n    return mini_batch[:, :2].T.copy()\n")
+    data = builders.write_h5(tmp_path / "x.h5", chunks=BATCH, features=builders.features(150))
+    out = tmp_path / "scores.h5"
+    with pytest.raises(ScoringError, match=r"run\(\) returned 2 results for 3 items|"
+                                           r"has shape \(2, 3\) for 3"):
+        run(JobConfig(entry_script=script, inputs=(InputSpec(str(data), "/features"),),
+                      output=out, batch_size=BatchSize(rows=BATCH), batch_format="numpy",
+                      session=SessionConfig(intra_op_threads=1)), comm=None)
+    assert not Path(f"{out}.partial").exists()

@@ -115,6 +115,7 @@ class OnnxScorer:
         self.output_names = [node.name for node in session.get_outputs()]
         self.converter = OutputConverter(output_kinds(session.get_outputs(), model), model)
         self.fixed_batch = _fixed_batch(self.inputs, model)
+        _refuse_rows_not_first(session.get_outputs(), model, self.fixed_batch)
         self.slicing = RunRows(WHOLE) if slicing is None else slicing
 
     @classmethod
@@ -241,6 +242,21 @@ def _standard_graph(model_bytes: bytes) -> bool:
     protobuf walk cannot read)."""
     domains = node_domains(model_bytes)
     return domains is not None and domains <= STANDARD_DOMAINS
+
+
+def _refuse_rows_not_first(outputs: list[ort.NodeArg], model: str,
+                           fixed_batch: int | None) -> None:
+    """An output declared with a fixed first dimension (not the model's fixed batch) and
+    a symbolic one after it (``[2, N]``) has its rows along another axis: a batch of as
+    many rows as that first dimension would be written transposed, and look right."""
+    for node in outputs:
+        shape = list(node.shape or []) if node.type.startswith("tensor(") else []
+        if len(shape) >= 2 and isinstance(shape[0], int) and shape[0] != fixed_batch and \
+                any(not isinstance(dim, int) for dim in shape[1:]):
+            shown = ", ".join(str(dim) if dim is not None else "?" for dim in shape)
+            raise ModelError(f"{model}: output {node.name!r} is declared [{shown}]: its rows "
+                             "are not along the first axis; mpiscore needs one output row "
+                             "per input row first (transpose it in the model)")
 
 
 def _fixed_batch(inputs: list[TensorSpec], model: str) -> int | None:
