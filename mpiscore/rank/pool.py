@@ -110,6 +110,9 @@ class ScorerPool:
         self.run_rows: list[int] = []  # of the processes that closed normally (Closed)
         self.peak_rss_mib = 0.0
         self.shutdown_errors: list[str] = []  # scripts' shutdown() that failed or hung
+        # batches that ended while :meth:`start` waited for the other processes (a rank
+        # asks for work before they are ready): the next poll returns them
+        self.ended_while_starting: list[Outcome] = []
         self.preparing: PrepareRequest | None = None
         self.closing: list[ScorerProcess] = []
         self.rank = rank
@@ -238,8 +241,8 @@ class ScorerPool:
                                           "their log, then --resume")
             if early_stop() is not None or stopping():
                 return
-            self.poll(1.0)
-
+            ended = self.poll(1.0)  # a ready process's batches (poll takes those kept
+            self.ended_while_starting.extend(ended)  # before, so += would add them twice)
     def _open_recorder(self, spec: ScorerSpec) -> Recorder:
         from .recorder import Recorder  # json and the events format: after the start-up
 
@@ -306,6 +309,9 @@ class ScorerPool:
         LONGEST_WAIT_SECONDS, as each look is a system call per process.
         """
         procs = self.procs
+        outcomes, self.ended_while_starting = self.ended_while_starting, []
+        if outcomes:  # already waited for: report them at once
+            timeout = 0.0
         waiting = [p for p in procs if p.scoring or p.writing or not p.ready]
         ready = self._wait(waiting, timeout) if waiting else ()
         if not waiting:
@@ -314,7 +320,7 @@ class ScorerPool:
         look = now >= self.next_look
         if look:
             self.next_look = now + LONGEST_WAIT_SECONDS
-        outcomes: list[Outcome] = []
+        recorded = len(outcomes)  # those kept while starting were recorded then
         for index, proc in enumerate(procs):  # _replace swaps in place: no copy needed
             # the end of its pipe (it died) shows as something to read, then EOF
             gone = proc.conn.read_fd in ready and self._receive_all(proc, outcomes)
@@ -327,7 +333,7 @@ class ScorerPool:
                 outcomes.extend(lost)
                 self._replace(index)
         if self.recorder is not None:
-            self._record(self.recorder, outcomes)
+            self._record(self.recorder, outcomes[recorded:])
         return outcomes
 
     def _wait(self, procs: list[ScorerProcess], timeout: float) -> list[int]:

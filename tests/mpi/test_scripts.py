@@ -482,3 +482,39 @@ def test_model_and_entry_script_both_or_neither(env, tmp_path, which) -> None:
                            env["frame"]] if which == "both" else []
     result = mpiscore(2, *given, "--input", env["parquet"], "--output", out, timeout=30)
     refused(result, out, 2, ["--model", "--entry-script"])
+
+
+SLOW_SECOND_PROCESS = """\
+import os, time
+from pathlib import Path
+
+def init():
+    if os.environ.get("PMI_RANK") != "1":
+        return
+    try:
+        Path(__file__).with_name("rank1.started").touch(exist_ok=False)
+    except FileExistsError:  # rank 1's second process: its first scores meanwhile
+        time.sleep(3)
+
+def run(mini_batch):
+    return mini_batch["f0"].to_numpy() * 2
+"""
+
+
+def test_batches_a_rank_scores_while_its_other_process_starts_are_reported(
+        env, tmp_path) -> None:
+    """A rank asks for work before its processes are ready; the one ready first scores
+    batches while the other still runs init(). Those batches' reports were dropped by
+    the wait for the other process, and the job waited for ever at 99%."""
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SECOND_PROCESS)
+    out = tmp_path / "y.h5"
+    result = score(2, script, env["parquet"], out, "--procs-per-rank", 2, batch=2,
+                   timeout=60)
+    assert result.returncode == 0, result.stderr
+    import h5py
+
+    with h5py.File(out) as handle:
+        assert not handle["row_status"][()].any()
+        np.testing.assert_array_equal(handle["result"][()],
+                                      fx.table().column("f0").to_numpy() * 2)
